@@ -1,0 +1,268 @@
+"""Timer values and a sans-IO timer scheduler for the transaction layer.
+
+What lives here:
+
+- `TimerConfig`: T1, T2, T4 and the timers RFC 3261 §17 (table 4) and RFC 6026 derive from
+  them.
+- `Scheduler`: a min-heap of callbacks keyed by deadline. It never sleeps and never reads a
+  real clock on its own: the caller injects a clock, and whoever owns the event loop (the
+  transport layer, or a test) calls `run_due()` when `next_deadline()` has passed. No
+  sockets, no gevent.
+- `FakeClock`: a clock that moves only when told to, for this layer's tests and for the
+  tests of every layer that drives transactions.
+
+What does not live here: what a timer *does*. The state machines in `client.py` and
+`server.py` decide that.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["FakeClock", "Scheduler", "TimerConfig", "TimerHandle"]
+
+logger = logging.getLogger("gdispatch.transaction")
+
+# Timer D's floor on unreliable transports (RFC 3261 §17.1.1.2: "at least 32 seconds").
+_TIMER_D_FLOOR = 32.0
+
+# Compaction of lazily cancelled heap entries is skipped below this many: rebuilding a
+# tiny heap costs more than carrying a few dead entries until they are popped.
+_COMPACT_MIN_CANCELLED = 32
+
+
+@dataclass(frozen=True)
+class TimerConfig:
+    """RFC 3261 §17 timer base values, in seconds, and the timers derived from them.
+
+    The derived timers are the values for *unreliable* transports. Timers D, I, J and K
+    are zero on reliable transports (RFC 3261 table 4); the transactions apply that
+    rule, since only they know their transport. Timers A, E and G start at T1.
+    """
+
+    t1: float = 0.5  # RTT estimate
+    t2: float = 4.0  # cap on the retransmission interval of non-INVITE requests and INVITE responses
+    t4: float = 5.0  # maximum time a message stays in the network
+
+    def __post_init__(self) -> None:
+        if not self.t1 > 0:
+            raise ValueError(f"T1 must be positive, not {self.t1!r}")
+        if not self.t2 >= self.t1:
+            raise ValueError(f"T2 ({self.t2!r}) must not be below T1 ({self.t1!r})")
+        if not self.t4 >= 0:
+            raise ValueError(f"T4 must not be negative, not {self.t4!r}")
+
+    @property
+    def timer_b(self) -> float:
+        """INVITE client: give up waiting for any response (RFC 3261 §17.1.1.2)."""
+        return 64 * self.t1
+
+    @property
+    def timer_d(self) -> float:
+        """INVITE client: absorb retransmitted 300-699 finals (RFC 3261 §17.1.1.2).
+
+        At least 32 s, and no less than the 64*T1 the server keeps retransmitting (its
+        Timer H) when T1 is raised above its default.
+        """
+        return max(_TIMER_D_FLOOR, 64 * self.t1)
+
+    @property
+    def timer_f(self) -> float:
+        """Non-INVITE client: give up waiting for a final response (RFC 3261 §17.1.2.2)."""
+        return 64 * self.t1
+
+    @property
+    def timer_h(self) -> float:
+        """INVITE server: give up waiting for the ACK (RFC 3261 §17.2.1)."""
+        return 64 * self.t1
+
+    @property
+    def timer_i(self) -> float:
+        """INVITE server: absorb ACK retransmissions (RFC 3261 §17.2.1)."""
+        return self.t4
+
+    @property
+    def timer_j(self) -> float:
+        """Non-INVITE server: absorb request retransmissions (RFC 3261 §17.2.2)."""
+        return 64 * self.t1
+
+    @property
+    def timer_k(self) -> float:
+        """Non-INVITE client: absorb response retransmissions (RFC 3261 §17.1.2.2)."""
+        return self.t4
+
+    @property
+    def timer_l(self) -> float:
+        """INVITE server: stay in Accepted (RFC 6026 §7.1), on every transport."""
+        return 64 * self.t1
+
+    @property
+    def timer_m(self) -> float:
+        """INVITE client: stay in Accepted (RFC 6026 §7.2), on every transport."""
+        return 64 * self.t1
+
+
+class TimerHandle:
+    """One scheduled callback; `cancel()` it to keep it from running."""
+
+    __slots__ = ("_args", "_fn", "_scheduler", "when")
+
+    def __init__(self, when: float, fn: Callable[..., None], args: tuple, scheduler: Scheduler):
+        self.when = when
+        self._fn: Callable[..., None] | None = fn
+        self._args = args
+        # None once the timer has run or been cancelled: that is what makes cancel()
+        # idempotent and harmless after the fact.
+        self._scheduler: Scheduler | None = scheduler
+
+    @property
+    def active(self) -> bool:
+        """True while the timer is waiting to run."""
+        return self._scheduler is not None
+
+    def cancel(self) -> None:
+        scheduler = self._scheduler
+        if scheduler is None:
+            return
+        self._scheduler = None
+        # Drop the references now: a cancelled entry may sit in the heap for a while, and
+        # it must not keep a finished transaction alive.
+        self._fn = None
+        self._args = ()
+        scheduler._note_cancelled()
+
+    def __repr__(self) -> str:
+        state = "active" if self._scheduler is not None else "done"
+        return f"<TimerHandle when={self.when!r} {state}>"
+
+
+class Scheduler:
+    """A min-heap of timers driven from outside.
+
+    `call_later()` computes deadlines from the injected clock. `run_due()` runs every
+    timer whose deadline has come, in deadline order (ties in the order they were
+    scheduled). A callback may schedule further timers; those already due run in the
+    same `run_due()` call, so a callback must not reschedule itself with a zero delay
+    against a clock that does not move.
+
+    Cancellation is lazy: a cancelled entry stays in the heap and is skipped when popped.
+    When more than half the heap is cancelled entries, the heap is rebuilt without them,
+    which keeps its size proportional to the live timers at an amortised O(1) per cancel.
+    """
+
+    __slots__ = ("_cancelled", "_clock", "_heap", "_seq")
+
+    def __init__(self, clock: Callable[[], float]):
+        self._clock = clock
+        # Entries are (deadline, sequence, handle): tuples compare in C, and the
+        # sequence number settles ties before a handle is ever compared.
+        self._heap: list[tuple[float, int, TimerHandle]] = []
+        self._seq = 0
+        self._cancelled = 0  # cancelled entries still in the heap
+
+    def now(self) -> float:
+        return self._clock()
+
+    def call_later(self, delay: float, fn: Callable[..., None], *args: Any) -> TimerHandle:
+        """Run `fn(*args)` once, `delay` seconds from now."""
+        when = self._clock() + delay
+        handle = TimerHandle(when, fn, args, self)
+        self._seq += 1
+        heapq.heappush(self._heap, (when, self._seq, handle))
+        return handle
+
+    def run_due(self, now: float | None = None) -> int:
+        """Run every timer due at `now` (default: the clock); return how many ran.
+
+        An exception from a callback is logged and does not stop the others.
+        """
+        if now is None:
+            now = self._clock()
+        heap = self._heap  # compaction rebuilds it in place, so this reference stays good
+        ran = 0
+        while heap and heap[0][0] <= now:
+            handle = heapq.heappop(heap)[2]
+            fn = handle._fn
+            if fn is None:
+                self._cancelled -= 1
+                continue
+            args = handle._args
+            handle._fn = None
+            handle._args = ()
+            handle._scheduler = None
+            ran += 1
+            try:
+                fn(*args)
+            except Exception:
+                logger.exception("timer callback %r failed", fn)
+        return ran
+
+    def next_deadline(self) -> float | None:
+        """The deadline of the earliest live timer, or None when there is none."""
+        heap = self._heap
+        while heap and heap[0][2]._fn is None:
+            heapq.heappop(heap)
+            self._cancelled -= 1
+        return heap[0][0] if heap else None
+
+    def __len__(self) -> int:
+        return len(self._heap) - self._cancelled
+
+    def _note_cancelled(self) -> None:
+        self._cancelled += 1
+        heap = self._heap
+        if self._cancelled > _COMPACT_MIN_CANCELLED and 2 * self._cancelled > len(heap):
+            heap[:] = [entry for entry in heap if entry[2]._fn is not None]
+            heapq.heapify(heap)
+            self._cancelled = 0
+
+    def __repr__(self) -> str:
+        return f"<Scheduler live={len(self)} next={self.next_deadline()!r}>"
+
+
+class FakeClock:
+    """A clock that moves only when told to.
+
+    `clock()` and `clock.now()` return the current fake time. Given a scheduler,
+    `advance()` and `advance_to()` stop at every deadline on the way and run what is due
+    there, so each timer runs with the clock reading its own deadline, as it would in
+    production, and timers it schedules get exact deadlines too.
+    """
+
+    __slots__ = ("_now",)
+
+    def __init__(self, start: float = 0.0):
+        self._now = float(start)
+
+    def now(self) -> float:
+        return self._now
+
+    __call__ = now
+
+    def advance(self, dt: float, scheduler: Scheduler | None = None) -> int:
+        """Move forward by `dt` seconds; return how many of `scheduler`'s timers ran."""
+        if dt < 0:
+            raise ValueError(f"a clock does not go back (dt={dt!r})")
+        return self.advance_to(self._now + dt, scheduler)
+
+    def advance_to(self, when: float, scheduler: Scheduler | None = None) -> int:
+        """Move forward to time `when`; return how many of `scheduler`'s timers ran."""
+        if when < self._now:
+            raise ValueError(f"a clock does not go back ({when!r} < {self._now!r})")
+        ran = 0
+        if scheduler is not None:
+            while True:
+                deadline = scheduler.next_deadline()
+                if deadline is None or deadline > when:
+                    break
+                self._now = max(self._now, deadline)
+                ran += scheduler.run_due(self._now)
+        self._now = float(when)
+        return ran
+
+    def __repr__(self) -> str:
+        return f"<FakeClock {self._now!r}>"
