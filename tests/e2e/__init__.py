@@ -1,0 +1,1 @@
+"""End-to-end tests: gdispatch between SIPp user agents, on 127.0.0.1."""

@@ -1,0 +1,604 @@
+"""End-to-end test harness: gdispatch and SIPp as child processes, on 127.0.0.1 only.
+
+* `Proxy` runs ``python -m gdispatch run`` with a dispatcher.list and a TOML file it writes,
+  and waits until the proxy answers ``OPTIONS`` with 200.
+* `Uas` runs one SIPp UAS (a "gateway", scenarios in ``tests/scenarios``) and reads its
+  per-message counts (``-trace_counts``) after it stops.
+* `run_uac` runs one bounded SIPp UAC load (``-m`` calls, ``-timeout``, plus a hard
+  subprocess time limit) and returns its final statistics.
+* `sip_options`, `build_request`, `free_port`: raw SIP over Python sockets.
+
+Every process is started here, is bounded in time, and is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOST = "127.0.0.1"
+REPO = Path(__file__).resolve().parents[2]
+SCENARIOS = REPO / "tests" / "scenarios"
+
+# SIPp transports: "u1" one UDP socket, "t1" one TCP socket.
+TRANSPORTS = {"u1": "udp", "t1": "tcp"}
+
+
+def sipp_path() -> str | None:
+    return shutil.which("sipp")
+
+
+def require_sipp() -> str:
+    path = sipp_path()
+    if not path:
+        raise RuntimeError(
+            "SIPp is not installed (no `sipp` on PATH). `make test` installs it; by hand: "
+            "apt-get install -y sip-tester"
+        )
+    return path
+
+
+# --------------------------------------------------------------------------- ports
+
+def _bind_ok(kind: str, port: int) -> bool:
+    st = socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM
+    s = socket.socket(socket.AF_INET, st)
+    try:
+        s.bind((HOST, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def free_port(kind: str = "udp") -> int:
+    """A port on 127.0.0.1 that is free now for "udp", "tcp" or "both" (same number)."""
+    if kind not in ("udp", "tcp", "both"):
+        raise ValueError(f"kind must be udp, tcp or both, not {kind!r}")
+    first = "tcp" if kind == "tcp" else "udp"
+    for _ in range(200):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if first == "udp" else socket.SOCK_STREAM)
+        try:
+            s.bind((HOST, 0))
+            port = s.getsockname()[1]
+        finally:
+            s.close()
+        if kind == "both" and not _bind_ok("tcp", port):
+            continue
+        return port
+    raise RuntimeError(f"no free {kind} port found on {HOST}")
+
+
+def _port_bound(port: int, kind: str) -> bool:
+    """True if some socket is bound to 127.0.0.1:port (a listening one for TCP), from /proc/net."""
+    want = f"{port:04X}"
+    states = ("0A",) if kind == "tcp" else ("07",)  # TCP_LISTEN; UDP sockets show TCP_CLOSE (07)
+    for table in (f"/proc/net/{kind}",):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    addr, port_hex = parts[1].split(":")
+                    if port_hex == want and parts[3] in states and addr in ("0100007F", "00000000"):
+                        return True
+        except OSError:
+            return False
+    return False
+
+
+# --------------------------------------------------------------------------- raw SIP
+
+def build_request(method: str, ruri: str, *, local_port: int, transport: str = "UDP",
+                  call_id: str | None = None, branch: str | None = None, cseq: int = 1,
+                  from_tag: str | None = None, to: str | None = None,
+                  headers: Iterable[str] = (), body: bytes = b"") -> bytes:
+    """A minimal well-formed request from 127.0.0.1:local_port (Via has ;rport)."""
+    call_id = call_id or uuid.uuid4().hex
+    branch = branch or "z9hG4bK" + uuid.uuid4().hex[:16]
+    from_tag = from_tag or uuid.uuid4().hex[:8]
+    to = to or f"<{ruri}>"
+    lines = [
+        f"{method} {ruri} SIP/2.0",
+        f"Via: SIP/2.0/{transport} {HOST}:{local_port};rport;branch={branch}",
+        "Max-Forwards: 70",
+        f"From: <sip:harness@{HOST}:{local_port}>;tag={from_tag}",
+        f"To: {to}",
+        f"Call-ID: {call_id}",
+        f"CSeq: {cseq} {method}",
+        *headers,
+        f"Content-Length: {len(body)}",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def status_code(data: bytes) -> int | None:
+    """Status code of a SIP response, None for anything else."""
+    m = re.match(rb"SIP/2\.0 (\d{3}) ", data)
+    return int(m.group(1)) if m else None
+
+
+def _check_loopback(host: str) -> None:
+    if not (host.startswith("127.") or host.strip("[]") == "::1"):
+        raise ValueError(f"refusing non-loopback address {host}")
+
+
+def _udp_exchange(data: bytes, host: str, port: int, timeout: float, local_port: int | None = None,
+                  retransmit: float | None = None) -> list[bytes]:
+    """Send from a fresh UDP socket, collect datagrams until a final response or the timeout."""
+    _check_loopback(host)
+    out: list[bytes] = []
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind((HOST, local_port or 0))
+        deadline = time.monotonic() + timeout
+        next_send = 0.0  # send at once
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                return out
+            resend = retransmit is not None and not out
+            if now >= next_send and (next_send == 0.0 or resend):
+                try:
+                    s.sendto(data, (host, port))
+                except OSError:
+                    pass
+                next_send = now + (retransmit or timeout)
+            wake = min(deadline, next_send) if (retransmit is not None and not out) else deadline
+            s.settimeout(max(0.001, wake - now))
+            try:
+                pkt = s.recv(65535)
+            except OSError:  # timeout, or ICMP port unreachable after an earlier send
+                continue
+            out.append(pkt)
+            code = status_code(pkt)
+            if code is not None and code >= 200:
+                return out
+    finally:
+        s.close()
+
+
+def _tcp_exchange(data: bytes, host: str, port: int, timeout: float) -> list[bytes]:
+    _check_loopback(host)
+    out: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        s = socket.create_connection((host, port), timeout=timeout)
+    except OSError:
+        return out
+    buf = b""
+    try:
+        s.sendall(data)
+        while time.monotonic() < deadline:
+            s.settimeout(max(0.001, deadline - time.monotonic()))
+            try:
+                chunk = s.recv(65535)
+            except OSError:  # timeout or reset
+                break
+            if not chunk:
+                break
+            buf += chunk
+            while b"\r\n\r\n" in buf:
+                head, rest = buf.split(b"\r\n\r\n", 1)
+                m = re.search(rb"^(?:Content-Length|l)[ \t]*:[ \t]*(\d+)", head, re.MULTILINE | re.IGNORECASE)
+                n = int(m.group(1)) if m else 0
+                if len(rest) < n:
+                    break
+                msg, buf = head + b"\r\n\r\n" + rest[:n], rest[n:]
+                out.append(msg)
+                code = status_code(msg)
+                if code is not None and code >= 200:
+                    return out
+    finally:
+        s.close()
+    return out
+
+
+def sip_options(port: int, host: str = HOST, timeout: float = 1.0, transport: str = "udp") -> int | None:
+    """Send ``OPTIONS sip:host:port`` (retransmitted every 0.2 s on UDP) and return the final
+    status code, or None if nothing final came back within `timeout` seconds."""
+    if transport == "udp":
+        lp = free_port("udp")
+        msg = build_request("OPTIONS", f"sip:{host}:{port}", local_port=lp)
+        replies = _udp_exchange(msg, host, port, timeout, local_port=lp, retransmit=0.2)
+    else:
+        msg = build_request("OPTIONS", f"sip:{host}:{port}", local_port=9, transport="TCP")
+        replies = _tcp_exchange(msg, host, port, timeout)
+    for r in replies:
+        code = status_code(r)
+        if code is not None and code >= 200:
+            return code
+    return None
+
+
+# --------------------------------------------------------------------------- processes
+
+def _children(pid: int) -> list[int]:
+    """All live descendants of pid, from /proc."""
+    parent: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    st = f.read()
+                parent[int(d)] = int(st[st.rfind(")") + 2:].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    out: list[int] = []
+    frontier = [pid]
+    while frontier:
+        frontier = [p for p, pp in parent.items() if pp in frontier and p not in out]
+        out += frontier
+    return out
+
+
+def _stop_process(proc: subprocess.Popen, first_signal: int, grace_s: float) -> None:
+    """Signal proc (by PID), wait grace_s, then SIGKILL it and any descendant still alive."""
+    if proc.poll() is not None:
+        return
+    kids = _children(proc.pid)
+    try:
+        os.kill(proc.pid, first_signal)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=5)
+    for k in kids:  # workers left behind by a parent that died
+        try:
+            os.kill(k, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _tail(path: Path, n: int = 40) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return f"(no {path.name})"
+    return "\n".join(lines[-n:])
+
+
+# --------------------------------------------------------------------------- the proxy
+
+class Proxy:
+    """gdispatch under test, as a child process.
+
+    ``listen`` entries may contain ``{port}``: it is replaced by `self.port`, a port free for
+    UDP and TCP. The first ``udp:`` (else ``tcp:``) entry is where readiness is checked.
+    The harness passes the list file with ``--list``; `config` is written as is to
+    ``gdispatch.toml``.
+    """
+
+    def __init__(self, tmp_path: Path | str, dispatcher_list: str, config: str = "",
+                 listen: Sequence[str] = ("udp:127.0.0.1:{port}",), args: Sequence[str] = (),
+                 *, port: int | None = None, ready_timeout: float = 15.0, env: dict | None = None):
+        self.dir = Path(tmp_path)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port("both")
+        self.listen = [x.format(port=self.port) for x in listen]
+        for x in self.listen:
+            _check_loopback(x.split(":", 1)[1].strip("[]").rsplit(":", 1)[0])
+        self.list_path = self.dir / "dispatcher.list"
+        self.config_path = self.dir / "gdispatch.toml"
+        self.log_path = self.dir / "proxy.log"
+        self.list_path.write_text(dispatcher_list)
+        self.config_path.write_text(config)
+        self.args = list(args)
+        self.ready_timeout = ready_timeout
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "proxy not started"
+        return self.proc.pid
+
+    @property
+    def cmd(self) -> list[str]:
+        cmd = [sys.executable, "-m", "gdispatch", "run", "--config", str(self.config_path),
+               "--list", str(self.list_path)]
+        for x in self.listen:
+            cmd += ["--listen", x]
+        return cmd + self.args
+
+    def _ready_check(self) -> tuple[str, int]:
+        for want in ("udp", "tcp"):
+            for x in self.listen:
+                if x.startswith(want + ":"):
+                    return want, int(x.rsplit(":", 1)[1])
+        return "udp", self.port
+
+    def start(self) -> Proxy:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.env or {})
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(self.cmd, cwd=self.dir, stdout=logf, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env)
+        transport, port = self._ready_check()
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gdispatch exited with {self.proc.returncode} during start-up:\n"
+                                   f"{' '.join(self.cmd)}\n{_tail(self.log_path)}")
+            if sip_options(port, timeout=0.3, transport=transport) == 200:
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"gdispatch did not answer OPTIONS sip:{HOST}:{port} ({transport}) with 200 "
+                           f"within {self.ready_timeout:g} s:\n{' '.join(self.cmd)}\n{_tail(self.log_path)}")
+
+    def stop(self) -> int | None:
+        """SIGTERM, 5 s grace, then SIGKILL (by PID). Returns the exit code."""
+        if self.proc is None:
+            return None
+        _stop_process(self.proc, signal.SIGTERM, 5.0)
+        return self.proc.returncode
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def send_udp(self, data: bytes, timeout: float = 2.0, local_port: int | None = None) -> list[bytes]:
+        """Send one raw datagram to the proxy from a fresh socket (bound to `local_port` if
+        given) and return every datagram received until a final response or `timeout`."""
+        return _udp_exchange(data, HOST, self.port, timeout, local_port=local_port)
+
+    def __enter__(self) -> Proxy:  # noqa: PYI034 - no typing.Self before Python 3.11
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------- SIPp UAS
+
+class Uas:
+    """One SIPp UAS ("gateway") on 127.0.0.1, in its own directory.
+
+    It exits by itself after `time_limit_s`. `stop()` sends SIGUSR1 (SIPp's soft exit, which
+    writes a final row to the counts file), then SIGKILL after 5 s. The counts file is also
+    rewritten every second (``-fd 1``), so `counts()` works while it runs, up to 1 s late.
+    """
+
+    def __init__(self, tmp_path: Path | str, scenario: str = "uas_ok.xml", *, port: int | None = None,
+                 transport: str = "u1", time_limit_s: float = 300, extra_args: Sequence[str] = (),
+                 name: str | None = None):
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {sorted(TRANSPORTS)}")
+        self.transport = transport
+        self.kind = TRANSPORTS[transport]
+        self.port = port or free_port(self.kind)
+        self.scenario = Path(scenario) if os.sep in scenario else SCENARIOS / scenario
+        self.name = name or f"uas_{self.port}"
+        self.dir = Path(tmp_path) / self.name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.time_limit_s = time_limit_s
+        self.extra_args = list(extra_args)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "UAS not started"
+        return self.proc.pid
+
+    @property
+    def uri(self) -> str:
+        return f"sip:{HOST}:{self.port}" + (";transport=tcp" if self.kind == "tcp" else "")
+
+    @property
+    def cmd(self) -> list[str]:
+        return [require_sipp(), "-sf", str(self.scenario), "-i", HOST, "-p", str(self.port),
+                "-t", self.transport, "-nostdin", "-nd", "-trace_counts", "-fd", "1", "-trace_err",
+                "-timeout", f"{int(self.time_limit_s)}s", *self.extra_args]
+
+    def start(self, ready_timeout: float = 5.0) -> Uas:
+        with open(self.dir / "sipp.out", "ab") as out:
+            self.proc = subprocess.Popen(self.cmd, cwd=self.dir, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"SIPp UAS {self.name} exited with {self.proc.returncode}:\n"
+                                   f"{' '.join(self.cmd)}\n{self.log()[-3000:]}")
+            if _port_bound(self.port, self.kind):
+                return self
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"SIPp UAS {self.name} did not bind {self.kind} {HOST}:{self.port}")
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        _stop_process(self.proc, signal.SIGUSR1, 5.0)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL now (a gateway that dies): counts stay as of the last 1 s dump."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        try:
+            return (self.dir / "sipp.out").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def errors(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(self.dir.glob("*_errors.log")))
+
+    def counts(self) -> dict[str, int]:
+        """Message counts from the last row of SIPp's ``-trace_counts`` file.
+
+        Keys: each received request method (``INVITE``, ``ACK``, ``BYE``, ``CANCEL``,
+        ``OPTIONS``; 0 when the scenario does not have it), ``"<code>_sent"`` for each
+        response code sent (e.g. ``"200_sent"``, ``"503_sent"``), ``retrans`` (retransmissions
+        received plus sent), ``timeout`` and ``unexpected``.
+        """
+        counts = {m: 0 for m in ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS")}
+        counts.update(retrans=0, timeout=0, unexpected=0)
+        files = sorted(self.dir.glob("*_counts.csv"), key=lambda p: p.stat().st_mtime)
+        if not files:
+            return counts
+        return parse_counts(files[-1], counts)
+
+    def __enter__(self) -> Uas:  # noqa: PYI034 - no typing.Self before Python 3.11
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def parse_counts(path: Path, counts: dict[str, int] | None = None) -> dict[str, int]:
+    """Sum the last row of a SIPp counts CSV (headers like ``1_INVITE_Recv``, ``4_200_Sent``)."""
+    counts = dict(counts or {})
+    with open(path, newline="") as f:
+        rows = [r for r in csv.reader(f, delimiter=";") if r]
+    if len(rows) < 2:
+        return counts
+    header, last = rows[0], rows[-1]
+    for name, value in zip(header, last):
+        m = re.fullmatch(r"\d+_(.+)_(Recv|Sent|Retrans|Timeout|Unexp)", name)
+        if not m or not value.strip().isdigit():
+            continue
+        what, kind = m.groups()
+        n = int(value)
+        if kind == "Recv":
+            counts[what] = counts.get(what, 0) + n
+        elif kind == "Sent":
+            counts[f"{what}_sent"] = counts.get(f"{what}_sent", 0) + n
+        elif kind == "Retrans":
+            counts["retrans"] = counts.get("retrans", 0) + n
+        elif kind == "Timeout":
+            counts["timeout"] = counts.get("timeout", 0) + n
+        else:
+            counts["unexpected"] = counts.get("unexpected", 0) + n
+    return counts
+
+
+def dispatcher_list(*targets: Uas | str, setid: int = 1, attrs: Sequence[str] | None = None) -> str:
+    """A Kamailio dispatcher.list text, one line per UAS (or URI): ``1 sip:127.0.0.1:P 0 0 duid=gwN``."""
+    lines = []
+    for i, t in enumerate(targets):
+        uri = t.uri if isinstance(t, Uas) else t
+        a = attrs[i] if attrs else f"duid=gw{i + 1}"
+        lines.append(f"{setid} {uri} 0 0 {a}".rstrip())
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- SIPp UAC
+
+@dataclass
+class UacResult:
+    rc: int
+    calls: int
+    successful: int
+    failed: int
+    retransmissions: int
+    created: int
+    stdout: str
+    stat: dict[str, str] = field(default_factory=dict)  # final row of the -trace_stat file
+    errors: str = ""
+    dir: Path | None = None
+    timed_out: bool = False  # the subprocess time limit was hit
+
+    @property
+    def unfinished(self) -> int:
+        return max(0, self.calls - self.successful - self.failed)
+
+    def __str__(self) -> str:
+        return (f"UAC rc={self.rc} calls={self.calls} ok={self.successful} failed={self.failed} "
+                f"unfinished={self.unfinished} retrans={self.retransmissions} timed_out={self.timed_out}"
+                + (f"\nerrors:\n{self.errors[-2000:]}" if self.errors else ""))
+
+
+def run_uac(target: str, scenario: str = "uac.xml", *, calls: int, rate: int, transport: str = "u1",
+            timeout_s: float, extra_args: Sequence[str] = (), workdir: Path | str | None = None,
+            service: str = "service", recv_timeout_ms: int | None = None,
+            local_port: int | None = None) -> UacResult:
+    """Run a SIPp UAC to completion: `calls` calls (-m) at `rate` per second against
+    ``target`` ("127.0.0.1:PORT"), SIPp's own limit `timeout_s` (-timeout), plus a hard
+    subprocess limit of timeout_s + 15 s. Files go to `workdir` (default: a new temp dir)."""
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {sorted(TRANSPORTS)}")
+    _check_loopback(target.rsplit(":", 1)[0])
+    wd = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="gdispatch-uac-"))
+    wd.mkdir(parents=True, exist_ok=True)
+    scen = Path(scenario) if os.sep in scenario else SCENARIOS / scenario
+    stat_path = wd / "stat.csv"
+    if stat_path.exists():
+        stat_path.unlink()
+    for old in wd.glob("*_errors.log"):
+        old.unlink()
+    lport = local_port or free_port(TRANSPORTS[transport])
+    rt = recv_timeout_ms if recv_timeout_ms is not None else int(min(8.0, timeout_s) * 1000)
+    cmd = [require_sipp(), target, "-sf", str(scen), "-s", service, "-i", HOST, "-p", str(lport),
+           "-t", transport, "-m", str(calls), "-r", str(rate), "-rp", "1000",
+           "-nostdin", "-nd", "-max_retrans", "5", "-recv_timeout", f"{rt}ms",
+           "-timeout", f"{max(1, round(timeout_s))}s", "-timeout_error",
+           "-trace_stat", "-stf", str(stat_path), "-fd", "1", "-trace_err"]
+    if "-l" not in extra_args:
+        cmd += ["-l", str(max(1000, rate))]
+    cmd += list(extra_args)
+    timed_out = False
+    with open(wd / "uac.out", "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=wd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            proc.wait(timeout=timeout_s + 15)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _stop_process(proc, signal.SIGUSR1, 3.0)
+    stdout = (wd / "uac.out").read_text(errors="replace")
+    stat = _last_stat_row(stat_path)
+
+    def num(key: str) -> int:
+        try:
+            return int(stat.get(key, "0") or 0)
+        except ValueError:
+            return 0
+
+    errors = "".join(p.read_text(errors="replace") for p in sorted(wd.glob("*_errors.log")))
+    return UacResult(rc=proc.returncode, calls=calls, successful=num("SuccessfulCall(C)"),
+                     failed=num("FailedCall(C)"), retransmissions=num("Retransmissions(C)"),
+                     created=num("OutgoingCall(C)"), stdout=stdout, stat=stat, errors=errors, dir=wd,
+                     timed_out=timed_out)
+
+
+def _last_stat_row(path: Path) -> dict[str, str]:
+    try:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.reader(f, delimiter=";") if r]
+    except OSError:
+        return {}
+    if len(rows) < 2:
+        return {}
+    return dict(zip(rows[0], rows[-1]))
