@@ -1,0 +1,64 @@
+# gdispatch developer tasks (GNU make). A fresh Debian machine needs only python3:
+# the venv, the package and its test tools are installed on first use, and `make test`
+# installs SIPp (Debian package sip-tester) when `sipp` is missing.
+
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+# root runs apt-get directly; anyone else through sudo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
+
+.PHONY: all install install-sipp run test bench bench-compare lint clean distclean
+
+all: test
+
+# The venv and an editable install of the package with its test extra. Rebuilt when the
+# packaging files change. Some Debian machines lack python3-venv (ensurepip): there
+# `python3 -m venv` fails, so python3-venv is installed and the venv made again.
+$(VENV)/.installed: setup.cfg pyproject.toml
+	@if ! $(PY) -m pip --version >/dev/null 2>&1; then \
+	  rm -rf $(VENV); \
+	  if ! $(PYTHON) -m venv $(VENV); then \
+	    echo "python3 -m venv failed: installing python3-venv"; rm -rf $(VENV); \
+	    $(APT) update && $(APT) install -y python3-venv && $(PYTHON) -m venv $(VENV); \
+	  fi; \
+	fi
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+install-sipp:
+	@command -v sipp >/dev/null 2>&1 || { \
+	  echo "sipp not found: installing sip-tester"; \
+	  $(APT) update && $(APT) install -y sip-tester; }
+	@command -v sipp >/dev/null 2>&1 || { echo "SIPp is still missing" >&2; exit 1; }
+
+run: $(VENV)/.installed
+	$(VENV)/bin/gdispatch run --config gdispatch.toml
+
+test: $(VENV)/.installed install-sipp
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.installed install-sipp
+	PY=$(PY) bench/bench.sh
+
+bench-compare: $(VENV)/.installed
+	PY=$(PY) bench/compare.sh
+
+# ruff is a development tool, not a dependency: installed into the venv on first use.
+# Target Python 3.9, the oldest version the package supports.
+lint: $(VENV)/.installed
+	@[ -x $(VENV)/bin/ruff ] || $(PY) -m pip install -q ruff
+	$(VENV)/bin/ruff check --target-version py39 .
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+# clean, and remove the venv too
+distclean: clean
+	rm -rf $(VENV)
