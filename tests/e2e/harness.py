@@ -285,10 +285,10 @@ class Proxy:
     ``listen`` entries may contain ``{port}``: it is replaced by `self.port`, a port free for
     UDP and TCP. The first ``udp:`` (else ``tcp:``) entry is where readiness is checked.
     The harness passes the list file with ``--list``; `config` is written as is to
-    ``gdispatch.toml``.
+    ``gdispatch.toml`` and passed with ``--config`` (None: no configuration file at all).
     """
 
-    def __init__(self, tmp_path: Path | str, dispatcher_list: str, config: str = "",
+    def __init__(self, tmp_path: Path | str, dispatcher_list: str, config: str | None = "",
                  listen: Sequence[str] = ("udp:127.0.0.1:{port}",), args: Sequence[str] = (),
                  *, port: int | None = None, ready_timeout: float = 15.0, env: dict | None = None):
         self.dir = Path(tmp_path)
@@ -301,7 +301,9 @@ class Proxy:
         self.config_path = self.dir / "gdispatch.toml"
         self.log_path = self.dir / "proxy.log"
         self.list_path.write_text(dispatcher_list)
-        self.config_path.write_text(config)
+        self.config = config
+        if config is not None:
+            self.config_path.write_text(config)
         self.args = list(args)
         self.ready_timeout = ready_timeout
         self.env = env
@@ -314,8 +316,10 @@ class Proxy:
 
     @property
     def cmd(self) -> list[str]:
-        cmd = [sys.executable, "-m", "gdispatch", "run", "--config", str(self.config_path),
-               "--list", str(self.list_path)]
+        cmd = [sys.executable, "-m", "gdispatch", "run"]
+        if self.config is not None:
+            cmd += ["--config", str(self.config_path)]
+        cmd += ["--list", str(self.list_path)]
         for x in self.listen:
             cmd += ["--listen", x]
         return cmd + self.args
