@@ -1,0 +1,232 @@
+"""gdispatch's maximum sustainable call rate, on 127.0.0.1. Run through bench/bench.sh.
+
+Starts 2 SIPp UAS (tests/scenarios/uas_ok.xml) and gdispatch in front of them (round robin,
+``--algorithm 4``), waits for the proxy's OPTIONS 200, measures unloaded latency with
+bench/lib/probe.py, then runs one bounded SIPp UAC load per rate in RATES (full calls:
+INVITE, 200, ACK, BYE, 200; tests/scenarios/uac.xml). A step passes when failed plus
+unfinished calls are < MAX_FAIL_PCT % of the calls, UAC retransmissions <= MAX_RETRANS_PCT %
+of the calls, and the achieved rate (successful calls / elapsed time) >= MIN_RATE_FRAC x the
+target. A failing step is run once more (CONFIRM=1) before the search stops.
+
+Proxy CPU is utime+stime of the proxy and all its descendants, from /proc, over the step;
+divided by the successful calls it gives the proxy's CPU cost of one call.
+
+DIRECT=1: no proxy, the UAC calls one UAS (the ceiling of this harness on this machine).
+
+Environment: PY (set by bench.sh), RATES, STEP_S, LAT_CALLS, LAT_RATE, ALG, PROXY_ARGS,
+GRACE_S, CONFIRM, MAX_FAIL_PCT, MAX_RETRANS_PCT, MIN_RATE_FRAC, DIRECT, OUT.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import probe
+
+from tests.e2e import harness
+
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def env(name: str, default: str) -> str:
+    return os.environ.get(name, "").strip() or default
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def tree_cpu_s(pids: list[int]) -> float:
+    """utime+stime (seconds) of pids and all their live descendants."""
+    procs: dict[int, tuple[int, int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                st = f.read()
+        except OSError:
+            continue
+        rest = st[st.rfind(")") + 2:].split()
+        procs[int(d)] = (int(rest[1]), int(rest[11]) + int(rest[12]))
+    members = {p for p in pids if p in procs}
+    grew = True
+    while grew:
+        grew = False
+        for pid, (ppid, _) in procs.items():
+            if ppid in members and pid not in members:
+                members.add(pid)
+                grew = True
+    return sum(procs[p][1] for p in members) / HZ
+
+
+def box_busy_s() -> float:
+    """Busy CPU seconds of the whole machine, all cores (from /proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v) - v[3] - v[4]) / HZ
+
+
+def children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def elapsed_s(stat: dict[str, str]) -> float:
+    """SIPp's ElapsedTime(C), "HH:MM:SS:uuuuuu", in seconds."""
+    p = stat.get("ElapsedTime(C)", "").split(":")
+    if len(p) < 3:
+        return float("nan")
+    return int(p[0]) * 3600 + int(p[1]) * 60 + int(p[2]) + (int(p[3]) / 1e6 if len(p) > 3 else 0.0)
+
+
+COLS = ["rate", "calls", "ok", "failed", "unfinished", "fail_pct", "retrans_pct", "achieved_cps",
+        "proxy_cpu_pct", "proxy_cpu_us_per_call", "uas_cpu_pct", "uac_cpu_pct", "box_cpu_pct", "pass"]
+
+
+def main() -> int:
+    # SIGTERM ends the run like Ctrl-C does: through the finally below, which stops by PID
+    # every process started here.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    direct = env("DIRECT", "0") == "1"
+    rates = [int(r) for r in env("RATES", "250 500 1000 1500 2000 2500 3000").split()]
+    step_s = float(env("STEP_S", "5"))
+    grace_s = float(env("GRACE_S", "20"))
+    lat_calls = int(env("LAT_CALLS", "300"))
+    lat_rate = float(env("LAT_RATE", "50"))
+    alg = env("ALG", "4")
+    proxy_args = shlex.split(os.environ.get("PROXY_ARGS", ""))
+    confirm = env("CONFIRM", "1") == "1"
+    max_fail = float(env("MAX_FAIL_PCT", "0.1"))
+    max_retrans = float(env("MAX_RETRANS_PCT", "1.0"))
+    min_frac = float(env("MIN_RATE_FRAC", "0.95"))
+    name = time.strftime("bench_%Y%m%d_%H%M%S") + ("_direct" if direct else "")
+    out = Path(env("OUT", str(ROOT / "bench-results" / name))).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    harness.require_sipp()
+    # every UAS exits by itself once the whole run should be over
+    uas_limit = 120 + lat_calls / lat_rate + 2 * len(rates) * (step_s + grace_s + 20)
+
+    gateways: list[harness.Uas] = []
+    proxy: harness.Proxy | None = None
+    try:
+        for i in range(1 if direct else 2):
+            gateways.append(harness.Uas(out, "uas_ok.xml", time_limit_s=uas_limit, name=f"uas{i + 1}").start())
+        log("UAS on " + ", ".join(f"127.0.0.1:{g.port} (pid {g.pid})" for g in gateways))
+        if direct:
+            target = f"127.0.0.1:{gateways[0].port}"
+            mode = "direct (UAC -> UAS, no proxy)"
+        else:
+            ds = harness.dispatcher_list(*gateways)
+            proxy = harness.Proxy(out / "proxy", ds, config=None, listen=["udp:127.0.0.1:{port}"],
+                                  args=["--algorithm", alg, *proxy_args], ready_timeout=30)
+            log("starting gdispatch: " + " ".join(proxy.cmd))
+            try:
+                proxy.start()
+            except RuntimeError as e:
+                log(f"ERROR: {e}")
+                print("ERROR: gdispatch did not start or did not answer OPTIONS with 200; "
+                      f"see {proxy.log_path}", file=sys.stderr)
+                return 1
+            target = f"127.0.0.1:{proxy.port}"
+            mode = f"gdispatch (pid {proxy.pid}) -> {len(gateways)} UAS, algorithm {alg}"
+        log(f"mode: {mode}; target {target}")
+
+        lat = probe.measure(target, lat_calls, lat_rate) if lat_calls > 0 else {}
+        if lat:
+            log("unloaded latency: " + " ".join(f"{k}={v}" for k, v in lat.items()))
+            (out / "latency.txt").write_text("".join(f"{k}={v}\n" for k, v in lat.items()))
+
+        rows: list[dict[str, object]] = []
+        uas_pids = [g.pid for g in gateways]
+
+        def step(rate: int) -> bool:
+            calls = max(1, int(rate * step_s))
+            log(f"step {rate} cps x {step_s:g} s = {calls} calls")
+            p0 = tree_cpu_s([proxy.pid]) if proxy else 0.0
+            u0, c0, b0, w0 = tree_cpu_s(uas_pids), children_cpu_s(), box_busy_s(), time.monotonic()
+            res = harness.run_uac(target, "uac.xml", calls=calls, rate=rate, timeout_s=step_s + grace_s,
+                                  workdir=out / f"step_{rate}_{int(time.time())}")
+            wall = max(1e-3, time.monotonic() - w0)
+            p1 = tree_cpu_s([proxy.pid]) if proxy else 0.0
+            u1, c1, b1 = tree_cpu_s(uas_pids), children_cpu_s(), box_busy_s()
+            el = elapsed_s(res.stat)
+            achieved = res.successful / el if el > 0 and not math.isnan(el) else 0.0
+            fail_pct = 100.0 * (res.failed + res.unfinished) / calls
+            retrans_pct = 100.0 * res.retransmissions / calls
+            ok = (fail_pct < max_fail and retrans_pct <= max_retrans and achieved >= min_frac * rate)
+            if proxy and not proxy.alive():
+                log("the proxy died")
+                ok = False
+            row = {
+                "rate": rate, "calls": calls, "ok": res.successful, "failed": res.failed,
+                "unfinished": res.unfinished, "fail_pct": round(fail_pct, 3),
+                "retrans_pct": round(retrans_pct, 3), "achieved_cps": round(achieved, 1),
+                "proxy_cpu_pct": round(100 * (p1 - p0) / wall, 1) if proxy else "NA",
+                "proxy_cpu_us_per_call": round(1e6 * (p1 - p0) / res.successful)
+                if proxy and res.successful else "NA",
+                "uas_cpu_pct": round(100 * (u1 - u0) / wall, 1),
+                "uac_cpu_pct": round(100 * (c1 - c0) / wall, 1),
+                "box_cpu_pct": round(100 * (b1 - b0) / wall, 1),
+                "pass": int(ok),
+            }
+            rows.append(row)
+            log(" ".join(f"{k}={v}" for k, v in row.items()))
+            time.sleep(1)  # let the UAS finish their timewait of the last calls
+            return ok
+
+        best: dict[str, object] | None = None
+        first_fail = None
+        for rate in rates:
+            passed = step(rate)
+            if not passed and confirm:
+                log(f"step {rate} failed; running it once more")
+                passed = step(rate)
+            if not passed:
+                first_fail = rate
+                break
+            best = rows[-1]
+
+        with open(out / "steps.tsv", "w") as f:
+            f.write("\t".join(COLS) + "\n")
+            f.writelines("\t".join(str(r[c]) for c in COLS) + "\n" for r in rows)
+        widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in COLS} if rows else {}
+        print(f"# {mode}; {step_s:g} s steps; pass: failed+unfinished < {max_fail:g} %, "
+              f"retransmissions <= {max_retrans:g} %, achieved >= {min_frac * 100:g} % of the target")
+        if lat:
+            print("# unloaded latency (us): INVITE->200 p50 {inv_p50_us} p99 {inv_p99_us}; "
+                  "BYE->200 p50 {bye_p50_us} p99 {bye_p99_us} ({lat_n} calls, {lat_fail} failed)".format(**lat))
+        print("  ".join(c.rjust(widths[c]) for c in COLS))
+        for r in rows:
+            print("  ".join(str(r[c]).rjust(widths[c]) for c in COLS))
+        max_cps = best["rate"] if best else 0
+        cpu = best["proxy_cpu_us_per_call"] if best else "NA"
+        result = {"mode": "direct" if direct else "gdispatch", "max_cps": max_cps,
+                  "first_failing_rate": first_fail or "none", "proxy_cpu_us_per_call": cpu,
+                  "step_s": step_s, "rates": " ".join(map(str, rates)), "out": out}
+        result.update({f"idle_{k}": v for k, v in lat.items()})
+        (out / "result.txt").write_text("".join(f"{k}={v}\n" for k, v in result.items()))
+        print(f"results: {out}")
+        print(f"max_cps={max_cps}")
+        print(f"proxy_cpu_us_per_call={cpu}")
+        return 0
+    finally:
+        if proxy:
+            proxy.stop()
+        for g in gateways:
+            g.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
