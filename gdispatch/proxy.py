@@ -1,0 +1,787 @@
+"""The stateful proxy: what happens to each SIP message (RFC 3261 §16).
+
+Requests and responses arrive here from the transport shell, inline in the receiver
+greenlet. The fast paths stay inline: retransmissions are absorbed by their server
+transaction, responses are matched to their client transaction and relayed, ACKs and
+in-dialog requests are loose-routed in arrival order (so a BYE never overtakes the REFER
+sent before it). Only a new out-of-dialog request that must be dispatched gets a greenlet
+of its own, which walks the destination list: send, wait for a final response or a
+timeout, fail over to the next destination.
+
+What lives elsewhere: message parsing and building (`gdispatch.sip`), transaction state
+machines (`gdispatch.transaction`), the list and the algorithms (`gdispatch.dispatcher`),
+sockets (`gdispatch.transport`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import re
+import zlib
+import gevent
+from gevent.event import AsyncResult
+
+from gdispatch.config import Config, Route
+from gdispatch.dispatcher.algorithms import select
+from gdispatch.dispatcher.destination import Destination, DispatcherList
+from gdispatch.sip import (
+    ParseError,
+    SipMessage,
+    SipUri,
+    Via,
+    build_ack,
+    build_cancel,
+    build_response,
+    forward_request,
+    parse_message,
+    parse_uri,
+    strip_top_via,
+)
+from gdispatch.transaction.client import ClientTransaction
+from gdispatch.transaction.server import ServerTransaction
+from gdispatch.transaction.timers import Scheduler, TimerConfig
+from gdispatch.transport import Source, Transports, TransportError
+
+log = logging.getLogger("gdispatch.proxy")
+
+MAGIC_COOKIE = "z9hG4bK"
+# Requests that may create a dialog get our Record-Route (RFC 3261 §16.6 step 4).
+DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
+_RPORT_EMPTY = re.compile(rb";\s*rport(?=\s*(?:;|$))", re.I)
+LOCAL_TIMEOUT = 408
+
+
+def _status_line(status: int, reason: bytes) -> bytes:
+    return b"SIP/2.0 %d %s" % (status, reason)
+
+
+class Branch:
+    """One attempt of a forwarded request: a destination and its client transaction."""
+
+    __slots__ = ("ctx", "dest", "next_hop", "ct", "request", "provisional", "final", "timer",
+                 "cancel_state", "key")
+
+    def __init__(self, ctx: "ResponseContext", dest: Destination | None, next_hop):
+        self.ctx = ctx
+        self.dest = dest
+        self.next_hop = next_hop  # (transport, (ip, port))
+        self.ct: ClientTransaction | None = None
+        self.request: bytes = b""
+        self.provisional = False
+        self.final = 0  # final status once the branch is over (408: local timeout)
+        self.timer = None
+        # "" nothing, "pending" (send CANCEL on the first provisional), "sent"
+        self.cancel_state = ""
+        self.key = None
+
+
+class ResponseContext:
+    """The proxy's state for one server transaction it forwards (RFC 3261 §16.7)."""
+
+    __slots__ = ("proxy", "st", "request", "branches", "best", "final_sent", "cancelled", "waiter",
+                 "route", "to_tag")
+
+    def __init__(self, proxy: "Proxy", st: ServerTransaction, request: SipMessage, route: Route | None):
+        self.proxy = proxy
+        self.st = st
+        self.request = request
+        self.branches: list[Branch] = []
+        self.best: SipMessage | None = None
+        self.final_sent = False
+        self.cancelled = False
+        self.waiter: AsyncResult | None = None
+        self.route = route
+        self.to_tag = ""
+
+
+class Proxy:
+    def __init__(self, config: Config, transports: Transports, scheduler: Scheduler,
+                 dispatcher_list: DispatcherList):
+        self.config = config
+        self.transports = transports
+        self.scheduler = scheduler
+        self.dlist = dispatcher_list
+        t = config.timers
+        self.timers = TimerConfig(t1=t.t1, t2=t.t2, t4=t.t4)
+        self.fr_timer = t.fr_timer
+        self.fr_inv_timer = t.fr_inv_timer
+        self.server_txns: dict = {}
+        self.client_txns: dict = {}
+        self.stats: dict[str, int] = dict.fromkeys((
+            "requests", "responses", "retransmissions_absorbed", "bad_messages_dropped",
+            "bad_requests_answered", "dispatched", "failovers", "no_destination", "local_replies",
+            "stray_responses",
+        ), 0)
+        self._branch_ids = itertools.count(1)
+        self._branch_salt = "%x" % (os.getpid() & 0xFFFF)
+        self._tag_ids = itertools.count(1)
+        # Who we are: our listen addresses (host, port) and the domains we serve.
+        self.local_hostports: set[tuple[str, int]] = set()
+        self.local_hosts: set[str] = set(config.domains)
+        for lst in transports.listeners:
+            self.local_hostports.add((lst.listen.host, lst.listen.port))
+            self.local_hosts.add(lst.listen.host)
+        self._via_markers = [self._hostport_bytes(h, p) for h, p in self.local_hostports]
+        self._debug = log.isEnabledFor(logging.DEBUG)
+
+    # ----------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _hostport_bytes(host: str, port: int) -> bytes:
+        return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()
+
+    def _is_local_uri(self, uri: SipUri) -> bool:
+        host = uri.host
+        if host not in self.local_hosts:
+            return False
+        if (host, uri.port or (5061 if uri.scheme == "sips" else 5060)) in self.local_hostports:
+            return True
+        # A domain name of ours (not one of our IPs) matches whatever the port.
+        return host in self.config.domains
+
+    def _new_branch_id(self, loop_hash: str) -> str:
+        return f"{MAGIC_COOKIE}{loop_hash}.{self._branch_salt}{next(self._branch_ids):x}"
+
+    def _loop_hash(self, msg: SipMessage) -> str:
+        # RFC 3261 §16.6 step 8: the part of the branch that detects loops covers the
+        # fields a spiral would change (Request-URI, Route) and those of the request.
+        to_tag = msg.to_tag or b""
+        from_tag = msg.from_tag or b""
+        data = b"|".join((msg.ruri, msg.get("route") or b"", msg.call_id, b"%d" % msg.cseq[0], from_tag, to_tag))
+        return "%08x" % zlib.crc32(data)
+
+    def _via_for(self, listener, branch: str) -> bytes:
+        lst = listener.listen
+        host = f"[{lst.host}]" if lst.family_v6 else lst.host
+        return f"SIP/2.0/{lst.transport.upper()} {host}:{lst.port};branch={branch}".encode()
+
+    def _rr_for(self, listener) -> bytes:
+        lst = listener.listen
+        host = f"[{lst.host}]" if lst.family_v6 else lst.host
+        tp = ";transport=tcp" if lst.transport == "tcp" else ""
+        return f"<sip:{host}:{lst.port}{tp};lr>".encode()
+
+    @staticmethod
+    def _reply_addr(source: Source, via: Via) -> tuple[str, int]:
+        """Where a response goes: RFC 3261 §18.2.2 and RFC 3581 §4 (rport)."""
+        if source.transport != "udp" or via.rport is not None:
+            return source.addr
+        return (source.addr[0], via.port or 5060)
+
+    def _with_received(self, via: Via, source: Source) -> bytes | None:
+        """The top Via with received/rport filled in (RFC 3261 §18.2.1, RFC 3581 §4), or
+        None when it needs no change."""
+        ip, port = source.addr
+        raw = via.raw
+        changed = False
+        if via.rport == "":
+            raw = _RPORT_EMPTY.sub(b";rport=%d" % port, raw, count=1)
+            changed = True
+        if (changed or via.host != ip) and via.received is None:
+            raw += b";received=" + ip.encode()
+            changed = True
+        return raw if changed else None
+
+    def _new_tag(self) -> str:
+        return f"gd{self._branch_salt}{next(self._tag_ids):x}"
+
+    # ----------------------------------------------------------------- entry
+
+    def on_message(self, data: bytes, source: Source) -> None:
+        if not data.strip(b"\r\n"):
+            return  # keep-alive (RFC 5626 §3.5.1)
+        try:
+            msg = parse_message(data, stream=source.transport != "udp")
+        except ParseError as e:
+            self.stats["bad_messages_dropped"] += 1
+            if self._debug:
+                log.debug("dropped an unparsable message from %r: %s", source, e.reason)
+            return
+        if msg.is_request:
+            self.stats["requests"] += 1
+            self.on_request(msg, source)
+        else:
+            self.stats["responses"] += 1
+            self.on_response(msg, source)
+
+    # ----------------------------------------------------------------- requests
+
+    def _stateless_reply(self, msg: SipMessage, source: Source, status: int, reason: str) -> None:
+        try:
+            via = msg.top_via
+            data = build_response(msg, status, reason, to_tag=self._new_tag() if status > 100 else None)
+        except ParseError:
+            self.stats["bad_messages_dropped"] += 1
+            return
+        self.transports.reply(source, self._reply_addr(source, via), data)
+
+    def _server_key(self, msg: SipMessage, via: Via, method: str):
+        branch = via.branch
+        if branch and branch.startswith(MAGIC_COOKIE):
+            # RFC 3261 §17.2.3: branch, sent-by and method (ACK/CANCEL match INVITE).
+            return (branch, via.host, via.port, method)
+        # RFC 2543 peers: match on the request's identifying fields instead.
+        return ("2543", msg.call_id, msg.cseq[0], msg.from_tag, via.raw, method)
+
+    def on_request(self, msg: SipMessage, source: Source) -> None:
+        try:
+            msg.validate_request()
+            via = msg.top_via
+        except ParseError as e:
+            if msg.method != "ACK":
+                self.stats["bad_requests_answered"] += 1
+                self._stateless_reply(msg, source, e.status, e.reason)
+            else:
+                self.stats["bad_messages_dropped"] += 1
+            return
+        method = msg.method
+        if method == "ACK":
+            self._on_ack(msg, via, source)
+            return
+        if method == "CANCEL":
+            self._on_cancel(msg, via, source)
+            return
+        key = self._server_key(msg, via, method)
+        st = self.server_txns.get(key)
+        if st is not None:
+            self.stats["retransmissions_absorbed"] += 1
+            st.on_request_retransmission()
+            return
+        self._new_request(msg, via, source, key)
+
+    def _new_server_txn(self, msg: SipMessage, via: Via, source: Source, key) -> ServerTransaction:
+        addr = self._reply_addr(source, via)
+        transports = self.transports
+
+        def send(data: bytes) -> None:
+            transports.reply(source, addr, data)
+
+        st = ServerTransaction(key, msg.method, reliable=source.transport != "udp", send=send,
+                               scheduler=self.scheduler, timers=self.timers,
+                               on_terminated=self._server_terminated)
+        self.server_txns[key] = st
+        return st
+
+    def _server_terminated(self, st: ServerTransaction) -> None:
+        if self.server_txns.get(st.key) is st:
+            del self.server_txns[st.key]
+        st.context = None
+
+    def _local_reply(self, st: ServerTransaction, msg: SipMessage, status: int, reason: str,
+                     to_tag: str = "", headers=()) -> None:
+        self.stats["local_replies"] += 1
+        st.respond(status, build_response(msg, status, reason, to_tag=to_tag or self._new_tag(), headers=headers))
+
+    def _new_request(self, msg: SipMessage, via: Via, source: Source, key) -> None:
+        method = msg.method
+        st = self._new_server_txn(msg, via, source, key)
+        if method == "INVITE":
+            # RFC 3261 §16.2: quench the caller's retransmissions at once.
+            st.respond(100, build_response(msg, 100, "Trying"))
+        mf = msg.max_forwards
+        try:
+            ruri = parse_uri(msg.ruri)
+        except ParseError as e:
+            self._local_reply(st, msg, e.status, e.reason)
+            return
+        if mf is not None and mf <= 0:
+            # RFC 3261 §16.3 step 3; an OPTIONS with Max-Forwards 0 asks about us (§11).
+            if method == "OPTIONS":
+                self._answer_options(st, msg)
+            else:
+                self._local_reply(st, msg, 483, "Too Many Hops")
+            return
+        if self._is_loop(msg):
+            self._local_reply(st, msg, 482, "Loop Detected")
+            return
+        top_via = self._with_received(via, source)
+        routes = msg.routes if msg.has("route") else []
+        # RFC 3261 §16.4: a strict router put our Record-Route URI in the Request-URI.
+        strict = bool(routes) and self._is_local_uri(ruri) and "lr" in ruri.params
+        popped = 0
+        if not strict:
+            while popped < len(routes) and self._is_local_uri(routes[popped].uri):
+                popped += 1
+        if msg.to_tag is not None:
+            self._in_dialog(msg, st, source, ruri, routes, popped, strict, top_via)
+            return
+        # Out of dialog.
+        if popped < len(routes) or strict:
+            self._local_reply(st, msg, 403, "Relaying Forbidden")
+            return
+        if not self._is_local_uri(ruri):
+            # No open relay: only requests for our addresses or domains are dispatched.
+            self._local_reply(st, msg, 403, "Relaying Forbidden")
+            return
+        if method == "OPTIONS" and ruri.user is None:
+            self._answer_options(st, msg)
+            return
+        route = self._match_route(msg)
+        if route is None:
+            self._local_reply(st, msg, self.config.no_route_reply, "No Route")
+            return
+        if route.reply:
+            self._local_reply(st, msg, route.reply, route.reply_reason or "Rejected")
+            return
+        dset = self.dlist.get(route.set)
+        candidates = select(dset, route.algorithm, msg, route.limit) if dset is not None else []
+        if not candidates:
+            self.stats["no_destination"] += 1
+            log.warning("no active destination in set %d for %s %s", route.set, method, msg.call_id.decode(errors="replace"))
+            self._local_reply(st, msg, 503, "No Destination Available")
+            return
+        if self._debug:
+            log.debug("dispatch %s call-id=%s set=%d alg=%d -> %s", method, msg.call_id.decode(errors="replace"),
+                      route.set, route.algorithm, " ".join(d.uri for d in candidates))
+        self.stats["dispatched"] += 1
+        ctx = ResponseContext(self, st, msg, route)
+        ctx.to_tag = self._new_tag()
+        st.context = ctx
+        record = method in DIALOG_CREATING
+        gevent.spawn(self._walk, ctx, candidates, source, top_via, popped, record)
+
+    def _match_route(self, msg: SipMessage) -> Route | None:
+        method = msg.method
+        for r in self.config.routes:
+            if r.matches(method):
+                return r
+        return None
+
+    def _answer_options(self, st: ServerTransaction, msg: SipMessage) -> None:
+        self._local_reply(st, msg, 200, "OK", headers=(
+            b"Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY, SUBSCRIBE, MESSAGE",
+            b"Accept: application/sdp", b"Server: gdispatch"))
+
+    def _is_loop(self, msg: SipMessage) -> bool:
+        """RFC 3261 §16.3 step 4: a Via of ours whose branch carries this request's hash."""
+        markers = self._via_markers
+        suspicious = False
+        for h in msg.headers:
+            if h.name == "via" and any(m in h.value for m in markers):
+                suspicious = True
+                break
+        if not suspicious:
+            return False
+        expect = MAGIC_COOKIE + self._loop_hash(msg) + "."
+        for v in msg.vias:
+            if (v.host, v.port or 5060) in self.local_hostports and v.branch and v.branch.startswith(expect):
+                return True
+        return False
+
+    def _next_hop(self, uri: SipUri) -> tuple[str, tuple[str, int]] | None:
+        """RFC 3263 in its simplest form: an IP literal, or a name resolved to one address."""
+        transport = uri.transport
+        port = uri.port or (5061 if uri.scheme == "sips" else 5060)
+        host = uri.host
+        if _is_ip(host):
+            return transport, (host, port)
+        try:
+            import gevent.socket as gsocket
+
+            infos = gsocket.getaddrinfo(host, port, 0, 0)
+        except OSError:
+            return None
+        for family, _t, _p, _c, sa in infos:
+            return transport, (sa[0], sa[1])
+        return None
+
+    def _in_dialog(self, msg: SipMessage, st: ServerTransaction, source: Source, ruri: SipUri, routes,
+                   popped: int, strict: bool, top_via: bytes | None) -> None:
+        """Loose routing of a request inside a dialog (RFC 3261 §16.4, §16.6 step 6)."""
+        new_ruri = None
+        add_headers: list[bytes] = []
+        remove = ()
+        if strict:
+            # Our URI is the Request-URI: the last Route is the real target (§16.4).
+            new_ruri = routes[-1].uri_raw
+            remove = ("route",)
+            add_headers = [b"Route: " + r.raw for r in routes[:-1]]
+            target = routes[-1].uri
+            popped = 0
+        elif popped == 0:
+            self._local_reply(st, msg, 404, "Not Here")
+            return
+        elif popped < len(routes):
+            target = routes[popped].uri
+            if "lr" not in target.params:
+                # The next hop is a strict router (§16.6 step 6): it gets the route as
+                # Request-URI and the Request-URI goes to the end of the route set.
+                new_ruri = routes[popped].uri_raw
+                remove = ("route",)
+                add_headers = [b"Route: " + r.raw for r in routes[popped + 1:]] + [b"Route: <" + msg.ruri + b">"]
+                popped = 0
+        else:
+            target = ruri
+        hop = self._next_hop(target)
+        if hop is None:
+            self._local_reply(st, msg, 476, "Unresolvable Destination")
+            return
+        ctx = ResponseContext(self, st, msg, None)
+        st.context = ctx
+        branch = Branch(ctx, None, hop)
+        ctx.branches.append(branch)
+        self._send_branch(branch, source, top_via, popped, record=False, new_ruri=new_ruri,
+                          add_headers=add_headers, remove=remove)
+
+    def _on_ack(self, msg: SipMessage, via: Via, source: Source) -> None:
+        st = self.server_txns.get(self._server_key(msg, via, "INVITE"))
+        if st is not None and not 200 <= st.last_status < 300:
+            st.on_ack()  # the ACK of a non-2xx final: it ends here (RFC 3261 §17.2.1)
+            return
+        # The ACK of a 2xx is its own end-to-end request: route it statelessly (§16.11).
+        try:
+            ruri = parse_uri(msg.ruri)
+        except ParseError:
+            self.stats["bad_messages_dropped"] += 1
+            return
+        routes = msg.routes if msg.has("route") else []
+        popped = 0
+        while popped < len(routes) and self._is_local_uri(routes[popped].uri):
+            popped += 1
+        if popped == 0:
+            self.stats["bad_messages_dropped"] += 1  # not for a dialog we record-routed
+            return
+        target = routes[popped].uri if popped < len(routes) else ruri
+        hop = self._next_hop(target)
+        if hop is None:
+            return
+        transport, addr = hop
+        listener = self.transports.listener_for(transport, addr[0])
+        if listener is None:
+            return
+        # A stateless branch must be the same for retransmissions of the same ACK (§16.11).
+        branch = "%s%08x.s" % (MAGIC_COOKIE, zlib.crc32((via.branch or "").encode() + msg.call_id))
+        mf = msg.max_forwards
+        data = forward_request(msg, via=self._via_for(listener, branch), pop_routes=popped,
+                               max_forwards=69 if mf is None else mf - 1,
+                               top_via=self._with_received(via, source))
+        try:
+            self.transports.send(transport, addr, data, listener=listener)
+        except TransportError as e:
+            log.warning("cannot forward ACK to %s:%s: %s", addr[0], addr[1], e)
+
+    def _on_cancel(self, msg: SipMessage, via: Via, source: Source) -> None:
+        key = self._server_key(msg, via, "CANCEL")
+        cst = self.server_txns.get(key)
+        if cst is not None:
+            cst.on_request_retransmission()
+            return
+        st = self.server_txns.get(self._server_key(msg, via, "INVITE"))
+        cst = self._new_server_txn(msg, via, source, key)
+        if st is None:
+            self._local_reply(cst, msg, 481, "Call/Transaction Does Not Exist")
+            return
+        # RFC 3261 §16.10: answer the CANCEL ourselves, then cancel every pending branch.
+        self._local_reply(cst, msg, 200, "OK", to_tag=(st.context.to_tag if st.context else ""))
+        ctx = st.context
+        if ctx is not None:
+            self._cancel_context(ctx)
+        elif st.last_status < 200:
+            self._local_reply(st, msg, 487, "Request Terminated")
+
+    # ----------------------------------------------------------------- forwarding
+
+    def _walk(self, ctx: ResponseContext, candidates: list[Destination], source: Source,
+              top_via: bytes | None, popped: int, record: bool) -> None:
+        """The life of a dispatched request: try each destination in turn (serial forking)."""
+        route = ctx.route
+        try:
+            for n, dest in enumerate(candidates):
+                if ctx.cancelled or ctx.final_sent:
+                    break
+                if n:
+                    self.stats["failovers"] += 1
+                hop = (dest.transport, dest.address)
+                branch = Branch(ctx, dest, hop)
+                ctx.branches.append(branch)
+                ctx.waiter = waiter = AsyncResult()
+                self._send_branch(branch, source, top_via, popped, record)
+                status = waiter.get()
+                ctx.waiter = None
+                if 200 <= status < 300 or ctx.cancelled:
+                    break
+                if status >= 600 or status not in route.failover_codes:
+                    break
+                if n + 1 < len(candidates):
+                    log.warning("failover: %s answered %d for call-id %s, trying %s", dest.uri, status,
+                                ctx.request.call_id.decode(errors="replace"), candidates[n + 1].uri)
+                else:
+                    log.warning("%s answered %d for call-id %s; no destination left", dest.uri, status,
+                                ctx.request.call_id.decode(errors="replace"))
+            self._finish(ctx)
+        except Exception:
+            log.exception("error while dispatching call-id %s", ctx.request.call_id.decode(errors="replace"))
+            if not ctx.final_sent:
+                ctx.final_sent = True
+                self._local_reply(ctx.st, ctx.request, 500, "Internal Server Error")
+
+    def _send_branch(self, branch: Branch, source: Source, top_via: bytes | None, popped: int, record: bool,
+                     new_ruri: bytes | None = None, add_headers=(), remove=()) -> None:
+        ctx = branch.ctx
+        msg = ctx.request
+        transport, addr = branch.next_hop
+        listener = self.transports.listener_for(transport, addr[0])
+        if listener is None:
+            log.warning("cannot reach %s:%s:%s: %s", transport, addr[0], addr[1],
+                        self.transports.can_reach(transport, addr[0]))
+            self._branch_over(branch, 503, None)
+            return
+        branch_id = self._new_branch_id(self._loop_hash(msg))
+        rr: tuple[bytes, ...] = ()
+        if record:
+            rr = (self._rr_for(listener),)
+            if listener is not source.listener:
+                # Double record-routing: each side of the dialog needs the address it can
+                # reach us on (the two listeners differ in transport or address).
+                rr = (self._rr_for(listener), self._rr_for(source.listener))
+        mf = msg.max_forwards
+        data = forward_request(msg, via=self._via_for(listener, branch_id), ruri=new_ruri,
+                               max_forwards=69 if mf is None else mf - 1, record_route=rr,
+                               pop_routes=popped, top_via=top_via, add_headers=add_headers,
+                               remove_headers=remove)
+        branch.request = data
+        transports = self.transports
+
+        def send(out: bytes) -> None:
+            transports.send(transport, addr, out, on_error=on_error, listener=listener)
+
+        def on_error() -> None:
+            ct = branch.ct
+            if ct is not None and ct.state != "terminated":
+                ct.on_transport_error()
+
+        key = (branch_id, msg.method)
+        branch.key = key
+        ct = ClientTransaction(
+            key, msg.method, data, reliable=transport != "udp", send=send, scheduler=self.scheduler,
+            timers=self.timers, on_response=self._branch_response, on_timeout=self._branch_timeout,
+            make_ack=lambda resp: build_ack(parse_message(data), resp) if msg.method == "INVITE" else None,
+            on_transport_error=self._branch_transport_error, on_terminated=self._client_terminated,
+        )
+        ct.context = branch
+        branch.ct = ct
+        self.client_txns[key] = ct
+        branch.timer = self.scheduler.call_later(self.fr_timer, self._fr_timeout, branch)
+        try:
+            ct.start()
+        except TransportError as e:
+            log.warning("cannot send to %s:%s:%s: %s", transport, addr[0], addr[1], e)
+            ct.on_transport_error()
+
+    def _client_terminated(self, ct: ClientTransaction) -> None:
+        if self.client_txns.get(ct.key) is ct:
+            del self.client_txns[ct.key]
+
+    def _fr_timeout(self, branch: Branch) -> None:
+        """No final response in time: give up on this destination (RFC 3261 §16.8)."""
+        branch.timer = None
+        if branch.final:
+            return
+        ct = branch.ct
+        if branch.provisional:
+            # It rang too long (fr_inv_timer): cancel it (§16.8, §9.1).
+            self._send_cancel(branch)
+        elif ct is not None:
+            ct.stop_retransmissions()
+        self._branch_over(branch, LOCAL_TIMEOUT, None)
+
+    def _branch_timeout(self, ct: ClientTransaction) -> None:
+        branch = ct.context
+        if branch is not None and not branch.final:
+            self._branch_over(branch, LOCAL_TIMEOUT, None)
+
+    def _branch_transport_error(self, ct: ClientTransaction) -> None:
+        branch = ct.context
+        if branch is not None and not branch.final:
+            dest = branch.dest
+            log.warning("transport error sending to %s", dest.uri if dest else branch.next_hop)
+            self._branch_over(branch, 503, None)
+
+    def _branch_response(self, ct: ClientTransaction, status: int, resp: SipMessage) -> None:
+        branch: Branch = ct.context
+        ctx = branch.ctx
+        if status < 200:
+            if not branch.provisional:
+                branch.provisional = True
+                if branch.timer is not None:
+                    branch.timer.cancel()
+                    branch.timer = None
+                if not branch.final:
+                    branch.timer = self.scheduler.call_later(self.fr_inv_timer, self._fr_timeout, branch)
+                if branch.cancel_state == "pending":
+                    self._send_cancel(branch)
+            if status > 100 and not ctx.final_sent and not branch.final:
+                # RFC 3261 §16.7 step 5: provisional responses (but 100) go upstream at once.
+                ctx.st.respond(status, strip_top_via(resp))
+            return
+        if branch.timer is not None:
+            branch.timer.cancel()
+            branch.timer = None
+        if 200 <= status < 300:
+            # Every 2xx goes upstream, retransmissions included (§16.7 step 5, RFC 6026).
+            first = not ctx.final_sent
+            ctx.final_sent = True
+            ctx.st.respond(status, strip_top_via(resp))
+            if first:
+                for other in ctx.branches:
+                    if other is not branch and not other.final:
+                        self._send_cancel(other)
+            if not branch.final:
+                self._branch_over(branch, status, resp)
+            return
+        if branch.final:
+            return  # a late final after we gave up on this branch
+        self._branch_over(branch, status, resp)
+
+    def _branch_over(self, branch: Branch, status: int, resp: SipMessage | None) -> None:
+        branch.final = status
+        if branch.timer is not None:
+            branch.timer.cancel()
+            branch.timer = None
+        ctx = branch.ctx
+        if resp is not None and status >= 300:
+            ctx.best = _better(ctx.best, resp)
+        if ctx.waiter is not None:
+            ctx.waiter.set(status)
+        elif ctx.route is None and not ctx.final_sent:
+            self._finish(ctx)  # in-dialog: a single branch, no walker
+
+    def _finish(self, ctx: ResponseContext) -> None:
+        """Send the best final response upstream when no 2xx went (RFC 3261 §16.7 step 6)."""
+        if ctx.final_sent:
+            return
+        ctx.final_sent = True
+        st = ctx.st
+        best = ctx.best
+        if best is not None:
+            data = strip_top_via(best)
+            status = best.status
+            if status == 503:
+                # §16.7 step 6: a 503 is not passed upstream as such, or the caller would
+                # take the whole proxy as overloaded.
+                status = 500
+                data = _status_line(500, best.reason) + data[data.index(b"\r\n"):]
+            st.respond(status, data)
+            return
+        if ctx.cancelled:
+            self._local_reply(st, ctx.request, 487, "Request Terminated", to_tag=ctx.to_tag)
+        elif ctx.route is not None:
+            self._local_reply(st, ctx.request, 503, "Service Unavailable", to_tag=ctx.to_tag)
+        else:
+            self._local_reply(st, ctx.request, 408, "Request Timeout", to_tag=ctx.to_tag)
+
+    # ----------------------------------------------------------------- CANCEL
+
+    def _cancel_context(self, ctx: ResponseContext) -> None:
+        ctx.cancelled = True
+        waiting = False
+        for branch in ctx.branches:
+            if branch.final:
+                continue
+            if branch.provisional:
+                self._send_cancel(branch)
+                waiting = True
+            else:
+                # RFC 3261 §9.1: no CANCEL before a provisional response; stop sending
+                # the INVITE and cancel if a provisional still comes.
+                branch.cancel_state = "pending"
+                if branch.ct is not None:
+                    branch.ct.stop_retransmissions()
+                self._branch_over(branch, 487, None)
+        if not waiting:
+            if ctx.waiter is not None:
+                ctx.waiter.set(487)
+            else:
+                self._finish(ctx)
+
+    def _send_cancel(self, branch: Branch) -> None:
+        if branch.cancel_state == "sent" or not branch.request:
+            return
+        if not branch.provisional:
+            branch.cancel_state = "pending"
+            return
+        branch.cancel_state = "sent"
+        data = build_cancel(parse_message(branch.request))
+        transport, addr = branch.next_hop
+        transports = self.transports
+        branch_id = branch.key[0]
+        key = (branch_id, "CANCEL")
+
+        def send(out: bytes) -> None:
+            transports.send(transport, addr, out)
+
+        ct = ClientTransaction(key, "CANCEL", data, reliable=transport != "udp", send=send,
+                               scheduler=self.scheduler, timers=self.timers,
+                               on_response=_ignore_response, on_timeout=_ignore,
+                               on_transport_error=_ignore, on_terminated=self._client_terminated)
+        self.client_txns[key] = ct
+        try:
+            ct.start()
+        except TransportError:
+            ct.terminate()
+
+    # ----------------------------------------------------------------- responses
+
+    def on_response(self, msg: SipMessage, source: Source) -> None:
+        try:
+            via = msg.top_via
+            method = msg.cseq[1]
+        except ParseError:
+            self.stats["bad_messages_dropped"] += 1
+            return
+        ct = self.client_txns.get((via.branch, method))
+        if ct is not None:
+            ct.receive_response(msg.status, msg)
+            return
+        self._stray_response(msg, via)
+
+    def _stray_response(self, msg: SipMessage, via: Via) -> None:
+        """A response no transaction knows (e.g. a late 2xx retransmission): forward it
+        statelessly by its next Via if the top one is ours (RFC 3261 §16.7, §18.2.2)."""
+        self.stats["stray_responses"] += 1
+        if (via.host, via.port or 5060) not in self.local_hostports:
+            return
+        try:
+            vias = msg.vias
+        except ParseError:
+            return
+        if len(vias) < 2 or not 200 <= msg.status < 300:
+            return
+        nxt = vias[1]
+        host = nxt.received or nxt.host
+        port = int(nxt.rport) if nxt.rport else (nxt.port or 5060)
+        transport = nxt.transport.lower()
+        try:
+            self.transports.send(transport, (host, port), strip_top_via(msg))
+        except TransportError:
+            pass
+
+
+def _better(current: SipMessage | None, new: SipMessage) -> SipMessage:
+    """RFC 3261 §16.7 step 6: a 6xx wins, else the lowest class; the first of a class stays."""
+    if current is None:
+        return new
+    c, n = current.status, new.status
+    if c >= 600:
+        return current
+    if n >= 600:
+        return new
+    return new if n // 100 < c // 100 else current
+
+
+def _ignore(*_args) -> None:
+    pass
+
+
+def _ignore_response(*_args) -> None:
+    pass
+
+
+def _is_ip(host: str) -> bool:
+    if ":" in host:
+        return True
+    parts = host.split(".")
+    return len(parts) == 4 and all(p.isdigit() for p in parts)
+

@@ -1,0 +1,408 @@
+"""The network shell: UDP and TCP sockets on gevent.
+
+One receiver greenlet per UDP socket drains it and hands every datagram to the proxy
+inline (no greenlet per datagram: see DESIGN.md for why). TCP has one greenlet per
+connection reading a byte stream framed by Content-Length (RFC 3261 §18.3); connections
+are kept in a table by peer address and reused for responses and later requests to the
+same peer. Writes never block the caller: a TCP write that does not fit in the kernel
+buffer is queued and finished by the connection's own writer, in order.
+
+The proxy sees `Source` objects (where a message came from, how to answer it) and calls
+`Transports.send()` / `Transports.reply()`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections import deque
+from typing import Callable
+
+import gevent
+from gevent import get_hub
+
+from gdispatch.config import Listen
+from gdispatch.sip import MAX_MESSAGE_SIZE, ParseError, frame_stream
+
+log = logging.getLogger("gdispatch.transport")
+
+TCP_CONNECT_TIMEOUT = 3.0
+TCP_IDLE_TIMEOUT = 600.0
+
+
+class TransportError(OSError):
+    """A message could not be sent (no listener for it, connection refused...)."""
+
+
+class Source:
+    """Where a message came from: its transport, address and the socket to answer on."""
+
+    __slots__ = ("transport", "addr", "listener", "conn")
+
+    def __init__(self, transport: str, addr: tuple[str, int], listener: "UdpListener | TcpListener",
+                 conn: "TcpConnection | None" = None):
+        self.transport = transport
+        self.addr = addr
+        self.listener = listener
+        self.conn = conn
+
+    def __repr__(self) -> str:
+        return f"{self.transport}:{self.addr[0]}:{self.addr[1]}"
+
+
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+class UdpListener:
+    transport = "udp"
+
+    def __init__(self, listen: Listen, owner: "Transports"):
+        self.listen = listen
+        self.owner = owner
+        sock = socket.socket(_family(listen.host), socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        except OSError:
+            pass
+        sock.bind((listen.host, listen.port))
+        sock.setblocking(False)
+        self.sock = sock
+        self.greenlet: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        self.greenlet = gevent.spawn(self._receive_loop)
+
+    def _receive_loop(self) -> None:
+        sock = self.sock
+        recvfrom = sock.recvfrom
+        hub = get_hub()
+        watcher = hub.loop.io(sock.fileno(), 1)
+        handle = self.owner.on_message
+        while True:
+            try:
+                data, addr = recvfrom(MAX_MESSAGE_SIZE + 1)
+            except BlockingIOError:
+                hub.wait(watcher)
+                continue
+            except OSError as e:
+                if e.errno in (errno.EBADF, errno.ENOTSOCK):
+                    return
+                continue  # e.g. an ICMP error reported on the socket
+            try:
+                handle(data, Source("udp", (addr[0], addr[1]), self))
+            except Exception:
+                log.exception("error handling a datagram from %s:%s", addr[0], addr[1])
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            self.sock.sendto(data, addr)
+        except BlockingIOError:
+            # The kernel buffer is full: drop, as the network would; SIP over UDP
+            # retransmits (RFC 3261 §17).
+            self.owner.stats["udp_send_dropped"] = self.owner.stats.get("udp_send_dropped", 0) + 1
+
+    def close(self) -> None:
+        if self.greenlet is not None:
+            self.greenlet.kill(block=False)
+        self.sock.close()
+
+
+class TcpConnection:
+    """One TCP connection, accepted or opened by us, reading and writing SIP messages."""
+
+    def __init__(self, owner: "Transports", listener: "TcpListener", addr: tuple[str, int],
+                 sock: socket.socket | None):
+        self.owner = owner
+        self.listener = listener
+        self.addr = addr
+        self.sock = sock
+        self.connected = sock is not None
+        self.closed = False
+        self.pending: deque[bytes] = deque()
+        self.error_callbacks: list[Callable[[], None]] = []
+        self.writer_waiting = False
+        self.greenlet = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        try:
+            if not self.connected:
+                self._connect()
+            self._flush()
+            self._read_loop()
+        except OSError as e:
+            if not self.closed:
+                log.warning("tcp connection to %s:%s failed: %s", self.addr[0], self.addr[1], e)
+            self._fail()
+        finally:
+            self.close()
+
+    def _connect(self) -> None:
+        host, port = self.addr
+        s = socket.socket(_family(host), socket.SOCK_STREAM)
+        s.setblocking(False)
+        hub = get_hub()
+        err = s.connect_ex((host, port))
+        if err not in (0, errno.EINPROGRESS):
+            s.close()
+            raise OSError(err, errno.errorcode.get(err, str(err)))
+        if err:
+            w = hub.loop.io(s.fileno(), 2)
+            try:
+                with gevent.Timeout(TCP_CONNECT_TIMEOUT, OSError(errno.ETIMEDOUT, "connect timed out")):
+                    hub.wait(w)
+            except OSError:
+                s.close()
+                raise
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                s.close()
+                raise OSError(err, errno.errorcode.get(err, str(err)))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = s
+        self.connected = True
+        self.error_callbacks.clear()
+
+    def _fail(self) -> None:
+        callbacks, self.error_callbacks = self.error_callbacks, []
+        self.pending.clear()
+        for cb in callbacks:
+            try:
+                cb()
+            except Exception:
+                log.exception("error in a transport error callback")
+
+    def send(self, data: bytes, on_error: Callable[[], None] | None = None) -> None:
+        if self.closed:
+            raise TransportError(errno.EPIPE, "connection closed")
+        if not self.connected:
+            if on_error is not None:
+                self.error_callbacks.append(on_error)
+            self.pending.append(data)
+            return
+        if self.pending:
+            self.pending.append(data)
+            return
+        try:
+            n = self.sock.send(data)
+        except BlockingIOError:
+            n = 0
+        except OSError as e:
+            self.close()
+            raise TransportError(e.errno, f"tcp send to {self.addr[0]}:{self.addr[1]}: {e.strerror}") from None
+        if n < len(data):
+            self.pending.append(data[n:])
+            if not self.writer_waiting:
+                gevent.spawn(self._flush)
+
+    def _flush(self) -> None:
+        hub = get_hub()
+        sock = self.sock
+        w = None
+        self.writer_waiting = True
+        try:
+            while self.pending and not self.closed:
+                data = self.pending[0]
+                try:
+                    n = sock.send(data)
+                except BlockingIOError:
+                    n = 0
+                if n == len(data):
+                    self.pending.popleft()
+                elif n:
+                    self.pending[0] = data[n:]
+                else:
+                    if w is None:
+                        w = hub.loop.io(sock.fileno(), 2)
+                    hub.wait(w)
+        except OSError as e:
+            log.warning("tcp write to %s:%s failed: %s", self.addr[0], self.addr[1], e)
+            self.close()
+        finally:
+            self.writer_waiting = False
+
+    def _read_loop(self) -> None:
+        sock = self.sock
+        hub = get_hub()
+        w = hub.loop.io(sock.fileno(), 1)
+        buf = b""
+        handle = self.owner.on_message
+        while not self.closed:
+            try:
+                chunk = sock.recv(65536)
+            except BlockingIOError:
+                try:
+                    with gevent.Timeout(TCP_IDLE_TIMEOUT, OSError(errno.ETIMEDOUT, "idle")):
+                        hub.wait(w)
+                except OSError:
+                    return
+                continue
+            if not chunk:
+                return
+            buf += chunk
+            while buf:
+                try:
+                    msg, used = frame_stream(buf)
+                except ParseError as e:
+                    # A broken stream cannot be resynchronised: close it (RFC 3261 §18.3).
+                    log.warning("closing tcp connection from %s:%s: %s", self.addr[0], self.addr[1], e.reason)
+                    self.owner.stats["bad_stream"] = self.owner.stats.get("bad_stream", 0) + 1
+                    return
+                if used:
+                    buf = buf[used:]
+                if msg is None:
+                    break
+                try:
+                    handle(msg, Source("tcp", self.addr, self.listener, self))
+                except Exception:
+                    log.exception("error handling a message from %s:%s", self.addr[0], self.addr[1])
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.owner.forget(self)
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+
+class TcpListener:
+    transport = "tcp"
+
+    def __init__(self, listen: Listen, owner: "Transports"):
+        self.listen = listen
+        self.owner = owner
+        sock = socket.socket(_family(listen.host), socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((listen.host, listen.port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        self.sock = sock
+        self.greenlet: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        self.greenlet = gevent.spawn(self._accept_loop)
+
+    def _accept_loop(self) -> None:
+        hub = get_hub()
+        w = hub.loop.io(self.sock.fileno(), 1)
+        while True:
+            try:
+                s, addr = self.sock.accept()
+            except BlockingIOError:
+                hub.wait(w)
+                continue
+            except OSError as e:
+                if e.errno in (errno.EBADF, errno.EINVAL):
+                    return
+                log.warning("tcp accept failed: %s", e)
+                gevent.sleep(0.1)
+                continue
+            s.setblocking(False)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = TcpConnection(self.owner, self, (addr[0], addr[1]), s)
+            self.owner.remember(conn)
+
+    def close(self) -> None:
+        if self.greenlet is not None:
+            self.greenlet.kill(block=False)
+        self.sock.close()
+
+
+class Transports:
+    """All listeners, the TCP connection table, and sending."""
+
+    def __init__(self, listens: tuple[Listen, ...], on_message: Callable[[bytes, Source], None]):
+        self.on_message = on_message
+        self.stats: dict[str, int] = {}
+        self.listeners: list[UdpListener | TcpListener] = []
+        self.connections: dict[tuple[str, int], TcpConnection] = {}
+        for listen in listens:
+            cls = UdpListener if listen.transport == "udp" else TcpListener
+            try:
+                self.listeners.append(cls(listen, self))
+            except OSError as e:
+                for lst in self.listeners:
+                    lst.close()
+                raise TransportError(e.errno, f"cannot listen on {listen}: {e.strerror}") from None
+
+    def start(self) -> None:
+        for lst in self.listeners:
+            lst.start()
+
+    def close(self) -> None:
+        for lst in self.listeners:
+            lst.close()
+        for conn in list(self.connections.values()):
+            conn.close()
+
+    def remember(self, conn: TcpConnection) -> None:
+        self.connections[conn.addr] = conn
+
+    def forget(self, conn: TcpConnection) -> None:
+        if self.connections.get(conn.addr) is conn:
+            del self.connections[conn.addr]
+
+    def listener_for(self, transport: str, host: str) -> UdpListener | TcpListener | None:
+        """The listener that sends to `host` over `transport` (same address family)."""
+        v6 = ":" in host
+        for lst in self.listeners:
+            if lst.transport == transport and lst.listen.family_v6 == v6:
+                return lst
+        return None
+
+    def can_reach(self, transport: str, host: str) -> str:
+        """'' when a message can be sent there, else why not, for the operator."""
+        if transport not in ("udp", "tcp"):
+            return f"transport {transport!r} is not supported (udp and tcp are)"
+        if self.listener_for(transport, host) is None:
+            fam = "IPv6" if ":" in host else "IPv4"
+            return f"no {transport.upper()} {fam} listen address to send from (add one to [server].listen)"
+        return ""
+
+    def send(self, transport: str, addr: tuple[str, int], data: bytes,
+             on_error: Callable[[], None] | None = None,
+             listener: UdpListener | TcpListener | None = None) -> UdpListener | TcpListener:
+        """Send a message; returns the listener it leaves from (for Via). Errors known at
+        once raise TransportError; a TCP connect that fails later calls `on_error`."""
+        if listener is None:
+            listener = self.listener_for(transport, addr[0])
+            if listener is None:
+                raise TransportError(errno.ENETUNREACH, self.can_reach(transport, addr[0]))
+        if transport == "udp":
+            try:
+                listener.sendto(data, addr)
+            except OSError as e:
+                raise TransportError(e.errno, f"udp send to {addr[0]}:{addr[1]}: {e.strerror}") from None
+            return listener
+        conn = self.connections.get(addr)
+        if conn is None or conn.closed:
+            conn = TcpConnection(self, listener, addr, None)
+            self.remember(conn)
+        conn.send(data, on_error)
+        return listener
+
+    def reply(self, source: Source, addr: tuple[str, int], data: bytes) -> None:
+        """Send a response back towards where a request came from (RFC 3261 §18.2.2)."""
+        if source.transport == "udp":
+            try:
+                source.listener.sendto(data, addr)
+            except OSError as e:
+                log.debug("udp reply to %s failed: %s", addr, e)
+            return
+        conn = source.conn
+        if conn is None or conn.closed:
+            # The connection is gone: open a new one to the sent-by address.
+            conn = self.connections.get(addr)
+            if conn is None or conn.closed:
+                conn = TcpConnection(self, source.listener, addr, None)
+                self.remember(conn)
+        try:
+            conn.send(data)
+        except TransportError as e:
+            log.debug("tcp reply to %s failed: %s", addr, e)

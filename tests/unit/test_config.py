@@ -1,0 +1,71 @@
+"""gdispatch.toml: defaults, validation messages that name the key, CLI overrides."""
+
+import pytest
+
+from gdispatch.config import ConfigError, Config, from_dict, load, parse_listen, with_overrides
+
+
+def test_defaults_are_explicit():
+    c = Config()
+    assert [str(x) for x in c.listen] == ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]
+    assert c.timers.fr_timer == 2.0 and c.timers.fr_inv_timer == 120.0 and c.timers.t1 == 0.5
+    r = c.routes[0]
+    assert r.methods == {"INVITE"} and r.set == 1 and r.algorithm == 4
+    assert 408 in r.failover_codes and 500 in r.failover_codes and 599 in r.failover_codes
+    assert 404 not in r.failover_codes and 486 not in r.failover_codes and 603 not in r.failover_codes
+
+
+def test_listen_forms():
+    assert parse_listen("udp:127.0.0.1:5060").port == 5060
+    l6 = parse_listen("tcp:[::1]:5070")
+    assert (l6.transport, l6.host, l6.port, str(l6)) == ("tcp", "::1", 5070, "tcp:[::1]:5070")
+
+
+@pytest.mark.parametrize("value,words", [
+    ("sctp:127.0.0.1:5060", "PROTO"),
+    ("udp:localhost:5060", "not an IP address"),
+    ("udp:127.0.0.1:99999", "port"),
+    ("udp:0.0.0.0:5060", "concrete address"),
+])
+def test_bad_listen(value, words):
+    with pytest.raises(ConfigError, match=words):
+        parse_listen(value)
+
+
+@pytest.mark.parametrize("data,words", [
+    ({"timers": {"t1": "fast"}}, r"\[timers\].t1: expected a number"),
+    ({"timers": {"fr_timer": -1}}, r"\[timers\].fr_timer"),
+    ({"server": {"bogus": 1}}, r"\[server\]: unknown key 'bogus'"),
+    ({"route": [{"algorithm": 99}]}, r"\[\[route\]\] #1.algorithm: 99 is not supported"),
+    ({"route": [{"failover_codes": ["4xy"]}]}, r"failover_codes: '4xy'"),
+    ({"server": {"log_level": "loud"}}, r"log_level"),
+])
+def test_errors_name_the_key(data, words):
+    with pytest.raises(ConfigError, match=words):
+        from_dict(data)
+
+
+def test_file_errors_name_the_file(tmp_path):
+    p = tmp_path / "g.toml"
+    p.write_text("[timers]\nt1 = 'x'\n")
+    with pytest.raises(ConfigError, match=r"g.toml: \[timers\].t1"):
+        load(str(p))
+    p.write_text("[timers\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(str(p))
+
+
+def test_list_file_relative_to_config(tmp_path):
+    p = tmp_path / "g.toml"
+    p.write_text("[dispatcher]\nlist_file = 'd.list'\n")
+    assert load(str(p)).list_file == str(tmp_path / "d.list")
+
+
+def test_flags_override_file():
+    c = from_dict({"route": [{"methods": ["INVITE"], "set": 2, "algorithm": 8}, {"methods": [], "reply": 404}]})
+    c2 = with_overrides(c, listen=["udp:127.0.0.1:5999"], list_file="x.list", set_id=3, algorithm=0)
+    assert [str(x) for x in c2.listen] == ["udp:127.0.0.1:5999"] and c2.list_file == "x.list"
+    assert (c2.routes[0].set, c2.routes[0].algorithm) == (3, 0)
+    assert c2.routes[1].reply == 404
+    with pytest.raises(ConfigError, match="--algorithm"):
+        with_overrides(c, algorithm=77)
