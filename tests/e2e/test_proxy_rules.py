@@ -1,0 +1,162 @@
+"""RFC 3261 §16 rules a running gdispatch applies to requests it does not dispatch, and
+its robustness against bad input (RFC 4475 torture messages, garbage, oversize)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from . import harness
+from .test_proxy_calls import UdpSink
+
+HOST = "127.0.0.1"
+RFC4475 = Path(__file__).parent.parent / "data" / "rfc4475"
+
+
+def ask(p, method, ruri, **kw) -> list[int]:
+    msg = harness.build_request(method, ruri, local_port=0, **kw)
+    return [harness.status_code(r) for r in p.send_udp(msg, timeout=3.0)]
+
+
+def reason_of(p, msg: bytes) -> tuple[int | None, bytes]:
+    replies = p.send_udp(msg, timeout=3.0)
+    assert replies, "no answer"
+    first_line = replies[-1].split(b"\r\n", 1)[0]
+    return harness.status_code(replies[-1]), first_line.split(b" ", 2)[2]
+
+
+@pytest.fixture
+def one_gw(proxy, uas):
+    gw = uas()
+    return proxy(harness.dispatcher_list(gw)), gw
+
+
+def test_options_to_the_proxy_itself(one_gw):
+    p, gw = one_gw
+    assert ask(p, "OPTIONS", f"sip:{HOST}:{p.port}") == [200]
+    # Max-Forwards 0 on an OPTIONS asks about us too (RFC 3261 §11).
+    msg = harness.build_request("OPTIONS", f"sip:someone@{HOST}:{p.port}", local_port=0).replace(
+        b"Max-Forwards: 70", b"Max-Forwards: 0")
+    assert reason_of(p, msg)[0] == 200
+    gw.stop()
+    assert gw.counts()["OPTIONS"] == 0
+
+
+def test_max_forwards_zero_is_483(one_gw):
+    p, _ = one_gw
+    msg = harness.build_request("INVITE", f"sip:service@{HOST}:{p.port}", local_port=0).replace(
+        b"Max-Forwards: 70", b"Max-Forwards: 0")
+    assert reason_of(p, msg)[0] == 483
+
+
+def test_no_open_relay(one_gw):
+    p, gw = one_gw
+    assert ask(p, "INVITE", "sip:someone@example.com")[-1] == 403
+    assert ask(p, "MESSAGE", f"sip:someone@{HOST}:{p.port + 1}")[-1] == 403
+    gw.stop()
+    assert gw.counts()["INVITE"] == 0
+
+
+def test_unrouted_method_gets_no_route_reply(one_gw):
+    p, _ = one_gw
+    assert ask(p, "MESSAGE", f"sip:someone@{HOST}:{p.port}")[-1] == 404
+
+
+def test_malformed_request_with_usable_via_gets_400_with_reason(one_gw):
+    p, _ = one_gw
+    msg = harness.build_request("INVITE", f"sip:service@{HOST}:{p.port}", local_port=0).replace(
+        b"CSeq: 1 INVITE", b"CSeq: one INVITE")
+    code, reason = reason_of(p, msg)
+    assert code == 400 and reason.strip(), reason
+    assert harness.sip_options(p.port) == 200
+
+
+def test_loop_is_detected(proxy):
+    port = harness.free_port("both")
+    # The only destination is the proxy itself: the second pass sees its own Via.
+    p = proxy(harness.dispatcher_list(f"sip:{HOST}:{port}"), port=port)
+    assert ask(p, "INVITE", f"sip:service@{HOST}:{port}")[-1] == 482
+
+
+def test_no_destination_gives_503(proxy):
+    p = proxy("# empty\n")
+    assert ask(p, "INVITE", f"sip:service@{HOST}:{p.port}")[-1] == 503
+
+
+def test_all_destinations_fail_gives_best_response(proxy, uas):
+    gws = [uas("uas_503.xml"), uas("uas_503.xml")]
+    p = proxy(harness.dispatcher_list(*gws))
+    codes = ask(p, "INVITE", f"sip:service@{HOST}:{p.port}")
+    # RFC 3261 §16.7 step 6: a 503 from downstream goes upstream as 500.
+    assert codes[-1] == 500, codes
+    for g in gws:
+        g.stop()
+    assert [g.counts()["INVITE"] for g in gws] == [1, 1]
+
+
+def test_in_dialog_requests_leave_in_arrival_order(proxy):
+    sink = UdpSink()
+    try:
+        p = proxy("1 sip:127.0.0.1:9 0 0\n")
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((HOST, 0))
+        lp = s.getsockname()[1]
+        route = [f"Route: <sip:{HOST}:{p.port};lr>"]
+        for i in range(100):
+            common = dict(local_port=lp, call_id=f"order-{i}", from_tag="a", to=f"<sip:b@{HOST}>;tag=b",
+                          headers=route)
+            s.sendto(harness.build_request("REFER", f"sip:b@{HOST}:{sink.port}", cseq=2, **common),
+                     (HOST, p.port))
+            s.sendto(harness.build_request("BYE", f"sip:b@{HOST}:{sink.port}", cseq=3, **common),
+                     (HOST, p.port))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(sink.per_call(b"BYE")) < 100:
+            time.sleep(0.05)
+        s.close()
+        first_seen = []
+        for m in sink.received:
+            method = m.split(b" ", 1)[0]
+            cid = [ln for ln in m.split(b"\r\n") if ln.startswith(b"Call-ID:")][0]
+            if (method, cid) not in first_seen:
+                first_seen.append((method, cid))
+        for i in range(100):
+            cid = b"Call-ID: order-%d" % i
+            assert first_seen.index((b"REFER", cid)) < first_seen.index((b"BYE", cid))
+        # Our Route was popped and Max-Forwards decremented on the way.
+        m = sink.received[0]
+        assert b"Route:" not in m and b"Max-Forwards: 69" in m
+    finally:
+        sink.close()
+
+
+def test_rfc4475_torture_messages_do_not_hurt(one_gw):
+    p, gw = one_gw
+    files = sorted(RFC4475.glob("*.dat"))
+    assert len(files) >= 49
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for f in files:
+            s.sendto(f.read_bytes(), (HOST, p.port))
+        # Garbage, an empty datagram's cousin, and an oversize message.
+        s.sendto(b"\x00\xff garbage \r\n\r\n", (HOST, p.port))
+        s.sendto(b"INVITE sip:x@" + b"a" * 65000 + b" SIP/2.0\r\n\r\n", (HOST, p.port))
+    finally:
+        s.close()
+    time.sleep(0.5)
+    assert p.alive()
+    assert harness.sip_options(p.port) == 200
+    assert "Traceback" not in p.log()
+
+
+def test_rfc4475_invalid_messages_get_400_when_answerable(one_gw):
+    p, _ = one_gw
+    # badinv01: a request whose headers are broken but whose Via can be read (RFC 4475
+    # §3.1.2); the proxy answers it instead of dropping it. We resend it from our own socket
+    # with an rport Via so the answer reaches us.
+    for name in ("ncl.dat", "badbranch.dat"):
+        data = (RFC4475 / name).read_bytes()
+        replies = p.send_udp(data, timeout=1.0)
+        assert all(harness.status_code(r) != 200 for r in replies), name
