@@ -160,3 +160,32 @@ def test_rfc4475_invalid_messages_get_400_when_answerable(one_gw):
         data = (RFC4475 / name).read_bytes()
         replies = p.send_udp(data, timeout=1.0)
         assert all(harness.status_code(r) != 200 for r in replies), name
+
+
+def test_ipv6_caller_to_ipv4_destination_double_record_route(proxy, uas):
+    gw = uas()
+    p = proxy(harness.dispatcher_list(gw), listen=("udp:127.0.0.1:{port}", "udp:[::1]:{port}"))
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.bind(("::1", 0))
+    s.settimeout(0.5)
+    lp = s.getsockname()[1]
+    invite = harness.build_request("INVITE", f"sip:service@[::1]:{p.port}", local_port=lp).replace(
+        b"SIP/2.0/UDP 127.0.0.1:", b"SIP/2.0/UDP [::1]:")
+    try:
+        s.sendto(invite, ("::1", p.port))
+        final = None
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and final is None:
+            try:
+                data = s.recvfrom(65535)[0]
+            except socket.timeout:
+                continue
+            if harness.status_code(data) == 200:
+                final = data
+    finally:
+        s.close()
+    assert final is not None
+    rr = [ln for ln in final.split(b"\r\n") if ln.lower().startswith(b"record-route:")]
+    # One Record-Route per side of the proxy: the gateway's side first, then the caller's.
+    values = [v.strip() for ln in rr for v in ln.split(b":", 1)[1].split(b",")]
+    assert values == [b"<sip:127.0.0.1:%d;lr>" % p.port, b"<sip:[::1]:%d;lr>" % p.port], rr
