@@ -1,0 +1,544 @@
+"""SIP messages: `parse_message`, `SipMessage`, `Header`, and what a proxy must refuse.
+
+Parsing is lazy (RFC 3261 §7): `parse_message` reads the start line, cuts the header
+block into lines, maps each line's name to its canonical name, and frames the body by
+Content-Length. Nothing else is decoded until asked: header values are sliced out on
+`get()`, and Via, CSeq, From/To tags, routes are parsed once by cached properties.
+The original bytes are kept line by line so that the builders in build.py can splice
+edits and send every untouched byte unchanged.
+
+`validate_request` / `validate_response` hold the checks a proxy makes before it acts on
+a message (RFC 3261 §16.3, §8.2; RFC 4475 §3.1.2), kept apart from parsing so the proxy
+can still answer a broken request whose Via is usable.
+
+Via lives in via.py and is re-exported here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from .errors import ParseError
+from .grammar import BLANK_LINE, is_token, split_list, unfold
+from .headers import (
+    DISPLAY_NAMES,
+    NOT_LISTS,
+    WIRE_NAMES,
+    canonical_name,
+    learn_wire_name,
+)
+from .uri import NameAddr, SipUri, parse_name_addr, parse_uri
+from .via import Via, parse_via
+
+__all__ = [
+    "MAX_MESSAGE_SIZE",
+    "Header",
+    "SipMessage",
+    "Via",
+    "parse_message",
+    "parse_via",
+]
+
+MAX_MESSAGE_SIZE = 65535
+
+T = TypeVar("T")
+
+# Methods this proxy knows (RFC 3261 and the extensions that define methods). Used only
+# to choose between 400 and 501 for a CSeq/start-line mismatch (RFC 4475 §3.1.2.18).
+KNOWN_METHODS = frozenset(
+    {
+        "ACK",
+        "BYE",
+        "CANCEL",
+        "INFO",
+        "INVITE",
+        "MESSAGE",
+        "NOTIFY",
+        "OPTIONS",
+        "PRACK",
+        "PUBLISH",
+        "REFER",
+        "REGISTER",
+        "SUBSCRIBE",
+        "UPDATE",
+    }
+)
+
+# The name part of each header line: what follows a line end up to the first colon.
+_HEADER_KEY = re.compile(rb"\n([^:\r\n]*:)")
+_VERSION = re.compile(rb"[Ss][Ii][Pp]/[0-9]+\.[0-9]+\Z")
+_EOL = re.compile(rb"\r?\n")
+# RFC 3261 §8.1.1: the headers every request (and so every response) carries.
+_MANDATORY = ("via", "from", "to", "call-id", "cseq")
+# Single-valued headers that may appear once at most (RFC 4475 §3.3.8).
+_SINGLE = ("from", "to", "call-id", "cseq", "max-forwards")
+
+
+class cached_property(Generic[T]):
+    """functools.cached_property without its lock (Python 3.11 takes one on every first
+    access, which costs more than the value being cached)."""
+
+    def __init__(self, func: Callable[[Any], T]) -> None:
+        self.func = func
+        self.name = func.__name__
+        self.__doc__ = func.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: object, owner: type | None = None) -> T:
+        if obj is None:
+            return self  # type: ignore[return-value]
+        value = obj.__dict__[self.name] = self.func(obj)
+        return value
+
+
+class Header:
+    """One header as received: `name` canonical (lowercase full name), `value` unfolded
+    and stripped, `raw` the original line(s) without the final line end."""
+
+    __slots__ = ("name", "raw", "value")
+
+    def __init__(self, name: str, value: bytes, raw: bytes) -> None:
+        self.name = name
+        self.value = value
+        self.raw = raw
+
+    def __repr__(self) -> str:
+        return f"Header({self.name!r}, {self.value!r})"
+
+
+class SipMessage:
+    """A parsed request or response. Build one with `parse_message`.
+
+    Plain attributes (set by the parser): `raw` (the message's bytes, without trailing
+    datagram junk), `is_request`, `method` (the request method; for a response the CSeq
+    method, or "" when CSeq is unusable), `ruri` (request; b"" for a response), `status`
+    and `reason` (response; 0 and b"" for a request), `version` ("SIP/2.0"), `body`,
+    `content_length` (None when the header is absent), `start_line`.
+
+    Everything else is computed on first use and cached.
+    """
+
+    def __init__(
+        self,
+        raw: bytes,
+        start_line: bytes,
+        lines: list[bytes],
+        names: list[str],
+        folded: bool,
+    ) -> None:
+        self.raw = raw
+        self.start_line = start_line
+        self.body = b""
+        self.content_length: int | None = None
+        # Header lines without their line ends, and their canonical names, in order.
+        # build.py reads these to splice edits; nothing mutates them.
+        self._lines = lines
+        self._names = names
+        self._folded = folded
+        self.is_request = True
+        self.method = ""
+        self.ruri = b""
+        self.status = 0
+        self.reason = b""
+        self.version = "SIP/2.0"
+
+    def __repr__(self) -> str:
+        if self.is_request:
+            return f"<SipMessage {self.method} {self.ruri!r}>"
+        return f"<SipMessage {self.status} {self.reason!r}>"
+
+    # -- headers ---------------------------------------------------------------------
+
+    def _index(self, canonical: str) -> int | None:
+        """Index of the first header line called `canonical`, or None."""
+        # A C-level scan of a dozen interned names beats building a dict per message.
+        names = self._names
+        return names.index(canonical) if canonical in names else None
+
+    def _value(self, index: int) -> bytes:
+        line = self._lines[index]
+        value = line[line.find(b":") + 1 :].strip()
+        if self._folded and b"\n" in value:
+            value = unfold(value)
+        return value
+
+    def _indexes(self, canonical: str) -> list[int]:
+        return [i for i, name in enumerate(self._names) if name == canonical]
+
+    def get(self, name: str) -> bytes | None:
+        """Value of the first header called `name` (any case, full or compact form)."""
+        index = self._index(canonical_name(name))
+        return None if index is None else self._value(index)
+
+    def get_all(self, name: str) -> list[bytes]:
+        """Values of every header called `name`, in order. List headers (all but those in
+        headers.NOT_LISTS) are split on commas outside quotes and `<>`, so that
+        `Route: <a>, <b>` and two Route lines give the same list."""
+        canonical = canonical_name(name)
+        if canonical not in self._names:
+            return []
+        values = [self._value(i) for i in self._indexes(canonical)]
+        if canonical in NOT_LISTS:
+            return values
+        split: list[bytes] = []
+        for value in values:
+            split.extend(split_list(value))
+        return split
+
+    def has(self, name: str) -> bool:
+        return canonical_name(name) in self._names
+
+    def count(self, name: str) -> int:
+        """How many header lines are called `name`."""
+        return self._names.count(canonical_name(name))
+
+    @cached_property
+    def headers(self) -> list[Header]:
+        """Every header, in order, as `Header` objects."""
+        return [
+            Header(name, self._value(i), self._lines[i])
+            for i, name in enumerate(self._names)
+        ]
+
+    # -- what a proxy reads ----------------------------------------------------------
+
+    @cached_property
+    def call_id(self) -> bytes:
+        value = self.get("call-id")
+        if value is None:
+            raise ParseError("Missing Call-ID")
+        return value
+
+    @cached_property
+    def cseq(self) -> tuple[int, str]:
+        """(sequence number, method). ParseError if absent or malformed, including a
+        number beyond 2**32-1 (RFC 3261 §8.1.1.5, RFC 4475 §3.1.2.4)."""
+        value = self.get("cseq")
+        if value is None:
+            raise ParseError("Missing CSeq")
+        parts = value.split()
+        if (
+            len(parts) != 2
+            or not parts[0].isdigit()
+            or len(parts[0]) > 10
+            or not is_token(parts[1])
+        ):
+            raise ParseError("Bad CSeq")
+        number = int(parts[0])
+        if number > 0xFFFFFFFF:
+            raise ParseError("Bad CSeq")
+        return number, parts[1].decode("ascii")
+
+    @cached_property
+    def max_forwards(self) -> int | None:
+        """None when absent; ParseError when not a number (range is checked by
+        validate_request)."""
+        value = self.get("max-forwards")
+        if value is None:
+            return None
+        if not value.isdigit() or len(value) > 9:
+            raise ParseError("Bad Max-Forwards")
+        return int(value)
+
+    @cached_property
+    def top_via(self) -> Via:
+        """The first Via value (first element of the first Via line)."""
+        index = self._index("via")
+        if index is None:
+            raise ParseError("Missing Via")
+        value = self._value(index)
+        if b"," in value:
+            value = split_list(value)[0]
+        return parse_via(value)
+
+    @cached_property
+    def vias(self) -> list[Via]:
+        return [parse_via(value) for value in self.get_all("via")]
+
+    @cached_property
+    def from_addr(self) -> NameAddr:
+        value = self.get("from")
+        if value is None:
+            raise ParseError("Missing From")
+        return parse_name_addr(value)
+
+    @cached_property
+    def to_addr(self) -> NameAddr:
+        value = self.get("to")
+        if value is None:
+            raise ParseError("Missing To")
+        return parse_name_addr(value)
+
+    @cached_property
+    def from_tag(self) -> bytes | None:
+        """The From tag; None when there is no From or no tag (RFC 2543 peers)."""
+        if "from" not in self._names:
+            return None
+        tag = self.from_addr.params.get("tag")
+        return None if tag is None else tag.encode("utf-8", "surrogateescape")
+
+    @cached_property
+    def to_tag(self) -> bytes | None:
+        """The To tag; None when there is no To or no tag (an initial request)."""
+        if "to" not in self._names:
+            return None
+        tag = self.to_addr.params.get("tag")
+        return None if tag is None else tag.encode("utf-8", "surrogateescape")
+
+    @cached_property
+    def routes(self) -> list[NameAddr]:
+        return [parse_name_addr(value) for value in self.get_all("route")]
+
+    @cached_property
+    def record_routes(self) -> list[NameAddr]:
+        return [parse_name_addr(value) for value in self.get_all("record-route")]
+
+    @cached_property
+    def uri(self) -> SipUri:
+        """The parsed Request-URI (requests only)."""
+        if not self.is_request:
+            raise ParseError("Not a request")
+        return parse_uri(self.ruri)
+
+    # -- validation ------------------------------------------------------------------
+
+    def validate_request(self) -> None:
+        """Raise ParseError for a request a proxy must refuse (RFC 3261 §16.3, §8.2.1-2,
+        RFC 4475 §3.1.2 and §3.3), with the status code to answer with:
+
+        505 for a SIP version other than 2.0; 416 for a Request-URI scheme other than
+        sip, sips or tel; 501 for a CSeq method that differs from an unknown request
+        method (RFC 4475 §3.1.2.18 prefers it at proxies); 400 for the rest: a bad
+        Request-URI or one carrying headers, a missing or repeated Via, From, To, Call-ID
+        or CSeq, a malformed top Via, From, To, Call-ID, CSeq or Contact, a CSeq method
+        that differs from a known request method, a Max-Forwards outside 0-255.
+
+        Only the top Via is parsed: the others are the upstream hops' business and are
+        forwarded as they came. From, To and Contact are checked as name-addr values;
+        their URIs are left to the elements that use them.
+
+        Date is not checked: a proxy does not use it, and RFC 4475 §3.1.2.12 asks
+        elements not to reject a bad Date they do not need.
+        """
+        if not self.is_request:
+            raise ParseError("Not a request")
+        self._check_version()
+        try:
+            uri = self.uri
+        except ParseError:
+            raise ParseError("Bad Request-URI") from None
+        if uri.scheme not in ("sip", "sips", "tel"):
+            raise ParseError("Unsupported URI Scheme", 416)
+        if uri.headers is not None:
+            # RFC 3261 §19.1.1 (table): headers are not allowed in a Request-URI;
+            # RFC 4475 §3.1.2.11 lets us reject rather than strip them.
+            raise ParseError("Bad Request-URI")
+        self._check_common()
+        if self.cseq[1] != self.method:
+            # RFC 3261 §8.1.1.5: the CSeq method MUST match the request's (ACK and
+            # CANCEL included: they carry their own method in CSeq).
+            status = 400 if self.method in KNOWN_METHODS else 501
+            raise ParseError("CSeq method mismatch", status)
+        max_forwards = self.max_forwards
+        if max_forwards is not None and max_forwards > 255:
+            raise ParseError("Bad Max-Forwards")
+        for contact in self.get_all("contact"):
+            if contact != b"*":  # RFC 3261 §10.2.2: "Contact: *" removes all bindings
+                try:
+                    parse_name_addr(contact)
+                except ParseError:
+                    raise ParseError("Bad Contact") from None
+
+    def validate_response(self) -> None:
+        """Raise ParseError for a response a proxy must drop (RFC 3261 §16.7 step 1-3 need
+        a usable Via and transaction key): an unsupported version, a missing or repeated
+        Via, From, To, Call-ID or CSeq, or a malformed one (RFC 4475 §3.1.2.5)."""
+        if self.is_request:
+            raise ParseError("Not a response")
+        self._check_version()
+        self._check_common()
+
+    def _check_version(self) -> None:
+        if self.version != "SIP/2.0":
+            raise ParseError("Version Not Supported", 505)
+
+    def _check_common(self) -> None:
+        names = self._names
+        for name in _MANDATORY:
+            if name not in names:
+                raise ParseError(f"Missing {DISPLAY_NAMES[name]}")
+        for name in _SINGLE:
+            if names.count(name) > 1:
+                raise ParseError(f"Multiple {DISPLAY_NAMES[name]} headers")
+        # Reading a cached property parses it: a malformed value raises here.
+        _ = self.top_via
+        # The name-addr syntax of From and To is checked (RFC 4475 §3.1.2.6, .14, .15);
+        # their URIs are not parsed: a proxy copies them untouched, and a URI of any
+        # scheme is legal there (RFC 4475 §3.3.4).
+        try:
+            _ = self.from_addr
+        except ParseError:
+            raise ParseError("Bad From") from None
+        try:
+            _ = self.to_addr
+        except ParseError:
+            raise ParseError("Bad To") from None
+        call_id = self.call_id
+        if not call_id or len(call_id.split()) != 1:
+            raise ParseError("Bad Call-ID")
+        _ = self.cseq
+
+
+def parse_message(data: bytes, *, stream: bool = False) -> SipMessage:
+    """Parse one SIP message.
+
+    `stream=False` (a datagram): a body longer than Content-Length is cut to it and the
+    rest dropped (RFC 3261 §18.3); a shorter one is ParseError("Content-Length mismatch");
+    without Content-Length the body is the rest of the datagram. `stream=True` (one
+    message framed by `frame_stream`): Content-Length is mandatory.
+
+    Tolerates leading CRLFs, bare LF line ends and folded header lines. Raises ParseError
+    for an oversize message (413), a malformed start line or header line, a negative,
+    non-numeric or conflicting Content-Length.
+    """
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise ParseError("Message Too Large", 413)
+    if data[:1] in (b"\r", b"\n"):
+        # RFC 3261 §7.5: CRLFs before the start line are ignored (keep-alives).
+        data = data.lstrip(b"\r\n")
+        if not data:
+            raise ParseError("Empty message")
+    end = data.find(b"\r\n\r\n")
+    lines = names = None
+    if end > 0:
+        # The usual case: CRLF line ends, no folded lines, only names seen before.
+        head = data[:end]
+        lines = head.split(b"\r\n")
+        if head.count(b"\n") == len(lines) - 1:  # no bare LF
+            names = list(map(WIRE_NAMES.get, _HEADER_KEY.findall(head)))
+            # A folded or colon-less line shows up as a missing or unknown key.
+            if len(names) != len(lines) - 1 or None in names:
+                names = None
+    if names is None:
+        lines, body_start, folded = _split_lines(data, stream)
+        names = [_wire_name(line) for line in lines[1:]]
+    else:
+        body_start = end + 4
+        folded = False
+    start_line = lines[0]
+    del lines[0]
+
+    msg = SipMessage(data, start_line, lines, names, folded)
+    _parse_start_line(msg, start_line)
+
+    length_index = msg._index("content-length")
+    available = len(data) - body_start
+    if length_index is None:
+        if stream:
+            # RFC 3261 §18.3: Content-Length MUST be used with stream transports.
+            raise ParseError("Missing Content-Length")
+        msg.body = data[body_start:]
+    else:
+        value = msg._value(length_index)
+        if not value.isdigit() or len(value) > 9:
+            raise ParseError("Bad Content-Length")
+        length = int(value)
+        if names.count("content-length") > 1:
+            # RFC 4475 §3.3.9: conflicting values leave the framing unknowable.
+            for i in msg._indexes("content-length"):
+                if msg._value(i) != value:
+                    raise ParseError("Conflicting Content-Length")
+        if length > available:
+            raise ParseError("Content-Length mismatch")
+        msg.content_length = length
+        if length < available:
+            msg.raw = data[: body_start + length]
+        msg.body = data[body_start : body_start + length]
+    return msg
+
+
+def _parse_start_line(msg: SipMessage, line: bytes) -> None:
+    if line[:4].upper() == b"SIP/":
+        # RFC 3261 §7.2: Status-Line = SIP-Version SP Status-Code SP Reason-Phrase. The
+        # reason may be empty (RFC 4475 §3.1.1.13); a missing SP after the code is
+        # tolerated too.
+        parts = line.split(b" ", 2)
+        if len(parts) < 2:
+            raise ParseError("Bad Status-Line")
+        version, code = parts[0], parts[1]
+        if len(code) != 3 or not code.isdigit() or code[0] == 0x30:
+            # RFC 4475 §3.1.2.19: a code beyond 699 is dropped, as is one below 100.
+            raise ParseError("Bad Status-Line")
+        status = int(code)
+        if status > 699:
+            raise ParseError("Bad Status-Line")
+        msg.is_request = False
+        msg.status = status
+        msg.reason = parts[2] if len(parts) == 3 else b""
+        cseq = msg.get("cseq")
+        if cseq is not None:
+            words = cseq.split()
+            if len(words) == 2:
+                msg.method = words[1].decode("utf-8", "surrogateescape")
+    else:
+        # RFC 3261 §7.1: Request-Line = Method SP Request-URI SP SIP-Version, single SPs
+        # only (RFC 4475 §3.1.2.8-10: LWS in the URI, doubled or trailing SP).
+        parts = line.split(b" ")
+        if len(parts) != 3 or not parts[1] or not is_token(parts[0]):
+            raise ParseError("Bad Request-Line")
+        version = parts[2]
+        msg.method = parts[0].decode("ascii")
+        msg.ruri = parts[1]
+    if version != b"SIP/2.0":
+        if not _VERSION.match(version):
+            raise ParseError("Bad SIP-Version")
+        msg.version = version.decode("ascii").upper()
+
+
+def _wire_name(line: bytes) -> str:
+    key = line[: line.find(b":") + 1]
+    return WIRE_NAMES.get(key) or learn_wire_name(key)
+
+
+def _split_lines(data: bytes, stream: bool) -> tuple[list[bytes], int, bool]:
+    """Cut the header block into logical lines the slow way: bare LF line ends, folded
+    lines (RFC 3261 §7.3.1), a datagram whose header block runs to its end. Returns the
+    lines (start line first; a folded header is one line holding its original line
+    breaks), the offset where the body starts, and whether any line was folded."""
+    blank = BLANK_LINE.search(data)
+    if blank is not None:
+        head = data[: blank.start()]
+        if head.endswith(b"\r"):
+            head = head[:-1]
+        body_start = blank.end()
+    elif stream:
+        raise ParseError("Incomplete message")
+    else:
+        # A datagram without the empty line that ends the headers: take it all as headers
+        # (RFC 4475's baddn.dat is published that way).
+        head = data.rstrip(b"\r\n")
+        body_start = len(data)
+    spans: list[list[int]] = []
+    pos = 0
+    for eol in _EOL.finditer(head):
+        _add_physical_line(head, spans, pos, eol.start())
+        pos = eol.end()
+    _add_physical_line(head, spans, pos, len(head))
+    lines = [head[s:e] for s, e in spans]
+    return lines, body_start, any(b"\n" in line for line in lines)
+
+
+def _add_physical_line(
+    head: bytes, spans: list[list[int]], start: int, end: int
+) -> None:
+    if head[start : start + 1] in (b" ", b"\t"):
+        # A continuation line: part of the previous header, never of the start line.
+        if len(spans) < 2:
+            raise ParseError("Bad header folding")
+        spans[-1][1] = end
+    else:
+        spans.append([start, end])
