@@ -19,7 +19,7 @@ from gdispatch.dispatcher.destination import DispatcherList
 from gdispatch.dispatcher.listfile import ListError, load_list
 from gdispatch.proxy import Proxy
 from gdispatch.transaction.timers import Scheduler
-from gdispatch.transport import Transports, TransportError
+from gdispatch.transport import TransportError, Transports
 
 log = logging.getLogger("gdispatch")
 

@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import zlib
+
 import gevent
 from gevent.event import AsyncResult
 
@@ -36,20 +37,19 @@ from gdispatch.sip import (
     build_response,
     forward_request,
     parse_message,
-    parse_uri,
     strip_top_via,
 )
 from gdispatch.transaction.client import ClientTransaction
 from gdispatch.transaction.server import ServerTransaction
 from gdispatch.transaction.timers import Scheduler, TimerConfig
-from gdispatch.transport import Source, Transports, TransportError
+from gdispatch.transport import Source, TransportError, Transports
 
 log = logging.getLogger("gdispatch.proxy")
 
 MAGIC_COOKIE = "z9hG4bK"
 # Requests that may create a dialog get our Record-Route (RFC 3261 §16.6 step 4).
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
-_RPORT_EMPTY = re.compile(rb";\s*rport(?=\s*(?:;|$))", re.I)
+_RPORT_EMPTY = re.compile(rb";\s*rport(?=\s*(?:;|$))", re.IGNORECASE)
 LOCAL_TIMEOUT = 408
 
 
@@ -60,10 +60,20 @@ def _status_line(status: int, reason: bytes) -> bytes:
 class Branch:
     """One attempt of a forwarded request: a destination and its client transaction."""
 
-    __slots__ = ("ctx", "dest", "next_hop", "ct", "request", "provisional", "final", "timer",
-                 "cancel_state", "key")
+    __slots__ = (
+        "cancel_state",
+        "ct",
+        "ctx",
+        "dest",
+        "final",
+        "key",
+        "next_hop",
+        "provisional",
+        "request",
+        "timer",
+    )
 
-    def __init__(self, ctx: "ResponseContext", dest: Destination | None, next_hop):
+    def __init__(self, ctx: ResponseContext, dest: Destination | None, next_hop):
         self.ctx = ctx
         self.dest = dest
         self.next_hop = next_hop  # (transport, (ip, port))
@@ -80,10 +90,20 @@ class Branch:
 class ResponseContext:
     """The proxy's state for one server transaction it forwards (RFC 3261 §16.7)."""
 
-    __slots__ = ("proxy", "st", "request", "branches", "best", "final_sent", "cancelled", "waiter",
-                 "route", "to_tag")
+    __slots__ = (
+        "best",
+        "branches",
+        "cancelled",
+        "final_sent",
+        "proxy",
+        "request",
+        "route",
+        "st",
+        "to_tag",
+        "waiter",
+    )
 
-    def __init__(self, proxy: "Proxy", st: ServerTransaction, request: SipMessage, route: Route | None):
+    def __init__(self, proxy: Proxy, st: ServerTransaction, request: SipMessage, route: Route | None):
         self.proxy = proxy
         self.st = st
         self.request = request
@@ -282,7 +302,7 @@ class Proxy:
             st.respond(100, build_response(msg, 100, "Trying"))
         mf = msg.max_forwards
         try:
-            ruri = parse_uri(msg.ruri)
+            ruri = msg.uri
         except ParseError as e:
             self._local_reply(st, msg, e.status, e.reason)
             return
@@ -329,7 +349,8 @@ class Proxy:
         candidates = select(dset, route.algorithm, msg, route.limit) if dset is not None else []
         if not candidates:
             self.stats["no_destination"] += 1
-            log.warning("no active destination in set %d for %s %s", route.set, method, msg.call_id.decode(errors="replace"))
+            log.warning("no active destination in set %d for %s %s", route.set, method,
+                        msg.call_id.decode(errors="replace"))
             self._local_reply(st, msg, 503, "No Destination Available")
             return
         if self._debug:
@@ -383,9 +404,10 @@ class Proxy:
             infos = gsocket.getaddrinfo(host, port, 0, 0)
         except OSError:
             return None
-        for family, _t, _p, _c, sa in infos:
-            return transport, (sa[0], sa[1])
-        return None
+        if not infos:
+            return None
+        sa = infos[0][4]
+        return transport, (sa[0], sa[1])
 
     def _in_dialog(self, msg: SipMessage, st: ServerTransaction, source: Source, ruri: SipUri, routes,
                    popped: int, strict: bool, top_via: bytes | None) -> None:
@@ -432,7 +454,7 @@ class Proxy:
             return
         # The ACK of a 2xx is its own end-to-end request: route it statelessly (§16.11).
         try:
-            ruri = parse_uri(msg.ruri)
+            ruri = msg.uri
         except ParseError:
             self.stats["bad_messages_dropped"] += 1
             return

@@ -17,7 +17,7 @@ import errno
 import logging
 import socket
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 import gevent
 from gevent import get_hub
@@ -38,10 +38,10 @@ class TransportError(OSError):
 class Source:
     """Where a message came from: its transport, address and the socket to answer on."""
 
-    __slots__ = ("transport", "addr", "listener", "conn")
+    __slots__ = ("addr", "conn", "listener", "transport")
 
-    def __init__(self, transport: str, addr: tuple[str, int], listener: "UdpListener | TcpListener",
-                 conn: "TcpConnection | None" = None):
+    def __init__(self, transport: str, addr: tuple[str, int], listener: UdpListener | TcpListener,
+                 conn: TcpConnection | None = None):
         self.transport = transport
         self.addr = addr
         self.listener = listener
@@ -58,7 +58,7 @@ def _family(host: str) -> int:
 class UdpListener:
     transport = "udp"
 
-    def __init__(self, listen: Listen, owner: "Transports"):
+    def __init__(self, listen: Listen, owner: Transports):
         self.listen = listen
         self.owner = owner
         sock = socket.socket(_family(listen.host), socket.SOCK_DGRAM)
@@ -113,7 +113,7 @@ class UdpListener:
 class TcpConnection:
     """One TCP connection, accepted or opened by us, reading and writing SIP messages."""
 
-    def __init__(self, owner: "Transports", listener: "TcpListener", addr: tuple[str, int],
+    def __init__(self, owner: Transports, listener: TcpListener, addr: tuple[str, int],
                  sock: socket.socket | None):
         self.owner = owner
         self.listener = listener
@@ -274,7 +274,7 @@ class TcpConnection:
 class TcpListener:
     transport = "tcp"
 
-    def __init__(self, listen: Listen, owner: "Transports"):
+    def __init__(self, listen: Listen, owner: Transports):
         self.listen = listen
         self.owner = owner
         sock = socket.socket(_family(listen.host), socket.SOCK_STREAM)

@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import probe
+import probe  # noqa: E402 - found through the sys.path set above
 
-from tests.e2e import harness
+from tests.e2e import harness  # noqa: E402
 
 HZ = os.sysconf("SC_CLK_TCK")
 

@@ -11,7 +11,8 @@ Pure logic over `DispatcherSet`; the message is only read (Call-ID for hashing).
 from __future__ import annotations
 
 import random
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from gdispatch.dispatcher.destination import Destination, DispatcherSet
 from gdispatch.dispatcher.hashing import kamailio_hash

@@ -82,7 +82,7 @@ class Destination:
 class DispatcherSet:
     """The destinations of one set id, in try order, with per-set selection state."""
 
-    __slots__ = ("id", "destinations", "rr_next", "weight_slots", "weight_next")
+    __slots__ = ("destinations", "id", "rr_next", "weight_next", "weight_slots")
 
     def __init__(self, setid: int, destinations: list[Destination]):
         self.id = setid

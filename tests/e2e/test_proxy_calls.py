@@ -164,7 +164,7 @@ def test_retransmitted_invite_is_absorbed(proxy, uas):
         while time.monotonic() < deadline and 200 not in statuses:
             try:
                 statuses.append(harness.status_code(s.recvfrom(65535)[0]))
-            except socket.timeout:
+            except TimeoutError:
                 pass
     finally:
         s.close()

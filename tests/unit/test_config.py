@@ -2,7 +2,14 @@
 
 import pytest
 
-from gdispatch.config import ConfigError, Config, from_dict, load, parse_listen, with_overrides
+from gdispatch.config import (
+    Config,
+    ConfigError,
+    from_dict,
+    load,
+    parse_listen,
+    with_overrides,
+)
 
 
 def test_defaults_are_explicit():
