@@ -53,10 +53,11 @@ Better than Kamailio by default; Kamailio's behaviour with
   (kamailio#2698: with more than 25 hosts one takes a disproportionate share).
 - Parallel (12): inactive destinations are not forked to (Kamailio adds every
   destination after the first active one as a branch).
-- A key that cannot be read (an unparseable From/To/R-URI, an empty template
-  expansion) spreads the request by round robin; Kamailio fails the selection, and so
-  does compat mode (an empty list). Algorithm 5 without credentials is round robin in
-  both, as in Kamailio.
+- A key that cannot be read (a From/To header that does not parse, no Call-ID, an
+  empty template expansion) spreads the request by round robin; Kamailio fails the
+  selection, and so does compat mode (an empty list). Algorithm 5 without credentials
+  is round robin in both, as in Kamailio. (URIs themselves are read as leniently as
+  Kamailio reads them, and a tel: URI hashes its number where Kamailio fails.)
 
 Other differences, in both modes: algorithm 10 applies to INVITE only (other methods
 take the priority order, as in Kamailio) and needs no ``duid``, the proxy maintaining
@@ -79,8 +80,23 @@ from typing import TypeVar
 
 from gdispatch.dispatcher.destination import Destination, DispatcherSet
 from gdispatch.dispatcher.hashing import kamailio_hash
-from gdispatch.dispatcher.keys import HashTemplate, auth_username, compile_template, uri_keys
+from gdispatch.dispatcher.keys import HashTemplate, TemplateError, auth_username, compile_template, uri_keys
 from gdispatch.sip import ParseError, SipMessage
+
+__all__ = [
+    "ALGORITHM_NAMES",
+    "DEFAULT_OPTIONS",
+    "SUPPORTED",
+    "HashTemplate",
+    "SelectOptions",
+    "SlotTable",
+    "TemplateError",
+    "check_options",
+    "compile_template",
+    "exact_counts",
+    "select",
+    "spread",
+]
 
 ALG_HASH_CALLID = 0
 ALG_HASH_FROM_URI = 1
@@ -341,10 +357,10 @@ def _hash_callid(dset: DispatcherSet, msg: SipMessage, limit: int, options: Sele
     return _by_hash(dset, kamailio_hash(call_id), limit, options)
 
 
-def _uri_hasher(read: Callable[[SipMessage], object]) -> Algorithm:
+def _uri_hasher(read: Callable[[SipMessage], bytes]) -> Algorithm:
     def hash_uri(dset: DispatcherSet, msg: SipMessage, limit: int, options: SelectOptions) -> list[Destination]:
         try:
-            key1, key2 = uri_keys(read(msg), options.hash_user_only)  # type: ignore[arg-type]
+            key1, key2 = uri_keys(read(msg), options.hash_user_only)
         except ParseError:
             return _unhashable(dset, msg, limit, options)
         return _by_hash(dset, kamailio_hash(key1, key2), limit, options)
@@ -474,9 +490,9 @@ def _priority_weight(dset: DispatcherSet, msg: SipMessage, limit: int, options: 
 
 _ALGORITHMS: dict[int, Algorithm] = {
     ALG_HASH_CALLID: _hash_callid,
-    ALG_HASH_FROM_URI: _uri_hasher(lambda m: m.from_addr.uri),
-    ALG_HASH_TO_URI: _uri_hasher(lambda m: m.to_addr.uri),
-    ALG_HASH_RURI: _uri_hasher(lambda m: m.uri),
+    ALG_HASH_FROM_URI: _uri_hasher(lambda m: m.from_addr.uri_raw),
+    ALG_HASH_TO_URI: _uri_hasher(lambda m: m.to_addr.uri_raw),
+    ALG_HASH_RURI: _uri_hasher(lambda m: m.ruri),
     ALG_ROUND_ROBIN: _round_robin,
     ALG_HASH_AUTH_USER: _hash_auth_user,
     ALG_RANDOM: _random,

@@ -28,8 +28,10 @@ hash template of algorithm 7.
   Like Kamailio the expansion is trimmed; an empty one cannot be hashed (see
   algorithms.py for what happens then).
 
-Messages are `gdispatch.sip.SipMessage`; nothing here raises for a malformed request
-field: a value that does not parse expands to nothing (templates) or returns None.
+Messages are `gdispatch.sip.SipMessage`. URIs are read from their bytes as written, as
+leniently as Kamailio reads them; a header that does not parse at all (a From value with
+unbalanced ``<>``) expands to nothing in a template, and raises ParseError from the
+message for algorithms 1-3 (algorithms.py decides what then).
 """
 
 from __future__ import annotations
@@ -47,39 +49,46 @@ def _b(value: str) -> bytes:
     return value.encode("utf-8", "surrogateescape")
 
 
-def _raw_hostport(uri: SipUri) -> tuple[str, str | None]:
-    """(host as written, IPv6 with brackets; port text or None) of a sip/sips URI."""
-    rest = uri.opaque
-    at = rest.find("@")
+def _split_uri(uri: SipUri | bytes) -> tuple[bytes, bytes, bytes, bytes | None]:
+    """(scheme lowercased, user, host, port text or None) of a URI as written.
+
+    Works on the raw bytes, as leniently as Kamailio's URI parser (a From user with
+    unescaped UTF-8 still hashes): the user ends at ':' or '@', the host at ';', '?' or
+    the port; an IPv6 host keeps its brackets. A non-SIP URI (tel:) gives its number as
+    the user and no host.
+    """
+    raw = (uri.raw if isinstance(uri, SipUri) else uri).strip()
+    colon = raw.find(b":")
+    scheme = raw[:colon].lower()
+    rest = raw[colon + 1 :]
+    if scheme not in (b"sip", b"sips"):
+        return scheme, rest.split(b";", 1)[0], b"", None
+    at = rest.find(b"@")
+    user = b""
     if at >= 0:
+        user = rest[:at].split(b":", 1)[0]
         rest = rest[at + 1 :]
-    for stop in "?;":
+    for stop in (b"?", b";"):
         cut = rest.find(stop)
         if cut >= 0:
             rest = rest[:cut]
-    if rest.startswith("["):
-        close = rest.find("]")
-        host, after = rest[: close + 1], rest[close + 1 :]
-        return host, after[1:] if after.startswith(":") else None
-    host, colon, port = rest.partition(":")
-    return host, port if colon else None
+    if rest.startswith(b"["):
+        close = rest.find(b"]")
+        if close >= 0:
+            after = rest[close + 1 :]
+            return scheme, user, rest[: close + 1], after[1:] if after.startswith(b":") else None
+    host, colon_, port = rest.partition(b":")
+    return scheme, user, host, port if colon_ else None
 
 
-def uri_keys(uri: SipUri, user_only: bool = False) -> tuple[bytes, bytes]:
+def uri_keys(uri: SipUri | bytes, user_only: bool = False) -> tuple[bytes, bytes]:
     """(key1, key2) of a URI for Kamailio's hash: user, and host[:port non-default]."""
-    user = _b(uri.user or "")
-    if user_only or uri.scheme not in ("sip", "sips"):
+    scheme, user, host, port = _split_uri(uri)
+    if user_only or not host:
         return user, b""
-    host, port = _raw_hostport(uri)
-    if port is not None and uri.port != (5061 if uri.scheme == "sips" else 5060):
-        return user, _b(f"{host}:{port}")
-    return user, _b(host)
-
-
-def _host(uri: SipUri) -> bytes:
-    if uri.scheme not in ("sip", "sips"):
-        return b""
-    return _b(_raw_hostport(uri)[0])
+    if port is not None and not (port.isdigit() and int(port) == (5061 if scheme == b"sips" else 5060)):
+        return user, host + b":" + port
+    return user, host
 
 
 # -- algorithm 5 --------------------------------------------------------------------------
@@ -143,14 +152,14 @@ def _header(name: str) -> Getter:
 _VARIABLES: dict[str, Getter] = {
     "ci": lambda m: m.call_id,
     "fu": lambda m: m.from_addr.uri_raw,
-    "fU": lambda m: _b(m.from_addr.uri.user or ""),
-    "fd": lambda m: _host(m.from_addr.uri),
+    "fU": lambda m: _split_uri(m.from_addr.uri_raw)[1],
+    "fd": lambda m: _split_uri(m.from_addr.uri_raw)[2],
     "tu": lambda m: m.to_addr.uri_raw,
-    "tU": lambda m: _b(m.to_addr.uri.user or ""),
-    "td": lambda m: _host(m.to_addr.uri),
+    "tU": lambda m: _split_uri(m.to_addr.uri_raw)[1],
+    "td": lambda m: _split_uri(m.to_addr.uri_raw)[2],
     "ru": lambda m: m.ruri,
-    "rU": lambda m: _b(m.uri.user or ""),
-    "rd": lambda m: _host(m.uri),
+    "rU": lambda m: _split_uri(m.ruri)[1],
+    "rd": lambda m: _split_uri(m.ruri)[2],
 }
 _NAME = re.compile(r"[A-Za-z]+")
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!%*_+`'~.\-]+\Z")  # an RFC 3261 token
