@@ -12,11 +12,11 @@ import sys
 import time
 
 import gevent
-import gevent.socket
+import gevent.event
 
 from gdispatch.config import Config
-from gdispatch.dispatcher.destination import DispatcherList
 from gdispatch.dispatcher.listfile import ListError, load_list
+from gdispatch.dns import DestinationResolver, Resolver
 from gdispatch.proxy import Proxy
 from gdispatch.transaction.timers import Scheduler
 from gdispatch.transport import TransportError, Transports
@@ -24,30 +24,6 @@ from gdispatch.transport import TransportError, Transports
 log = logging.getLogger("gdispatch")
 
 TIMER_TICK = 0.02  # the scheduler's granularity, seconds
-
-
-def resolve_destinations(dlist: DispatcherList, transports: Transports) -> None:
-    """Fill in each destination's address; say clearly why one cannot be used."""
-    for d in dlist.destinations():
-        uri = d.sip_uri
-        port = uri.port or (5061 if uri.scheme == "sips" else 5060)
-        host = uri.host
-        try:
-            infos = gevent.socket.getaddrinfo(host, port, 0, gevent.socket.SOCK_DGRAM)
-            ip = infos[0][4][0]
-        except (OSError, IndexError) as e:
-            d.address = None
-            d.unusable = f"cannot resolve {host}: {e}"
-            log.warning("%s: destination %s: %s; it will not be used", d.where, d.uri, d.unusable)
-            continue
-        why = transports.can_reach(d.transport, ip)
-        if why:
-            d.address = None
-            d.unusable = why
-            log.warning("%s: destination %s cannot be reached: %s", d.where, d.uri, why)
-            continue
-        d.address = (ip, port)
-        d.unusable = ""
 
 
 def setup_logging(level: str) -> None:
@@ -64,12 +40,14 @@ def run(config: Config) -> int:
         log.error("--workers %d: only one worker is supported so far", config.workers)
         return 2
     try:
-        dlist = load_list(config.list_file)
+        dlist = load_list(config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order)
     except ListError as e:
         for p in e.problems:
             log.error("%s", p)
         log.error("no dispatcher list loaded; not starting")
         return 1
+    for problem in dlist.problems:
+        log.warning("%s (line skipped: [dispatcher].load_mode = \"skip\")", problem)
     scheduler = Scheduler(time.monotonic)
     holder: dict = {}
     try:
@@ -77,10 +55,13 @@ def run(config: Config) -> int:
     except TransportError as e:
         log.error("%s", e.strerror or e)
         return 1
-    resolve_destinations(dlist, transports)
-    proxy = Proxy(config, transports, scheduler, dlist)
+    resolver = Resolver(list(config.dns_nameservers) or None)
+    dns = DestinationResolver(resolver, refresh_interval=config.dns_refresh, retry_interval=config.dns_retry)
+    dns.resolve_all(dlist, lambda d, ip: transports.can_reach(d.transport, ip))
+    proxy = Proxy(config, transports, scheduler, dlist, resolve_now=dns.resolve_now)
     holder["proxy"] = proxy
     transports.start()
+    dns.start(lambda: proxy.dlist)
 
     def tick() -> None:
         clock = time.monotonic
@@ -101,5 +82,6 @@ def run(config: Config) -> int:
     stop.wait()
     log.info("stopping")
     timer_greenlet.kill(block=False)
+    dns.stop()
     transports.close()
     return 0

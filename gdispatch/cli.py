@@ -38,12 +38,47 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", metavar="N", type=int, help="number of worker processes")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                      help="replaces [server].log_level")
+    lst = sub.add_parser("list", help="work with dispatcher.list files",
+                         description="Work with dispatcher.list files (Kamailio's format).")
+    lsub = lst.add_subparsers(dest="list_command", metavar="ACTION")
+    check = lsub.add_parser("check", help="validate a list file without running the proxy",
+                            description="Validate a dispatcher.list file. Exit status 0 when it loads, "
+                                        "1 with one line per problem (file:line: what) when it does not.")
+    check.add_argument("file", metavar="FILE")
+    check.add_argument("--quiet", "-q", action="store_true", help="print nothing when the file is good")
     return p
+
+
+def list_check(path: str, quiet: bool = False) -> int:
+    from gdispatch.dispatcher.listfile import ListError, load_list
+
+    try:
+        dlist = load_list(path)
+    except ListError as e:
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        n = len(e.problems)
+        print(f"{path}: {n} problem{'s' if n != 1 else ''}; the file would not load", file=sys.stderr)
+        return 1
+    if not quiet:
+        nsets = len(dlist.sets)
+        ndest = sum(len(s.destinations) for s in dlist.sets.values())
+        print(f"{path}: OK, {nsets} set{'s' if nsets != 1 else ''}, {ndest} destination{'s' if ndest != 1 else ''}")
+        for setid in sorted(dlist.sets):
+            for d in dlist.sets[setid].destinations:
+                print(f"  set {setid}  {d.uri}  flags={d.flags} priority={d.priority}"
+                      + (f"  attrs={d.attrs}" if d.attrs else ""))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "list":
+        if args.list_command == "check":
+            return list_check(args.file, args.quiet)
+        parser.parse_args(["list", "--help"])
+        return 2
     if args.command != "run":
         parser.print_help(sys.stderr)
         return 2

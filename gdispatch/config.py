@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import sys
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -69,16 +70,41 @@ class Timers:
 
 @dataclass(frozen=True)
 class Route:
+    """One `[[route]]` table: what it matches, and where matching requests go.
+
+    Matching (all given conditions must hold): `methods` (empty: any), the Request-URI
+    user by `user_prefix` (any of them) or `user_regex`, the Request-URI host by `domains`,
+    and the source by `from_set` (the request came from a destination of that set, like
+    Kamailio's `ds_is_from_list`). Action: dispatch to `set` with `algorithm`, or answer
+    `reply` locally.
+    """
+
     methods: frozenset[str] = frozenset({"INVITE"})
+    user_prefix: tuple[str, ...] = ()
+    user_regex: re.Pattern | None = None
+    domains: frozenset[str] = frozenset()
+    from_set: int | None = None
     set: int = 1
     algorithm: int = 4
     failover_codes: frozenset[int] = field(default_factory=lambda: parse_codes(DEFAULT_FAILOVER_CODES, "route"))
     limit: int = 0  # 0: try every destination of the set
+    mode: str = "dst"  # "dst": next hop only (ds_select_dst); "domain": also the R-URI host (ds_select_domain)
+    hash_template: str = ""  # algorithm 7's key, e.g. "$fU@$ci"
+    no_destination_reply: int = 503
     reply: int = 0  # non-zero: answer locally with this code instead of dispatching
     reply_reason: str = ""
+    name: str = ""
 
-    def matches(self, method: str) -> bool:
-        return not self.methods or method in self.methods
+    def matches(self, method: str, user: str | None, host: str, source_sets: frozenset[int]) -> bool:
+        if self.methods and method not in self.methods:
+            return False
+        if self.domains and host not in self.domains:
+            return False
+        if self.user_prefix and not (user is not None and user.startswith(self.user_prefix)):
+            return False
+        if self.user_regex is not None and (user is None or not self.user_regex.search(user)):
+            return False
+        return self.from_set is None or self.from_set in source_sets
 
 
 @dataclass(frozen=True)
@@ -88,6 +114,15 @@ class Config:
     log_level: str = "info"
     workers: int = 1
     list_file: str = "dispatcher.list"
+    load_mode: str = "strict"  # "strict": a bad line refuses the file; "skip": load the good lines
+    kamailio_order: bool = False  # equal priorities in reverse file order, as Kamailio does
+    kamailio_compat: bool = False  # hash, weight and parallel selection exactly as Kamailio
+    hash_user_only: bool = False  # algorithms 1-3 hash the URI user only (Kamailio flags=1)
+    call_expire: float = 7200.0  # an answered call with no BYE stops counting (ds_hash_expire)
+    call_init_expire: float = 7200.0  # an unanswered call stops counting (ds_hash_initexpire)
+    dns_nameservers: tuple[tuple[str, int], ...] = ()  # empty: those of /etc/resolv.conf
+    dns_refresh: float = 600.0  # seconds between re-resolutions of destination host names
+    dns_retry: float = 30.0  # seconds between retries of a name that does not resolve
     timers: Timers = Timers()
     routes: tuple[Route, ...] = (Route(),)
     # Requests no route matches get this answer (404 "No Route").
@@ -137,11 +172,24 @@ def _check_keys(table: Any, allowed: set[str], where: str) -> dict:
     return table
 
 
+_ROUTE_KEYS = {"name", "methods", "user_prefix", "user_regex", "domains", "from_set", "set", "algorithm",
+               "failover_codes", "limit", "mode", "hash_template", "no_destination_reply", "reply", "reply_reason"}
+
+
+def _str_list(t: dict, key: str, where: str, example: str) -> list[str]:
+    v = t.get(key, [])
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+        raise ConfigError(f"{where}.{key}: expected a list of strings such as {example}")
+    return v
+
+
 def _route(t: Any, where: str) -> Route:
-    t = _check_keys(t, {"methods", "set", "algorithm", "failover_codes", "limit", "reply", "reply_reason"}, where)
-    methods = t.get("methods", ["INVITE"])
-    if not isinstance(methods, list) or not all(isinstance(m, str) and m for m in methods):
-        raise ConfigError(f"{where}.methods: expected a list of method names such as [\"INVITE\"] ([] = any)")
+    t = _check_keys(t, _ROUTE_KEYS, where)
+    if "name" in t:
+        where = f"{where} ({t['name']})"
+    methods = _str_list(t, "methods", where, '["INVITE"] ([] = any)') if "methods" in t else ["INVITE"]
     from gdispatch.dispatcher.algorithms import SUPPORTED
 
     alg = _number(t, "algorithm", where, 4, integer=True, minimum=0, exclusive=False)
@@ -150,19 +198,54 @@ def _route(t: Any, where: str) -> Route:
     reply = _number(t, "reply", where, 0, integer=True, minimum=0, exclusive=False)
     if reply and not 300 <= reply <= 699:
         raise ConfigError(f"{where}.reply: expected a final response code 300-699, got {reply}")
+    ndr = _number(t, "no_destination_reply", where, 503, integer=True, minimum=300, exclusive=False)
+    if ndr > 699:
+        raise ConfigError(f"{where}.no_destination_reply: expected a final response code 300-699, got {ndr}")
+    regex = None
+    if "user_regex" in t:
+        try:
+            regex = re.compile(str(t["user_regex"]))
+        except re.error as e:
+            raise ConfigError(f"{where}.user_regex: not a valid regular expression: {e}") from None
+    mode = str(t.get("mode", "dst"))
+    if mode not in ("dst", "domain"):
+        raise ConfigError(f"{where}.mode: expected \"dst\" (destination is the next hop) or \"domain\" "
+                          f"(it also becomes the Request-URI host), got {mode!r}")
+    from_set = t.get("from_set")
+    if from_set is not None and (isinstance(from_set, bool) or not isinstance(from_set, int) or from_set < 0):
+        raise ConfigError(f"{where}.from_set: expected a set id (an integer >= 0)")
+    template = str(t.get("hash_template", ""))
+    if alg == 7 and not template:
+        raise ConfigError(f"{where}.hash_template: algorithm 7 hashes a template of request fields; "
+                          f"give one, e.g. \"$fU@$ci\"")
+    if template:
+        from gdispatch.dispatcher.algorithms import compile_template
+
+        try:
+            compile_template(template)
+        except ValueError as e:
+            raise ConfigError(f"{where}.hash_template: {e}") from None
     return Route(
         methods=frozenset(m.upper() for m in methods),
+        user_prefix=tuple(_str_list(t, "user_prefix", where, '["00", "+44"]')),
+        user_regex=regex,
+        domains=frozenset(d.lower() for d in _str_list(t, "domains", where, '["pbx1.example.com"]')),
+        from_set=from_set,
         set=_number(t, "set", where, 1, integer=True, minimum=0, exclusive=False),
         algorithm=alg,
         failover_codes=parse_codes(t.get("failover_codes", list(DEFAULT_FAILOVER_CODES)), where),
         limit=_number(t, "limit", where, 0, integer=True, minimum=0, exclusive=False),
+        mode=mode,
+        hash_template=template,
+        no_destination_reply=ndr,
         reply=reply,
         reply_reason=str(t.get("reply_reason", "")),
+        name=str(t.get("name", "")),
     )
 
 
 def from_dict(data: dict, source: str = "") -> Config:
-    data = _check_keys(data, {"server", "dispatcher", "timers", "route"}, "config")
+    data = _check_keys(data, {"server", "dispatcher", "timers", "dns", "route"}, "config")
     server = _check_keys(data.get("server", {}), {"listen", "domains", "log_level", "workers", "no_route_reply"},
                          "[server]")
     listen_v = server.get("listen", [str(x) for x in Config.listen])
@@ -177,7 +260,32 @@ def from_dict(data: dict, source: str = "") -> Config:
     level = str(server.get("log_level", "info")).lower()
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"[server].log_level: expected debug, info, warning or error, got {level!r}")
-    disp = _check_keys(data.get("dispatcher", {}), {"list_file"}, "[dispatcher]")
+    disp = _check_keys(data.get("dispatcher", {}), {"list_file", "load_mode", "kamailio_order", "kamailio_compat",
+                                                    "hash_user_only", "call_expire", "call_init_expire"},
+                       "[dispatcher]")
+    load_mode = str(disp.get("load_mode", "strict"))
+    if load_mode not in ("strict", "skip"):
+        raise ConfigError(f"[dispatcher].load_mode: expected \"strict\" or \"skip\", got {load_mode!r}")
+    flags = {}
+    for key in ("kamailio_order", "kamailio_compat", "hash_user_only"):
+        v = disp.get(key, False)
+        if not isinstance(v, bool):
+            raise ConfigError(f"[dispatcher].{key}: expected true or false, got {v!r}")
+        flags[key] = v
+    seconds = {k: float(_number(disp, k, "[dispatcher]", getattr(Config, k)))
+               for k in ("call_expire", "call_init_expire")}
+    dns = _check_keys(data.get("dns", {}), {"nameservers", "refresh_interval", "retry_interval"}, "[dns]")
+    seconds["dns_refresh"] = float(_number(dns, "refresh_interval", "[dns]", Config.dns_refresh))
+    seconds["dns_retry"] = float(_number(dns, "retry_interval", "[dns]", Config.dns_retry))
+    from gdispatch.dns import parse_nameserver
+
+    nameservers = []
+    for ns in _str_list(dns, "nameservers", "[dns]", '["127.0.0.53:53"]'):
+        try:
+            nameservers.append(parse_nameserver(ns))
+        except ValueError as e:
+            raise ConfigError(f"[dns].nameservers: {ns!r}: {e}") from None
+    seconds["dns_nameservers"] = tuple(nameservers)
     list_file = disp.get("list_file", "dispatcher.list")
     if not isinstance(list_file, str) or not list_file:
         raise ConfigError("[dispatcher].list_file: expected a file path")
@@ -200,7 +308,8 @@ def from_dict(data: dict, source: str = "") -> Config:
     return Config(
         listen=listen, domains=tuple(x.lower() for x in domains), log_level=level,
         workers=_number(server, "workers", "[server]", 1, integer=True, minimum=1, exclusive=False),
-        list_file=list_file, timers=timers, routes=routes, no_route_reply=nrr, source=source,
+        list_file=list_file, load_mode=load_mode, **flags, **seconds,
+        timers=timers, routes=routes, no_route_reply=nrr, source=source,
     )
 
 

@@ -20,12 +20,14 @@ import logging
 import os
 import re
 import zlib
+from typing import Callable
 
 import gevent
-from gevent.event import AsyncResult
+from gevent.event import Event
 
+from gdispatch.calls import CallLoad
 from gdispatch.config import Config, Route
-from gdispatch.dispatcher.algorithms import select
+from gdispatch.dispatcher.algorithms import ALG_PARALLEL, SelectOptions, compile_template, select
 from gdispatch.dispatcher.destination import Destination, DispatcherList
 from gdispatch.sip import (
     ParseError,
@@ -100,7 +102,10 @@ class ResponseContext:
         "route",
         "st",
         "to_tag",
-        "waiter",
+        "event",
+        "outstanding",
+        "last_status",
+        "counts_load",
     )
 
     def __init__(self, proxy: Proxy, st: ServerTransaction, request: SipMessage, route: Route | None):
@@ -111,18 +116,28 @@ class ResponseContext:
         self.best: SipMessage | None = None
         self.final_sent = False
         self.cancelled = False
-        self.waiter: AsyncResult | None = None
+        # The walker greenlet waits on `event` until `outstanding` branches are over (or a
+        # 2xx came); `last_status` is the final status of the last branch that ended.
+        self.event: Event | None = None
+        self.outstanding = 0
+        self.last_status = 0
         self.route = route
         self.to_tag = ""
+        # A dispatched INVITE: its destination's active-call count follows it.
+        self.counts_load = route is not None and request.method == "INVITE"
 
 
 class Proxy:
     def __init__(self, config: Config, transports: Transports, scheduler: Scheduler,
-                 dispatcher_list: DispatcherList):
+                 dispatcher_list: DispatcherList,
+                 resolve_now: Callable[[Destination], list[tuple[str, int]]] | None = None):
         self.config = config
         self.transports = transports
         self.scheduler = scheduler
         self.dlist = dispatcher_list
+        # Resolves a destination marked "no DNS resolution at load" (flag 16) when a
+        # request is sent to it; called from the request's greenlet.
+        self.resolve_now = resolve_now
         t = config.timers
         self.timers = TimerConfig(t1=t.t1, t2=t.t2, t4=t.t4)
         self.fr_timer = t.fr_timer
@@ -145,6 +160,39 @@ class Proxy:
             self.local_hosts.add(lst.listen.host)
         self._via_markers = [self._hostport_bytes(h, p) for h, p in self.local_hostports]
         self._debug = log.isEnabledFor(logging.DEBUG)
+        self.calls = CallLoad(scheduler, expire=config.call_expire, init_expire=config.call_init_expire)
+        self._select_options = {
+            id(r): SelectOptions(
+                hash_user_only=config.hash_user_only,
+                hash_template=compile_template(r.hash_template) if r.hash_template else None,
+                kamailio_compat=config.kamailio_compat,
+            )
+            for r in config.routes
+        }
+        self._needs_source_sets = any(r.from_set is not None for r in config.routes)
+        self._source_index: dict[str, list[tuple[int | None, int]]] | None = None
+
+    def set_list(self, dispatcher_list: DispatcherList) -> None:
+        """Swap in a newly loaded list (the old one keeps serving what it started)."""
+        self.dlist = dispatcher_list
+        self._source_index = None
+
+    def _source_sets(self, source: Source) -> frozenset[int]:
+        """The sets having a destination at the request's source address (like Kamailio's
+        `ds_is_from_list` in its default mode: IP and port, any transport; a destination
+        written without a port matches any port)."""
+        index = self._source_index
+        if index is None:
+            index = {}
+            for d in self.dlist.destinations():
+                if d.address is not None:
+                    index.setdefault(d.address[0], []).append((d.sip_uri.port, d.setid))
+            self._source_index = index
+        ip, port = source.addr
+        entries = index.get(ip)
+        if not entries:
+            return frozenset()
+        return frozenset(setid for p, setid in entries if p is None or p == port)
 
     # ----------------------------------------------------------------- helpers
 
@@ -331,31 +379,35 @@ class Proxy:
         if popped < len(routes) or strict:
             self._local_reply(st, msg, 403, "Relaying Forbidden")
             return
-        if not self._is_local_uri(ruri):
-            # No open relay: only requests for our addresses or domains are dispatched.
-            self._local_reply(st, msg, 403, "Relaying Forbidden")
-            return
-        if method == "OPTIONS" and ruri.user is None:
+        local = self._is_local_uri(ruri)
+        if local and method == "OPTIONS" and ruri.user is None:
             self._answer_options(st, msg)
             return
-        route = self._match_route(msg)
-        if route is None:
-            self._local_reply(st, msg, self.config.no_route_reply, "No Route")
+        route = self._match_route(msg, ruri, source)
+        if route is None or not (local or route.domains):
+            # No open relay: a request for a domain that is neither ours nor named by a
+            # route is refused.
+            if not local:
+                self._local_reply(st, msg, 403, "Relaying Forbidden")
+            else:
+                self._local_reply(st, msg, self.config.no_route_reply, "No Route")
             return
         if route.reply:
             self._local_reply(st, msg, route.reply, route.reply_reason or "Rejected")
             return
         dset = self.dlist.get(route.set)
-        candidates = select(dset, route.algorithm, msg, route.limit) if dset is not None else []
+        candidates = (select(dset, route.algorithm, msg, route.limit, self._select_options[id(route)])
+                      if dset is not None else [])
         if not candidates:
             self.stats["no_destination"] += 1
             log.warning("no active destination in set %d for %s %s", route.set, method,
                         msg.call_id.decode(errors="replace"))
-            self._local_reply(st, msg, 503, "No Destination Available")
+            self._local_reply(st, msg, route.no_destination_reply, "No Destination Available")
             return
         if self._debug:
-            log.debug("dispatch %s call-id=%s set=%d alg=%d -> %s", method, msg.call_id.decode(errors="replace"),
-                      route.set, route.algorithm, " ".join(d.uri for d in candidates))
+            log.debug("dispatch %s call-id=%s route=%s set=%d alg=%d -> %s", method,
+                      msg.call_id.decode(errors="replace"), route.name or "-", route.set, route.algorithm,
+                      " ".join(d.uri for d in candidates))
         self.stats["dispatched"] += 1
         ctx = ResponseContext(self, st, msg, route)
         ctx.to_tag = self._new_tag()
@@ -363,10 +415,11 @@ class Proxy:
         record = method in DIALOG_CREATING
         gevent.spawn(self._walk, ctx, candidates, source, top_via, popped, record)
 
-    def _match_route(self, msg: SipMessage) -> Route | None:
+    def _match_route(self, msg: SipMessage, ruri: SipUri, source: Source) -> Route | None:
+        sets = self._source_sets(source) if self._needs_source_sets else frozenset()
         method = msg.method
         for r in self.config.routes:
-            if r.matches(method):
+            if r.matches(method, ruri.user, ruri.host, sets):
                 return r
         return None
 
@@ -440,6 +493,8 @@ class Proxy:
         if hop is None:
             self._local_reply(st, msg, 476, "Unresolvable Destination")
             return
+        if msg.method == "BYE":
+            self.calls.ended(msg.call_id)
         ctx = ResponseContext(self, st, msg, None)
         st.context = ctx
         branch = Branch(ctx, None, hop)
@@ -507,37 +562,66 @@ class Proxy:
 
     def _walk(self, ctx: ResponseContext, candidates: list[Destination], source: Source,
               top_via: bytes | None, popped: int, record: bool) -> None:
-        """The life of a dispatched request: try each destination in turn (serial forking)."""
+        """The life of a dispatched request: try each destination in turn (serial
+        forking), or all at once for the parallel algorithm."""
         route = ctx.route
+        ctx.event = event = Event()
         try:
-            for n, dest in enumerate(candidates):
-                if ctx.cancelled or ctx.final_sent:
-                    break
-                if n:
-                    self.stats["failovers"] += 1
-                hop = (dest.transport, dest.address)
-                branch = Branch(ctx, dest, hop)
-                ctx.branches.append(branch)
-                ctx.waiter = waiter = AsyncResult()
-                self._send_branch(branch, source, top_via, popped, record)
-                status = waiter.get()
-                ctx.waiter = None
-                if 200 <= status < 300 or ctx.cancelled:
-                    break
-                if status >= 600 or status not in route.failover_codes:
-                    break
-                if n + 1 < len(candidates):
-                    log.warning("failover: %s answered %d for call-id %s, trying %s", dest.uri, status,
-                                ctx.request.call_id.decode(errors="replace"), candidates[n + 1].uri)
-                else:
-                    log.warning("%s answered %d for call-id %s; no destination left", dest.uri, status,
-                                ctx.request.call_id.decode(errors="replace"))
+            if route.algorithm == ALG_PARALLEL:
+                ctx.outstanding = len(candidates)
+                for dest in candidates:
+                    self._start_branch(ctx, dest, source, top_via, popped, record)
+                if ctx.outstanding > 0 and not ctx.final_sent:
+                    event.wait()
+            else:
+                for n, dest in enumerate(candidates):
+                    if ctx.cancelled or ctx.final_sent:
+                        break
+                    if n:
+                        self.stats["failovers"] += 1
+                    event.clear()
+                    ctx.outstanding = 1
+                    self._start_branch(ctx, dest, source, top_via, popped, record)
+                    if ctx.outstanding > 0:
+                        event.wait()
+                    status = ctx.last_status
+                    if 200 <= status < 300 or ctx.cancelled:
+                        break
+                    if status >= 600 or status not in route.failover_codes:
+                        break
+                    if n + 1 < len(candidates):
+                        log.warning("failover: %s answered %d for call-id %s, trying %s", dest.uri, status,
+                                    ctx.request.call_id.decode(errors="replace"), candidates[n + 1].uri)
+                    else:
+                        log.warning("%s answered %d for call-id %s; no destination left", dest.uri, status,
+                                    ctx.request.call_id.decode(errors="replace"))
             self._finish(ctx)
         except Exception:
             log.exception("error while dispatching call-id %s", ctx.request.call_id.decode(errors="replace"))
             if not ctx.final_sent:
                 ctx.final_sent = True
                 self._local_reply(ctx.st, ctx.request, 500, "Internal Server Error")
+
+    def _start_branch(self, ctx: ResponseContext, dest: Destination, source: Source, top_via: bytes | None,
+                      popped: int, record: bool) -> None:
+        address = dest.address
+        if address is None and self.resolve_now is not None:
+            # Flag 16: the name is resolved now, in this request's greenlet (RFC 3263).
+            found = self.resolve_now(dest)
+            address = found[0] if found else None
+        branch = Branch(ctx, dest, (dest.transport, address))
+        ctx.branches.append(branch)
+        if address is None:
+            log.warning("cannot resolve %s: %s", dest.uri, dest.unusable or "no address")
+            self._branch_over(branch, 503, None)
+            return
+        new_ruri = None
+        if ctx.route.mode == "domain":
+            # Like ds_select_domain: the destination also becomes the Request-URI host.
+            new_ruri = replace_hostport(ctx.request.ruri, dest.sip_uri.hostport().encode())
+        if ctx.counts_load:
+            self.calls.attempt(ctx.request.call_id, dest)
+        self._send_branch(branch, source, top_via, popped, record, new_ruri=new_ruri)
 
     def _send_branch(self, branch: Branch, source: Source, top_via: bytes | None, popped: int, record: bool,
                      new_ruri: bytes | None = None, add_headers=(), remove=()) -> None:
@@ -646,6 +730,9 @@ class Proxy:
             first = not ctx.final_sent
             ctx.final_sent = True
             ctx.st.respond(status, strip_top_via(resp))
+            if first and ctx.counts_load:
+                self.calls.attempt(ctx.request.call_id, branch.dest)  # the branch that won
+                self.calls.answered(ctx.request.call_id)
             if first:
                 for other in ctx.branches:
                     if other is not branch and not other.final:
@@ -665,8 +752,11 @@ class Proxy:
         ctx = branch.ctx
         if resp is not None and status >= 300:
             ctx.best = _better(ctx.best, resp)
-        if ctx.waiter is not None:
-            ctx.waiter.set(status)
+        ctx.last_status = status
+        ctx.outstanding -= 1
+        if ctx.event is not None:
+            if ctx.outstanding <= 0 or 200 <= status < 300:
+                ctx.event.set()
         elif ctx.route is None and not ctx.final_sent:
             self._finish(ctx)  # in-dialog: a single branch, no walker
 
@@ -675,6 +765,8 @@ class Proxy:
         if ctx.final_sent:
             return
         ctx.final_sent = True
+        if ctx.counts_load:
+            self.calls.ended(ctx.request.call_id)
         st = ctx.st
         best = ctx.best
         if best is not None:
@@ -713,8 +805,8 @@ class Proxy:
                     branch.ct.stop_retransmissions()
                 self._branch_over(branch, 487, None)
         if not waiting:
-            if ctx.waiter is not None:
-                ctx.waiter.set(487)
+            if ctx.event is not None:
+                ctx.event.set()
             else:
                 self._finish(ctx)
 
@@ -791,6 +883,20 @@ def _better(current: SipMessage | None, new: SipMessage) -> SipMessage:
     if n >= 600:
         return new
     return new if n // 100 < c // 100 else current
+
+
+def replace_hostport(ruri: bytes, hostport: bytes) -> bytes:
+    """The Request-URI with its host[:port] replaced, user and parameters kept."""
+    colon = ruri.find(b":")
+    at = ruri.find(b"@", colon)
+    start = at + 1 if at >= 0 else colon + 1
+    scan = ruri.find(b"]", start) if ruri[start:start + 1] == b"[" else start
+    end = len(ruri)
+    for sep in (b";", b"?"):
+        j = ruri.find(sep, scan)
+        if 0 <= j < end:
+            end = j
+    return ruri[:start] + hostport + ruri[end:]
 
 
 def _ignore(*_args) -> None:

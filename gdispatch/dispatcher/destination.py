@@ -210,8 +210,9 @@ class Destination:
 
     @property
     def selectable(self) -> bool:
-        """Neither inactive nor disabled, and resolved (Kamailio's `ds_skip_dst`)."""
-        return not (self._flags & FLAGS_SKIP) and self._address is not None
+        """Neither inactive nor disabled (Kamailio's `ds_skip_dst`), and resolved, or to be
+        resolved when a request goes to it (flag 16)."""
+        return not (self._flags & FLAGS_SKIP) and (self._address is not None or bool(self._flags & FLAG_NODNSARES))
 
     @property
     def has_capacity(self) -> bool:

@@ -53,3 +53,18 @@ def test_unreachable_destination_is_named_at_load(proxy):
     log = p.log()
     assert "sip:127.0.0.1:5999;transport=tcp cannot be reached: no TCP IPv4 listen address" in log
     assert "sip:[::1]:5999 cannot be reached: no UDP IPv6 listen address" in log
+
+
+def test_list_check_good_and_bad(tmp_path):
+    good = tmp_path / "good.list"
+    good.write_text("# gateways\n1 sip:127.0.0.1:5071 0 0 duid=a\n1 sip:127.0.0.1:5072 0 5\n2 10.0.0.1\n")
+    out = gd("list", "check", str(good))
+    assert out.returncode == 0, out.stderr
+    assert "OK, 2 sets, 3 destinations" in out.stdout
+    bad = tmp_path / "bad.list"
+    bad.write_text("1 sip:127.0.0.1:5071\nx sip:127.0.0.1:5072\n1 sip:127.0.0.1:5073 0xZZ\n")
+    out = gd("list", "check", str(bad))
+    assert out.returncode == 1
+    lines = out.stderr.splitlines()
+    assert lines[0].startswith(f"{bad}:2: ") and lines[1].startswith(f"{bad}:3: ")
+    assert "2 problems" in lines[-1]

@@ -1,0 +1,83 @@
+"""Active calls per destination: the call-load accounting behind algorithm 10.
+
+Kamailio leaves this to the routing script (`ds_load_update`, `ds_load_unset`) and users
+get it wrong (stuck counters, kamailio#2322, #4046). Here the proxy reports what happens to
+each dispatched INVITE and this table keeps the counts itself:
+
+- `attempt(call_id, dest)` when an INVITE goes to a destination: the call counts on it
+  (and no longer on the previous destination of that call, which is how failover moves
+  the load);
+- `answered(call_id)` on the 2xx: the call is confirmed and now lives until its BYE;
+- `ended(call_id)` on the BYE, on a CANCEL, or when the INVITE failed.
+
+Two expiry timers catch calls whose end never passes through the proxy: `init_expire` for
+a call never answered, `expire` for an answered call that never sees its BYE (Kamailio's
+`ds_hash_initexpire` / `ds_hash_expire`, 7200 s each by default).
+
+Sans-IO: it needs only a scheduler with `call_later(delay, fn, *args) -> handle` whose
+handles have `cancel()`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class _Call:
+    __slots__ = ("dest", "confirmed", "timer")
+
+    def __init__(self, dest: Any):
+        self.dest = dest
+        self.confirmed = False
+        self.timer = None
+
+
+class CallLoad:
+    """Call-ID → destination, and each destination's `load` counter kept in step."""
+
+    def __init__(self, scheduler, *, expire: float = 7200.0, init_expire: float = 7200.0):
+        self.scheduler = scheduler
+        self.expire = expire
+        self.init_expire = init_expire
+        self.calls: dict[bytes, _Call] = {}
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def attempt(self, call_id: bytes, dest: Any) -> None:
+        call = self.calls.get(call_id)
+        if call is None:
+            call = self.calls[call_id] = _Call(dest)
+            call.timer = self.scheduler.call_later(self.init_expire, self._expired, call_id, call)
+        elif call.dest is not dest:
+            call.dest.load -= 1
+            call.dest = dest
+        else:
+            return
+        dest.load += 1
+
+    def answered(self, call_id: bytes) -> None:
+        call = self.calls.get(call_id)
+        if call is None or call.confirmed:
+            return
+        call.confirmed = True
+        if call.timer is not None:
+            call.timer.cancel()
+        call.timer = self.scheduler.call_later(self.expire, self._expired, call_id, call)
+
+    def ended(self, call_id: bytes) -> None:
+        call = self.calls.pop(call_id, None)
+        if call is None:
+            return
+        if call.timer is not None:
+            call.timer.cancel()
+        call.dest.load -= 1
+
+    def destination_of(self, call_id: bytes) -> Any:
+        call = self.calls.get(call_id)
+        return call.dest if call is not None else None
+
+    def _expired(self, call_id: bytes, call: _Call) -> None:
+        if self.calls.get(call_id) is call:
+            call.timer = None
+            self.ended(call_id)
