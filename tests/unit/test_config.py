@@ -76,3 +76,54 @@ def test_flags_override_file():
     assert c2.routes[1].reply == 404
     with pytest.raises(ConfigError, match="--algorithm"):
         with_overrides(c, algorithm=77)
+
+
+def test_route_matching_keys():
+    c = from_dict({"route": [
+        {"methods": [], "user_prefix": ["00", "+44"], "set": 2},
+        {"user_regex": "^1[0-9]{3}$", "set": 3},
+        {"domains": ["PBX1.example.com"], "methods": ["INVITE", "MESSAGE"], "set": 4, "mode": "domain"},
+        {"from_set": 7, "set": 5},
+    ]})
+    r1, r2, r3, r4 = c.routes
+    assert r1.matches("BYE", "0049301", "x", frozenset()) and r1.matches("INVITE", "+4420", "x", frozenset())
+    assert not r1.matches("INVITE", "049", "x", frozenset()) and not r1.matches("INVITE", None, "x", frozenset())
+    assert r2.matches("INVITE", "1234", "x", frozenset()) and not r2.matches("INVITE", "12345", "x", frozenset())
+    assert not r2.matches("MESSAGE", "1234", "x", frozenset())  # methods default to INVITE
+    assert r3.matches("MESSAGE", None, "pbx1.example.com", frozenset()) and r3.mode == "domain"
+    assert not r3.matches("INVITE", None, "pbx2.example.com", frozenset())
+    assert r4.matches("INVITE", "1", "h", frozenset({7})) and not r4.matches("INVITE", "1", "h", frozenset({1}))
+
+
+@pytest.mark.parametrize("route,words", [
+    ({"mode": "both"}, r"mode: expected \"dst\""),
+    ({"algorithm": 7}, r"hash_template: algorithm 7 hashes a template"),
+    ({"algorithm": 7, "hash_template": "$nope"}, r"hash_template: "),
+    ({"user_regex": "(["}, r"user_regex: not a valid regular expression"),
+    ({"from_set": "one"}, r"from_set: expected a set id"),
+    ({"no_destination_reply": 99}, r"no_destination_reply"),
+    ({"name": "trunks", "set": "x"}, r"\[\[route\]\] #1 \(trunks\).set"),
+])
+def test_route_errors_name_the_key(route, words):
+    with pytest.raises(ConfigError, match=words):
+        from_dict({"route": [route]})
+
+
+def test_dispatcher_and_dns_keys():
+    c = from_dict({"dispatcher": {"load_mode": "skip", "kamailio_order": True, "kamailio_compat": True},
+                   "dns": {"nameservers": ["127.0.0.1:5353"], "refresh_interval": 60}})
+    assert (c.load_mode, c.kamailio_order, c.kamailio_compat) == ("skip", True, True)
+    assert c.dns_nameservers == (("127.0.0.1", 5353),) and c.dns_refresh == 60.0
+    with pytest.raises(ConfigError, match=r"\[dispatcher\].load_mode"):
+        from_dict({"dispatcher": {"load_mode": "lenient"}})
+    with pytest.raises(ConfigError, match=r"\[dispatcher\].kamailio_order: expected true or false"):
+        from_dict({"dispatcher": {"kamailio_order": "yes"}})
+    with pytest.raises(ConfigError, match=r"\[dns\].nameservers"):
+        from_dict({"dns": {"nameservers": ["not an address"]}})
+
+
+def test_example_config_loads():
+    from pathlib import Path
+
+    c = load(str(Path(__file__).resolve().parents[2] / "gdispatch.toml"))
+    assert [str(x) for x in c.listen] == ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]
