@@ -17,6 +17,9 @@ import gevent.event
 from gdispatch.config import Config
 from gdispatch.dispatcher.listfile import ListError, load_list
 from gdispatch.dns import DestinationResolver, Resolver
+from gdispatch.plugins import PluginError, PluginHost
+from gdispatch.prober import Prober
+from gdispatch.probing import ProbeSettings
 from gdispatch.proxy import Proxy
 from gdispatch.transaction.timers import Scheduler
 from gdispatch.transport import TransportError, Transports
@@ -34,54 +37,112 @@ def setup_logging(level: str) -> None:
     )
 
 
-def run(config: Config) -> int:
-    setup_logging(config.log_level)
-    if config.workers != 1:
-        log.error("--workers %d: only one worker is supported so far", config.workers)
-        return 2
-    try:
-        dlist = load_list(config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order)
-    except ListError as e:
-        for p in e.problems:
-            log.error("%s", p)
-        log.error("no dispatcher list loaded; not starting")
-        return 1
-    for problem in dlist.problems:
-        log.warning("%s (line skipped: [dispatcher].load_mode = \"skip\")", problem)
-    scheduler = Scheduler(time.monotonic)
-    holder: dict = {}
-    try:
-        transports = Transports(config.listen, lambda data, src: holder["proxy"].on_message(data, src))
-    except TransportError as e:
-        log.error("%s", e.strerror or e)
-        return 1
-    resolver = Resolver(list(config.dns_nameservers) or None)
-    dns = DestinationResolver(resolver, refresh_interval=config.dns_refresh, retry_interval=config.dns_retry)
-    dns.resolve_all(dlist, lambda d, ip: transports.can_reach(d.transport, ip))
-    proxy = Proxy(config, transports, scheduler, dlist, resolve_now=dns.resolve_now)
-    holder["proxy"] = proxy
-    transports.start()
-    dns.start(lambda: proxy.dlist)
+class App:
+    """The running proxy and everything around it."""
 
-    def tick() -> None:
+    def __init__(self, config: Config):
+        self.config = config
+        self.started_at = time.time()
+        self.plugins = PluginHost()
+        self.scheduler = Scheduler(time.monotonic)
+        self.transports: Transports | None = None
+        self.proxy: Proxy | None = None
+        self.prober: Prober | None = None
+        self.dns: DestinationResolver | None = None
+        self._greenlets: list[gevent.Greenlet] = []
+        self.stopping = gevent.event.Event()
+
+    # ------------------------------------------------------------- events
+
+    def destination_state_changed(self, dest, old_state, new_state, reason: str) -> None:
+        self.plugins.call("gdispatch_destination_state_changed", destination=dest, old_state=old_state,
+                          new_state=new_state, reason=reason)
+
+    # ------------------------------------------------------------- life
+
+    def start(self) -> int:
+        """Load everything and start serving; a non-zero exit status when it cannot."""
+        config = self.config
+        if config.workers != 1:
+            log.error("--workers %d: only one worker is supported so far", config.workers)
+            return 2
+        try:
+            self.plugins.load(config.plugins, config.hooks_dir)
+        except PluginError as e:
+            log.error("%s", e)
+            return 1
+        try:
+            dlist = load_list(config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order)
+        except ListError as e:
+            for p in e.problems:
+                log.error("%s", p)
+            log.error("no dispatcher list loaded; not starting")
+            return 1
+        for problem in dlist.problems:
+            log.warning("%s (line skipped: [dispatcher].load_mode = \"skip\")", problem)
+        holder: dict = {}
+        try:
+            self.transports = transports = Transports(
+                config.listen, lambda data, src: holder["proxy"].on_message(data, src))
+        except TransportError as e:
+            log.error("%s", e.strerror or e)
+            return 1
+        self.dns = DestinationResolver(Resolver(list(config.dns_nameservers) or None),
+                                       refresh_interval=config.dns_refresh, retry_interval=config.dns_retry)
+        self.dns.resolve_all(dlist, self._reachable)
+        self.proxy = proxy = Proxy(config, transports, self.scheduler, dlist, resolve_now=self.dns.resolve_now)
+        holder["proxy"] = proxy
+        p = config.probing
+        self.prober = Prober(proxy, ProbeSettings(
+            interval=p.interval, timeout=p.timeout, method=p.method, from_uri=p.from_uri,
+            probing_threshold=p.probing_threshold, inactive_threshold=p.inactive_threshold, mode=p.mode,
+            reply_codes=p.reply_codes, latency_alpha=p.latency_alpha, mark=p.mark,
+        ), lambda: proxy.dlist, on_change=self.destination_state_changed)
+        proxy.on_traffic_failure = self.prober.traffic_failure
+        self.prober.attach(dlist)
+        transports.start()
+        self.dns.start(lambda: proxy.dlist)
+        self.prober.start()
+        self._greenlets.append(gevent.spawn(self._tick))
+        self.plugins.call("gdispatch_startup", config=config)
+        nsets = len(dlist.sets)
+        ndest = sum(len(s.destinations) for s in dlist.sets.values())
+        log.info("gdispatch listening on %s; %d set(s), %d destination(s) from %s",
+                 ", ".join(str(x) for x in config.listen), nsets, ndest, config.list_file)
+        return 0
+
+    def _reachable(self, dest, ip: str) -> str:
+        return self.transports.can_reach(dest.transport, ip)
+
+    def _tick(self) -> None:
+        scheduler = self.scheduler
         clock = time.monotonic
         while True:
-            now = clock()
-            scheduler.run_due(now)
+            scheduler.run_due(clock())
             nd = scheduler.next_deadline()
             gevent.sleep(TIMER_TICK if nd is None else min(max(nd - clock(), 0.001), TIMER_TICK))
 
-    timer_greenlet = gevent.spawn(tick)
-    stop = gevent.event.Event()
+    def stop(self) -> None:
+        log.info("stopping")
+        self.plugins.call("gdispatch_shutdown")
+        for g in self._greenlets:
+            g.kill(block=False)
+        if self.prober is not None:
+            self.prober.stop()
+        if self.dns is not None:
+            self.dns.stop()
+        if self.transports is not None:
+            self.transports.close()
+
+
+def run(config: Config) -> int:
+    setup_logging(config.log_level)
+    app = App(config)
+    code = app.start()
+    if code:
+        return code
     for sig in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(sig, stop.set)
-    nsets = len(dlist.sets)
-    ndest = sum(len(s.destinations) for s in dlist.sets.values())
-    log.info("gdispatch listening on %s; %d set(s), %d destination(s) from %s",
-             ", ".join(str(x) for x in config.listen), nsets, ndest, config.list_file)
-    stop.wait()
-    log.info("stopping")
-    timer_greenlet.kill(block=False)
-    dns.stop()
-    transports.close()
+        gevent.signal_handler(sig, app.stopping.set)
+    app.stopping.wait()
+    app.stop()
     return 0

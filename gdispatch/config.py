@@ -30,7 +30,7 @@ class ConfigError(ValueError):
 def parse_codes(values: Any, key: str) -> frozenset[int]:
     """["408", "5xx", 603] → the set of codes. "5xx" means 500-599."""
     if not isinstance(values, (list, tuple)):
-        raise ConfigError(f"{key}.failover_codes: expected a list such as [\"408\", \"5xx\"]")
+        raise ConfigError(f"{key}: expected a list such as [\"408\", \"5xx\"]")
     codes: set[int] = set()
     for v in values:
         s = str(v).strip().lower()
@@ -40,7 +40,7 @@ def parse_codes(values: Any, key: str) -> frozenset[int]:
         elif s.isdigit() and 300 <= int(s) <= 699:
             codes.add(int(s))
         else:
-            raise ConfigError(f"{key}.failover_codes: {v!r}: expected a final code 300-699 or a class like \"5xx\"")
+            raise ConfigError(f"{key}: {v!r}: expected a final code 300-699 or a class like \"5xx\"")
     return frozenset(codes)
 
 
@@ -86,7 +86,8 @@ class Route:
     from_set: int | None = None
     set: int = 1
     algorithm: int = 4
-    failover_codes: frozenset[int] = field(default_factory=lambda: parse_codes(DEFAULT_FAILOVER_CODES, "route"))
+    failover_codes: frozenset[int] = field(
+        default_factory=lambda: parse_codes(DEFAULT_FAILOVER_CODES, "route.failover_codes"))
     limit: int = 0  # 0: try every destination of the set
     mode: str = "dst"  # "dst": next hop only (ds_select_dst); "domain": also the R-URI host (ds_select_domain)
     hash_template: str = ""  # algorithm 7's key, e.g. "$fU@$ci"
@@ -108,6 +109,23 @@ class Route:
 
 
 @dataclass(frozen=True)
+class Probing:
+    """Keepalive settings; see gdispatch.probing.ProbeSettings for their meaning."""
+
+    interval: float = 10.0
+    timeout: float = 2.0
+    method: str = "OPTIONS"
+    from_uri: str = "sip:dispatcher@localhost"
+    probing_threshold: int = 1
+    inactive_threshold: int = 1
+    mode: int = 1
+    reply_codes: frozenset[int] = frozenset()
+    latency_alpha: float = 0.1
+    mark: str = "threshold"
+    mark_codes: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
 class Config:
     listen: tuple[Listen, ...] = (Listen("udp", "127.0.0.1", 5060), Listen("tcp", "127.0.0.1", 5060))
     domains: tuple[str, ...] = ()
@@ -124,6 +142,9 @@ class Config:
     dns_refresh: float = 600.0  # seconds between re-resolutions of destination host names
     dns_retry: float = 30.0  # seconds between retries of a name that does not resolve
     timers: Timers = Timers()
+    probing: Probing = Probing()
+    plugins: tuple[str, ...] = ()
+    hooks_dir: str = "hooks"
     routes: tuple[Route, ...] = (Route(),)
     # Requests no route matches get this answer (404 "No Route").
     no_route_reply: int = 404
@@ -233,7 +254,7 @@ def _route(t: Any, where: str) -> Route:
         from_set=from_set,
         set=_number(t, "set", where, 1, integer=True, minimum=0, exclusive=False),
         algorithm=alg,
-        failover_codes=parse_codes(t.get("failover_codes", list(DEFAULT_FAILOVER_CODES)), where),
+        failover_codes=parse_codes(t.get("failover_codes", list(DEFAULT_FAILOVER_CODES)), f"{where}.failover_codes"),
         limit=_number(t, "limit", where, 0, integer=True, minimum=0, exclusive=False),
         mode=mode,
         hash_template=template,
@@ -244,8 +265,42 @@ def _route(t: Any, where: str) -> Route:
     )
 
 
+def _probing(t: Any) -> Probing:
+    where = "[probing]"
+    t = _check_keys(t, {"interval", "timeout", "method", "from_uri", "probing_threshold", "inactive_threshold",
+                        "mode", "reply_codes", "latency_alpha", "mark", "mark_codes"}, where)
+    d = Probing()
+    interval = float(_number(t, "interval", where, d.interval, minimum=0, exclusive=False))
+    timeout = float(_number(t, "timeout", where, d.timeout))
+    mode = _number(t, "mode", where, d.mode, integer=True, minimum=0, exclusive=False)
+    if mode > 3:
+        raise ConfigError(f"{where}.mode: expected 0, 1, 2 or 3 (Kamailio's ds_probing_mode), got {mode}")
+    alpha = float(_number(t, "latency_alpha", where, d.latency_alpha))
+    if alpha >= 1:
+        raise ConfigError(f"{where}.latency_alpha: expected a number between 0 and 1, got {alpha}")
+    mark = str(t.get("mark", d.mark))
+    if mark not in ("threshold", "inactive", "off"):
+        raise ConfigError(f"{where}.mark: expected \"threshold\", \"inactive\" or \"off\", got {mark!r}")
+    from gdispatch.probing import parse_reply_codes
+
+    try:
+        reply_codes = parse_reply_codes(_str_list(t, "reply_codes", where, '["code=405", "class=4"]'))
+    except ValueError as e:
+        raise ConfigError(f"{where}.reply_codes: {e}") from None
+    mark_codes = parse_codes(t.get("mark_codes", []), f"{where}.mark_codes") if t.get("mark_codes") else frozenset()
+    method = str(t.get("method", d.method))
+    if not method.isalpha():
+        raise ConfigError(f"{where}.method: expected a SIP method name, got {method!r}")
+    return Probing(
+        interval=interval, timeout=timeout, method=method.upper(), from_uri=str(t.get("from_uri", d.from_uri)),
+        probing_threshold=_number(t, "probing_threshold", where, d.probing_threshold, integer=True),
+        inactive_threshold=_number(t, "inactive_threshold", where, d.inactive_threshold, integer=True),
+        mode=mode, reply_codes=reply_codes, latency_alpha=alpha, mark=mark, mark_codes=mark_codes,
+    )
+
+
 def from_dict(data: dict, source: str = "") -> Config:
-    data = _check_keys(data, {"server", "dispatcher", "timers", "dns", "route"}, "config")
+    data = _check_keys(data, {"server", "dispatcher", "timers", "dns", "probing", "plugins", "route"}, "config")
     server = _check_keys(data.get("server", {}), {"listen", "domains", "log_level", "workers", "no_route_reply"},
                          "[server]")
     listen_v = server.get("listen", [str(x) for x in Config.listen])
@@ -305,11 +360,18 @@ def from_dict(data: dict, source: str = "") -> Config:
     else:
         routes = tuple(_route(r, f"[[route]] #{i + 1}") for i, r in enumerate(routes_v))
     nrr = _number(server, "no_route_reply", "[server]", 404, integer=True, minimum=300, exclusive=False)
+    probing = _probing(data.get("probing", {}))
+    pl = _check_keys(data.get("plugins", {}), {"enabled", "hooks_dir"}, "[plugins]")
+    plugins = tuple(_str_list(pl, "enabled", "[plugins]", '["tech_prefix"]'))
+    hooks_dir = str(pl.get("hooks_dir", "hooks"))
+    if source and not os.path.isabs(hooks_dir):
+        hooks_dir = os.path.join(os.path.dirname(os.path.abspath(source)), hooks_dir)
     return Config(
         listen=listen, domains=tuple(x.lower() for x in domains), log_level=level,
         workers=_number(server, "workers", "[server]", 1, integer=True, minimum=1, exclusive=False),
         list_file=list_file, load_mode=load_mode, **flags, **seconds,
-        timers=timers, routes=routes, no_route_reply=nrr, source=source,
+        timers=timers, probing=probing, plugins=plugins, hooks_dir=hooks_dir,
+        routes=routes, no_route_reply=nrr, source=source,
     )
 
 

@@ -138,6 +138,10 @@ class Proxy:
         # Resolves a destination marked "no DNS resolution at load" (flag 16) when a
         # request is sent to it; called from the request's greenlet.
         self.resolve_now = resolve_now
+        # Told when a request to a destination timed out or could not be sent, or got one
+        # of `mark_codes` (the prober then counts it against the destination).
+        self.on_traffic_failure: Callable[[Destination, str], None] | None = None
+        self.mark_codes: frozenset[int] = config.probing.mark_codes
         t = config.timers
         self.timers = TimerConfig(t1=t.t1, t2=t.t2, t4=t.t4)
         self.fr_timer = t.fr_timer
@@ -691,7 +695,56 @@ class Proxy:
             self._send_cancel(branch)
         elif ct is not None:
             ct.stop_retransmissions()
+            self._traffic_failure(branch, "no response within fr_timer")
         self._branch_over(branch, LOCAL_TIMEOUT, None)
+
+    def _traffic_failure(self, branch: Branch, reason: str) -> None:
+        if branch.dest is not None and self.on_traffic_failure is not None:
+            self.on_traffic_failure(branch.dest, reason)
+
+    def originate(self, transport: str, addr: tuple[str, int], method: str, build: Callable[[bytes], bytes],
+                  on_final: Callable[[int, SipMessage | None], None],
+                  socket_attr: str | None = None) -> ClientTransaction | None:
+        """Send a request of our own (a keepalive ping) as a client transaction.
+
+        `build(via)` returns the request given our Via value; `on_final(status, response)`
+        is called once with the final response, or (408, None) on timeout, or (503, None)
+        when it cannot be sent.
+        """
+        listener = None
+        if socket_attr:
+            listener = next((lst for lst in self.transports.listeners if str(lst.listen) == socket_attr), None)
+        if listener is None:
+            listener = self.transports.listener_for(transport, addr[0]) if addr else None
+        if listener is None:
+            on_final(503, None)
+            return None
+        branch_id = self._new_branch_id("00000000")
+        data = build(self._via_for(listener, branch_id))
+        key = (branch_id, method)
+        transports = self.transports
+        holder: list[ClientTransaction] = []
+
+        def on_error() -> None:
+            if holder and holder[0].state != "terminated":
+                holder[0].on_transport_error()
+
+        def send(out: bytes) -> None:
+            transports.send(transport, addr, out, on_error=on_error, listener=listener)
+
+        def on_response(_ct: ClientTransaction, status: int, resp: SipMessage) -> None:
+            if status >= 200:
+                on_final(status, resp)
+
+        ct = ClientTransaction(key, method, data, reliable=transport != "udp", send=send, scheduler=self.scheduler,
+                               timers=self.timers, on_response=on_response,
+                               on_timeout=lambda _ct: on_final(LOCAL_TIMEOUT, None),
+                               on_transport_error=lambda _ct: on_final(503, None),
+                               on_terminated=self._client_terminated)
+        holder.append(ct)
+        self.client_txns[key] = ct
+        ct.start()
+        return ct
 
     def _branch_timeout(self, ct: ClientTransaction) -> None:
         branch = ct.context
@@ -703,6 +756,7 @@ class Proxy:
         if branch is not None and not branch.final:
             dest = branch.dest
             log.warning("transport error sending to %s", dest.uri if dest else branch.next_hop)
+            self._traffic_failure(branch, "transport error")
             self._branch_over(branch, 503, None)
 
     def _branch_response(self, ct: ClientTransaction, status: int, resp: SipMessage) -> None:
@@ -742,6 +796,8 @@ class Proxy:
             return
         if branch.final:
             return  # a late final after we gave up on this branch
+        if status in self.mark_codes:
+            self._traffic_failure(branch, f"answered {status}")
         self._branch_over(branch, status, resp)
 
     def _branch_over(self, branch: Branch, status: int, resp: SipMessage | None) -> None:

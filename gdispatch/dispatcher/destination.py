@@ -94,6 +94,20 @@ def _int_attr(value: str | None, low: int, high: int | None) -> int:
     return v
 
 
+def state_letters(flags: int) -> str:
+    """Kamailio's two letters for a flags value: inactive wins over disabled, which wins
+    over trying, else active; then P probing, N no-ping, or X."""
+    if flags & FLAG_INACTIVE:
+        first = "I"
+    elif flags & FLAG_DISABLED:
+        first = "D"
+    elif flags & FLAG_TRYING:
+        first = "T"
+    else:
+        first = "A"
+    return first + ("P" if flags & FLAG_PROBING else ("N" if flags & FLAG_NOPING else "X"))
+
+
 class Destination:
     """One destination of a set, as loaded from one line of the list file.
 
@@ -129,6 +143,7 @@ class Destination:
         "load",
         "maxload",
         "priority",
+        "probe",
         "rweight",
         "seed",
         "setid",
@@ -172,6 +187,9 @@ class Destination:
         self.description = description
         self.load = load
         self.index = 0
+        # Keepalive state and latency statistics (gdispatch.probing.ProbeState), attached
+        # by the prober; None when the destination is not probed.
+        self.probe = None
         m = self.attr_map
         self.duid = m.get("duid", "")
         self.weight = _int_attr(m.get("weight"), 1, 100)
@@ -227,17 +245,7 @@ class Destination:
 
     def state_letters(self) -> str:
         """The two-letter FLAGS field of Kamailio's `dispatcher.list`."""
-        f = self._flags
-        if f & FLAG_INACTIVE:
-            first = "I"
-        elif f & FLAG_DISABLED:
-            first = "D"
-        elif f & FLAG_TRYING:
-            first = "T"
-        else:
-            first = "A"
-        second = "P" if f & FLAG_PROBING else ("N" if f & FLAG_NOPING else "X")
-        return first + second
+        return state_letters(self._flags)
 
     def __repr__(self) -> str:
         return f"<Destination {self.setid} {self.uri} {self.state_letters()}>"

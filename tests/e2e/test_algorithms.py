@@ -5,12 +5,16 @@ from __future__ import annotations
 import socket
 import time
 
+import pytest
+
 from gdispatch.dispatcher.hashing import kamailio_hash
 
 from . import harness
 from .test_proxy_calls import UdpSink
 
 HOST = "127.0.0.1"
+# Destinations that are bare UDP sinks never answer keepalives: no probing for them.
+NO_PROBING = "[probing]\ninterval = 0\n"
 
 
 def route(algorithm: int, extra: str = "") -> str:
@@ -28,11 +32,14 @@ def test_weight_75_25(proxy, uas, uac):
     assert abs(ca - 3000) <= 30 and abs(cb - 1000) <= 10, (ca, cb)
 
 
-def test_weight_with_the_heavy_destination_down(proxy, uas, uac):
+@pytest.mark.parametrize("flags,probing", [
+    (1, "[probing]\ninterval = 0\n"),  # inactive ("IX"), as if probing had marked it down
+    (4, ""),  # disabled ("DX"), as set_state dx leaves it: never pinged back up
+])
+def test_weight_with_the_heavy_destination_down(proxy, uas, uac, flags, probing):
     a, b = uas(), uas()
-    # Flag 1: inactive (Kamailio's "I" state), as if probing had marked it down.
-    lst = f"1 {a.uri} 1 0 duid=a;weight=75\n1 {b.uri} 0 0 duid=b;weight=25\n"
-    p = proxy(lst, config=route(9))
+    lst = f"1 {a.uri} {flags} 0 duid=a;weight=75\n1 {b.uri} 0 0 duid=b;weight=25\n"
+    p = proxy(lst, config=route(9) + probing)
     res = uac(f"{HOST}:{p.port}", calls=4000, rate=400, timeout_s=120)
     assert (res.successful, res.failed) == (4000, 0), res
     a.stop()
@@ -64,7 +71,7 @@ def test_hash_of_call_id_is_sticky_and_kamailio_compatible(proxy):
     sinks = [UdpSink(), UdpSink()]
     try:
         lst = "".join(f"1 sip:{HOST}:{s.port} 0 0\n" for s in sinks)
-        p = proxy(lst, config=route(0, "limit = 1"))
+        p = proxy(lst, config=route(0, "limit = 1") + NO_PROBING)
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind((HOST, 0))
         lp = s.getsockname()[1]
@@ -122,7 +129,7 @@ def test_domain_routes_and_domain_mode(proxy):
         lst = f"1 sip:{HOST}:{ast1.port} 0 0\n2 sip:{HOST}:{ast2.port} 0 0\n"
         cfg = ('[[route]]\ndomains = ["pbx1.xx.com"]\nset = 1\nlimit = 1\n'
                '[[route]]\ndomains = ["pbx2.xx.com"]\nset = 2\nlimit = 1\nmode = "domain"\n')
-        p = proxy(lst, config=cfg)
+        p = proxy(lst, config=NO_PROBING + cfg)
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind((HOST, 0))
         lp = s.getsockname()[1]
@@ -143,6 +150,7 @@ def test_domain_routes_and_domain_mode(proxy):
         assert set(ast1.per_call()) == {b"d1"} and set(ast2.per_call()) == {b"d2"}
         assert ast1.received[0].startswith(b"INVITE sip:100@pbx1.xx.com SIP/2.0")
         assert ast2.received[0].startswith(b"INVITE sip:100@%s:%d SIP/2.0" % (HOST.encode(), ast2.port))
+        assert p.alive()
     finally:
         ast1.close()
         ast2.close()

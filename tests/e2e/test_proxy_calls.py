@@ -86,6 +86,7 @@ class UdpSink:
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
         self.received: list[bytes] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each datagram
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -96,6 +97,7 @@ class UdpSink:
                 data, _ = self.sock.recvfrom(65535)
             except OSError:
                 continue
+            self.arrivals.append(time.monotonic())
             self.received.append(data)
 
     def close(self):
@@ -117,7 +119,8 @@ def test_silent_destination_fails_over_after_fr_timer(proxy, uas, uac):
     sink = UdpSink()
     good = uas()
     try:
-        p = proxy(harness.dispatcher_list(f"sip:{HOST}:{sink.port}", good), config="[timers]\nfr_timer = 2.0\n")
+        p = proxy(harness.dispatcher_list(f"sip:{HOST}:{sink.port}", good),
+                  config="[timers]\nfr_timer = 2.0\n[probing]\ninterval = 0\n")
         t0 = time.monotonic()
         res = uac(f"{HOST}:{p.port}", calls=10, rate=5, timeout_s=60)
         elapsed = time.monotonic() - t0

@@ -34,8 +34,9 @@ def one_gw(proxy, uas):
     return proxy(harness.dispatcher_list(gw)), gw
 
 
-def test_options_to_the_proxy_itself(one_gw):
-    p, gw = one_gw
+def test_options_to_the_proxy_itself(proxy, uas):
+    gw = uas()
+    p = proxy(harness.dispatcher_list(gw), config="[probing]\ninterval = 0\n")  # no keepalives to count
     assert ask(p, "OPTIONS", f"sip:{HOST}:{p.port}") == [200]
     # Max-Forwards 0 on an OPTIONS asks about us too (RFC 3261 §11).
     msg = harness.build_request("OPTIONS", f"sip:someone@{HOST}:{p.port}", local_port=0).replace(
@@ -100,7 +101,7 @@ def test_all_destinations_fail_gives_best_response(proxy, uas):
 def test_in_dialog_requests_leave_in_arrival_order(proxy):
     sink = UdpSink()
     try:
-        p = proxy("1 sip:127.0.0.1:9 0 0\n")
+        p = proxy("1 sip:127.0.0.1:9 0 0\n", config="[probing]\ninterval = 0\n")
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind((HOST, 0))
         lp = s.getsockname()[1]

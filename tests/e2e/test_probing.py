@@ -1,0 +1,204 @@
+"""Keepalive probing end to end: real gdispatch, SIPp gateways answering (or not) the
+OPTIONS pings, and a plugin recording every `gdispatch_destination_state_changed` event."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+from . import harness
+from .test_proxy_calls import UdpSink
+
+HOST = "127.0.0.1"
+
+RECORDER = '''
+import json, os, time
+from gdispatch.hookspecs import hookimpl
+
+@hookimpl
+def gdispatch_destination_state_changed(destination, old_state, new_state, reason):
+    with open(os.environ["GD_EVENTS"], "a") as f:
+        f.write(json.dumps({"t": time.time(), "uri": destination.uri, "duid": destination.duid,
+                            "iuid": destination.probe.iuid if destination.probe else None,
+                            "old": old_state, "new": new_state, "reason": reason}) + "\\n")
+'''
+
+
+class Recorder:
+    def __init__(self, tmp_path: Path):
+        self.dir = tmp_path / "hooks"
+        self.dir.mkdir()
+        (self.dir / "recorder.py").write_text(RECORDER)
+        self.events_path = tmp_path / "events.jsonl"
+
+    def config(self, probing: str) -> str:
+        return f'[plugins]\nhooks_dir = "{self.dir}"\nenabled = ["recorder"]\n[probing]\n{probing}\n'
+
+    @property
+    def env(self) -> dict:
+        return {"GD_EVENTS": str(self.events_path)}
+
+    def events(self, duid: str | None = None) -> list[dict]:
+        if not self.events_path.exists():
+            return []
+        evs = [json.loads(x) for x in self.events_path.read_text().splitlines() if x.strip()]
+        return [e for e in evs if duid is None or e["duid"] == duid]
+
+    def states(self, duid: str) -> list[str]:
+        return [e["new"] for e in self.events(duid)]
+
+    def wait_for(self, duid: str, state: str, timeout: float, after: float = 0.0) -> dict | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for e in self.events(duid):
+                if e["new"] == state and e["t"] >= after:
+                    return e
+            time.sleep(0.05)
+        return None
+
+
+def test_killed_destination_goes_down_and_comes_back(tmp_path, proxy, uas, uac):
+    rec = Recorder(tmp_path)
+    a, b = uas(), uas()
+    interval, threshold, timeout = 1.0, 2, 1.0
+    p = proxy(harness.dispatcher_list(a, b),
+              config=rec.config(f"interval = {interval}\ntimeout = {timeout}\nprobing_threshold = {threshold}\n"
+                                "inactive_threshold = 1\nmode = 1"), env=rec.env)
+    assert rec.wait_for("gw1", "AP", 3) and rec.wait_for("gw2", "AP", 3)
+
+    result = {}
+    load = threading.Thread(target=lambda: result.setdefault(
+        "uac", uac(f"{HOST}:{p.port}", calls=1200, rate=100, timeout_s=60)))
+    load.start()
+    time.sleep(3)
+    t_kill = time.time()
+    a.kill()
+    down = rec.wait_for("gw1", "IP", 10, after=t_kill)
+    assert down is not None, rec.events("gw1")
+    # Down within interval x threshold + ping timeout (+ one interval for where the kill
+    # fell in the ping cycle).
+    assert down["t"] - t_kill <= interval * threshold + timeout + interval, (down, t_kill)
+    time.sleep(2)
+    t_restart = time.time()
+    a2 = uas(port=a.port)
+    up = rec.wait_for("gw1", "AP", 10, after=t_restart)
+    assert up is not None, rec.events("gw1")
+    assert up["t"] - t_restart <= 1 * interval + timeout + interval
+    load.join(90)
+    res = result["uac"]
+    # Only calls already in flight to the killed gateway may fail (a BYE it never answers);
+    # new calls fail over and then avoid it.
+    assert res.successful + res.failed == 1200 and res.failed <= 5, res
+    b.stop()
+    a2.stop()
+    # The hook saw the initial state and then every transition, in order.
+    evs = rec.events("gw1")
+    assert evs[0]["old"] is None and evs[0]["new"] == "AX" and evs[0]["reason"] == "initial state"
+    for prev, cur in zip(evs, evs[1:]):
+        assert cur["old"] == prev["new"], evs
+    seq = [e["new"] for e in evs]
+    assert seq[:2] == ["AX", "AP"] and "IP" in seq and seq[-1] == "AP", seq
+    assert "down" in p.log() and "up" in p.log()
+
+
+def options_scenario(tmp_path: Path, status: str) -> str:
+    """A copy of uas_options.xml answering OPTIONS with `status` (SIPp reads codes at load)."""
+    text = (Path(__file__).parent.parent / "scenarios" / "uas_options.xml").read_text()
+    path = tmp_path / f"uas_options_{status.split()[0]}.xml"
+    path.write_text(text.replace("OPTIONS_STATUS", status))
+    return str(path)
+
+
+def test_options_reply_codes(tmp_path, proxy, uas):
+    rec = Recorder(tmp_path)
+    busy = uas(options_scenario(tmp_path, "503 Service Unavailable"))
+    picky = uas(options_scenario(tmp_path, "405 Method Not Allowed"))
+    other = uas(options_scenario(tmp_path, "405 Method Not Allowed"))
+    lst = f"1 {busy.uri} 0 0 duid=busy\n2 {picky.uri} 0 0 duid=picky\n"
+    p = proxy(lst, config=rec.config('interval = 0.5\ntimeout = 1\nreply_codes = ["code=405"]'), env=rec.env)
+    assert rec.wait_for("busy", "IP", 5) is not None, rec.events()
+    assert rec.wait_for("picky", "AP", 5) is not None, rec.events()
+    time.sleep(1.5)
+    assert "IP" not in rec.states("picky") and "TP" not in rec.states("picky")
+    p.stop()
+    # Without code=405 configured, a 405 is a failure.
+    (tmp_path / "second").mkdir()
+    rec2 = Recorder(tmp_path / "second")
+    p2 = proxy(f"1 {other.uri} 0 0 duid=other\n", config=rec2.config("interval = 0.5\ntimeout = 1"), env=rec2.env)
+    assert rec2.wait_for("other", "IP", 5) is not None, rec2.events()
+    p2.stop()
+
+
+def test_same_uri_twice_keeps_separate_states(tmp_path, proxy):
+    """Both records ping the same address; the responder answers only the pings of
+    record a, recognised by the record id in the From tag."""
+    rec = Recorder(tmp_path)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((HOST, 0))
+    sock.settimeout(0.2)
+    port = sock.getsockname()[1]
+    stop = threading.Event()
+    answered, ignored = [], []
+
+    def responder():
+        iuid_a = None
+        while not stop.is_set():
+            try:
+                data, addr = sock.recvfrom(65535)
+            except OSError:
+                continue
+            if iuid_a is None:  # the initial-state events are written before any ping
+                iuid_a = next((e["iuid"] for e in rec.events("a")), None)
+            tag = data.split(b";tag=", 1)[1].split(b"\r\n", 1)[0].decode() if b";tag=" in data else ""
+            if iuid_a is not None and tag.startswith(iuid_a + "-"):
+                head = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+                keep = [h for h in head[1:] if h.split(b":", 1)[0].lower() in (b"via", b"from", b"to", b"call-id",
+                                                                                  b"cseq")]
+                sock.sendto(b"\r\n".join([b"SIP/2.0 200 OK", *keep, b"Content-Length: 0", b"", b""]), addr)
+                answered.append(tag)
+            else:
+                ignored.append(tag)
+
+    t = threading.Thread(target=responder, daemon=True)
+    t.start()
+    try:
+        lst = f"1 sip:{HOST}:{port} 0 0 duid=a\n1 sip:{HOST}:{port} 0 0 duid=b\n"
+        proxy(lst, config=rec.config("interval = 0.5\ntimeout = 0.5"), env=rec.env)
+        assert rec.wait_for("b", "IP", 5) is not None, rec.events()
+        assert rec.wait_for("a", "AP", 5) is not None, rec.events()
+        time.sleep(1.0)
+        assert rec.states("a") == ["AX", "AP"], rec.events("a")
+        assert answered and ignored
+    finally:
+        stop.set()
+        t.join(2)
+        sock.close()
+
+
+def test_pings_are_spread_over_the_interval_and_flags_respected(tmp_path, proxy):
+    rec = Recorder(tmp_path)
+    sinks = [UdpSink() for _ in range(4)]
+    never = UdpSink()
+    try:
+        lst = "".join(f"1 sip:{HOST}:{s.port} 0 0 duid=s{i}\n" for i, s in enumerate(sinks))
+        lst += f"2 sip:{HOST}:{never.port} 4 0 duid=disabled\n2 sip:{HOST}:{never.port} 32 0 duid=noping\n"
+        proxy(lst, config=rec.config("interval = 2\ntimeout = 1.5"), env=rec.env)
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline and not all(s.arrivals for s in sinks):
+            time.sleep(0.05)
+        firsts = sorted(s.arrivals[0] for s in sinks)
+        gaps = [b - a for a, b in zip(firsts, firsts[1:])]
+        # Four destinations, a 2 s interval: one ping every 0.5 s, not four at once.
+        assert all(g > 0.3 for g in gaps), gaps
+        assert not never.received
+        assert rec.states("disabled") == ["DX"] and rec.states("noping") == ["AN"]
+    finally:
+        for s in sinks + [never]:
+            s.close()
+
+
+assert os  # (used by the recorder plugin through the environment)
