@@ -14,6 +14,8 @@
 #   LAT_CALLS      300   LAT_RATE 50       unloaded latency probe: calls, calls/s (0: skip)
 #   ALG            4                       gdispatch --algorithm
 #   PROXY_ARGS     ""                      more gdispatch flags, e.g. "--workers 2"
+#   PROBE_DESTS    0                       extra destinations (set 2) pinged beside the calls
+#   PROBE_INTERVAL 1                       their ping interval, seconds
 #   CONFIRM        1                       run a failing step once more before stopping
 #   MAX_FAIL_PCT 0.1  MAX_RETRANS_PCT 1.0  MIN_RATE_FRAC 0.95   the pass criteria
 #   DIRECT         0                       1: no proxy

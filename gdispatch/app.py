@@ -99,6 +99,7 @@ class App:
             reply_codes=p.reply_codes, latency_alpha=p.latency_alpha, mark=p.mark,
         ), lambda: proxy.dlist, on_change=self.destination_state_changed)
         proxy.on_traffic_failure = self.prober.traffic_failure
+        transports.on_unreachable = proxy.unreachable
         self.prober.attach(dlist)
         transports.start()
         self.dns.start(lambda: proxy.dlist)

@@ -742,9 +742,21 @@ class Proxy:
                                on_transport_error=lambda _ct: on_final(503, None),
                                on_terminated=self._client_terminated)
         holder.append(ct)
+        ct.context = _Origin((transport, addr))
         self.client_txns[key] = ct
         ct.start()
         return ct
+
+    def unreachable(self, addr: tuple[str, int]) -> None:
+        """An ICMP error: every transaction still waiting for its first answer from that
+        address fails now (RFC 3261 §17.1.1.2, §17.1.2.2: a transport error)."""
+        for ct in list(self.client_txns.values()):
+            ctx = ct.context
+            if ctx is None or ct.state not in ("calling", "trying"):
+                continue
+            hop = ctx.next_hop
+            if hop is not None and hop[1] == addr:
+                ct.on_transport_error()
 
     def _branch_timeout(self, ct: ClientTransaction) -> None:
         branch = ct.context
@@ -953,6 +965,15 @@ def replace_hostport(ruri: bytes, hostport: bytes) -> bytes:
         if 0 <= j < end:
             end = j
     return ruri[:start] + hostport + ruri[end:]
+
+
+class _Origin:
+    """The context of a request of our own: where it went, for ICMP errors."""
+
+    __slots__ = ("next_hop",)
+
+    def __init__(self, next_hop):
+        self.next_hop = next_hop
 
 
 def _ignore(*_args) -> None:

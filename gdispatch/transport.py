@@ -31,6 +31,9 @@ TCP_CONNECT_TIMEOUT = 3.0
 TCP_IDLE_TIMEOUT = 600.0
 
 
+_UNREACHABLE = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN)
+
+
 class TransportError(OSError):
     """A message could not be sent (no listener for it, connection refused...)."""
 
@@ -69,6 +72,15 @@ class UdpListener:
             pass
         sock.bind((listen.host, listen.port))
         sock.setblocking(False)
+        # Ask for ICMP errors (RFC 3261 §18.4: a transport error is reported to the
+        # transaction at once, instead of waiting for its timer).
+        try:
+            if listen.family_v6:
+                sock.setsockopt(socket.IPPROTO_IPV6, getattr(socket, "IPV6_RECVERR", 25), 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, getattr(socket, "IP_RECVERR", 11), 1)
+        except OSError:
+            pass
         self.sock = sock
         self.greenlet: gevent.Greenlet | None = None
 
@@ -90,11 +102,29 @@ class UdpListener:
             except OSError as e:
                 if e.errno in (errno.EBADF, errno.ENOTSOCK):
                     return
-                continue  # e.g. an ICMP error reported on the socket
+                if e.errno in _UNREACHABLE:
+                    self._drain_errors()
+                continue
             try:
                 handle(data, Source("udp", (addr[0], addr[1]), self))
             except Exception:
                 log.exception("error handling a datagram from %s:%s", addr[0], addr[1])
+
+    def _drain_errors(self) -> None:
+        """ICMP errors (port or host unreachable) queued by IP_RECVERR: each names the
+        address a datagram of ours could not reach, which the owner reports at once."""
+        for _ in range(64):
+            try:
+                _data, _anc, _flags, addr = self.sock.recvmsg(512, 512, socket.MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if addr:
+                try:
+                    self.owner.unreachable((addr[0], addr[1]))
+                except Exception:
+                    log.exception("error handling an ICMP error for %s", addr)
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
@@ -319,6 +349,8 @@ class Transports:
 
     def __init__(self, listens: tuple[Listen, ...], on_message: Callable[[bytes, Source], None]):
         self.on_message = on_message
+        # Called with (ip, port) when an ICMP error says a datagram could not reach it.
+        self.on_unreachable: Callable[[tuple[str, int]], None] | None = None
         self.stats: dict[str, int] = {}
         self.listeners: list[UdpListener | TcpListener] = []
         self.connections: dict[tuple[str, int], TcpConnection] = {}
@@ -340,6 +372,10 @@ class Transports:
             lst.close()
         for conn in list(self.connections.values()):
             conn.close()
+
+    def unreachable(self, addr: tuple[str, int]) -> None:
+        if self.on_unreachable is not None:
+            self.on_unreachable(addr)
 
     def remember(self, conn: TcpConnection) -> None:
         self.connections[conn.addr] = conn

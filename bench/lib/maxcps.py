@@ -14,6 +14,7 @@ divided by the successful calls it gives the proxy's CPU cost of one call.
 DIRECT=1: no proxy, the UAC calls one UAS (the ceiling of this harness on this machine).
 
 Environment: PY (set by bench.sh), RATES, STEP_S, LAT_CALLS, LAT_RATE, ALG, PROXY_ARGS,
+PROBE_DESTS (extra destinations to ping, 0), PROBE_INTERVAL (1 s),
 GRACE_S, CONFIRM, MAX_FAIL_PCT, MAX_RETRANS_PCT, MIN_RATE_FRAC, DIRECT, OUT.
 """
 
@@ -129,7 +130,15 @@ def main() -> int:
             mode = "direct (UAC -> UAS, no proxy)"
         else:
             ds = harness.dispatcher_list(*gateways)
-            proxy = harness.Proxy(out / "proxy", ds, config=None, listen=["udp:127.0.0.1:{port}"],
+            probe_dests = int(env("PROBE_DESTS", "0"))
+            config = None
+            if probe_dests:
+                # Keepalive load beside the calls: PROBE_DESTS more destinations (set 2, never
+                # dispatched to) pinged every PROBE_INTERVAL seconds; the gateways answer.
+                ds += "".join(f"2 {gateways[i % len(gateways)].uri} 0 0 duid=probe{i}\n" for i in range(probe_dests))
+                config = f"[probing]\ninterval = {float(env('PROBE_INTERVAL', '1'))}\n"
+                log(f"{probe_dests} extra destinations pinged every {env('PROBE_INTERVAL', '1')} s")
+            proxy = harness.Proxy(out / "proxy", ds, config=config, listen=["udp:127.0.0.1:{port}"],
                                   args=["--algorithm", alg, *proxy_args], ready_timeout=30)
             log("starting gdispatch: " + " ".join(proxy.cmd))
             try:

@@ -202,3 +202,21 @@ def test_pings_are_spread_over_the_interval_and_flags_respected(tmp_path, proxy)
 
 
 assert os  # (used by the recorder plugin through the environment)
+
+
+def test_icmp_unreachable_fails_over_and_marks_at_once(tmp_path, proxy, uas):
+    """A destination whose port is closed answers with ICMP port unreachable: the call
+    moves on at once (not after fr_timer) and the destination is marked down."""
+    rec = Recorder(tmp_path)
+    good = uas()
+    closed = harness.free_port("udp")
+    lst = f"1 sip:{HOST}:{closed} 0 10 duid=closed\n1 {good.uri} 0 5 duid=good\n"
+    cfg = rec.config("interval = 0") + "[timers]\nfr_timer = 10.0\n[[route]]\nset = 1\nalgorithm = 8\n"
+    p = proxy(lst, config=cfg, env=rec.env)
+    t0 = time.monotonic()
+    replies = p.send_udp(harness.build_request("INVITE", f"sip:svc@{HOST}:{p.port}", local_port=0), timeout=8)
+    elapsed = time.monotonic() - t0
+    assert harness.status_code(replies[-1]) == 200, replies
+    assert elapsed < 5.0, elapsed  # far below fr_timer: the ICMP error ended the attempt
+    ev = rec.wait_for("closed", "IP", 2)
+    assert ev is not None and ev["reason"] == "transport error", rec.events("closed")
