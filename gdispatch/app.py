@@ -14,8 +14,10 @@ import time
 import gevent
 import gevent.event
 
+from gdispatch import sdnotify
 from gdispatch.config import Config
 from gdispatch.dispatcher.listfile import ListError, load_list
+from gdispatch.dispatcher.reload import carry_state
 from gdispatch.dns import DestinationResolver, Resolver
 from gdispatch.plugins import PluginError, PluginHost
 from gdispatch.prober import Prober
@@ -23,6 +25,7 @@ from gdispatch.probing import ProbeSettings
 from gdispatch.proxy import Proxy
 from gdispatch.transaction.timers import Scheduler
 from gdispatch.transport import TransportError, Transports
+from gdispatch.watch import ListWatcher, file_digest
 
 log = logging.getLogger("gdispatch")
 
@@ -51,6 +54,8 @@ class App:
         self.dns: DestinationResolver | None = None
         self._greenlets: list[gevent.Greenlet] = []
         self.stopping = gevent.event.Event()
+        self.watcher: ListWatcher | None = None
+        self._list_digest: str | None = None
 
     # ------------------------------------------------------------- events
 
@@ -101,16 +106,65 @@ class App:
         proxy.on_traffic_failure = self.prober.traffic_failure
         transports.on_unreachable = proxy.unreachable
         self.prober.attach(dlist)
+        self._list_digest = file_digest(config.list_file)
         transports.start()
         self.dns.start(lambda: proxy.dlist)
         self.prober.start()
         self._greenlets.append(gevent.spawn(self._tick))
+        if config.watch:
+            self.watcher = ListWatcher(config.list_file, self._file_changed)
+            try:
+                self.watcher.start()
+            except Exception as e:
+                log.warning("cannot watch %s (%s); reload with SIGHUP or dispatcher.reload", config.list_file, e)
+                self.watcher = None
         self.plugins.call("gdispatch_startup", config=config)
         nsets = len(dlist.sets)
         ndest = sum(len(s.destinations) for s in dlist.sets.values())
         log.info("gdispatch listening on %s; %d set(s), %d destination(s) from %s",
                  ", ".join(str(x) for x in config.listen), nsets, ndest, config.list_file)
         return 0
+
+    # ------------------------------------------------------------- reload
+
+    def reload(self, reason: str = "reload requested") -> str:
+        """Load the list file again and swap it in, keeping each unchanged destination's
+        state. Raises ListError (the running list stays) when the file does not load."""
+        config = self.config
+        proxy = self.proxy
+        sdnotify.reloading()
+        try:
+            try:
+                new = load_list(config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order)
+            except ListError as e:
+                for p in e.problems:
+                    log.error("%s", p)
+                log.error("%s: the list was not reloaded; the running one stays", config.list_file)
+                raise
+            for problem in new.problems:
+                log.warning("%s (line skipped: [dispatcher].load_mode = \"skip\")", problem)
+            self.dns.resolve_all(new, self._reachable)
+            old = proxy.dlist
+            summary = carry_state(old, new, keep_state=config.reload_keeps_state)
+            if config.reload_keeps_state:
+                proxy.calls.rebind(summary.replaced)
+            proxy.set_list(new)
+            self._list_digest = file_digest(config.list_file)
+            self.prober.attach(new)
+            msg = f"{config.list_file} reloaded ({reason}): {summary.describe()}"
+            log.warning("%s", msg)
+            return msg
+        finally:
+            sdnotify.ready()
+
+    def _file_changed(self) -> None:
+        digest = file_digest(self.config.list_file)
+        if digest is None or digest == self._list_digest:
+            return
+        try:
+            self.reload("the file changed")
+        except ListError:
+            self._list_digest = digest  # tried; the next good write recovers
 
     def _reachable(self, dest, ip: str) -> str:
         return self.transports.can_reach(dest.transport, ip)
@@ -123,8 +177,22 @@ class App:
             nd = scheduler.next_deadline()
             gevent.sleep(TIMER_TICK if nd is None else min(max(nd - clock(), 0.001), TIMER_TICK))
 
+    def drain(self) -> None:
+        """SIGTERM: stop taking new calls, let the ones being set up finish (bounded)."""
+        proxy = self.proxy
+        proxy.draining = True
+        deadline = time.monotonic() + self.config.drain_time
+        while proxy.calls_in_progress() and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        left = proxy.calls_in_progress()
+        if left:
+            log.warning("drain time over with %d request(s) still in progress", left)
+
     def stop(self) -> None:
         log.info("stopping")
+        sdnotify.stopping()
+        if self.watcher is not None:
+            self.watcher.stop()
         self.plugins.call("gdispatch_shutdown")
         for g in self._greenlets:
             g.kill(block=False)
@@ -142,8 +210,21 @@ def run(config: Config) -> int:
     code = app.start()
     if code:
         return code
+
+    def hangup() -> None:
+        def do() -> None:
+            try:
+                app.reload("SIGHUP")
+            except ListError:
+                pass
+        gevent.spawn(do)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(sig, app.stopping.set)
+    gevent.signal_handler(signal.SIGHUP, hangup)
+    sdnotify.ready()
     app.stopping.wait()
+    log.info("stopping: no new calls; draining for up to %.1f s", config.drain_time)
+    app.drain()
     app.stop()
     return 0

@@ -73,6 +73,14 @@ class CallLoad:
             call.timer.cancel()
         call.dest.load -= 1
 
+    def rebind(self, replaced: dict[int, Any]) -> None:
+        """After a reload that kept state: calls counted on an old destination object
+        now count on the new object that replaced it (by `id()` of the old one)."""
+        for call in self.calls.values():
+            new = replaced.get(id(call.dest))
+            if new is not None:
+                call.dest = new
+
     def destination_of(self, call_id: bytes) -> Any:
         call = self.calls.get(call_id)
         return call.dest if call is not None else None

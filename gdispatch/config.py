@@ -138,6 +138,12 @@ class Config:
     hash_user_only: bool = False  # algorithms 1-3 hash the URI user only (Kamailio flags=1)
     call_expire: float = 7200.0  # an answered call with no BYE stops counting (ds_hash_expire)
     call_init_expire: float = 7200.0  # an unanswered call stops counting (ds_hash_initexpire)
+    reload_keeps_state: bool = True  # false: a reload resets every destination to its file flags (Kamailio)
+    watch: bool = True  # reload when the list file changes on disk
+    drain_time: float = 5.0  # on SIGTERM, how long transactions in progress may take to finish
+    control_socket: str = ""  # the control socket's path ("" = the default runtime directory)
+    control_tcp: str = ""  # "127.0.0.1:PORT": also listen on TCP (needs control_token)
+    control_token: str = ""
     dns_nameservers: tuple[tuple[str, int], ...] = ()  # empty: those of /etc/resolv.conf
     dns_refresh: float = 600.0  # seconds between re-resolutions of destination host names
     dns_retry: float = 30.0  # seconds between retries of a name that does not resolve
@@ -300,9 +306,10 @@ def _probing(t: Any) -> Probing:
 
 
 def from_dict(data: dict, source: str = "") -> Config:
-    data = _check_keys(data, {"server", "dispatcher", "timers", "dns", "probing", "plugins", "route"}, "config")
-    server = _check_keys(data.get("server", {}), {"listen", "domains", "log_level", "workers", "no_route_reply"},
-                         "[server]")
+    data = _check_keys(data, {"server", "dispatcher", "timers", "dns", "probing", "plugins", "control", "route"},
+                       "config")
+    server = _check_keys(data.get("server", {}), {"listen", "domains", "log_level", "workers", "no_route_reply",
+                                                  "drain_time"}, "[server]")
     listen_v = server.get("listen", [str(x) for x in Config.listen])
     if isinstance(listen_v, str):
         listen_v = [listen_v]
@@ -316,19 +323,30 @@ def from_dict(data: dict, source: str = "") -> Config:
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"[server].log_level: expected debug, info, warning or error, got {level!r}")
     disp = _check_keys(data.get("dispatcher", {}), {"list_file", "load_mode", "kamailio_order", "kamailio_compat",
-                                                    "hash_user_only", "call_expire", "call_init_expire"},
+                                                    "hash_user_only", "call_expire", "call_init_expire",
+                                                    "reload_keeps_state", "watch"},
                        "[dispatcher]")
     load_mode = str(disp.get("load_mode", "strict"))
     if load_mode not in ("strict", "skip"):
         raise ConfigError(f"[dispatcher].load_mode: expected \"strict\" or \"skip\", got {load_mode!r}")
     flags = {}
-    for key in ("kamailio_order", "kamailio_compat", "hash_user_only"):
-        v = disp.get(key, False)
+    for key in ("kamailio_order", "kamailio_compat", "hash_user_only", "reload_keeps_state", "watch"):
+        v = disp.get(key, getattr(Config, key))
         if not isinstance(v, bool):
             raise ConfigError(f"[dispatcher].{key}: expected true or false, got {v!r}")
         flags[key] = v
     seconds = {k: float(_number(disp, k, "[dispatcher]", getattr(Config, k)))
                for k in ("call_expire", "call_init_expire")}
+    seconds["drain_time"] = float(_number(server, "drain_time", "[server]", Config.drain_time, minimum=0,
+                                          exclusive=False))
+    ctl = _check_keys(data.get("control", {}), {"socket", "tcp", "token"}, "[control]")
+    for key in ("socket", "tcp", "token"):
+        v = ctl.get(key, "")
+        if not isinstance(v, str):
+            raise ConfigError(f"[control].{key}: expected a string")
+        flags[f"control_{key}"] = v
+    if flags["control_tcp"] and not flags["control_token"]:
+        raise ConfigError("[control].tcp: a TCP control listener needs [control].token (a shared secret)")
     dns = _check_keys(data.get("dns", {}), {"nameservers", "refresh_interval", "retry_interval"}, "[dns]")
     seconds["dns_refresh"] = float(_number(dns, "refresh_interval", "[dns]", Config.dns_refresh))
     seconds["dns_retry"] = float(_number(dns, "retry_interval", "[dns]", Config.dns_retry))

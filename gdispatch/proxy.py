@@ -142,6 +142,9 @@ class Proxy:
         # of `mark_codes` (the prober then counts it against the destination).
         self.on_traffic_failure: Callable[[Destination, str], None] | None = None
         self.mark_codes: frozenset[int] = config.probing.mark_codes
+        # Set on SIGTERM: new dialogs are refused (503 with Retry-After), requests inside
+        # dialogs and transactions in progress carry on.
+        self.draining = False
         t = config.timers
         self.timers = TimerConfig(t1=t.t1, t2=t.t2, t4=t.t4)
         self.fr_timer = t.fr_timer
@@ -175,6 +178,11 @@ class Proxy:
         }
         self._needs_source_sets = any(r.from_set is not None for r in config.routes)
         self._source_index: dict[str, list[tuple[int | None, int]]] | None = None
+
+    def calls_in_progress(self) -> int:
+        """Forwarded requests still waiting for their final response."""
+        return sum(1 for st in self.server_txns.values()
+                   if st.context is not None and not st.context.final_sent)
 
     def set_list(self, dispatcher_list: DispatcherList) -> None:
         """Swap in a newly loaded list (the old one keeps serving what it started)."""
@@ -398,6 +406,9 @@ class Proxy:
             return
         if route.reply:
             self._local_reply(st, msg, route.reply, route.reply_reason or "Rejected")
+            return
+        if self.draining:
+            self._local_reply(st, msg, 503, "Shutting Down", headers=(b"Retry-After: 5",))
             return
         dset = self.dlist.get(route.set)
         candidates = (select(dset, route.algorithm, msg, route.limit, self._select_options[id(route)])

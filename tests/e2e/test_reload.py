@@ -1,0 +1,153 @@
+"""Live operations without RPC: reload on file change and SIGHUP, a broken write that
+hurts nothing, SIGTERM draining, and systemd's notify protocol."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+from . import harness
+
+HOST = "127.0.0.1"
+
+
+def reload_times(log: str) -> list[float]:
+    out = []
+    for line in log.splitlines():
+        if " reloaded (" in line:
+            stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+            out.append(stamp.timestamp())
+    return out
+
+
+def background_load(uac, target, calls, rate):
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("uac", uac(target, calls=calls, rate=rate, timeout_s=90)))
+    t.start()
+    return t, result
+
+
+def test_edit_under_load_add_remove_reweight(proxy, uas, uac):
+    a, b, c = uas(), uas(), uas()
+    p = proxy(f"1 {a.uri} 0 0 duid=a;weight=50\n1 {b.uri} 0 0 duid=b;weight=50\n",
+              config="[[route]]\nset = 1\nalgorithm = 9\n")
+    lst = Path(p.list_path)
+    t, result = background_load(uac, f"{HOST}:{p.port}", 2400, 200)
+    time.sleep(4)
+    # b removed, c added, a and c at 25/75; written in place, in two writes.
+    t_edit = time.time()
+    with open(lst, "w") as f:
+        f.write(f"# edited under load\n1 {a.uri} 0 0 duid=a;weight=25\n")
+        f.flush()
+        f.write(f"1 {c.uri} 0 0 duid=c;weight=75\n")
+    time.sleep(2.5)  # the reload, then SIPp's 1 s count dump
+    mid = [g.counts()["INVITE"] for g in (a, b, c)]
+    t.join(60)
+    res = result["uac"]
+    assert (res.successful, res.failed) == (2400, 0), res
+    times = reload_times(p.log())
+    assert len(times) == 1, p.log()  # exactly one load of the complete file
+    assert times[0] - t_edit < 1.0, (times, t_edit)
+    for g in (a, b, c):
+        g.stop()
+    end = [g.counts()["INVITE"] for g in (a, b, c)]
+    assert sum(end) == 2400
+    da, db, dc = (e - m for e, m in zip(end, mid))
+    assert db == 0, (mid, end)  # the removed one gets no new call
+    assert da > 0 and 2.5 <= dc / da <= 3.5, (mid, end)  # 75/25 after the edit
+
+
+def test_broken_write_keeps_old_list_then_recovers(proxy, uas, uac):
+    a, b = uas(), uas()
+    p = proxy(f"1 {a.uri} 0 0 duid=a\n")
+    lst = Path(p.list_path)
+    t, result = background_load(uac, f"{HOST}:{p.port}", 1000, 200)
+    time.sleep(1.5)
+    lst.write_text(f"1 {a.uri} 0 0 duid=a\n1 {b.uri} 0 high duid=b\n")
+    time.sleep(1.0)
+    assert re.search(r"dispatcher\.list:2: bad priority 'high'", p.log()), p.log()
+    assert "not reloaded" in p.log()
+    lst.write_text(f"1 {a.uri} 0 0 duid=a\n1 {b.uri} 0 0 duid=b\n")
+    t.join(60)
+    res = result["uac"]
+    assert (res.successful, res.failed) == (1000, 0), res
+    a.stop()
+    b.stop()
+    assert b.counts()["INVITE"] > 0  # the fixed file loaded by itself
+    assert len(reload_times(p.log())) == 1
+
+
+def test_sighup_reloads(proxy, uas):
+    a, b = uas(), uas()
+    p = proxy(f"1 {a.uri} 0 0 duid=a\n", config="[dispatcher]\nwatch = false\n")
+    Path(p.list_path).write_text(f"1 {b.uri} 0 0 duid=b\n")
+    time.sleep(0.5)
+    assert not reload_times(p.log())  # not watched
+    os.kill(p.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not reload_times(p.log()):
+        time.sleep(0.05)
+    assert reload_times(p.log())
+    replies = p.send_udp(harness.build_request("INVITE", f"sip:svc@{HOST}:{p.port}", local_port=0), timeout=3)
+    assert harness.status_code(replies[-1]) == 200
+    b.stop()
+    assert b.counts()["INVITE"] == 1
+
+
+def test_sigterm_drains_calls_in_flight(proxy, uas, uac):
+    gw = uas("uas_ring_cancel.xml")  # rings until cancelled: calls stay in progress
+    fast = uas()
+    p = proxy(harness.dispatcher_list(gw, fast), config="[server]\ndrain_time = 3.0\n[[route]]\nset = 1\n"
+                                                         "algorithm = 8\n[timers]\nfr_inv_timer = 2.0\n")
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((HOST, 0))
+    s.settimeout(0.2)
+    lp = s.getsockname()[1]
+    s.sendto(harness.build_request("INVITE", f"sip:svc@{HOST}:{p.port}", local_port=lp, call_id="drain-1"),
+             (HOST, p.port))
+    time.sleep(0.5)
+    os.kill(p.pid, signal.SIGTERM)
+    time.sleep(0.2)
+    # A new call during the drain is refused with 503 and Retry-After.
+    new = p.send_udp(harness.build_request("INVITE", f"sip:svc@{HOST}:{p.port}", local_port=0), timeout=2)
+    assert harness.status_code(new[-1]) == 503 and b"Retry-After:" in new[-1], new
+    # The call in progress finishes: its ringing times out (fr_inv_timer), fails over to
+    # the fast gateway and is answered before the proxy exits.
+    codes = []
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline and 200 not in codes:
+        try:
+            codes.append(harness.status_code(s.recvfrom(65535)[0]))
+        except socket.timeout:
+            pass
+    s.close()
+    assert 200 in codes, codes
+    assert p.proc.wait(10) == 0
+    assert "draining" in p.log()
+
+
+def test_notify_protocol(tmp_path, proxy, uas):
+    gw = uas()
+    path = tmp_path / "notify.sock"
+    ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ns.bind(str(path))
+    ns.settimeout(5)
+    try:
+        p = proxy(harness.dispatcher_list(gw), env={"NOTIFY_SOCKET": str(path)})
+        got = [ns.recv(4096).decode()]
+        assert "READY=1" in got[0], got
+        os.kill(p.pid, signal.SIGHUP)
+        got += [ns.recv(4096).decode(), ns.recv(4096).decode()]
+        assert "RELOADING=1" in got[1] and "MONOTONIC_USEC=" in got[1] and "READY=1" in got[2], got
+        os.kill(p.pid, signal.SIGTERM)
+        got.append(ns.recv(4096).decode())
+        assert "STOPPING=1" in got[3], got
+        assert p.proc.wait(10) == 0
+    finally:
+        ns.close()
