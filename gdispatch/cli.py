@@ -1,11 +1,15 @@
 """The ``gdispatch`` command line.
 
 ``gdispatch run`` starts the proxy; flags override the TOML configuration file.
+``gdispatch rpc`` calls a control command of the running proxy, as kamcmd does for
+Kamailio. ``gdispatch list check|show|add|rm`` read and edit a dispatcher.list file, as
+kamctl's dispatcher commands do for Kamailio's database table.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from gdispatch import __version__
@@ -46,7 +50,74 @@ def build_parser() -> argparse.ArgumentParser:
                                         "1 with one line per problem (file:line: what) when it does not.")
     check.add_argument("file", metavar="FILE")
     check.add_argument("--quiet", "-q", action="store_true", help="print nothing when the file is good")
+    show = lsub.add_parser("show", help="print the destinations of a list file",
+                           description="Print the destinations of a dispatcher.list file as a table, in file order. "
+                                       "Exit status 1 when a line is bad (listed on stderr).")
+    _list_file_args(show)
+    add = lsub.add_parser("add", help="add a destination to a list file (like kamctl dispatcher add)",
+                          description="Add a destination line to a dispatcher.list file, after the last line of "
+                                      "its set. The file is replaced atomically and only if it still loads; "
+                                      "comments and other lines are kept as they are. Exit status 0 when added, "
+                                      "1 otherwise. Example: gdispatch list add 1 sip:mg3:5060 0 0 '' "
+                                      "'Media Gateway 3'")
+    add.add_argument("setid", metavar="SETID", type=_whole_number)
+    add.add_argument("uri", metavar="URI")
+    add.add_argument("flags", metavar="FLAGS", nargs="?", type=_whole_number, default=0,
+                     help="flag bits: 1 inactive, 2 trying, 4 disabled, 8 probing, 16 no DNS, 32 no ping "
+                          "(default 0)")
+    add.add_argument("priority", metavar="PRIORITY", nargs="?", type=_whole_number, default=0,
+                     help="higher goes first (default 0)")
+    add.add_argument("attrs", metavar="ATTRS", nargs="?", default="",
+                     help="name=value;... e.g. duid=mg3;weight=50 ('' for none)")
+    add.add_argument("description", metavar="DESCRIPTION", nargs="*",
+                     help="free text, written as a '# ...' comment at the end of the line")
+    _list_file_args(add)
+    rm = lsub.add_parser("rm", help="remove a destination from a list file",
+                         description="Remove every line of set SETID with this URI from a dispatcher.list file "
+                                     "(atomically; the other lines are kept as they are). Exit status 0 when "
+                                     "removed, 1 otherwise.")
+    rm.add_argument("setid", metavar="SETID", type=_whole_number)
+    rm.add_argument("uri", metavar="URI")
+    _list_file_args(rm)
+
+    rpc = sub.add_parser(
+        "rpc", help="call a control command of the running proxy (like kamcmd)",
+        description="Call a control command of the running proxy and print the answer as kamcmd does. "
+                    "Kamailio's names and arguments: dispatcher.list [short|full], dispatcher.reload, "
+                    "dispatcher.set_state STATE GROUP ADDRESS|all, dispatcher.set_duid_state STATE GROUP DUID|all, "
+                    "dispatcher.ping_active [0|1], dispatcher.add GROUP ADDRESS [FLAGS [PRIORITY [ATTRS "
+                    "[DESCRIPTION [PERSIST]]]]], dispatcher.remove GROUP ADDRESS [PERSIST], dispatcher.hash NSLOTS "
+                    "VAL1 [VAL2], core.version, core.uptime, stats, system.listMethods. Arguments that are whole "
+                    "numbers are sent as numbers; prefix s: to send text, i: to send a number. Exit status: 0 ok, "
+                    "1 the command failed (the error on stderr), 2 no control socket answered.",
+        epilog="The socket: --socket PATH, else $GDISPATCH_SOCKET, else the first of $RUNTIME_DIRECTORY/control.sock, "
+               "/run/gdispatch/control.sock, /tmp/gdispatch-$UID/control.sock that answers (where gdispatch run "
+               "puts it by default). Put options before METHOD or after all ARGS.")
+    rpc.add_argument("method", metavar="METHOD")
+    rpc.add_argument("args", metavar="ARGS", nargs="*")
+    rpc.add_argument("--json", action="store_true", help="print the result as JSON")
+    rpc.add_argument("--socket", metavar="PATH", help="the control socket (default: see below)")
+    rpc.add_argument("--tcp", metavar="HOST:PORT", help="use the TCP control port instead of the socket")
+    rpc.add_argument("--token-file", metavar="FILE",
+                     help="file holding the TCP port's token (default: $GDISPATCH_RPC_TOKEN)")
+    rpc.add_argument("--timeout", metavar="SECONDS", type=float, default=10.0, help="wait this long for the answer")
     return p
+
+
+def _whole_number(text: str) -> int:
+    try:
+        value = int(text, 16) if text[:2].lower() == "0x" else int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def _list_file_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--list", metavar="FILE", dest="list_file",
+                   help="the list file (default: list_file of --config, else ./dispatcher.list)")
+    p.add_argument("--config", metavar="FILE", help="take the list file from this configuration file")
 
 
 def list_check(path: str, quiet: bool = False) -> int:
@@ -71,14 +142,108 @@ def list_check(path: str, quiet: bool = False) -> int:
     return 0
 
 
+def _list_path(args: argparse.Namespace) -> str:
+    if args.list_file:
+        return args.list_file
+    if args.config:
+        return load(args.config).list_file
+    return "dispatcher.list"
+
+
+def list_edit(args: argparse.Namespace) -> int:
+    from gdispatch import listedit
+
+    try:
+        path = _list_path(args)
+    except ConfigError as e:
+        print(f"gdispatch: configuration error: {e}", file=sys.stderr)
+        return 1
+    try:
+        if args.list_command == "show":
+            rows, problems = listedit.show(path)
+            if rows:
+                print(listedit.format_table(rows))
+            else:
+                print(f"{path}: no destinations")
+            for problem in problems:
+                print(problem, file=sys.stderr)
+            return 1 if problems else 0
+        if args.list_command == "add":
+            lineno, line = listedit.add_destination(path, args.setid, args.uri, args.flags, args.priority,
+                                                    args.attrs, " ".join(args.description))
+            print(f"{path}:{lineno}: added: {line}")
+            return 0
+        removed = listedit.remove_destination(path, args.setid, args.uri)
+        for lineno, line in removed:
+            print(f"{path}:{lineno}: removed: {line}")
+        return 0
+    except listedit.EditError as e:
+        print(e, file=sys.stderr)
+        return 1
+
+
+def rpc_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import json
+
+    from gdispatch.control import ENV_SOCKET, ENV_TOKEN, ConnectError, request
+    from gdispatch.rpc import RpcError, convert_arg, format_tree
+
+    try:
+        params = [convert_arg(a) for a in args.args]
+    except ValueError as e:
+        parser.error(f"rpc: {e}")
+    tcp = token = None
+    if args.tcp:
+        host, _, port = args.tcp.rpartition(":")
+        if not host or not port.isdigit():
+            parser.error(f"--tcp: expected HOST:PORT, got {args.tcp!r}")
+        tcp = (host.strip("[]"), int(port))
+        if args.token_file:
+            try:
+                with open(args.token_file, encoding="utf-8") as f:
+                    token = f.read().strip()
+            except OSError as e:
+                print(f"gdispatch rpc: {args.token_file}: {e.strerror or e}", file=sys.stderr)
+                return 2
+        else:
+            token = os.environ.get(ENV_TOKEN, "")
+    try:
+        result = request(args.method, params, socket_path=args.socket, tcp=tcp, token=token, timeout=args.timeout)
+    except ConnectError as e:
+        print("gdispatch rpc: cannot connect to the control socket of gdispatch; tried:", file=sys.stderr)
+        for where, why in e.tried:
+            print(f"  {where}: {why}", file=sys.stderr)
+        print(f"Is gdispatch running? Give the path with --socket PATH or ${ENV_SOCKET} "
+              "(or --tcp HOST:PORT for the TCP control port).", file=sys.stderr)
+        return 2
+    except RpcError as e:
+        detail = e.data
+        print(f"error: {e.code} - {e.message}", file=sys.stderr)
+        if isinstance(detail, list):
+            for item in detail:
+                print(f"  {item}", file=sys.stderr)
+        elif detail not in (None, ""):
+            print(f"  {detail}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        print(format_tree(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "list":
         if args.list_command == "check":
             return list_check(args.file, args.quiet)
+        if args.list_command in ("show", "add", "rm"):
+            return list_edit(args)
         parser.parse_args(["list", "--help"])
         return 2
+    if args.command == "rpc":
+        return rpc_command(args, parser)
     if args.command != "run":
         parser.print_help(sys.stderr)
         return 2

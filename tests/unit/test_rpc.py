@@ -1,0 +1,473 @@
+"""The RPC methods against a fake application: Kamailio's names, arguments, structures and
+fault texts; gdispatch's stricter state strings; the kamcmd-like client helpers."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from gdispatch.dispatcher.destination import FLAG_DISABLED, FLAG_INACTIVE, FLAG_NOPING, FLAG_PROBING, FLAG_TRYING
+from gdispatch.dispatcher.listfile import ListError, parse_list
+from gdispatch.listedit import EditError
+from gdispatch.rpc import METHOD_NOT_FOUND, METHODS, RpcError, call, convert_arg, format_tree, parse_state
+
+DATA = Path(__file__).parent.parent / "data"
+
+EXAMPLE = """\
+# set 2: proxies
+2 sip:127.0.0.1:5080;transport=tcp 0 10 class=4;prefix=448;strip=2
+2 sip:127.0.0.1:5082;px=vx 0 5 duid=abc;socket=udp:192.168.0.125:5060;pipe=p10
+# set 1: gateways
+1 sip:127.0.0.1:7070 0 0 duid=xyz;maxload=20 # Media Gateway 1
+1 sip:127.0.0.1:7072 0 5
+1 sip:127.0.0.1:7074 0 40
+"""
+
+
+class FakeLatency:
+    def as_dict(self):
+        return {"AVG": 1.5, "STD": 0.5, "EST": 1.25, "MAX": 3.0, "TIMEOUT": 2}
+
+
+class FakeProbe:
+    def __init__(self, iuid: str):
+        self.iuid = iuid
+        self.failures = 1
+        self.latency = FakeLatency()
+
+
+class FakeApi:
+    """A ControlApi over a parsed list; records what the methods asked of it."""
+
+    version = "9.8.7"
+
+    def __init__(self, text: str = EXAMPLE):
+        self.dlist = parse_list(text, "test.list")
+        for d in self.dlist.destinations():  # resolved, as the application leaves them
+            d.address = (d.sip_uri.host, d.sip_uri.port or 5060)
+        self.started_at = time.time() - 42
+        self.ping_active = True
+        self.changes: list[tuple] = []
+        self.added: list[tuple] = []
+        self.removed: list[tuple] = []
+        self.reload_error: Exception | None = None
+        self.reloads = 0
+
+    def current_list(self):
+        return self.dlist
+
+    def reload(self):
+        if self.reload_error is not None:
+            raise self.reload_error
+        self.reloads += 1
+
+    def add_destination(self, setid, uri, flags, priority, attrs, description, persist):
+        self.added.append((setid, uri, flags, priority, attrs, description, persist))
+
+    def remove_destination(self, setid, uri, persist):
+        self.removed.append((setid, uri, persist))
+        dset = self.dlist.get(setid)
+        return sum(1 for d in dset.destinations if d.uri.lower() == uri.lower()) if dset else 0
+
+    def state_changed(self, dest, old_flags, reason):
+        self.changes.append((dest.uri, old_flags, dest.flags, reason))
+
+    def stats(self):
+        return {"requests": {"INVITE": 12}, "up": True}
+
+
+@pytest.fixture
+def api():
+    return FakeApi()
+
+
+def fault(api, method, *params):
+    with pytest.raises(RpcError) as info:
+        call(api, method, list(params))
+    return info.value
+
+
+def dest(api, setid, uri):
+    return next(d for d in api.dlist.get(setid).destinations if d.uri == uri)
+
+
+# -- dispatcher.list ---------------------------------------------------------------------------
+
+
+def test_list_has_kamailios_structure_sets_by_id_and_fields_in_order(api):
+    out = call(api, "dispatcher.list")
+    assert list(out) == ["NRSETS", "RECORDS"]
+    assert out["NRSETS"] == 2
+    assert [r["SET"]["ID"] for r in out["RECORDS"]] == [1, 2]
+    targets = out["RECORDS"][0]["SET"]["TARGETS"]
+    assert [t["DEST"]["URI"] for t in targets] == ["sip:127.0.0.1:7074", "sip:127.0.0.1:7072", "sip:127.0.0.1:7070"]
+    first = targets[0]["DEST"]
+    assert first == {"IDX": 0, "URI": "sip:127.0.0.1:7074", "FLAGS": "AX", "PRIORITY": 40, "IUID": None,
+                     "RUNTIME": {"DLGLOAD": 0}}
+    with_attrs = targets[2]["DEST"]
+    assert list(with_attrs) == ["IDX", "URI", "FLAGS", "PRIORITY", "IUID", "ATTRS", "RUNTIME", "DESCRIPTION"]
+    assert with_attrs["ATTRS"] == {
+        "BODY": "duid=xyz;maxload=20", "DUID": "xyz", "PROBING_COUNT": 0, "MAXLOAD": 20, "WEIGHT": 0, "RWEIGHT": 0,
+        "SOCKET": None, "SOCKNAME": None, "PING_SOCKET": None, "OBPROXY": None, "OCMIN": 0, "OCMAX": 100,
+    }
+    assert list(with_attrs["ATTRS"]) == ["BODY", "DUID", "PROBING_COUNT", "MAXLOAD", "WEIGHT", "RWEIGHT", "SOCKET",
+                                         "SOCKNAME", "PING_SOCKET", "OBPROXY", "OCMIN", "OCMAX"]
+    assert with_attrs["DESCRIPTION"] == "Media Gateway 1"
+    socket_dest = out["RECORDS"][1]["SET"]["TARGETS"][1]["DEST"]
+    assert socket_dest["ATTRS"]["SOCKET"] == "udp:192.168.0.125:5060"
+
+
+def test_list_short_leaves_out_attrs_and_description(api):
+    out = call(api, "dispatcher.list", ["short"])
+    for rec in out["RECORDS"]:
+        for t in rec["SET"]["TARGETS"]:
+            assert list(t["DEST"]) == ["IDX", "URI", "FLAGS", "PRIORITY", "IUID", "RUNTIME"]
+    assert call(api, "dispatcher.list", ["SHORT"]) == out  # the mode is case-insensitive, as in Kamailio
+
+
+def test_list_full_adds_address_fields_and_attrs_everywhere(api):
+    dest(api, 1, "sip:127.0.0.1:7074").address = None
+    out = call(api, "dispatcher.list", ["full"])
+    targets = out["RECORDS"][0]["SET"]["TARGETS"]
+    d = targets[1]["DEST"]
+    assert list(d) == ["IDX", "URI", "FLAGS", "PRIORITY", "IUID", "HOST", "IPADDR", "PORT", "PROTOID", "DNSTIME_SEC",
+                       "DNSTIME_USEC", "OCRATE", "OCIDX", "OCSEQ", "OCTIME_SEC", "OCTIME_USEC", "ATTRS", "RUNTIME"]
+    assert (d["HOST"], d["IPADDR"], d["PORT"], d["PROTOID"]) == ("127.0.0.1", "127.0.0.1", 7072, 0)
+    assert d["ATTRS"]["BODY"] == ""
+    unresolved = targets[0]["DEST"]
+    assert (unresolved["IPADDR"], unresolved["PORT"]) == ("", 7074)
+    tcp = out["RECORDS"][1]["SET"]["TARGETS"][0]["DEST"]
+    assert tcp["PROTOID"] == 2  # Kamailio's PROTO_TCP
+
+
+def test_list_shows_latency_and_iuid_of_probed_destinations(api):
+    d = dest(api, 1, "sip:127.0.0.1:7072")
+    d.probe = FakeProbe("1f")
+    d.load = 3
+    out = call(api, "dispatcher.list")
+    shown = out["RECORDS"][0]["SET"]["TARGETS"][1]["DEST"]
+    assert shown["IUID"] == "1f"
+    assert list(shown) == ["IDX", "URI", "FLAGS", "PRIORITY", "IUID", "LATENCY", "RUNTIME"]
+    assert shown["LATENCY"] == {"AVG": 1.5, "STD": 0.5, "EST": 1.25, "MAX": 3.0, "TIMEOUT": 2}
+    assert shown["RUNTIME"] == {"DLGLOAD": 3}
+
+
+def test_list_of_no_sets_is_kamailios_fault():
+    err = fault(FakeApi(""), "dispatcher.list")
+    assert (err.code, err.message) == (500, "No Destination Sets")
+
+
+def test_list_refuses_an_unknown_mode(api):
+    err = fault(api, "dispatcher.list", "fll")
+    assert (err.code, err.message) == (500, "Invalid Parameters")
+    assert "short or full" in err.data
+
+
+# -- state strings ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,bits", [
+    # Kamailio's RPC forms: a digit or a letter, then an optional p
+    ("0", FLAG_INACTIVE), ("0p", FLAG_INACTIVE | FLAG_PROBING), ("1", 0), ("1p", FLAG_PROBING),
+    ("2", FLAG_DISABLED), ("2p", FLAG_DISABLED), ("3", FLAG_TRYING), ("3P", FLAG_TRYING | FLAG_PROBING),
+    ("a", 0), ("ap", FLAG_PROBING), ("i", FLAG_INACTIVE), ("ip", FLAG_INACTIVE | FLAG_PROBING),
+    ("d", FLAG_DISABLED), ("t", FLAG_TRYING), ("tp", FLAG_TRYING | FLAG_PROBING),
+    # what dispatcher.list shows, typed back (the seed: `set_state dx 1 sip:mg1:5060`)
+    ("dx", FLAG_DISABLED), ("DX", FLAG_DISABLED), ("AP", FLAG_PROBING), ("IX", FLAG_INACTIVE), ("AN", 0),
+    ("1x", 0),
+    # letters combine like Kamailio's script functions; a clears what came before
+    ("it", FLAG_INACTIVE | FLAG_TRYING), ("ipa", 0), ("dap", FLAG_PROBING), ("p", FLAG_PROBING),
+    (" Ip ", FLAG_INACTIVE | FLAG_PROBING),
+])
+def test_state_strings(text, bits):
+    assert parse_state(text) == bits
+
+
+@pytest.mark.parametrize("text", ["xx", "4", "1q", "z", "apx1", "0pp", "x", "-1", "ab"])
+def test_unknown_state_strings_are_refused(text):
+    with pytest.raises(RpcError) as info:
+        parse_state(text)
+    assert (info.value.code, info.value.message) == (500, "Unknown State Value")
+
+
+def test_empty_state_is_an_invalid_state_parameter():
+    with pytest.raises(RpcError) as info:
+        parse_state("")
+    assert info.value.message == "Invalid State Parameter"
+
+
+# -- set_state / set_duid_state ---------------------------------------------------------------------
+
+
+def test_set_state_disables_one_destination_and_tells_the_application(api):
+    d = dest(api, 1, "sip:127.0.0.1:7072")
+    assert d in api.dlist.get(1).active
+    assert call(api, "dispatcher.set_state", ["dx", 1, "sip:127.0.0.1:7072"]) == "Ok. Dispatcher state updated."
+    assert d.state_letters() == "DX"
+    assert d not in api.dlist.get(1).active
+    assert api.changes == [("sip:127.0.0.1:7072", 0, FLAG_DISABLED, "rpc dispatcher.set_state dx")]
+    assert call(api, "dispatcher.set_state", ["ap", 1, "sip:127.0.0.1:7072"])
+    assert d.state_letters() == "AP" and d in api.dlist.get(1).active
+
+
+def test_set_state_matches_the_uri_without_case_and_adds_the_scheme(api):
+    call(api, "dispatcher.set_state", ["i", 1, "SIP:127.0.0.1:7072"])
+    call(api, "dispatcher.set_state", ["t", 1, "127.0.0.1:7074"])
+    assert dest(api, 1, "sip:127.0.0.1:7072").state_letters() == "IX"
+    assert dest(api, 1, "sip:127.0.0.1:7074").state_letters() == "TX"
+
+
+def test_set_state_all_and_only_changed_destinations_are_reported(api):
+    call(api, "dispatcher.set_state", ["ip", 2, "sip:127.0.0.1:5080;transport=tcp"])
+    api.changes.clear()
+    call(api, "dispatcher.set_state", ["ip", 2, "all"])
+    assert [d.state_letters() for d in api.dlist.get(2).destinations] == ["IP", "IP"]
+    assert [c[0] for c in api.changes] == ["sip:127.0.0.1:5082;px=vx"]
+    assert api.dlist.get(2).active == ()
+
+
+def test_set_state_keeps_the_no_ping_and_no_dns_bits():
+    api = FakeApi("1 sip:127.0.0.1:7070 48\n")
+    call(api, "dispatcher.set_state", ["ip", 1, "all"])
+    assert dest(api, 1, "sip:127.0.0.1:7070").flags == 48 | FLAG_INACTIVE | FLAG_PROBING
+    call(api, "dispatcher.set_state", ["a", 1, "all"])
+    assert dest(api, 1, "sip:127.0.0.1:7070").flags == 48
+    assert dest(api, 1, "sip:127.0.0.1:7070").state_letters() == "AN"
+    assert FLAG_NOPING & 48
+
+
+@pytest.mark.parametrize("params,detail", [
+    (["dx", 7, "all"], "no set 7"),
+    (["dx", 1, "sip:127.0.0.1:9999"], "no destination sip:127.0.0.1:9999 in set 1"),
+])
+def test_set_state_of_what_is_not_there_fails(api, params, detail):
+    err = fault(api, "dispatcher.set_state", *params)
+    assert (err.code, err.message, err.data) == (500, "State Update Failed", detail)
+    assert api.changes == []
+
+
+def test_set_state_needs_three_parameters_of_the_right_kind(api):
+    assert fault(api, "dispatcher.set_state", "dx", 1).message == "Invalid Parameters"
+    err = fault(api, "dispatcher.set_state", "dx", "one", "all")
+    assert (err.message, err.data) == ("Invalid Parameters", "GROUP: expected a whole number, got 'one'")
+    assert fault(api, "dispatcher.set_state", "dx", 1, "all", "extra").message == "Invalid Parameters"
+    assert fault(api, "dispatcher.set_state", "zz", 1, "all").message == "Unknown State Value"
+
+
+def test_set_state_takes_the_group_as_text_and_the_address_as_a_number():
+    # kamcmd sends "1" as a number; a client may send it as text. Both are fine.
+    api = FakeApi("5 sip:10.0.0.1 0 0 duid=7\n")
+    call(api, "dispatcher.set_state", ["d", "5", "all"])
+    call(api, "dispatcher.set_duid_state", ["i", 5, 7])
+    assert api.dlist.get(5).destinations[0].flags == FLAG_INACTIVE
+
+
+def test_set_duid_state(api):
+    call(api, "dispatcher.set_duid_state", ["dx", 2, "ABC"])
+    assert dest(api, 2, "sip:127.0.0.1:5082;px=vx").state_letters() == "DX"
+    assert api.changes[0][3] == "rpc dispatcher.set_duid_state dx"
+    err = fault(api, "dispatcher.set_duid_state", "dx", 2, "nope")
+    assert (err.message, err.data) == ("State Update Failed", "no destination with duid nope in set 2")
+
+
+# -- ping_active, reload, add, remove ----------------------------------------------------------------
+
+
+def test_ping_active_reads_and_sets(api):
+    assert call(api, "dispatcher.ping_active") == {"OldPingState": 1}
+    assert call(api, "dispatcher.ping_active", [0]) == {"NewPingState": 0, "OldPingState": 1}
+    assert api.ping_active is False
+    assert call(api, "dispatcher.ping_active", ["1"]) == {"NewPingState": 1, "OldPingState": 0}
+    assert fault(api, "dispatcher.ping_active", 5).message == "Invalid Parameters"
+    assert api.ping_active is True
+
+
+def test_reload(api):
+    assert call(api, "dispatcher.reload") == "Ok. Dispatcher successfully reloaded."
+    assert api.reloads == 1
+
+
+def test_reload_of_a_bad_file_names_file_and_line(api):
+    api.reload_error = ListError(["d.list:3: bad flags 'x'", "d.list:9: set id 1 without a destination"])
+    err = fault(api, "dispatcher.reload")
+    assert err.code == 500
+    assert err.message == "Reload Failed: d.list:3: bad flags 'x' (and 1 more)"
+    assert err.data == ["d.list:3: bad flags 'x'", "d.list:9: set id 1 without a destination"]
+    api.reload_error = RpcError(500, "Reload Failed: d.list:4: bad priority")
+    assert fault(api, "dispatcher.reload").message == "Reload Failed: d.list:4: bad priority"
+
+
+def test_add_with_kamailios_arguments(api):
+    assert call(api, "dispatcher.add", [3, "sip:mg3:5060"]) == "Ok. Dispatcher destination added."
+    call(api, "dispatcher.add", [3, "mg4:5060", 8, 5, "duid=mg4;weight=50"])
+    assert api.added == [(3, "sip:mg3:5060", 0, 0, "", "", False),
+                         (3, "sip:mg4:5060", 8, 5, "duid=mg4;weight=50", "", False)]
+
+
+def test_add_with_description_and_persist(api):
+    # The seed's kamctl line, as an RPC: empty attrs, a description; then PERSIST=1.
+    call(api, "dispatcher.add", [1, "sip:mg3:5060", 0, 0, "", "Media Gateway 3", 1])
+    assert api.added == [(1, "sip:mg3:5060", 0, 0, "", "Media Gateway 3", True)]
+
+
+def test_add_by_name(api):
+    call(api, "dispatcher.add", {"group": 4, "address": "sip:a", "flags": "0x8"})
+    assert api.added == [(4, "sip:a", 8, 0, "", "", False)]
+    assert fault(api, "dispatcher.add", *[]).message == "Invalid Parameters"
+    with pytest.raises(RpcError, match="Invalid Parameters"):
+        call(api, "dispatcher.add", {"group": 4, "address": "sip:a", "priority": 1})  # FLAGS left out
+
+
+@pytest.mark.parametrize("params,detail", [
+    ([1, "sip:a b"], "one word"),
+    ([1, "sip:[bad"], "bad destination URI"),
+    ([1, "sip:a", 99], "bad flags"),
+    ([1, "sip:a", 0, 0, "weight=500"], "bad attr weight=500"),
+    ([1, "sip:a", 0, 0, "", "two\nlines"], "one line"),
+    ([1, "sip:127.0.0.1:7070", 0, 0, "duid=xyz"], "already in set 1"),
+    ([1, "sip:a", 0, 0, "", "", 2], "PERSIST"),
+])
+def test_add_refuses_what_the_list_file_would_refuse(api, params, detail):
+    err = fault(api, "dispatcher.add", *params)
+    assert err.message in ("Adding dispatcher dst failed", "Invalid Parameters")
+    assert detail in err.data
+    assert api.added == []
+
+
+def test_add_of_the_same_uri_with_another_duid_is_fine(api):
+    call(api, "dispatcher.add", [1, "sip:127.0.0.1:7070", 0, 0, "duid=other"])
+    assert len(api.added) == 1
+
+
+def test_a_list_file_that_cannot_be_edited_is_a_fault(api):
+    def refuse(*args):
+        raise EditError("d.list: not changed: the file would not load after this edit")
+
+    api.add_destination = refuse
+    api.remove_destination = refuse
+    err = fault(api, "dispatcher.add", 1, "sip:mg9", 0, 0, "", "", 1)
+    assert (err.message, err.data) == ("Adding dispatcher dst failed",
+                                       "d.list: not changed: the file would not load after this edit")
+    assert fault(api, "dispatcher.remove", 1, "sip:127.0.0.1:7072", 1).message == "Removing dispatcher dst failed"
+
+
+def test_remove(api):
+    assert call(api, "dispatcher.remove", [1, "sip:127.0.0.1:7072"]) == "Ok. Dispatcher destination removed."
+    call(api, "dispatcher.remove", [1, "127.0.0.1:7074", 1])
+    assert api.removed == [(1, "sip:127.0.0.1:7072", False), (1, "sip:127.0.0.1:7074", True)]
+    err = fault(api, "dispatcher.remove", 1, "sip:nowhere")
+    assert (err.message, err.data) == ("Removing dispatcher dst failed", "no destination sip:nowhere in set 1")
+
+
+# -- hash --------------------------------------------------------------------------------------------
+
+
+def _vectors(n_rows: int):
+    rows = []
+    for line in (DATA / "kamailio-hash-vectors.tsv").read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        nslots, key1, key2, hashid, slot = line.split("\t")
+        if hashid != "None":
+            rows.append((int(nslots), key1, key2, int(hashid), int(slot)))
+    return rows[:: max(1, len(rows) // n_rows)]
+
+
+@pytest.mark.parametrize("nslots,key1,key2,hashid,slot", _vectors(12))
+def test_hash_prints_what_kamailio_printed(api, nslots, key1, key2, hashid, slot):
+    params = [nslots, key1] + ([key2] if key2 else [])
+    assert call(api, "dispatcher.hash", params) == {"hashid": hashid, "slot": slot}
+
+
+def test_hash_of_numbers_hashes_their_text_and_zero_slots_is_slot_0(api):
+    assert call(api, "dispatcher.hash", [10, 123]) == call(api, "dispatcher.hash", [10, "123"])
+    assert call(api, "dispatcher.hash", [0, "alice", "example.com"]) == {"hashid": 1442294598, "slot": 0}
+    assert call(api, "dispatcher.hash", [10, "alice", "example.com"]) == {"hashid": 1442294598, "slot": 8}
+    assert fault(api, "dispatcher.hash", 10).message == "Invalid Parameters"
+
+
+# -- core, stats, system -----------------------------------------------------------------------------
+
+
+def test_core_version_and_uptime(api):
+    assert call(api, "core.version").startswith("gdispatch 9.8.7 (")
+    up = call(api, "core.uptime")
+    assert list(up) == ["now", "up_since", "uptime"]
+    assert 41 <= up["uptime"] <= 44
+    assert up["up_since"] == time.ctime(api.started_at)
+
+
+def test_stats_passes_the_applications_dict_through(api):
+    assert call(api, "stats") == {"requests": {"INVITE": 12}, "up": True}
+
+
+def test_system_methods(api):
+    names = call(api, "system.listMethods")
+    assert names == sorted(METHODS)
+    for name in ("dispatcher.list", "dispatcher.reload", "dispatcher.set_state", "dispatcher.set_duid_state",
+                 "dispatcher.ping_active", "dispatcher.add", "dispatcher.remove", "dispatcher.hash",
+                 "core.version", "core.uptime", "stats", "system.listMethods"):
+        assert name in names
+    assert call(api, "system.methodHelp", ["dispatcher.set_state"]).startswith(
+        "dispatcher.set_state STATE GROUP ADDRESS\n")
+    assert "[FLAGS [PRIORITY [ATTRS [DESCRIPTION [PERSIST]]]]]" in call(api, "system.methodHelp", ["dispatcher.add"])
+
+
+def test_unknown_method(api):
+    err = fault(api, "dispatcher.nope")
+    assert (err.code, err.message) == (METHOD_NOT_FOUND, "command dispatcher.nope not found")
+    assert err.as_error() == {"code": METHOD_NOT_FOUND, "message": "command dispatcher.nope not found"}
+
+
+# -- the client's helpers -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("word,value", [
+    ("1", 1), ("5060", 5060), ("-3", -3), ("0", 0),
+    ("007", "007"), ("+5", "+5"), ("-0", "-0"), ("1.5", "1.5"), ("dx", "dx"), ("", ""),
+    ("sip:mg1:5060", "sip:mg1:5060"), ("s:123", "123"), ("i:42", 42), ("i:0x10", 16), ("١", "١"),
+])
+def test_convert_arg_like_kamcmd(word, value):
+    assert convert_arg(word) == value
+    assert type(convert_arg(word)) is type(value)
+
+
+def test_format_tree_prints_like_kamcmd():
+    result = {"NRSETS": 1, "RECORDS": [{"SET": {"ID": 1, "TARGETS": [
+        {"DEST": {"URI": "sip:a", "FLAGS": "AP", "ATTRS": {"DUID": None}}},
+        {"DEST": {"URI": "sip:b", "FLAGS": "DX"}},
+    ]}}]}
+    assert format_tree(result) == (
+        "{\n"
+        "\tNRSETS: 1\n"
+        "\tRECORDS: {\n"
+        "\t\tSET: {\n"
+        "\t\t\tID: 1\n"
+        "\t\t\tTARGETS: {\n"
+        "\t\t\t\tDEST: {\n"
+        "\t\t\t\t\tURI: sip:a\n"
+        "\t\t\t\t\tFLAGS: AP\n"
+        "\t\t\t\t\tATTRS: {\n"
+        "\t\t\t\t\t\tDUID: <null string>\n"
+        "\t\t\t\t\t}\n"
+        "\t\t\t\t}\n"
+        "\t\t\t\tDEST: {\n"
+        "\t\t\t\t\tURI: sip:b\n"
+        "\t\t\t\t\tFLAGS: DX\n"
+        "\t\t\t\t}\n"
+        "\t\t\t}\n"
+        "\t\t}\n"
+        "\t}\n"
+        "}"
+    )
+
+
+def test_format_tree_of_text_lists_and_structs_in_arrays():
+    assert format_tree("Ok. Dispatcher state updated.") == "Ok. Dispatcher state updated."
+    assert format_tree(["core.uptime", "stats"]) == "core.uptime\nstats"
+    assert format_tree({"hashid": -389237290, "slot": 0}) == "{\n\thashid: -389237290\n\tslot: 0\n}"
+    assert format_tree([{"a": 1, "b": 2}]) == "{\n\ta: 1\n\tb: 2\n}"
+    assert format_tree({"x": [1, [2, 3]], "ok": True}) == (
+        "{\n\tx: {\n\t\t1\n\t\t{\n\t\t\t2\n\t\t\t3\n\t\t}\n\t}\n\tok: true\n}")
