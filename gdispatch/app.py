@@ -14,15 +14,18 @@ import time
 import gevent
 import gevent.event
 
-from gdispatch import sdnotify
+from gdispatch import __version__, listedit, sdnotify
 from gdispatch.config import Config
-from gdispatch.dispatcher.listfile import ListError, load_list
+from gdispatch.control import ControlError, ControlServer
+from gdispatch.dispatcher.destination import state_letters
+from gdispatch.dispatcher.listfile import ListError, format_line, load_list, parse_list
 from gdispatch.dispatcher.reload import carry_state
 from gdispatch.dns import DestinationResolver, Resolver
 from gdispatch.plugins import PluginError, PluginHost
 from gdispatch.prober import Prober
 from gdispatch.probing import ProbeSettings
 from gdispatch.proxy import Proxy
+from gdispatch.rpc import RpcError
 from gdispatch.transaction.timers import Scheduler
 from gdispatch.transport import TransportError, Transports
 from gdispatch.watch import ListWatcher, file_digest
@@ -55,6 +58,7 @@ class App:
         self._greenlets: list[gevent.Greenlet] = []
         self.stopping = gevent.event.Event()
         self.watcher: ListWatcher | None = None
+        self.control: ControlServer | None = None
         self._list_digest: str | None = None
 
     # ------------------------------------------------------------- events
@@ -95,7 +99,8 @@ class App:
         self.dns = DestinationResolver(Resolver(list(config.dns_nameservers) or None),
                                        refresh_interval=config.dns_refresh, retry_interval=config.dns_retry)
         self.dns.resolve_all(dlist, self._reachable)
-        self.proxy = proxy = Proxy(config, transports, self.scheduler, dlist, resolve_now=self.dns.resolve_now)
+        self.proxy = proxy = Proxy(config, transports, self.scheduler, dlist, resolve_now=self.dns.resolve_now,
+                                   plugins=self.plugins)
         holder["proxy"] = proxy
         p = config.probing
         self.prober = Prober(proxy, ProbeSettings(
@@ -118,6 +123,19 @@ class App:
             except Exception as e:
                 log.warning("cannot watch %s (%s); reload with SIGHUP or dispatcher.reload", config.list_file, e)
                 self.watcher = None
+        try:
+            tcp_port = None
+            tcp_host = "127.0.0.1"
+            if config.control_tcp:
+                tcp_host, _, port_text = config.control_tcp.rpartition(":")
+                tcp_port = int(port_text)
+            self.control = ControlServer(self, config.control_socket or None, tcp_port=tcp_port,
+                                         tcp_host=tcp_host or "127.0.0.1", token=config.control_token or None)
+            self.control.start()
+        except (ControlError, ValueError, OSError) as e:
+            log.error("control socket: %s", e)
+            return 1
+        self.plugins.call("gdispatch_list_loaded", dispatcher_list=dlist, reason="start")
         self.plugins.call("gdispatch_startup", config=config)
         nsets = len(dlist.sets)
         ndest = sum(len(s.destinations) for s in dlist.sets.values())
@@ -131,7 +149,6 @@ class App:
         """Load the list file again and swap it in, keeping each unchanged destination's
         state. Raises ListError (the running list stays) when the file does not load."""
         config = self.config
-        proxy = self.proxy
         sdnotify.reloading()
         try:
             try:
@@ -143,19 +160,97 @@ class App:
                 raise
             for problem in new.problems:
                 log.warning("%s (line skipped: [dispatcher].load_mode = \"skip\")", problem)
-            self.dns.resolve_all(new, self._reachable)
-            old = proxy.dlist
-            summary = carry_state(old, new, keep_state=config.reload_keeps_state)
-            if config.reload_keeps_state:
-                proxy.calls.rebind(summary.replaced)
-            proxy.set_list(new)
             self._list_digest = file_digest(config.list_file)
-            self.prober.attach(new)
-            msg = f"{config.list_file} reloaded ({reason}): {summary.describe()}"
-            log.warning("%s", msg)
-            return msg
+            return self._swap_in(new, reason)
         finally:
             sdnotify.ready()
+
+    def _swap_in(self, new, reason: str) -> str:
+        config = self.config
+        proxy = self.proxy
+        self.dns.resolve_all(new, self._reachable)
+        summary = carry_state(proxy.dlist, new, keep_state=config.reload_keeps_state)
+        if config.reload_keeps_state:
+            proxy.calls.rebind(summary.replaced)
+        proxy.set_list(new)
+        self.prober.attach(new)
+        self.plugins.call("gdispatch_list_loaded", dispatcher_list=new, reason=reason)
+        msg = f"{config.list_file} reloaded ({reason}): {summary.describe()}"
+        log.warning("%s", msg)
+        return msg
+
+    # ------------------------------------------------------------- ControlApi (gdispatch.rpc)
+
+    version = __version__
+
+    @property
+    def ping_active(self) -> bool:
+        return self.prober.active
+
+    @ping_active.setter
+    def ping_active(self, value: bool) -> None:
+        self.prober.active = bool(value)
+
+    def current_list(self):
+        return self.proxy.dlist
+
+    def _in_memory(self, lines: list[str], reason: str) -> None:
+        """Swap in the running list changed by hand (RPC add/remove without persist): like
+        Kamailio, such a change lasts until the next reload of the file."""
+        new = parse_list("".join(line + "\n" for line in lines), self.config.list_file,
+                         kamailio_order=self.config.kamailio_order)
+        self._swap_in(new, reason)
+
+    def add_destination(self, setid: int, uri: str, flags: int, priority: int, attrs: str, description: str,
+                        persist: bool) -> None:
+        if persist:
+            try:
+                listedit.add_destination(self.config.list_file, setid, uri, flags, priority, attrs, description)
+            except listedit.EditError as e:
+                raise RpcError(500, "Adding dispatcher dst failed", data=str(e)) from None
+            self.reload("dispatcher.add")
+            return
+        lines = [format_line(d) for d in self.proxy.dlist.destinations()]
+        lines.append(listedit.new_line(setid, uri, flags, priority, attrs, description))
+        self._in_memory(lines, "dispatcher.add")
+
+    def remove_destination(self, setid: int, uri: str, persist: bool) -> int:
+        def same(d) -> bool:
+            return d.setid == setid and d.uri.lower() == uri.lower()
+
+        count = sum(1 for d in self.proxy.dlist.destinations() if same(d))
+        if persist:
+            try:
+                listedit.remove_destination(self.config.list_file, setid, uri)
+            except listedit.EditError as e:
+                raise RpcError(500, "Removing dispatcher dst failed", data=str(e)) from None
+            self.reload("dispatcher.remove")
+            return count
+        self._in_memory([format_line(d) for d in self.proxy.dlist.destinations() if not same(d)],
+                        "dispatcher.remove")
+        return count
+
+    def state_changed(self, dest, old_flags: int, reason: str) -> None:
+        old, new = state_letters(old_flags), dest.state_letters()
+        log.warning("destination %s (set %d) %s -> %s: %s", dest.uri, dest.setid, old, new, reason)
+        self.destination_state_changed(dest, old, new, reason)
+
+    def stats(self) -> dict:
+        proxy = self.proxy
+        out = dict(proxy.stats)
+        out.update(self.transports.stats)
+        out["server_transactions"] = len(proxy.server_txns)
+        out["client_transactions"] = len(proxy.client_txns)
+        out["calls_in_progress"] = proxy.calls_in_progress()
+        out["active_calls"] = len(proxy.calls)
+        out["plugin_errors"] = dict(self.plugins.errors)
+        out["plugin_slow_calls"] = dict(self.plugins.slow)
+        out["destinations"] = [
+            {"SET": d.setid, "URI": d.uri, "DUID": d.duid, "FLAGS": d.state_letters(), "ACTIVE_CALLS": d.load,
+             **proxy.destination_counters(d)}
+            for d in proxy.dlist.destinations()
+        ]
+        return out
 
     def _file_changed(self) -> None:
         digest = file_digest(self.config.list_file)
@@ -193,6 +288,8 @@ class App:
         sdnotify.stopping()
         if self.watcher is not None:
             self.watcher.stop()
+        if self.control is not None:
+            self.control.stop()
         self.plugins.call("gdispatch_shutdown")
         for g in self._greenlets:
             g.kill(block=False)

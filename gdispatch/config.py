@@ -95,6 +95,7 @@ class Route:
     reply: int = 0  # non-zero: answer locally with this code instead of dispatching
     reply_reason: str = ""
     name: str = ""
+    relay: bool = False  # may send requests for domains that are not ours (plugin routes)
 
     def matches(self, method: str, user: str | None, host: str, source_sets: frozenset[int]) -> bool:
         if self.methods and method not in self.methods:

@@ -16,6 +16,65 @@ hookspec = pluggy.HookspecMarker("gdispatch")
 hookimpl = pluggy.HookimplMarker("gdispatch")
 
 
+@hookspec(firstresult=True)
+def gdispatch_choose_route(request, source_sets):
+    """Choose what to do with a new request (out of a dialog, for one of our domains or
+    a domain a route names). Called before the `[[route]]` tables, which are the built-in
+    implementation (it runs last).
+
+    `request`: a `gdispatch.message_api.RequestView`. `source_sets`: a frozenset of the
+    set ids having a destination at the request's source address.
+
+    Return a `gdispatch.message_api.RouteChoice` (set, algorithm, limit, failover codes,
+    mode) or `RouteChoice.reply(code, reason)` to answer locally; None to let the next
+    plugin (and finally the route tables) decide. The first non-None answer wins.
+    """
+
+
+@hookspec
+def gdispatch_prepare_attempt(attempt) -> None:
+    """Called for every attempt of a dispatched request, just before it is sent: the first
+    one, each one after a failover, and each branch of a parallel fork.
+
+    `attempt`: a `gdispatch.message_api.Attempt`, a fresh view of the request as it
+    arrived (edits of an earlier attempt are not there), with `attempt.destination` and
+    its `attempt.attrs`, and `attempt.number` (1, 2, ...). Edit it: `ruri_user`,
+    `ruri_host`, `add_header(name, value)`, `remove_header(name)`. Every plugin is
+    called, in order; later plugins see earlier plugins' Request-URI edits. Return
+    value ignored.
+    """
+
+
+@hookspec(firstresult=True)
+def gdispatch_after_failure(request, destination, status, attempt_number, route):
+    """Called when an attempt failed: a final response >= 300 (`status`), or 408 when
+    the destination did not answer in time, or 503 for a transport error. `route` is the
+    route being followed (`route.set`, `route.failover_codes`...).
+
+    Return a `gdispatch.message_api.FailureAction`: `FailureAction.next()` to try the
+    next destination, `FailureAction.stop()` to send the caller the best response so far,
+    `FailureAction.reply(code, reason)` to answer with that, or
+    `FailureAction.switch(set, algorithm)` to continue with another set. None lets the
+    next plugin decide; the built-in policy (last) fails over on the route's
+    `failover_codes`.
+    """
+
+
+@hookspec
+def gdispatch_response(request, response_status, destination) -> None:
+    """Called for each response to a dispatched request on its way back to the caller
+    (provisional and final, once per response). `destination` is the one that answered.
+    Observe only; return value ignored.
+    """
+
+
+@hookspec
+def gdispatch_list_loaded(dispatcher_list, reason) -> None:
+    """Called when a dispatcher list was loaded: at start (`reason` "start") and after
+    each reload. Return value ignored.
+    """
+
+
 @hookspec
 def gdispatch_startup(config) -> None:
     """Called once when the proxy has loaded its list and is about to serve.

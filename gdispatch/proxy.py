@@ -25,10 +25,13 @@ from typing import Callable
 import gevent
 from gevent.event import Event
 
+from gdispatch.builtin import Builtin
 from gdispatch.calls import CallLoad
 from gdispatch.config import Config, Route
 from gdispatch.dispatcher.algorithms import ALG_PARALLEL, SelectOptions, compile_template, select
 from gdispatch.dispatcher.destination import Destination, DispatcherList
+from gdispatch.message_api import Attempt, FailureAction, RequestView, RouteChoice
+from gdispatch.plugins import PluginHost
 from gdispatch.sip import (
     ParseError,
     SipMessage,
@@ -106,6 +109,7 @@ class ResponseContext:
         "outstanding",
         "last_status",
         "counts_load",
+        "reply_override",
     )
 
     def __init__(self, proxy: Proxy, st: ServerTransaction, request: SipMessage, route: Route | None):
@@ -125,12 +129,15 @@ class ResponseContext:
         self.to_tag = ""
         # A dispatched INVITE: its destination's active-call count follows it.
         self.counts_load = route is not None and request.method == "INVITE"
+        # (code, reason) a plugin chose to answer with instead of the best response.
+        self.reply_override: tuple[int, str] | None = None
 
 
 class Proxy:
     def __init__(self, config: Config, transports: Transports, scheduler: Scheduler,
                  dispatcher_list: DispatcherList,
-                 resolve_now: Callable[[Destination], list[tuple[str, int]]] | None = None):
+                 resolve_now: Callable[[Destination], list[tuple[str, int]]] | None = None,
+                 plugins: PluginHost | None = None):
         self.config = config
         self.transports = transports
         self.scheduler = scheduler
@@ -138,6 +145,11 @@ class Proxy:
         # Resolves a destination marked "no DNS resolution at load" (flag 16) when a
         # request is sent to it; called from the request's greenlet.
         self.resolve_now = resolve_now
+        # Plugins: the built-in behaviour (route tables, failover policy) is registered as
+        # the plugin "builtin"; other plugins' hooks are only called when some exist.
+        self.plugins = plugins if plugins is not None else PluginHost()
+        self.builtin = Builtin(config.routes)
+        self.plugins.register_builtin(self.builtin)
         # Told when a request to a destination timed out or could not be sent, or got one
         # of `mark_codes` (the prober then counts it against the destination).
         self.on_traffic_failure: Callable[[Destination, str], None] | None = None
@@ -176,8 +188,24 @@ class Proxy:
             )
             for r in config.routes
         }
+        self._default_options = SelectOptions(hash_user_only=config.hash_user_only,
+                                              kamailio_compat=config.kamailio_compat)
         self._needs_source_sets = any(r.from_set is not None for r in config.routes)
         self._source_index: dict[str, list[tuple[int | None, int]]] | None = None
+        self._dest_counts: dict[tuple, list[int]] = {}
+
+    def _counts(self, dest: Destination) -> list[int]:
+        key = (dest.setid, dest.uri, dest.duid, dest.socket)
+        c = self._dest_counts.get(key)
+        if c is None:
+            c = self._dest_counts[key] = [0, 0, 0]
+        return c
+
+    def destination_counters(self, dest: Destination) -> dict[str, int]:
+        """INVITEs sent to a destination, answered 2xx, failed (final >= 300 or no answer);
+        kept across reloads for the same destination."""
+        sent, answered, failed = self._counts(dest)
+        return {"CALLS_SENT": sent, "CALLS_ANSWERED": answered, "CALLS_FAILED": failed}
 
     def calls_in_progress(self) -> int:
         """Forwarded requests still waiting for their final response."""
@@ -396,7 +424,7 @@ class Proxy:
             self._answer_options(st, msg)
             return
         route = self._match_route(msg, ruri, source)
-        if route is None or not (local or route.domains):
+        if route is None or not (local or route.domains or route.relay):
             # No open relay: a request for a domain that is neither ours nor named by a
             # route is refused.
             if not local:
@@ -411,8 +439,8 @@ class Proxy:
             self._local_reply(st, msg, 503, "Shutting Down", headers=(b"Retry-After: 5",))
             return
         dset = self.dlist.get(route.set)
-        candidates = (select(dset, route.algorithm, msg, route.limit, self._select_options[id(route)])
-                      if dset is not None else [])
+        options = self._select_options.get(id(route)) or self._default_options
+        candidates = select(dset, route.algorithm, msg, route.limit, options) if dset is not None else []
         if not candidates:
             self.stats["no_destination"] += 1
             log.warning("no active destination in set %d for %s %s", route.set, method,
@@ -430,7 +458,13 @@ class Proxy:
         record = method in DIALOG_CREATING
         gevent.spawn(self._walk, ctx, candidates, source, top_via, popped, record)
 
-    def _match_route(self, msg: SipMessage, ruri: SipUri, source: Source) -> Route | None:
+    def _match_route(self, msg: SipMessage, ruri: SipUri, source: Source):
+        plugins = self.plugins
+        if plugins.user_implemented("gdispatch_choose_route"):
+            view = RequestView(msg, (source.transport, source.addr[0], source.addr[1]))
+            choice = plugins.call_first("gdispatch_choose_route", request=view,
+                                        source_sets=self._source_sets(source))
+            return _as_route(choice) if isinstance(choice, RouteChoice) else choice
         sets = self._source_sets(source) if self._needs_source_sets else frozenset()
         method = msg.method
         for r in self.config.routes:
@@ -589,7 +623,9 @@ class Proxy:
                 if ctx.outstanding > 0 and not ctx.final_sent:
                     event.wait()
             else:
-                for n, dest in enumerate(candidates):
+                n = 0
+                while n < len(candidates):
+                    dest = candidates[n]
                     if ctx.cancelled or ctx.final_sent:
                         break
                     if n:
@@ -602,20 +638,42 @@ class Proxy:
                     status = ctx.last_status
                     if 200 <= status < 300 or ctx.cancelled:
                         break
-                    if status >= 600 or status not in route.failover_codes:
+                    action = self._after_failure(ctx, dest, status, n + 1)
+                    if action.kind == "reply":
+                        ctx.best = None
+                        ctx.reply_override = (action.code, action.reason)
                         break
-                    if n + 1 < len(candidates):
+                    if action.kind == "switch":
+                        dset = self.dlist.get(action.set)
+                        more = select(dset, action.algorithm, ctx.request, 0, self._default_options) if dset else []
+                        log.warning("%s answered %d for call-id %s; switching to set %d (%d destinations)",
+                                    dest.uri, status, ctx.request.call_id.decode(errors="replace"), action.set,
+                                    len(more))
+                        candidates = candidates[:n + 1] + more
+                    elif action.kind != "next":
+                        break
+                    elif n + 1 < len(candidates):
                         log.warning("failover: %s answered %d for call-id %s, trying %s", dest.uri, status,
                                     ctx.request.call_id.decode(errors="replace"), candidates[n + 1].uri)
                     else:
                         log.warning("%s answered %d for call-id %s; no destination left", dest.uri, status,
                                     ctx.request.call_id.decode(errors="replace"))
+                    n += 1
             self._finish(ctx)
         except Exception:
             log.exception("error while dispatching call-id %s", ctx.request.call_id.decode(errors="replace"))
             if not ctx.final_sent:
                 ctx.final_sent = True
                 self._local_reply(ctx.st, ctx.request, 500, "Internal Server Error")
+
+    def _after_failure(self, ctx: ResponseContext, dest: Destination, status: int, number: int) -> FailureAction:
+        plugins = self.plugins
+        if plugins.user_implemented("gdispatch_after_failure"):
+            action = plugins.call_first("gdispatch_after_failure", request=RequestView(ctx.request),
+                                        destination=dest, status=status, attempt_number=number, route=ctx.route)
+            if isinstance(action, FailureAction):
+                return action
+        return self.builtin.gdispatch_after_failure(None, dest, status, number, ctx.route)
 
     def _start_branch(self, ctx: ResponseContext, dest: Destination, source: Source, top_via: bytes | None,
                       popped: int, record: bool) -> None:
@@ -631,12 +689,29 @@ class Proxy:
             self._branch_over(branch, 503, None)
             return
         new_ruri = None
-        if ctx.route.mode == "domain":
+        add_headers: list[bytes] = []
+        remove: list[str] = []
+        if self.plugins.user_implemented("gdispatch_prepare_attempt"):
+            # A fresh view of the request as it arrived, for each attempt (kamailio#3388).
+            attempt = Attempt(ctx.request, dest, len(ctx.branches), (source.transport,) + source.addr)
+            if ctx.route.mode == "domain":
+                attempt.ruri_host = dest.sip_uri.hostport()
+            self.plugins.call("gdispatch_prepare_attempt", attempt=attempt)
+            try:
+                new_ruri = attempt.new_ruri()
+            except ParseError:
+                log.warning("a plugin's Request-URI edit for %s does not parse; sending it unchanged", dest.uri)
+                self.plugins.errors["(bad edit)"] += 1
+            add_headers = attempt.header_lines()
+            remove = attempt.removed_headers()
+        elif ctx.route.mode == "domain":
             # Like ds_select_domain: the destination also becomes the Request-URI host.
             new_ruri = replace_hostport(ctx.request.ruri, dest.sip_uri.hostport().encode())
         if ctx.counts_load:
             self.calls.attempt(ctx.request.call_id, dest)
-        self._send_branch(branch, source, top_via, popped, record, new_ruri=new_ruri)
+            self._counts(dest)[0] += 1
+        self._send_branch(branch, source, top_via, popped, record, new_ruri=new_ruri, add_headers=add_headers,
+                          remove=remove)
 
     def _send_branch(self, branch: Branch, source: Source, top_via: bytes | None, popped: int, record: bool,
                      new_ruri: bytes | None = None, add_headers=(), remove=()) -> None:
@@ -785,6 +860,9 @@ class Proxy:
     def _branch_response(self, ct: ClientTransaction, status: int, resp: SipMessage) -> None:
         branch: Branch = ct.context
         ctx = branch.ctx
+        if ctx.route is not None and self.plugins.user_implemented("gdispatch_response"):
+            self.plugins.call("gdispatch_response", request=RequestView(ctx.request), response_status=status,
+                              destination=branch.dest)
         if status < 200:
             if not branch.provisional:
                 branch.provisional = True
@@ -810,6 +888,7 @@ class Proxy:
             if first and ctx.counts_load:
                 self.calls.attempt(ctx.request.call_id, branch.dest)  # the branch that won
                 self.calls.answered(ctx.request.call_id)
+                self._counts(branch.dest)[1] += 1
             if first:
                 for other in ctx.branches:
                     if other is not branch and not other.final:
@@ -825,6 +904,8 @@ class Proxy:
 
     def _branch_over(self, branch: Branch, status: int, resp: SipMessage | None) -> None:
         branch.final = status
+        if status >= 300 and branch.dest is not None and branch.ctx.counts_load:
+            self._counts(branch.dest)[2] += 1
         if branch.timer is not None:
             branch.timer.cancel()
             branch.timer = None
@@ -848,6 +929,10 @@ class Proxy:
             self.calls.ended(ctx.request.call_id)
         st = ctx.st
         best = ctx.best
+        if ctx.reply_override is not None:
+            code, reason = ctx.reply_override
+            self._local_reply(st, ctx.request, code, reason, to_tag=ctx.to_tag)
+            return
         if best is not None:
             data = strip_top_via(best)
             status = best.status
@@ -962,6 +1047,16 @@ def _better(current: SipMessage | None, new: SipMessage) -> SipMessage:
     if n >= 600:
         return new
     return new if n // 100 < c // 100 else current
+
+
+def _as_route(choice: RouteChoice) -> Route:
+    """A plugin's RouteChoice as the route the proxy follows."""
+    if choice.reply_code:
+        return Route(methods=frozenset(), reply=choice.reply_code, reply_reason=choice.reply_reason,
+                     name=choice.name or "plugin", relay=True)
+    kw = {} if choice.failover_codes is None else {"failover_codes": frozenset(choice.failover_codes)}
+    return Route(methods=frozenset(), set=choice.set, algorithm=choice.algorithm, limit=choice.limit,
+                 mode=choice.mode, name=choice.name or "plugin", relay=True, **kw)
 
 
 def replace_hostport(ruri: bytes, hostport: bytes) -> bytes:

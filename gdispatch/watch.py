@@ -79,7 +79,9 @@ class ListWatcher:
 
     def stop(self) -> None:
         if self._observer is not None:
+            self._observer.unschedule_all()
             self._observer.stop()
+            self._observer.join(1.0)
         if self._async is not None:
             self._async.stop()
         if self._pending is not None:

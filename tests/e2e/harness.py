@@ -14,6 +14,7 @@ Every process is started here, is bounded in time, and is stopped by its PID.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import shutil
@@ -298,6 +299,7 @@ class Proxy:
         for x in self.listen:
             _check_loopback(x.split(":", 1)[1].strip("[]").rsplit(":", 1)[0])
         self.list_path = self.dir / "dispatcher.list"
+        self.socket_path = self.dir / "control.sock"
         self.config_path = self.dir / "gdispatch.toml"
         self.log_path = self.dir / "proxy.log"
         self.list_path.write_text(dispatcher_list)
@@ -335,6 +337,8 @@ class Proxy:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
+        # Each proxy has its own control socket, so tests never meet another one's.
+        env["GDISPATCH_SOCKET"] = str(self.socket_path)
         env.update(self.env or {})
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(self.cmd, cwd=self.dir, stdout=logf, stderr=subprocess.STDOUT,
@@ -351,6 +355,29 @@ class Proxy:
         self.stop()
         raise RuntimeError(f"gdispatch did not answer OPTIONS sip:{HOST}:{port} ({transport}) with 200 "
                            f"within {self.ready_timeout:g} s:\n{' '.join(self.cmd)}\n{_tail(self.log_path)}")
+
+    def rpc(self, *args: str, json_out: bool = False, timeout: float = 10.0) -> subprocess.CompletedProcess:
+        """`gdispatch rpc METHOD ARGS...` against this proxy's control socket."""
+        cmd = [sys.executable, "-m", "gdispatch", "rpc", "--socket", str(self.socket_path)]
+        if json_out:
+            cmd.append("--json")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False)
+
+    def states(self) -> dict[str, str]:
+        """{duid or URI: FLAGS} from dispatcher.list over RPC."""
+        out = self.rpc("dispatcher.list", json_out=True)
+        if out.returncode:
+            raise RuntimeError(out.stderr)
+        tree = json.loads(out.stdout)
+        states = {}
+        for rec in tree["RECORDS"]:
+            for target in rec["SET"]["TARGETS"]:
+                d = target["DEST"]
+                duid = (d.get("ATTRS") or {}).get("DUID") or d["URI"]
+                states[duid] = d["FLAGS"]
+        return states
 
     def stop(self) -> int | None:
         """SIGTERM, 5 s grace, then SIGKILL (by PID). Returns the exit code."""

@@ -1,0 +1,133 @@
+"""Operating a running gdispatch like Kamailio: `gdispatch rpc` with Kamailio's method
+names against a real proxy, the seed's set_state sequence, state kept across edits."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from . import harness
+
+HOST = "127.0.0.1"
+
+
+def call_ok(p, *args):
+    out = p.rpc(*args)
+    assert out.returncode == 0, (args, out.stdout, out.stderr)
+    return out.stdout
+
+
+def test_every_rpc_method(proxy, uas):
+    a, b = uas(), uas()
+    p = proxy(f"1 {a.uri} 0 0 duid=a # Media Gateway 1\n1 {b.uri} 0 0 duid=b;maxload=9\n",
+              config="[probing]\ninterval = 0.5\n")
+    time.sleep(1.2)
+    tree = call_ok(p, "dispatcher.list")
+    assert "URI: " + a.uri in tree and "FLAGS: AP" in tree and "DUID: a" in tree and "LATENCY" in tree
+    full = json.loads(p.rpc("dispatcher.list", "full", json_out=True).stdout)
+    dest = full["RECORDS"][0]["SET"]["TARGETS"][0]["DEST"]
+    assert dest["HOST"] == HOST and dest["DESCRIPTION"] == "Media Gateway 1"
+    assert "Dispatcher successfully reloaded" in call_ok(p, "dispatcher.reload")
+    assert "state updated" in call_ok(p, "dispatcher.set_state", "ip", "1", a.uri)
+    assert p.states()["a"] == "IP"
+    assert "state updated" in call_ok(p, "dispatcher.set_duid_state", "dx", "1", "b")
+    assert p.states()["b"] == "DX"
+    pa = json.loads(p.rpc("dispatcher.ping_active", "0", json_out=True).stdout)
+    assert pa == {"NewPingState": 0, "OldPingState": 1}
+    call_ok(p, "dispatcher.ping_active", "1")
+    c = uas()
+    assert "added" in call_ok(p, "dispatcher.add", "2", c.uri, "0", "0", "duid=c")
+    assert p.states()["c"] in ("AX", "AP")
+    assert "removed" in call_ok(p, "dispatcher.remove", "2", c.uri)
+    assert "c" not in p.states()
+    h = json.loads(p.rpc("dispatcher.hash", "3", "a", "example.com", json_out=True).stdout)
+    assert h == {"hashid": -389237290, "slot": 0}  # Kamailio's own answer for these keys
+    assert "gdispatch" in call_ok(p, "core.version")
+    up = json.loads(p.rpc("core.uptime", json_out=True).stdout)
+    assert up["uptime"] >= 1
+    st = json.loads(p.rpc("stats", json_out=True).stdout)
+    assert "requests" in st and {d["DUID"] for d in st["destinations"]} == {"a", "b"}
+    bad = p.rpc("dispatcher.set_state", "zz", "1", a.uri)
+    assert bad.returncode == 1 and "Unknown State Value" in bad.stderr
+
+
+def test_seed_set_state_dx_then_ap_moves_traffic_off_and_back(proxy, uas, uac):
+    mg1, mg2 = uas(), uas()
+    p = proxy(f"1 {mg1.uri} 0 0 duid=mg1\n1 {mg2.uri} 0 0 duid=mg2\n")
+    target = f"{HOST}:{p.port}"
+    assert uac(target, calls=100, rate=100, timeout_s=30).successful == 100
+    call_ok(p, "dispatcher.set_state", "dx", "1", mg1.uri)  # kamcmd dispatcher.set_state dx 1 sip:mg1:5060
+    assert p.states()["mg1"] == "DX"
+    time.sleep(1.1)
+    before = mg1.counts()["INVITE"]
+    assert uac(target, calls=100, rate=100, timeout_s=30).successful == 100
+    time.sleep(1.1)
+    assert mg1.counts()["INVITE"] == before  # maintenance: no new call
+    call_ok(p, "dispatcher.set_state", "ap", "1", mg1.uri)
+    assert uac(target, calls=100, rate=100, timeout_s=30).successful == 100
+    mg1.stop()
+    mg2.stop()
+    assert mg1.counts()["INVITE"] == before + 50
+
+
+def test_state_survives_edits_under_load(proxy, uas, uac):
+    a, b, d = uas(), uas(), uas()
+    p = proxy(f"1 {a.uri} 0 0 duid=a\n1 {b.uri} 0 0 duid=b\n1 {d.uri} 0 0 duid=d\n")
+    call_ok(p, "dispatcher.set_state", "dx", "1", d.uri)
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault(
+        "uac", harness.run_uac(f"{HOST}:{p.port}", calls=1600, rate=200, timeout_s=60, workdir=p.dir / "uac")))
+    t.start()
+    time.sleep(2)
+    Path(p.list_path).write_text(f"1 {a.uri} 0 0 duid=a\n1 {d.uri} 0 0 duid=d\n")  # b removed
+    time.sleep(1)
+    assert p.states() == {"a": "AP", "d": "DX"}
+    # A broken write: the running list does not change.
+    Path(p.list_path).write_text(f"1 {a.uri} 0 0 duid=a\n1 {d.uri} zz\n")
+    time.sleep(1)
+    assert p.states() == {"a": "AP", "d": "DX"}
+    assert ":2: bad flags 'zz'" in p.log()
+    t.join(60)
+    res = result["uac"]
+    assert (res.successful, res.failed) == (1600, 0), res
+    d.stop()
+    assert d.counts()["INVITE"] == 0
+
+
+def test_control_socket_is_private(proxy, uas):
+    # The socket in a directory everybody may enter: only the socket's own mode protects it.
+    where = Path(tempfile.mkdtemp(prefix="gd-ctl-", dir="/tmp"))
+    where.chmod(0o755)
+    path = where / "control.sock"
+    try:
+        p = proxy(harness.dispatcher_list(uas()), env={"GDISPATCH_SOCKET": str(path)})
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        assert mode == 0o600, oct(mode)
+        assert os.stat(path).st_uid == os.getuid()
+        assert p.alive()
+        if os.getuid() != 0:
+            pytest.skip("checking another user needs root to switch to `nobody`")
+        code = ("import socket,sys\ns=socket.socket(socket.AF_UNIX)\n"
+                "try:\n    s.connect(sys.argv[1])\n    s.sendall(b'{\"jsonrpc\":\"2.0\",\"id\":1,"
+                "\"method\":\"core.version\"}\\n')\n    print('answer', s.recv(100))\n"
+                "except OSError as e:\n    print('refused', e.errno)\n")
+        out = subprocess.run(["/usr/bin/python3", "-c", code, str(path)], capture_output=True, text=True,
+                             timeout=10, user="nobody", check=False)
+        assert out.stdout.startswith("refused 13"), out  # EACCES: the socket is 0600
+        # root (the owner here) still gets in.
+        out = subprocess.run([sys.executable, "-m", "gdispatch", "rpc", "--socket", str(path), "core.version"],
+                             capture_output=True, text=True, timeout=10, check=False,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+        assert out.returncode == 0 and "gdispatch" in out.stdout, out
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
