@@ -28,39 +28,21 @@ def both_gateways_saw_whole_dialogs(gws, total):
     return counts
 
 
-def test_round_robin_udp_2000_calls(proxy, uas, uac):
-    gws = [uas(), uas()]
-    p = proxy(harness.dispatcher_list(*gws))
-    res = uac(f"{HOST}:{p.port}", calls=2000, rate=200, timeout_s=90)
+@pytest.mark.parametrize("caller,gateways", [
+    ("u1", "u1"),  # UDP all the way
+    ("t1", "u1"),  # TCP from the caller to the proxy
+    ("u1", "t1"),  # TCP from the proxy to destinations written with ;transport=tcp
+])
+def test_round_robin_2000_calls(proxy, uas, uac, caller, gateways):
+    gws = [uas(transport=gateways), uas(transport=gateways)]
+    p = proxy(harness.dispatcher_list(*gws), listen=("udp:127.0.0.1:{port}", "tcp:127.0.0.1:{port}"))
+    res = uac(f"{HOST}:{p.port}", calls=2000, rate=200, transport=caller, timeout_s=90)
     assert (res.successful, res.failed) == (2000, 0), res
     for g in gws:
         g.stop()
     counts = both_gateways_saw_whole_dialogs(gws, 2000)
     assert all(abs(c["INVITE"] - 1000) <= 1 for c in counts), counts
     assert p.alive()
-
-
-def test_round_robin_tcp_caller_2000_calls(proxy, uas, uac):
-    gws = [uas(), uas()]
-    p = proxy(harness.dispatcher_list(*gws), listen=("udp:127.0.0.1:{port}", "tcp:127.0.0.1:{port}"))
-    res = uac(f"{HOST}:{p.port}", calls=2000, rate=200, transport="t1", timeout_s=90)
-    assert (res.successful, res.failed) == (2000, 0), res
-    for g in gws:
-        g.stop()
-    counts = both_gateways_saw_whole_dialogs(gws, 2000)
-    assert all(abs(c["INVITE"] - 1000) <= 1 for c in counts), counts
-
-
-def test_round_robin_tcp_destinations(proxy, uas, uac):
-    gws = [uas(transport="t1"), uas(transport="t1")]
-    p = proxy(harness.dispatcher_list(*gws),  # their URIs carry ;transport=tcp
-              listen=("udp:127.0.0.1:{port}", "tcp:127.0.0.1:{port}"))
-    res = uac(f"{HOST}:{p.port}", calls=2000, rate=200, timeout_s=90)
-    assert (res.successful, res.failed) == (2000, 0), res
-    for g in gws:
-        g.stop()
-    counts = both_gateways_saw_whole_dialogs(gws, 2000)
-    assert all(abs(c["INVITE"] - 1000) <= 1 for c in counts), counts
 
 
 def test_503_destination_fails_over_to_the_other(proxy, uas, uac):

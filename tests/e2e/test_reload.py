@@ -151,3 +151,21 @@ def test_notify_protocol(tmp_path, proxy, uas):
         assert p.proc.wait(10) == 0
     finally:
         ns.close()
+
+
+def test_sigterm_under_load_every_dispatched_call_completes(proxy, uas, uac):
+    a, b = uas(), uas()
+    p = proxy(harness.dispatcher_list(a, b))
+    t, result = background_load(uac, f"{HOST}:{p.port}", 300, 100)
+    time.sleep(1.5)
+    os.kill(p.pid, signal.SIGTERM)
+    assert p.proc.wait(15) == 0
+    t.join(90)
+    res = result["uac"]
+    a.stop()
+    b.stop()
+    dispatched = a.counts()["INVITE"] + b.counts()["INVITE"]
+    # Every call the proxy had sent on before it stopped went through to its BYE; the
+    # calls after SIGTERM were refused or found nobody.
+    assert dispatched > 100 and res.successful == dispatched, (dispatched, res)
+    assert a.counts()["BYE"] + b.counts()["BYE"] == dispatched
