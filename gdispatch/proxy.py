@@ -479,13 +479,10 @@ class Proxy:
 
     def _is_loop(self, msg: SipMessage) -> bool:
         """RFC 3261 §16.3 step 4: a Via of ours whose branch carries this request's hash."""
+        if msg.count("via") < 2 and b"," not in (msg.get("via") or b""):
+            return False  # a single Via is the sender's own: no spiral through us yet
         markers = self._via_markers
-        suspicious = False
-        for h in msg.headers:
-            if h.name == "via" and any(m in h.value for m in markers):
-                suspicious = True
-                break
-        if not suspicious:
+        if not any(m in v for v in msg.get_all("via") for m in markers):
             return False
         expect = MAGIC_COOKIE + self._loop_hash(msg) + "."
         for v in msg.vias:
