@@ -13,7 +13,8 @@
 #   STEP_S         5                       seconds per step (RATE x STEP_S calls)
 #   LAT_CALLS      300   LAT_RATE 50       unloaded latency probe: calls, calls/s (0: skip)
 #   ALG            4                       gdispatch --algorithm
-#   PROXY_ARGS     ""                      more gdispatch flags, e.g. "--workers 2"
+#   PROXY_ARGS     ""                      more gdispatch flags, e.g. "--workers 2" or "--config FILE"
+#   DEST_ATTRS     ""                      more attrs on each gateway's list line, e.g. "prefix=011"
 #   PROBE_DESTS    0                       extra destinations (set 2) pinged beside the calls
 #   PROBE_INTERVAL 1                       their ping interval, seconds
 #   CONFIRM        1                       run a failing step once more before stopping

@@ -3,7 +3,8 @@
 ``gdispatch run`` starts the proxy; flags override the TOML configuration file.
 ``gdispatch rpc`` calls a control command of the running proxy, as kamcmd does for
 Kamailio. ``gdispatch list check|show|add|rm`` read and edit a dispatcher.list file, as
-kamctl's dispatcher commands do for Kamailio's database table.
+kamctl's dispatcher commands do for Kamailio's database table. ``gdispatch plugins`` lists
+the plugins a configuration loads and the hooks each implements.
 """
 
 from __future__ import annotations
@@ -80,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("uri", metavar="URI")
     _list_file_args(rm)
 
+    plugins = sub.add_parser(
+        "plugins", help="list the plugins a configuration loads and the hooks each implements",
+        description="Load the plugins as gdispatch run would (the built-in behaviour, the files of [plugins] "
+                    "enabled from hooks_dir, the packages installed under the gdispatch entry-point group) "
+                    "and print each with where it comes from and the hooks it implements, then the order "
+                    "in which each hook calls them. Exit status 0 when every plugin loads, 1 with the "
+                    "plugin's name and the error when one does not, 2 for a configuration error.")
+    plugins.add_argument("--config", metavar="FILE",
+                         help="TOML configuration file (default: built-in defaults: no plugin file enabled)")
     rpc = sub.add_parser(
         "rpc", help="call a control command of the running proxy (like kamcmd)",
         description="Call a control command of the running proxy and print the answer as kamcmd does. "
@@ -182,6 +192,41 @@ def list_edit(args: argparse.Namespace) -> int:
         return 1
 
 
+def plugins_command(args: argparse.Namespace) -> int:
+    from gdispatch.builtin import Builtin
+    from gdispatch.plugins import PluginError, PluginHost
+
+    try:
+        cfg = load(args.config)
+    except ConfigError as e:
+        print(f"gdispatch: configuration error: {e}", file=sys.stderr)
+        return 2
+    host = PluginHost()
+    try:
+        host.load(cfg.plugins, cfg.hooks_dir)
+    except PluginError as e:
+        print(f"gdispatch plugins: {e}", file=sys.stderr)
+        return 1
+    host.register_builtin(Builtin(cfg.routes))
+    hooks = dict(host.plugins())
+    # The files in [plugins] enabled order, then installed packages, then the built-in.
+    names = [*cfg.plugins, *(n for n in hooks if n not in cfg.plugins and n != "builtin"), "builtin"]
+    rows = [(n, host.sources.get(n, ""), ", ".join(hooks[n]) or "(no hook)") for n in names]
+    w0 = max(len("PLUGIN"), *(len(r[0]) for r in rows))
+    w1 = max(len("FROM"), *(len(r[1]) for r in rows))
+    print(f"{'PLUGIN':<{w0}}  {'FROM':<{w1}}  HOOKS")
+    for name, source, implemented in rows:
+        print(f"{name:<{w0}}  {source:<{w1}}  {implemented}")
+    print("\nCall order:")
+    for hook in sorted({h for hs in hooks.values() for h in hs}):
+        print(f"  {hook}: {', '.join(host.call_order(hook))}")
+    unused = sorted(set(cfg.plugin_settings) - set(hooks))
+    for name in unused:
+        print(f"note: [plugins.{name}] configures no loaded plugin (is {name!r} in [plugins] enabled?)",
+              file=sys.stderr)
+    return 0
+
+
 def rpc_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import json
 
@@ -244,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "rpc":
         return rpc_command(args, parser)
+    if args.command == "plugins":
+        return plugins_command(args)
     if args.command != "run":
         parser.print_help(sys.stderr)
         return 2

@@ -152,6 +152,10 @@ class Config:
     probing: Probing = Probing()
     plugins: tuple[str, ...] = ()
     hooks_dir: str = "hooks"
+    # Each plugin's own table, ``[plugins.<name>]`` → {name: {key: value}}, kept as TOML
+    # gave it: gdispatch does not know the keys, the plugin reads and checks them (in
+    # `gdispatch_startup(config)`). Not hashed: it is a dict.
+    plugin_settings: dict[str, dict[str, Any]] = field(default_factory=dict, hash=False)
     routes: tuple[Route, ...] = (Route(),)
     # Requests no route matches get this answer (404 "No Route").
     no_route_reply: int = 404
@@ -380,7 +384,13 @@ def from_dict(data: dict, source: str = "") -> Config:
         routes = tuple(_route(r, f"[[route]] #{i + 1}") for i, r in enumerate(routes_v))
     nrr = _number(server, "no_route_reply", "[server]", 404, integer=True, minimum=300, exclusive=False)
     probing = _probing(data.get("probing", {}))
-    pl = _check_keys(data.get("plugins", {}), {"enabled", "hooks_dir"}, "[plugins]")
+    pl = data.get("plugins", {})
+    if not isinstance(pl, dict):
+        raise ConfigError("[plugins]: expected a table")
+    own = {"enabled", "hooks_dir"}
+    # A sub-table [plugins.<name>] holds plugin <name>'s settings; every other key is ours.
+    plugin_settings = {k: v for k, v in pl.items() if isinstance(v, dict) and k not in own}
+    pl = _check_keys({k: v for k, v in pl.items() if k not in plugin_settings}, own, "[plugins]")
     plugins = tuple(_str_list(pl, "enabled", "[plugins]", '["tech_prefix"]'))
     hooks_dir = str(pl.get("hooks_dir", "hooks"))
     if source and not os.path.isabs(hooks_dir):
@@ -389,7 +399,7 @@ def from_dict(data: dict, source: str = "") -> Config:
         listen=listen, domains=tuple(x.lower() for x in domains), log_level=level,
         workers=_number(server, "workers", "[server]", 1, integer=True, minimum=1, exclusive=False),
         list_file=list_file, load_mode=load_mode, **flags, **seconds,
-        timers=timers, probing=probing, plugins=plugins, hooks_dir=hooks_dir,
+        timers=timers, probing=probing, plugins=plugins, hooks_dir=hooks_dir, plugin_settings=plugin_settings,
         routes=routes, no_route_reply=nrr, source=source,
     )
 

@@ -6,6 +6,12 @@ the ``gdispatch`` entry-point group).
 Hooks run in the proxy's process and greenlets: they must not block (use gevent-friendly
 I/O) and should be quick. An exception in a hook is logged with the plugin's name and
 counted; the proxy carries on.
+
+Order: plugins are called in the order of ``[plugins] enabled``, then installed packages,
+then the built-in behaviour (last); ``@hookimpl(tryfirst=True)`` / ``trylast=True`` move an
+implementation to the front or the back, as in pytest. A plugin's settings are its
+``[plugins.<name>]`` table of gdispatch.toml: ``config.plugin_settings.get(<name>, {})``,
+read in `gdispatch_startup`. ``gdispatch plugins --config FILE`` lists what is loaded.
 """
 
 from __future__ import annotations
@@ -40,8 +46,9 @@ def gdispatch_prepare_attempt(attempt) -> None:
     arrived (edits of an earlier attempt are not there), with `attempt.destination` and
     its `attempt.attrs`, and `attempt.number` (1, 2, ...). Edit it: `ruri_user`,
     `ruri_host`, `add_header(name, value)`, `remove_header(name)`. Every plugin is
-    called, in order; later plugins see earlier plugins' Request-URI edits. Return
-    value ignored.
+    called, in order (see above); later plugins see earlier plugins' Request-URI edits.
+    A refused edit raises `EditError`; a plugin that raises is logged and counted, the
+    edits it made before stay, and the next plugin is called. Return value ignored.
     """
 
 
@@ -79,7 +86,9 @@ def gdispatch_list_loaded(dispatcher_list, reason) -> None:
 def gdispatch_startup(config) -> None:
     """Called once when the proxy has loaded its list and is about to serve.
 
-    `config` is the `gdispatch.config.Config` in force. Return value ignored.
+    `config` is the `gdispatch.config.Config` in force; a plugin's own settings are
+    `config.plugin_settings.get("<plugin name>", {})` (its ``[plugins.<name>]`` table).
+    Return value ignored.
     """
 
 

@@ -17,18 +17,25 @@ from __future__ import annotations
 
 import re
 
-from gdispatch.sip import SipMessage, parse_uri
+from gdispatch.sip import ParseError, SipMessage, parse_uri
+from gdispatch.sip.uri import parse_host
 
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 # Headers the proxy itself manages or relies on: a plugin may read them, not remove or add them.
 PROTECTED = frozenset({"via", "v", "call-id", "i", "cseq", "from", "f", "to", "t", "max-forwards", "route",
                        "record-route", "content-length", "l"})
-_USER_CHARS = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/%#]*\Z")
+# RFC 3261 §25.1 user: unreserved / escaped / user-unreserved ("#" and ":" must be escaped).
+_USER_CHARS = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/%]*\Z")
 _HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-_.]+)(:[0-9]{1,5})?\Z")
 
 
 class EditError(ValueError):
     """A plugin asked for an edit that would make the message invalid."""
+
+
+def is_valid_user(user: str) -> bool:
+    """Whether `user` may be a Request-URI user part as is (what `Attempt.ruri_user` accepts)."""
+    return bool(user) and _USER_CHARS.match(user) is not None
 
 
 def _check_value(value: str, what: str) -> str:
@@ -89,14 +96,15 @@ class Attempt(RequestView):
     Reads see the request as it arrived plus this attempt's edits of the Request-URI.
     """
 
-    __slots__ = ("destination", "number", "_user", "_host", "_add", "_remove")
+    __slots__ = ("destination", "number", "_user", "_host", "_hostport", "_add", "_remove")
 
     def __init__(self, msg: SipMessage, destination, number: int, source=None):
         super().__init__(msg, source)
         self.destination = destination  # read its attr_map, duid, uri; do not change it
         self.number = number  # 1 for the first attempt, 2 after the first failover...
         self._user: str | None | bool = False  # False: unchanged
-        self._host: str | None = None
+        self._host: str | None = None  # host[:port] as the plugin set it
+        self._hostport: tuple[str, int | None] | None = None  # ... and parsed
         self._add: list[tuple[str, str]] = []
         self._remove: list[str] = []
 
@@ -113,20 +121,32 @@ class Attempt(RequestView):
     def ruri_user(self, user: str | None) -> None:
         if user is not None:
             _check_value(user, "ruri_user")
-            if not user or not _USER_CHARS.match(user):
+            if not is_valid_user(user):
                 raise EditError(f"ruri_user: {user!r} is not a valid URI user part (escape it)")
         self._user = user
 
     @property
     def ruri_host(self) -> str:
-        return self._host or self._msg.uri.host
+        """The host, as `RequestView.ruri_host` gives it (lowercase, IPv6 without brackets)."""
+        return self._msg.uri.host if self._hostport is None else self._hostport[0]
 
     @ruri_host.setter
     def ruri_host(self, hostport: str) -> None:
+        """Set host or host:port (an IPv6 address in brackets: "[2001:db8::1]:5060")."""
         _check_value(hostport, "ruri_host")
-        if not _HOST.match(hostport):
-            raise EditError(f"ruri_host: {hostport!r} is not host or host:port")
+        try:
+            if not _HOST.match(hostport):
+                raise ParseError("Bad host")
+            parsed = parse_host(hostport, "Bad host")
+        except ParseError:
+            raise EditError(f"ruri_host: {hostport!r} is not host or host:port") from None
         self._host = hostport
+        self._hostport = parsed
+
+    @property
+    def ruri_port(self) -> int | None:
+        """The port: the one set with `ruri_host` when it was set (None: no port)."""
+        return self._msg.uri.port if self._hostport is None else self._hostport[1]
 
     def add_header(self, name: str, value: str) -> None:
         _check_value(name, "header name")
@@ -155,8 +175,9 @@ class Attempt(RequestView):
             return None
         raw = self._msg.ruri.decode("utf-8", "surrogateescape")
         scheme, _, rest = raw.partition(":")
-        q = rest.find("?")
-        at = rest.find("@", 0, q if q >= 0 else len(rest))
+        # '@' appears unescaped only as the end of the userinfo, which may itself hold ';'
+        # and '?' (RFC 4475 §3.1.1.2): cut there first, as parse_uri does.
+        at = rest.find("@")
         userinfo, hostpart = (rest[:at], rest[at + 1:]) if at >= 0 else (None, rest)
         # The host[:port] ends at the first ';' or '?' (URI parameters and headers stay).
         end = _hostpart_end(hostpart)

@@ -36,9 +36,12 @@ class PluginHost:
         self.time_budget = time_budget
         self._implemented: dict[str, bool] = {}
         self._user: dict[str, bool] = {}
+        # plugin name -> where it came from (file path, entry point, "built in")
+        self.sources: dict[str, str] = {}
 
     def register_builtin(self, plugin) -> None:
         self.pm.register(plugin, name="builtin")
+        self.sources["builtin"] = "built in (gdispatch.builtin)"
         self._implemented.clear()
         self._user.clear()
 
@@ -58,7 +61,19 @@ class PluginHost:
             out.append((name, hooks))
         return out
 
+    def call_order(self, hook: str) -> list[str]:
+        """The names of the plugins implementing `hook`, in the order they are called."""
+        return [impl.plugin_name for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls())]
+
     def load(self, names: tuple[str, ...] | list[str], hooks_dir: str, *, entry_points: bool = True) -> None:
+        """Import the plugin files `names` (from `hooks_dir`) and the installed entry points,
+        and register them. Raises PluginError naming the plugin that does not import or
+        whose hook implementations do not match the hook specifications.
+
+        Call order: the files in the order of `names` (`[plugins] enabled`), then the
+        installed packages; within that, `tryfirst`/`trylast` marks win, as in pluggy.
+        """
+        modules = []
         for name in names:
             path = os.path.join(hooks_dir, name + ".py")
             if not os.path.exists(path):
@@ -70,15 +85,49 @@ class PluginHost:
                 sys.modules[modname] = module
                 spec.loader.exec_module(module)
             except Exception as e:
+                sys.modules.pop(modname, None)
                 raise PluginError(f"plugin {name!r} ({path}) failed to import: {type(e).__name__}: {e}") from e
-            self.pm.register(module, name=name)
+            modules.append((name, module, path))
         if entry_points:
-            try:
-                self.pm.load_setuptools_entrypoints("gdispatch")
-            except Exception as e:
-                raise PluginError(f"an installed plugin failed to load: {type(e).__name__}: {e}") from e
+            self._load_entry_points()
+        # pluggy calls the plugin registered last first: register the files in reverse so
+        # that they are called in the order the operator listed them.
+        for name, module, path in reversed(modules):
+            self._register(module, name, path)
         self._implemented.clear()
         self._user.clear()
+
+    def _load_entry_points(self, group: str = "gdispatch") -> None:
+        """pluggy's `load_setuptools_entrypoints`, naming the plugin that fails."""
+        import importlib.metadata
+
+        for dist in list(importlib.metadata.distributions()):
+            for ep in dist.entry_points:
+                if ep.group != group or self.pm.has_plugin(ep.name) or self.pm.is_blocked(ep.name):
+                    continue
+                where = f"entry point {ep.value} of {dist.metadata['Name']} {dist.version}"
+                try:
+                    plugin = ep.load()
+                except Exception as e:
+                    raise PluginError(f"plugin {ep.name!r} ({where}) failed to import: {type(e).__name__}: {e}") \
+                        from e
+                self._register(plugin, ep.name, where)
+
+    def _register(self, plugin, name: str, where: str) -> None:
+        if self.pm.has_plugin(name) or name == "builtin":
+            raise PluginError(f"plugin {name!r} ({where}): a plugin of that name is already loaded "
+                              f"({self.sources.get(name, 'built in')})")
+        try:
+            self.pm.register(plugin, name=name)
+        except (pluggy.PluginValidationError, ValueError) as e:
+            raise PluginError(f"plugin {name!r} ({where}): {e}") from e
+        try:
+            # A @hookimpl whose name is no hook (a typo) would never be called: refuse it.
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as e:
+            self.pm.unregister(name=name)
+            raise PluginError(f"plugin {name!r} ({where}): {e}") from e
+        self.sources[name] = where
 
     def implemented(self, hook: str) -> bool:
         known = self._implemented.get(hook)

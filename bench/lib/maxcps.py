@@ -14,6 +14,7 @@ divided by the successful calls it gives the proxy's CPU cost of one call.
 DIRECT=1: no proxy, the UAC calls one UAS (the ceiling of this harness on this machine).
 
 Environment: PY (set by bench.sh), RATES, STEP_S, LAT_CALLS, LAT_RATE, ALG, PROXY_ARGS,
+DEST_ATTRS (more attrs for each gateway's dispatcher.list line, e.g. "prefix=011"),
 PROBE_DESTS (extra destinations to ping, 0), PROBE_INTERVAL (1 s),
 GRACE_S, CONFIRM, MAX_FAIL_PCT, MAX_RETRANS_PCT, MIN_RATE_FRAC, DIRECT, OUT.
 """
@@ -129,7 +130,10 @@ def main() -> int:
             target = f"127.0.0.1:{gateways[0].port}"
             mode = "direct (UAC -> UAS, no proxy)"
         else:
-            ds = harness.dispatcher_list(*gateways)
+            # DEST_ATTRS: e.g. "prefix=011", to measure a plugin that reads the attrs (tech_prefix)
+            dest_attrs = env("DEST_ATTRS", "")
+            ds = harness.dispatcher_list(*gateways, attrs=[f"duid=gw{i + 1}" + (f";{dest_attrs}" if dest_attrs else "")
+                                                           for i in range(len(gateways))])
             probe_dests = int(env("PROBE_DESTS", "0"))
             config = None
             if probe_dests:
