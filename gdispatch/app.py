@@ -34,6 +34,7 @@ from gdispatch.watch import ListWatcher, file_digest
 log = logging.getLogger("gdispatch")
 
 TIMER_TICK = 0.02  # the scheduler's granularity, seconds
+DRAIN_QUIET = 1.0  # on SIGTERM, stop once no message arrived for this long (or drain_time)
 
 
 def setup_logging(level: str) -> None:
@@ -277,8 +278,13 @@ class App:
         """SIGTERM: stop taking new calls, let the ones being set up finish (bounded)."""
         proxy = self.proxy
         proxy.draining = True
-        deadline = time.monotonic() + self.config.drain_time
-        while proxy.calls_in_progress() and time.monotonic() < deadline:
+        now = time.monotonic()
+        proxy.last_message_at = now
+        deadline = now + self.config.drain_time
+        # Done when no call is being set up and the dialogs have been quiet for a moment
+        # (the ACK and BYE of a call answered just before SIGTERM are still coming).
+        while time.monotonic() < deadline and (proxy.calls_in_progress()
+                                               or time.monotonic() - proxy.last_message_at < DRAIN_QUIET):
             gevent.sleep(0.05)
         left = proxy.calls_in_progress()
         if left:

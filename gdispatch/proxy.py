@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 import re
+import time
 import zlib
 from typing import Callable
 
@@ -110,6 +111,7 @@ class ResponseContext:
         "last_status",
         "counts_load",
         "reply_override",
+        "source",
     )
 
     def __init__(self, proxy: Proxy, st: ServerTransaction, request: SipMessage, route: Route | None):
@@ -131,6 +133,7 @@ class ResponseContext:
         self.counts_load = route is not None and request.method == "INVITE"
         # (code, reason) a plugin chose to answer with instead of the best response.
         self.reply_override: tuple[int, str] | None = None
+        self.source: tuple[str, str, int] | None = None  # (transport, ip, port) for plugins
 
 
 class Proxy:
@@ -157,6 +160,7 @@ class Proxy:
         # Set on SIGTERM: new dialogs are refused (503 with Retry-After), requests inside
         # dialogs and transactions in progress carry on.
         self.draining = False
+        self.last_message_at = 0.0  # while draining: when the last message arrived
         t = config.timers
         self.timers = TimerConfig(t1=t.t1, t2=t.t2, t4=t.t4)
         self.fr_timer = t.fr_timer
@@ -300,6 +304,8 @@ class Proxy:
     def on_message(self, data: bytes, source: Source) -> None:
         if not data.strip(b"\r\n"):
             return  # keep-alive (RFC 5626 §3.5.1)
+        if self.draining:
+            self.last_message_at = time.monotonic()
         try:
             msg = parse_message(data, stream=source.transport != "udp")
         except ParseError as e:
@@ -454,6 +460,7 @@ class Proxy:
         self.stats["dispatched"] += 1
         ctx = ResponseContext(self, st, msg, route)
         ctx.to_tag = self._new_tag()
+        ctx.source = (source.transport, source.addr[0], source.addr[1])
         st.context = ctx
         record = method in DIALOG_CREATING
         gevent.spawn(self._walk, ctx, candidates, source, top_via, popped, record)
@@ -666,7 +673,7 @@ class Proxy:
     def _after_failure(self, ctx: ResponseContext, dest: Destination, status: int, number: int) -> FailureAction:
         plugins = self.plugins
         if plugins.user_implemented("gdispatch_after_failure"):
-            action = plugins.call_first("gdispatch_after_failure", request=RequestView(ctx.request),
+            action = plugins.call_first("gdispatch_after_failure", request=RequestView(ctx.request, ctx.source),
                                         destination=dest, status=status, attempt_number=number, route=ctx.route)
             if isinstance(action, FailureAction):
                 return action
@@ -858,7 +865,8 @@ class Proxy:
         branch: Branch = ct.context
         ctx = branch.ctx
         if ctx.route is not None and self.plugins.user_implemented("gdispatch_response"):
-            self.plugins.call("gdispatch_response", request=RequestView(ctx.request), response_status=status,
+            self.plugins.call("gdispatch_response", request=RequestView(ctx.request, ctx.source),
+                              response_status=status,
                               destination=branch.dest)
         if status < 200:
             if not branch.provisional:
