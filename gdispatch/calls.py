@@ -81,10 +81,6 @@ class CallLoad:
             if new is not None:
                 call.dest = new
 
-    def destination_of(self, call_id: bytes) -> Any:
-        call = self.calls.get(call_id)
-        return call.dest if call is not None else None
-
     def _expired(self, call_id: bytes, call: _Call) -> None:
         if self.calls.get(call_id) is call:
             call.timer = None

@@ -131,3 +131,27 @@ def test_control_socket_is_private(proxy, uas):
         assert out.returncode == 0 and "gdispatch" in out.stdout, out
     finally:
         shutil.rmtree(where, ignore_errors=True)
+
+
+def test_list_add_and_rm_are_picked_up_live(proxy, uas):
+    a, c = uas(), uas()
+    p = proxy(f"# gateways\n1 {a.uri} 0 0 duid=a\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+
+    def gd(*args):
+        return subprocess.run([sys.executable, "-m", "gdispatch", "list", *args, "--list", str(p.list_path)],
+                              capture_output=True, text=True, timeout=20, env=env, check=False)
+
+    out = gd("add", "1", c.uri, "0", "0", "", "Media Gateway 3")  # the seed's kamctl line
+    assert out.returncode == 0, out
+    text = Path(p.list_path).read_text()
+    assert text.startswith("# gateways\n") and text.rstrip().endswith("# Media Gateway 3")
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and c.uri not in p.states():
+        time.sleep(0.1)
+    assert c.uri in p.states()
+    assert gd("rm", "1", c.uri).returncode == 0
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and c.uri in p.states():
+        time.sleep(0.1)
+    assert set(p.states()) == {"a"}

@@ -88,11 +88,14 @@ def test_killed_destination_goes_down_and_comes_back(tmp_path, proxy, uas, uac):
     up = rec.wait_for("gw1", "AP", 10, after=t_restart)
     assert up is not None, rec.events("gw1")
     assert up["t"] - t_restart <= 1 * interval + timeout + interval
+    print(f"\nkilled gateway: IP after {down['t'] - t_kill:.2f} s, AP again {up['t'] - t_restart:.2f} s "
+          f"after its restart")
     load.join(90)
     res = result["uac"]
     # Only calls already in flight to the killed gateway may fail (a BYE it never answers);
     # new calls fail over and then avoid it.
     assert res.successful + res.failed == 1200 and res.failed <= 5, res
+    print(f"calls: {res.successful} ok, {res.failed} failed (in flight to it when it died)")
     b.stop()
     a2.stop()
     # The hook saw the initial state and then every transition, in order.
