@@ -37,7 +37,7 @@ echo "compare.sh: SUITES=$SUITES; running $RUN_ALL (log: $LOG)"
 set +e
 bash "$RUN_ALL" \
   "kamailio-c1|1|$SHARED_BENCH/kamailio/start.sh" \
-  "gdispatch-w1|1|$PY"' -m gdispatch run --listen udp:$PROXY_ADDR --list $DS_LIST --algorithm $DS_ALG' \
+  "gdispatch-w1|1|env GDISPATCH_SOCKET="'$RUN_DIR/gdispatch.sock '"$PY"' -m gdispatch run --config '"$ROOT/bench/compare.toml"' --listen udp:$PROXY_ADDR --list $DS_LIST --algorithm $DS_ALG'"|$PY"' -m gdispatch rpc --socket $RUN_DIR/gdispatch.sock dispatcher.list' \
   2>&1 | tee "$LOG"
 rc=${PIPESTATUS[0]}
 set -e
