@@ -212,8 +212,11 @@ class Destination:
 
     @flags.setter
     def flags(self, value: int) -> None:
+        # Only a change of selectability makes the set rebuild its tables: a ping that
+        # only sets the probing bit (AX -> AP) must not restart a weight cycle.
+        was = self.selectable
         self._flags = value
-        if self._owner is not None:
+        if self._owner is not None and self.selectable != was:
             self._owner._stale = True
 
     @property
@@ -222,8 +225,9 @@ class Destination:
 
     @address.setter
     def address(self, value: tuple[str, int] | None) -> None:
+        was = self.selectable
         self._address = value
-        if self._owner is not None:
+        if self._owner is not None and self.selectable != was:
             self._owner._stale = True
 
     @property

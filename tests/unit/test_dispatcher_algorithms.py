@@ -609,3 +609,19 @@ def test_exact_counts_and_spread():
     assert Counter(spread([3, 1])) == {0: 3, 1: 1}
     assert spread([1, 1, 1]) == [0, 1, 2]
     assert spread([2, 1]) == [0, 1, 0]
+
+
+def test_probing_bit_changes_do_not_restart_the_weight_cycle():
+    """AX -> AP (the probing bit set by the first ping) does not change who is selectable:
+    the 100-slot cycle goes on, so 4000 calls still split exactly 3000/1000."""
+    from gdispatch.dispatcher.destination import FLAG_PROBING
+
+    s = make_set("1 sip:127.0.0.1:1 0 0 weight=75\n1 sip:127.0.0.1:2 0 0 weight=25\n")
+    msg = request()
+    c = Counter()
+    for i in range(4000):
+        if i in (37, 1111):
+            for d in s.destinations:
+                d.flags |= FLAG_PROBING
+        c[ports(select(s, 9, msg))[0]] += 1
+    assert c == {1: 3000, 2: 1000}
