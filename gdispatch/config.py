@@ -66,6 +66,9 @@ class Timers:
     t4: float = 5.0
     fr_timer: float = 2.0
     fr_inv_timer: float = 120.0
+    # How long a transaction with its final response stays to absorb retransmissions
+    # (caps Timers D, J, L, M; Kamailio's wt_timer). 0: RFC 3261's 64*T1 (32 s).
+    wt_timer: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -369,10 +372,12 @@ def from_dict(data: dict, source: str = "") -> Config:
         raise ConfigError("[dispatcher].list_file: expected a file path")
     if source and not os.path.isabs(list_file):
         list_file = os.path.join(os.path.dirname(os.path.abspath(source)), list_file)
-    tt = _check_keys(data.get("timers", {}), {"t1", "t2", "t4", "fr_timer", "fr_inv_timer"}, "[timers]")
+    tt = _check_keys(data.get("timers", {}), {"t1", "t2", "t4", "fr_timer", "fr_inv_timer", "wt_timer"},
+                     "[timers]")
     d = Timers()
     timers = Timers(**{k: float(_number(tt, k, "[timers]", getattr(d, k))) for k in
-                       ("t1", "t2", "t4", "fr_timer", "fr_inv_timer")})
+                       ("t1", "t2", "t4", "fr_timer", "fr_inv_timer")},
+                    wt_timer=float(_number(tt, "wt_timer", "[timers]", d.wt_timer, exclusive=False)))
     if timers.t2 < timers.t1:
         raise ConfigError("[timers].t2: must not be smaller than t1")
     routes_v = data.get("route", None)

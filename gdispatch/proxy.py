@@ -162,7 +162,7 @@ class Proxy:
         self.draining = False
         self.last_message_at = 0.0  # while draining: when the last message arrived
         t = config.timers
-        self.timers = TimerConfig(t1=t.t1, t2=t.t2, t4=t.t4)
+        self.timers = TimerConfig(t1=t.t1, t2=t.t2, t4=t.t4, linger=t.wt_timer or None)
         self.fr_timer = t.fr_timer
         self.fr_inv_timer = t.fr_inv_timer
         self.server_txns: dict = {}
@@ -381,7 +381,12 @@ class Proxy:
     def _server_terminated(self, st: ServerTransaction) -> None:
         if self.server_txns.get(st.key) is st:
             del self.server_txns[st.key]
+        ctx = st.context
         st.context = None
+        if ctx is not None:
+            # The context <-> branch cycle: a late response to a branch still finds its
+            # context, which no longer lists its branches.
+            ctx.branches = []
 
     def _local_reply(self, st: ServerTransaction, msg: SipMessage, status: int, reason: str,
                      to_tag: str = "", headers=()) -> None:
@@ -669,6 +674,7 @@ class Proxy:
             if not ctx.final_sent:
                 ctx.final_sent = True
                 self._local_reply(ctx.st, ctx.request, 500, "Internal Server Error")
+        _release(ctx)
 
     def _after_failure(self, ctx: ResponseContext, dest: Destination, status: int, number: int) -> FailureAction:
         plugins = self.plugins
@@ -773,6 +779,12 @@ class Proxy:
     def _client_terminated(self, ct: ClientTransaction) -> None:
         if self.client_txns.get(ct.key) is ct:
             del self.client_txns[ct.key]
+        # Break the branch <-> transaction cycle so reference counting frees both at
+        # once, instead of leaving them to the cyclic collector.
+        branch = ct.context
+        ct.context = None
+        if isinstance(branch, Branch) and branch.ct is ct:
+            branch.ct = None
 
     def _fr_timeout(self, branch: Branch) -> None:
         """No final response in time: give up on this destination (RFC 3261 §16.8)."""
@@ -813,11 +825,14 @@ class Proxy:
         data = build(self._via_for(listener, branch_id))
         key = (branch_id, method)
         transports = self.transports
-        holder: list[ClientTransaction] = []
+        client_txns = self.client_txns
 
         def on_error() -> None:
-            if holder and holder[0].state != "terminated":
-                holder[0].on_transport_error()
+            # Found by key, not captured: a closure holding the transaction that holds
+            # the closure would be a reference cycle.
+            ct = client_txns.get(key)
+            if ct is not None and ct.state != "terminated":
+                ct.on_transport_error()
 
         def send(out: bytes) -> None:
             transports.send(transport, addr, out, on_error=on_error, listener=listener)
@@ -831,7 +846,6 @@ class Proxy:
                                on_timeout=lambda _ct: on_final(LOCAL_TIMEOUT, None),
                                on_transport_error=lambda _ct: on_final(503, None),
                                on_terminated=self._client_terminated)
-        holder.append(ct)
         ct.context = _Origin((transport, addr))
         self.client_txns[key] = ct
         ct.start()
@@ -864,7 +878,7 @@ class Proxy:
     def _branch_response(self, ct: ClientTransaction, status: int, resp: SipMessage) -> None:
         branch: Branch = ct.context
         ctx = branch.ctx
-        if ctx.route is not None and self.plugins.user_implemented("gdispatch_response"):
+        if ctx.route is not None and ctx.request is not None and self.plugins.user_implemented("gdispatch_response"):
             self.plugins.call("gdispatch_response", request=RequestView(ctx.request, ctx.source),
                               response_status=status,
                               destination=branch.dest)
@@ -885,6 +899,7 @@ class Proxy:
         if branch.timer is not None:
             branch.timer.cancel()
             branch.timer = None
+        branch.request = b""  # a final came: no CANCEL for this branch any more (§9.1)
         if 200 <= status < 300:
             # Every 2xx goes upstream, retransmissions included (§16.7 step 5, RFC 6026).
             first = not ctx.final_sent
@@ -900,6 +915,8 @@ class Proxy:
                         self._send_cancel(other)
             if not branch.final:
                 self._branch_over(branch, status, resp)
+            if ctx.event is None:
+                _release(ctx)  # in-dialog: no walker to do it
             return
         if branch.final:
             return  # a late final after we gave up on this branch
@@ -915,7 +932,7 @@ class Proxy:
             branch.timer.cancel()
             branch.timer = None
         ctx = branch.ctx
-        if resp is not None and status >= 300:
+        if resp is not None and status >= 300 and not ctx.final_sent:
             ctx.best = _better(ctx.best, resp)
         ctx.last_status = status
         ctx.outstanding -= 1
@@ -924,6 +941,7 @@ class Proxy:
                 ctx.event.set()
         elif ctx.route is None and not ctx.final_sent:
             self._finish(ctx)  # in-dialog: a single branch, no walker
+            _release(ctx)
 
     def _finish(self, ctx: ResponseContext) -> None:
         """Send the best final response upstream when no 2xx went (RFC 3261 §16.7 step 6)."""
@@ -1040,6 +1058,15 @@ class Proxy:
             self.transports.send(transport, (host, port), strip_top_via(msg))
         except TransportError:
             pass
+
+
+def _release(ctx: ResponseContext) -> None:
+    """The final response went upstream and no walker reads the request any more: drop
+    the parsed request and the responses kept for it. What stays (the context, its
+    branches and transactions) is what relays 2xx retransmissions and answers a late
+    CANCEL until the transactions end."""
+    ctx.request = None
+    ctx.best = None
 
 
 def _better(current: SipMessage | None, new: SipMessage) -> SipMessage:

@@ -270,6 +270,10 @@ class ClientTransaction:
             # running (RFC 3261 §17.1.2.2).
             return True
         self._cancel_timers()
+        # A final response came: the request is never sent again, and the ACK (if any)
+        # is built. Dropping both now keeps a lingering transaction small.
+        self.request = b""
+        self._make_ack = None
         if state is ACCEPTED:
             # RFC 6026 §7.2: Timer M, whatever the transport.
             delay = timers.timer_m

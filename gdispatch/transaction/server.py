@@ -174,7 +174,9 @@ class ServerTransaction:
         if new_state is None:
             return
         self.last_status = status
-        self.last_response = data
+        # Accepted never resends (it absorbs retransmitted INVITEs): no need to keep
+        # the 2xx for the length of Timer L.
+        self.last_response = data if new_state is not ACCEPTED else None
         if not self._send(data):
             return
         if new_state is not self.state:

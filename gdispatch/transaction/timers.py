@@ -47,6 +47,11 @@ class TimerConfig:
     t1: float = 0.5  # RTT estimate
     t2: float = 4.0  # cap on the retransmission interval of non-INVITE requests and INVITE responses
     t4: float = 5.0  # maximum time a message stays in the network
+    # A cap on how long a transaction that has its final response lingers to absorb
+    # retransmissions (Timers D, J, L and M); None keeps RFC 3261's values. A proxy
+    # carrying thousands of calls a second holds every finished transaction that long,
+    # so operators cap it, as Kamailio's tm does with its wait timer (wt_timer, 5 s).
+    linger: float | None = None
 
     def __post_init__(self) -> None:
         if not self.t1 > 0:
@@ -55,6 +60,11 @@ class TimerConfig:
             raise ValueError(f"T2 ({self.t2!r}) must not be below T1 ({self.t1!r})")
         if not self.t4 >= 0:
             raise ValueError(f"T4 must not be negative, not {self.t4!r}")
+        if self.linger is not None and not self.linger > 0:
+            raise ValueError(f"the linger cap must be positive, not {self.linger!r}")
+
+    def _lingering(self, rfc_value: float) -> float:
+        return rfc_value if self.linger is None else min(rfc_value, self.linger)
 
     @property
     def timer_b(self) -> float:
@@ -68,7 +78,7 @@ class TimerConfig:
         At least 32 s, and no less than the 64*T1 the server keeps retransmitting (its
         Timer H) when T1 is raised above its default.
         """
-        return max(_TIMER_D_FLOOR, 64 * self.t1)
+        return self._lingering(max(_TIMER_D_FLOOR, 64 * self.t1))
 
     @property
     def timer_f(self) -> float:
@@ -88,7 +98,7 @@ class TimerConfig:
     @property
     def timer_j(self) -> float:
         """Non-INVITE server: absorb request retransmissions (RFC 3261 §17.2.2)."""
-        return 64 * self.t1
+        return self._lingering(64 * self.t1)
 
     @property
     def timer_k(self) -> float:
@@ -98,12 +108,12 @@ class TimerConfig:
     @property
     def timer_l(self) -> float:
         """INVITE server: stay in Accepted (RFC 6026 §7.1), on every transport."""
-        return 64 * self.t1
+        return self._lingering(64 * self.t1)
 
     @property
     def timer_m(self) -> float:
         """INVITE client: stay in Accepted (RFC 6026 §7.2), on every transport."""
-        return 64 * self.t1
+        return self._lingering(64 * self.t1)
 
 
 class TimerHandle:

@@ -1,0 +1,134 @@
+"""An in-process proxy for unit tests: fake transports, a fake clock, scripted peers.
+
+The proxy runs as in production (its dispatch greenlets included), but every datagram it
+sends lands in a list instead of a socket, and time moves only when a test says so. A
+`Call` plays both ends of one dialog: the caller (UAC on 127.0.0.1:6000) and whichever
+gateway the proxy picked.
+"""
+
+from __future__ import annotations
+
+import gevent
+
+from gdispatch.config import Config, Listen
+from gdispatch.dispatcher.listfile import parse_list
+from gdispatch.proxy import Proxy
+from gdispatch.sip import build_response, parse_message
+from gdispatch.transaction.timers import FakeClock, Scheduler
+from gdispatch.transport import Source
+
+PROXY = ("127.0.0.1", 5060)
+UAC = ("127.0.0.1", 6000)
+
+
+class FakeListener:
+    transport = "udp"
+
+    def __init__(self, listen: Listen):
+        self.listen = listen
+
+
+class FakeTransports:
+    """What the proxy sends, as (to_addr, bytes); nothing leaves the process."""
+
+    def __init__(self, listens):
+        self.listeners = [FakeListener(lst) for lst in listens]
+        self.sent: list[tuple[tuple[str, int], bytes]] = []
+        self.on_unreachable = None
+
+    def listener_for(self, transport, host):
+        return next((lst for lst in self.listeners if lst.transport == transport), None)
+
+    def can_reach(self, transport, host):
+        return ""
+
+    def send(self, transport, addr, data, on_error=None, listener=None):
+        self.sent.append((addr, data))
+        return listener
+
+    def reply(self, source, addr, data):
+        self.sent.append((addr, data))
+
+    def take(self):
+        out, self.sent = self.sent, []
+        return out
+
+
+class FakeProxy:
+    """A Proxy on fake transports and a fake clock, with a list of gateways."""
+
+    def __init__(self, list_text: str = "1 sip:127.0.0.1:5071 0 0\n1 sip:127.0.0.1:5072 0 0\n",
+                 config: Config | None = None):
+        self.clock = FakeClock(1000.0)
+        self.scheduler = Scheduler(self.clock)
+        self.config = config or Config(listen=(Listen("udp", *PROXY),))
+        self.transports = FakeTransports(self.config.listen)
+        dlist = parse_list(list_text)
+        for d in dlist.destinations():
+            d.address = (d.sip_uri.host, d.sip_uri.port or 5060)
+        self.proxy = Proxy(self.config, self.transports, self.scheduler, dlist)
+        self.listener = self.transports.listeners[0]
+
+    def receive(self, data: bytes, src: tuple[str, int]) -> list[tuple[tuple[str, int], bytes]]:
+        """Hand a datagram to the proxy, let its greenlets run, return what it sent."""
+        self.proxy.on_message(data, Source("udp", src, self.listener))
+        for _ in range(3):
+            gevent.sleep(0)
+        return self.transports.take()
+
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds, self.scheduler)
+        gevent.sleep(0)
+
+
+def invite(n: int) -> bytes:
+    return (
+        f"INVITE sip:service@127.0.0.1:5060 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-uac-{n};rport\r\n"
+        f"Max-Forwards: 70\r\n"
+        f"From: <sip:caller@127.0.0.1:6000>;tag=uac{n}\r\n"
+        f"To: <sip:service@127.0.0.1:5060>\r\n"
+        f"Call-ID: call-{n}@127.0.0.1\r\n"
+        f"CSeq: 1 INVITE\r\n"
+        f"Contact: <sip:caller@127.0.0.1:6000>\r\n"
+        f"Content-Type: application/sdp\r\n"
+        f"Content-Length: 4\r\n\r\nv=0\n"
+    ).encode()
+
+
+def in_dialog(method: str, n: int, cseq: int, gateway: tuple[str, int], branch: str) -> bytes:
+    return (
+        f"{method} sip:service@{gateway[0]}:{gateway[1]} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:6000;branch={branch};rport\r\n"
+        f"Route: <sip:127.0.0.1:5060;lr>\r\n"
+        f"Max-Forwards: 70\r\n"
+        f"From: <sip:caller@127.0.0.1:6000>;tag=uac{n}\r\n"
+        f"To: <sip:service@127.0.0.1:5060>;tag=uas{n}\r\n"
+        f"Call-ID: call-{n}@127.0.0.1\r\n"
+        f"CSeq: {cseq} {method}\r\n"
+        f"Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def full_call(fp: FakeProxy, n: int) -> tuple[str, int]:
+    """INVITE, 100, 180, 200, ACK, BYE, 200 through the proxy; returns the gateway used."""
+    out = fp.receive(invite(n), UAC)
+    fwd = [(a, d) for a, d in out if d.startswith(b"INVITE")]
+    assert len(fwd) == 1, out
+    gateway, data = fwd[0]
+    req = parse_message(data)
+    contact = f"Contact: <sip:service@{gateway[0]}:{gateway[1]}>".encode()
+    rr = b"Record-Route: " + req.get("record-route")
+    for status, reason in ((100, "Trying"), (180, "Ringing"), (200, "OK")):
+        resp = build_response(req, status, reason, to_tag=f"uas{n}", headers=(rr, contact))
+        out = fp.receive(resp, gateway)
+        if status > 100:
+            assert [a for a, d in out] == [UAC], (status, out)
+    out = fp.receive(in_dialog("ACK", n, 1, gateway, f"z9hG4bK-ack-{n}"), UAC)
+    assert [a for a, d in out] == [gateway]
+    out = fp.receive(in_dialog("BYE", n, 2, gateway, f"z9hG4bK-bye-{n}"), UAC)
+    assert [a for a, d in out] == [gateway]
+    bye = parse_message(out[0][1])
+    out = fp.receive(build_response(bye, 200, "OK"), gateway)
+    assert [a for a, d in out] == [UAC]
+    return gateway
