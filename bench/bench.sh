@@ -1,43 +1,90 @@
 #!/usr/bin/env bash
-# bench.sh - gdispatch's maximum sustainable call rate and its CPU cost per call.
-# Needs only this repository and SIPp (apt-get install -y sip-tester). All traffic stays on
-# 127.0.0.1; every load step is bounded in calls (-m) and time (-timeout plus a hard limit).
+# bench.sh - the highest call rate each proxy sustains, its CPU cost per call and its added
+# latency at low load: gdispatch with 1 and 2 workers and, when Kamailio and the reference
+# start script are on this machine, Kamailio with children=1 and 2, one after another in
+# the same run. Needs this repository and SIPp (apt-get install -y sip-tester); Kamailio is
+# optional (apt-get install -y kamailio). All traffic stays on 127.0.0.1; every load step is
+# bounded in calls (-m) and time (-timeout plus a hard limit).
 #
-#   bench/bench.sh                         # 2 UAS behind gdispatch (round robin)
+#   bench/bench.sh                         # every proxy available, the summary at the end
+#   PROXIES="gdispatch-w1" bench/bench.sh  # one of: gdispatch-wN, kamailio-cN (N workers)
 #   RATES="500 1000" STEP_S=3 bench/bench.sh
 #   DIRECT=1 bench/bench.sh                # no proxy: UAC -> UAS, the harness ceiling
 #
 # Environment (defaults):
 #   PY             .venv/bin/python        the Python that runs gdispatch and this benchmark
-#   RATES          "250 500 1000 1500 2000 2500 3000"   call rates tried in order (calls/s)
-#   STEP_S         5                       seconds per step (RATE x STEP_S calls)
+#   PROXIES        kamailio-c1 gdispatch-w1 kamailio-c2 gdispatch-w2 (Kamailio's when available)
+#   KAMAILIO_START ../shared/bench/kamailio/start.sh   starts Kamailio (PROXY_ADDR, DS_LIST,
+#                                          DS_ALG, CHILDREN, RUN_DIR in its environment)
+#   GD_CONFIG      bench/compare.toml      gdispatch's settings: Kamailio's keepalive settings
+#   RATES          "500 1000 1500 2000 2500 3000 3500 4000 4500 5000 6000"   calls/s tried in order
+#   STEP_S         4                       seconds per step (RATE x STEP_S calls)
 #   LAT_CALLS      300   LAT_RATE 50       unloaded latency probe: calls, calls/s (0: skip)
-#   ALG            4                       gdispatch --algorithm
-#   PROXY_ARGS     ""                      more gdispatch flags, e.g. "--workers 2" or "--config FILE"
+#   ALG            4                       the algorithm (round robin)
+#   PROXY_ARGS     ""                      more gdispatch flags, e.g. "--config FILE"
 #   DEST_ATTRS     ""                      more attrs on each gateway's list line, e.g. "prefix=011"
 #   PROBE_DESTS    0                       extra destinations (set 2) pinged beside the calls
 #   PROBE_INTERVAL 1                       their ping interval, seconds
 #   CONFIRM        1                       run a failing step once more before stopping
 #   MAX_FAIL_PCT 0.1  MAX_RETRANS_PCT 1.0  MIN_RATE_FRAC 0.95   the pass criteria
 #   DIRECT         0                       1: no proxy
-#   OUT            bench-results/bench_<stamp>[_direct]   where the results go
+#   OUT            bench-results/bench_<stamp>   where the results go (one folder per proxy)
 #
-# Prints a table of the steps and, last, `max_cps=N` and `proxy_cpu_us_per_call=N` (at the
-# highest passing step). Writes steps.tsv, result.txt, latency.txt, the proxy log and the
-# SIPp files under OUT. Exit status: 0 measured, 1 the proxy did not start or answer.
+# Prints each proxy's steps, then a summary: max_cps, proxy CPU µs per call, INVITE->200 and
+# BYE->200 at low load, and gdispatch's ratios to Kamailio with the same number of workers.
+# The last lines are `max_cps=N` and `proxy_cpu_us_per_call=N` of the first gdispatch run.
+# Exit status: 0 measured, 1 a proxy did not start or answer.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PY:-$ROOT/.venv/bin/python}"
+case "$PY" in /*) ;; *) PY="$ROOT/$PY" ;; esac
 
 die() { echo "bench.sh: $*" >&2; exit 1; }
 command -v sipp >/dev/null 2>&1 || die "SIPp is not installed (apt-get install -y sip-tester, or make bench)"
 [ -x "$PY" ] || command -v "$PY" >/dev/null 2>&1 || die "no Python at $PY (run make install, or set PY)"
 [ -r /proc/stat ] || die "Linux only: the CPU accounting reads /proc"
-if [ "${DIRECT:-0}" != 1 ]; then
-  if ! err="$("$PY" -c "import gdispatch.cli" 2>&1)"; then
-    echo "$err" | tail -5 >&2
-    die "gdispatch cannot be imported by $PY (make install installs it)"
+export PY RATES="${RATES:-500 1000 1500 2000 2500 3000 3500 4000 4500 5000 6000}" STEP_S="${STEP_S:-4}"
+if [ "${DIRECT:-0}" = 1 ]; then
+  exec "$PY" "$ROOT/bench/lib/maxcps.py"
+fi
+if ! err="$("$PY" -c "import gdispatch.cli" 2>&1)"; then
+  echo "$err" | tail -5 >&2
+  die "gdispatch cannot be imported by $PY (make install installs it)"
+fi
+
+KAMAILIO_START="${KAMAILIO_START:-$ROOT/../shared/bench/kamailio/start.sh}"
+if [ -z "${PROXIES:-}" ]; then
+  if command -v kamailio >/dev/null 2>&1 && [ -f "$KAMAILIO_START" ]; then
+    PROXIES="kamailio-c1 gdispatch-w1 kamailio-c2 gdispatch-w2"
+  else
+    echo "bench.sh: Kamailio or its start script ($KAMAILIO_START) is missing: measuring gdispatch alone" >&2
+    PROXIES="gdispatch-w1 gdispatch-w2"
   fi
 fi
-exec "$PY" "$ROOT/bench/lib/maxcps.py"
+GD_CONFIG="${GD_CONFIG:-$ROOT/bench/compare.toml}"
+RUN="$(realpath -m "${OUT:-$ROOT/bench-results/$(date +bench_%Y%m%d_%H%M%S)}")"
+mkdir -p "$RUN"
+status=0
+for p in $PROXIES; do
+  n="${p##*[!0-9]}"
+  case "$p" in
+    gdispatch-w*)
+      NAME="$p" OUT="$RUN/$p" PROXY_CMD="" \
+        PROXY_ARGS="--config $GD_CONFIG --workers $n ${PROXY_ARGS:-}" \
+        "$PY" "$ROOT/bench/lib/maxcps.py" || status=1 ;;
+    kamailio-c*)
+      [ -f "$KAMAILIO_START" ] || die "no $KAMAILIO_START"
+      NAME="$p" OUT="$RUN/$p" PROXY_CMD="$KAMAILIO_START" CHILDREN="$n" \
+        "$PY" "$ROOT/bench/lib/maxcps.py" || status=1 ;;
+    *) die "unknown proxy $p (gdispatch-wN or kamailio-cN)" ;;
+  esac
+  echo
+done
+echo "=== summary ==="
+"$PY" "$ROOT/bench/lib/summary.py" "$RUN" || status=1
+first="$(ls -d "$RUN"/gdispatch-w* 2>/dev/null | head -1)"
+if [ -n "$first" ] && [ -f "$first/result.txt" ]; then
+  grep -E '^(max_cps|proxy_cpu_us_per_call)=' "$first/result.txt"
+fi
+exit "$status"

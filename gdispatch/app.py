@@ -28,19 +28,23 @@ from gdispatch.probing import ProbeSettings
 from gdispatch.proxy import Proxy
 from gdispatch.rpc import RpcError
 from gdispatch.transaction.timers import Scheduler
-from gdispatch.transport import TransportError, Transports
+from gdispatch.transport import TransportError, Transports, ensure_free
 from gdispatch.watch import ListWatcher, file_digest
+from gdispatch.workers import Channel, Relay, Supervisor, dest_key, keyed, relay_sockets
 
 log = logging.getLogger("gdispatch")
 
 TIMER_TICK = 0.02  # the scheduler's granularity, seconds
 DRAIN_QUIET = 1.0  # on SIGTERM, stop once no message arrived for this long (or drain_time)
+WORKER_START_TIMEOUT = 15.0  # how long the primary waits for the other workers to listen
+SYNC_INTERVAL = 1.0  # seconds between latency broadcasts (primary) and reports (workers)
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, tag: str = "") -> None:
+    """`tag`: the worker ("w0", "w1"...) when there are several."""
     logging.basicConfig(
         level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s " + (f"[{tag}] " if tag else "") + "%(name)s: %(message)s",
         stream=sys.stderr,
     )
 
@@ -62,21 +66,29 @@ class App:
         self.watcher: ListWatcher | None = None
         self.control: ControlServer | None = None
         self._list_digest: str | None = None
+        # Several workers (gdispatch.workers): the primary has a supervisor, every worker
+        # a relay, the others a channel to the primary.
+        self.supervisor: Supervisor | None = None
+        self.relay: Relay | None = None
+        self.channel: Channel | None = None
+        self._by_key: dict = {}  # dest_key -> destination of the current list
+        self._reports: dict[int, tuple] = {}  # worker index -> its last report
+        self._relay_socks: list = []  # primary: every worker's relay socket (relay_sockets)
 
     # ------------------------------------------------------------- events
 
     def destination_state_changed(self, dest, old_state, new_state, reason: str) -> None:
+        if self.supervisor is not None:
+            self.supervisor.broadcast(("state", dest_key(dest), dest.flags))
         self.plugins.call("gdispatch_destination_state_changed", destination=dest, old_state=old_state,
                           new_state=new_state, reason=reason)
 
     # ------------------------------------------------------------- life
 
     def start(self) -> int:
-        """Load everything and start serving; a non-zero exit status when it cannot."""
+        """Load everything and start serving; a non-zero exit status when it cannot.
+        With several workers this process is the primary (gdispatch.workers)."""
         config = self.config
-        if config.workers != 1:
-            log.error("--workers %d: only one worker is supported so far", config.workers)
-            return 2
         try:
             self.plugins.load(config.plugins, config.hooks_dir)
         except PluginError as e:
@@ -91,19 +103,18 @@ class App:
             return 1
         for problem in dlist.problems:
             log.warning("%s (line skipped: [dispatcher].load_mode = \"skip\")", problem)
-        holder: dict = {}
-        try:
-            self.transports = transports = Transports(
-                config.listen, lambda data, src: holder["proxy"].on_message(data, src))
-        except TransportError as e:
-            log.error("%s", e.strerror or e)
-            return 1
-        self.dns = DestinationResolver(Resolver(list(config.dns_nameservers) or None),
-                                       refresh_interval=config.dns_refresh, retry_interval=config.dns_retry)
-        self.dns.resolve_all(dlist, self._reachable)
-        self.proxy = proxy = Proxy(config, transports, self.scheduler, dlist, resolve_now=self.dns.resolve_now,
-                                   plugins=self.plugins)
-        holder["proxy"] = proxy
+        several = config.workers > 1
+        if several:
+            try:
+                ensure_free(config.listen)
+            except TransportError as e:
+                log.error("%s", e.strerror or e)
+                return 1
+        code = self._start_proxy(dlist, shared=several)
+        if code:
+            return code
+        proxy = self.proxy
+        transports = self.transports
         p = config.probing
         self.prober = Prober(proxy, ProbeSettings(
             interval=p.interval, timeout=p.timeout, method=p.method, from_uri=p.from_uri,
@@ -111,9 +122,11 @@ class App:
             reply_codes=p.reply_codes, latency_alpha=p.latency_alpha, mark=p.mark,
         ), lambda: proxy.dlist, on_change=self.destination_state_changed)
         proxy.on_traffic_failure = self.prober.traffic_failure
-        transports.on_unreachable = proxy.unreachable
         self.prober.attach(dlist)
         self._list_digest = file_digest(config.list_file)
+        if several:
+            self._relay_socks = relay_sockets(config.workers)
+            self._start_relay(self._relay_socks[0], 0, [x.getsockname()[1] for x in self._relay_socks])
         transports.start()
         self.dns.start(lambda: proxy.dlist)
         self.prober.start()
@@ -137,13 +150,157 @@ class App:
         except (ControlError, ValueError, OSError) as e:
             log.error("control socket: %s", e)
             return 1
+        if several:
+            self.supervisor = Supervisor(config.workers, self._hello, self._from_worker,
+                                         [x.fileno() for x in self._relay_socks])
+            self.supervisor.start()
+            self._greenlets.append(gevent.spawn(self._sync_loop))
+            if not self.supervisor.wait_ready(WORKER_START_TIMEOUT, abort=self.stopping):
+                log.warning("only %d of %d workers listen after %.0f s", len(self.supervisor.ready) + 1,
+                            config.workers, WORKER_START_TIMEOUT)
         self.plugins.call("gdispatch_list_loaded", dispatcher_list=dlist, reason="start")
         self.plugins.call("gdispatch_startup", config=config)
         nsets = len(dlist.sets)
         ndest = sum(len(s.destinations) for s in dlist.sets.values())
-        log.info("gdispatch listening on %s; %d set(s), %d destination(s) from %s",
-                 ", ".join(str(x) for x in config.listen), nsets, ndest, config.list_file)
+        log.info("gdispatch listening on %s%s; %d set(s), %d destination(s) from %s",
+                 ", ".join(str(x) for x in config.listen),
+                 f" with {config.workers} workers" if several else "", nsets, ndest, config.list_file)
         return 0
+
+    def _start_proxy(self, dlist, *, shared: bool) -> int:
+        """Sockets, name resolution and the proxy, for the primary and the workers alike."""
+        config = self.config
+        holder: dict = {}
+        try:
+            self.transports = transports = Transports(
+                config.listen, lambda data, src: holder["proxy"].on_message(data, src), shared=shared)
+        except TransportError as e:
+            log.error("%s", e.strerror or e)
+            return 1
+        self.dns = DestinationResolver(Resolver(list(config.dns_nameservers) or None),
+                                       refresh_interval=config.dns_refresh, retry_interval=config.dns_retry)
+        self.dns.resolve_all(dlist, self._reachable)
+        self.proxy = proxy = Proxy(config, transports, self.scheduler, dlist, resolve_now=self.dns.resolve_now,
+                                   plugins=self.plugins)
+        holder["proxy"] = proxy
+        transports.on_unreachable = proxy.unreachable
+        self._by_key = keyed(dlist)
+        return 0
+
+    def _start_relay(self, sock, index: int, ports: list[int]) -> None:
+        self.relay = Relay(sock, index, ports, self.transports.deliver)
+        self.transports.request_receivers.append(self.relay)
+        for lst in self.transports.listeners:
+            if lst.transport == "udp":
+                lst.steer = self.relay.steer
+        self.relay.start()
+
+    # ------------------------------------------------------------- several workers
+
+    def _states(self, dlist) -> dict:
+        return {dest_key(d): d.flags for d in dlist.destinations()}
+
+    def _hello(self, index: int) -> tuple:
+        """What a new worker starts from (gdispatch.workers)."""
+        dlist = self.proxy.dlist
+        socks = self._relay_socks
+        return ("hello", self.config, index, socks[index].fileno(), [x.getsockname()[1] for x in socks],
+                dlist.text, self._states(dlist))
+
+    def _from_worker(self, index: int, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "failure":
+            dest = self._by_key.get(msg[1])
+            if dest is not None and self.prober is not None:
+                self.prober.traffic_failure(dest, f"{msg[2]} (worker {index})")
+        elif kind == "report":
+            self._reports[index] = msg[1:]
+            elsewhere: dict = {}
+            for loads, _counters, _stats in self._reports.values():
+                for key, n in loads.items():
+                    elsewhere[key] = elsewhere.get(key, 0) + n
+            for key, dest in self._by_key.items():
+                dest.load_elsewhere = elsewhere.get(key, 0)
+        elif kind == "ready":
+            log.info("worker %d listens", index)
+
+    def _sync_loop(self) -> None:
+        """Primary: the latency estimates (algorithm 11 reads them) to every worker."""
+        while True:
+            gevent.sleep(SYNC_INTERVAL)
+            lat = {dest_key(d): d.latency_est_ms for d in self.proxy.dlist.destinations()
+                   if d.latency_est_ms is not None}
+            if lat:
+                self.supervisor.broadcast(("latency", lat))
+
+    def start_worker(self, index: int, relay_sock, relay_ports: list[int], text: str, states: dict,
+                     sock) -> int:
+        """Start as worker `index` of `n` (not the primary): the list and the states come
+        from the primary, which does the probing, watching and control."""
+        config = self.config
+        try:
+            self.plugins.load(config.plugins, config.hooks_dir)
+        except PluginError as e:
+            log.error("%s", e)
+            return 1
+        dlist = parse_list(text, config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order)
+        self._apply(dlist, states)
+        code = self._start_proxy(dlist, shared=True)
+        if code:
+            return code
+        proxy = self.proxy
+        self.channel = channel = Channel(sock, self._from_primary, self.stopping.set)
+        proxy.on_traffic_failure = lambda dest, reason: channel.send(("failure", dest_key(dest), reason))
+        self._start_relay(relay_sock, index, relay_ports)
+        self.transports.start()
+        self.dns.start(lambda: proxy.dlist)
+        self._greenlets.append(gevent.spawn(self._tick))
+        self._greenlets.append(gevent.spawn(self._report_loop))
+        channel.start()
+        self.plugins.call("gdispatch_list_loaded", dispatcher_list=dlist, reason="start")
+        self.plugins.call("gdispatch_startup", config=config)
+        channel.send(("ready",))
+        return 0
+
+    def _apply(self, dlist, states: dict) -> None:
+        for key, dest in keyed(dlist).items():
+            flags = states.get(key)
+            if flags is not None:
+                dest.flags = flags
+
+    def _from_primary(self, msg: tuple) -> None:
+        kind = msg[0]
+        proxy = self.proxy
+        if kind == "state":
+            dest = self._by_key.get(msg[1])
+            if dest is not None:
+                dest.flags = msg[2]
+        elif kind == "latency":
+            for key, ms in msg[1].items():
+                dest = self._by_key.get(key)
+                if dest is not None:
+                    dest.latency_est_ms = ms
+        elif kind == "list":
+            _, text, reason, states = msg
+            config = self.config
+            new = parse_list(text, config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order)
+            self.dns.resolve_all(new, self._reachable)
+            summary = carry_state(proxy.dlist, new, keep_state=config.reload_keeps_state)
+            if config.reload_keeps_state:
+                proxy.calls.rebind(summary.replaced)
+            self._apply(new, states)  # the primary's states win
+            proxy.set_list(new)
+            self._by_key = keyed(new)
+            self.plugins.call("gdispatch_list_loaded", dispatcher_list=new, reason=reason)
+        elif kind == "stop":
+            self.stopping.set()
+
+    def _report_loop(self) -> None:
+        """A worker's call loads, counters and statistics, for the primary to show."""
+        while True:
+            gevent.sleep(SYNC_INTERVAL)
+            loads = {dest_key(d): d.load for d in self.proxy.dlist.destinations() if d.load}
+            self.channel.send(("report", loads, dict(self.proxy._dest_counts), self._local_stats()))
 
     # ------------------------------------------------------------- reload
 
@@ -175,6 +332,10 @@ class App:
         if config.reload_keeps_state:
             proxy.calls.rebind(summary.replaced)
         proxy.set_list(new)
+        self._by_key = keyed(new)
+        if self.supervisor is not None:
+            # Before attach(): the states it reports name destinations of the new list.
+            self.supervisor.broadcast(("list", new.text, reason, self._states(new)))
         self.prober.attach(new)
         self.plugins.call("gdispatch_list_loaded", dispatcher_list=new, reason=reason)
         msg = f"{config.list_file} reloaded ({reason}): {summary.describe()}"
@@ -237,7 +398,7 @@ class App:
         log.warning("destination %s (set %d) %s -> %s: %s", dest.uri, dest.setid, old, new, reason)
         self.destination_state_changed(dest, old, new, reason)
 
-    def stats(self) -> dict:
+    def _local_stats(self) -> dict[str, int]:
         proxy = self.proxy
         out = dict(proxy.stats)
         out.update(self.transports.stats)
@@ -245,11 +406,37 @@ class App:
         out["client_transactions"] = len(proxy.client_txns)
         out["calls_in_progress"] = proxy.calls_in_progress()
         out["active_calls"] = len(proxy.calls)
+        if self.relay is not None:
+            out["relayed_to_other_workers"] = self.relay.sent
+            out["relay_dropped"] = self.relay.dropped
+        return out
+
+    def stats(self) -> dict:
+        """Every worker's counters summed (the others report every SYNC_INTERVAL)."""
+        proxy = self.proxy
+        out = self._local_stats()
+        counts = [proxy._dest_counts]
+        for _loads, child_counts, child_stats in self._reports.values():
+            counts.append(child_counts)
+            for k, v in child_stats.items():
+                out[k] = out.get(k, 0) + v
+        if self.config.workers > 1:
+            out["workers"] = self.config.workers
+            out["workers_ready"] = 1 + len(self.supervisor.ready) if self.supervisor else 1
         out["plugin_errors"] = dict(self.plugins.errors)
         out["plugin_slow_calls"] = dict(self.plugins.slow)
+
+        def counters(d) -> dict[str, int]:
+            key = (d.setid, d.uri, d.duid, d.socket)
+            sent = answered = failed = 0
+            for c in counts:
+                s, a, f = c.get(key, (0, 0, 0))
+                sent, answered, failed = sent + s, answered + a, failed + f
+            return {"CALLS_SENT": sent, "CALLS_ANSWERED": answered, "CALLS_FAILED": failed}
+
         out["destinations"] = [
-            {"SET": d.setid, "URI": d.uri, "DUID": d.duid, "FLAGS": d.state_letters(), "ACTIVE_CALLS": d.load,
-             **proxy.destination_counters(d)}
+            {"SET": d.setid, "URI": d.uri, "DUID": d.duid, "FLAGS": d.state_letters(),
+             "ACTIVE_CALLS": d.load + d.load_elsewhere, **counters(d)}
             for d in proxy.dlist.destinations()
         ]
         return out
@@ -304,6 +491,8 @@ class App:
             self.prober.stop()
         if self.dns is not None:
             self.dns.stop()
+        if self.relay is not None:
+            self.relay.close()
         if self.transports is not None:
             self.transports.close()
 
@@ -320,8 +509,11 @@ def tune_gc() -> None:
 
 
 def run(config: Config) -> int:
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, "w0" if config.workers > 1 else "")
     app = App(config)
+    # Before start(): a SIGTERM while the workers start must still end in a drain.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(sig, app.stopping.set)
     code = app.start()
     if code:
         return code
@@ -335,12 +527,35 @@ def run(config: Config) -> int:
                 pass
         gevent.spawn(do)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(sig, app.stopping.set)
     gevent.signal_handler(signal.SIGHUP, hangup)
     sdnotify.ready()
     app.stopping.wait()
     log.info("stopping: no new calls; draining for up to %.1f s", config.drain_time)
+    if app.supervisor is not None:
+        app.supervisor.broadcast(("stop",))  # every worker drains at the same time
+    app.drain()
+    if app.supervisor is not None:
+        app.supervisor.stop(config.drain_time + 3.0)
+    app.stop()
+    return 0
+
+
+def run_worker(config: Config, index: int, relay_sock, relay_ports: list[int], text: str, states: dict,
+               sock) -> int:
+    """A worker other than the primary (gdispatch.workers.child_main): serve until the
+    primary says stop or goes away, then drain like the primary does."""
+    setup_logging(config.log_level, f"w{index}")
+    app = App(config)
+    code = app.start_worker(index, relay_sock, relay_ports, text, states, sock)
+    if code:
+        return code
+    tune_gc()
+    # Signals go to the primary, which tells the workers; a terminal's Ctrl-C or a
+    # SIGTERM sent to the whole process group drains this one too.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(sig, app.stopping.set)
+    gevent.signal_handler(signal.SIGHUP, lambda: None)
+    app.stopping.wait()
     app.drain()
     app.stop()
     return 0

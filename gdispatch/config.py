@@ -130,6 +130,16 @@ class Probing:
 
 
 @dataclass(frozen=True)
+class Overload:
+    """When new calls get 503 with Retry-After; see gdispatch.overload."""
+
+    max_backlog: float = 0.3  # seconds of unread requests; 0: no bound
+    max_calls_in_setup: int = 0  # dispatched requests waiting for a final; 0: no bound
+    hold: float = 1.0  # once past max_backlog, refuse for at least this long
+    retry_after: int = 2  # the Retry-After of those 503s, seconds
+
+
+@dataclass(frozen=True)
 class Config:
     listen: tuple[Listen, ...] = (Listen("udp", "127.0.0.1", 5060), Listen("tcp", "127.0.0.1", 5060))
     domains: tuple[str, ...] = ()
@@ -153,6 +163,7 @@ class Config:
     dns_retry: float = 30.0  # seconds between retries of a name that does not resolve
     timers: Timers = Timers()
     probing: Probing = Probing()
+    overload: Overload = Overload()
     plugins: tuple[str, ...] = ()
     hooks_dir: str = "hooks"
     # Each plugin's own table, ``[plugins.<name>]`` → {name: {key: value}}, kept as TOML
@@ -314,8 +325,8 @@ def _probing(t: Any) -> Probing:
 
 
 def from_dict(data: dict, source: str = "") -> Config:
-    data = _check_keys(data, {"server", "dispatcher", "timers", "dns", "probing", "plugins", "control", "route"},
-                       "config")
+    data = _check_keys(data, {"server", "dispatcher", "timers", "dns", "probing", "plugins", "control", "route",
+                              "overload"}, "config")
     server = _check_keys(data.get("server", {}), {"listen", "domains", "log_level", "workers", "no_route_reply",
                                                   "drain_time"}, "[server]")
     listen_v = server.get("listen", [str(x) for x in Config.listen])
@@ -389,6 +400,16 @@ def from_dict(data: dict, source: str = "") -> Config:
         routes = tuple(_route(r, f"[[route]] #{i + 1}") for i, r in enumerate(routes_v))
     nrr = _number(server, "no_route_reply", "[server]", 404, integer=True, minimum=300, exclusive=False)
     probing = _probing(data.get("probing", {}))
+    ov = _check_keys(data.get("overload", {}), {"max_backlog", "max_calls_in_setup", "hold", "retry_after"},
+                     "[overload]")
+    d_ov = Overload()
+    overload = Overload(
+        max_backlog=float(_number(ov, "max_backlog", "[overload]", d_ov.max_backlog, exclusive=False)),
+        max_calls_in_setup=_number(ov, "max_calls_in_setup", "[overload]", d_ov.max_calls_in_setup, integer=True,
+                                   exclusive=False),
+        hold=float(_number(ov, "hold", "[overload]", d_ov.hold, exclusive=False)),
+        retry_after=_number(ov, "retry_after", "[overload]", d_ov.retry_after, integer=True, exclusive=False),
+    )
     pl = data.get("plugins", {})
     if not isinstance(pl, dict):
         raise ConfigError("[plugins]: expected a table")
@@ -404,7 +425,8 @@ def from_dict(data: dict, source: str = "") -> Config:
         listen=listen, domains=tuple(x.lower() for x in domains), log_level=level,
         workers=_number(server, "workers", "[server]", 1, integer=True, minimum=1, exclusive=False),
         list_file=list_file, load_mode=load_mode, **flags, **seconds,
-        timers=timers, probing=probing, plugins=plugins, hooks_dir=hooks_dir, plugin_settings=plugin_settings,
+        timers=timers, probing=probing, overload=overload, plugins=plugins, hooks_dir=hooks_dir,
+        plugin_settings=plugin_settings,
         routes=routes, no_route_reply=nrr, source=source,
     )
 

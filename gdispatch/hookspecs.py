@@ -7,6 +7,11 @@ Hooks run in the proxy's process and greenlets: they must not block (use gevent-
 I/O) and should be quick. An exception in a hook is logged with the plugin's name and
 counted; the proxy carries on.
 
+With several workers (``--workers N``) every worker process loads the plugins: the hooks
+about calls, `gdispatch_list_loaded`, `gdispatch_startup` and `gdispatch_shutdown` run in
+each (a plugin's module state is per worker), while `gdispatch_destination_state_changed`
+runs once, in the primary, where probing keeps the one state of each destination.
+
 Order: plugins are called in the order of ``[plugins] enabled``, then installed packages,
 then the built-in behaviour (last); ``@hookimpl(tryfirst=True)`` / ``trylast=True`` move an
 implementation to the front or the back, as in pytest. A plugin's settings are its

@@ -32,6 +32,7 @@ from gdispatch.config import Config, Route
 from gdispatch.dispatcher.algorithms import ALG_PARALLEL, SelectOptions, compile_template, select
 from gdispatch.dispatcher.destination import Destination, DispatcherList
 from gdispatch.message_api import Attempt, FailureAction, RequestView, RouteChoice
+from gdispatch.overload import LoadGuard
 from gdispatch.plugins import PluginHost
 from gdispatch.sip import (
     ParseError,
@@ -170,7 +171,7 @@ class Proxy:
         self.stats: dict[str, int] = dict.fromkeys((
             "requests", "responses", "retransmissions_absorbed", "bad_messages_dropped",
             "bad_requests_answered", "dispatched", "failovers", "no_destination", "local_replies",
-            "stray_responses",
+            "stray_responses", "overload_rejected",
         ), 0)
         self._branch_ids = itertools.count(1)
         self._branch_salt = "%x" % (os.getpid() & 0xFFFF)
@@ -181,6 +182,9 @@ class Proxy:
         for lst in transports.listeners:
             self.local_hostports.add((lst.listen.host, lst.listen.port))
             self.local_hosts.add(lst.listen.host)
+            if lst.private is not None:
+                # A worker's own port is in the Via of what it sends (loop detection).
+                self.local_hostports.add((lst.private.listen.host, lst.private.listen.port))
         self._via_markers = [self._hostport_bytes(h, p) for h, p in self.local_hostports]
         self._debug = log.isEnabledFor(logging.DEBUG)
         self.calls = CallLoad(scheduler, expire=config.call_expire, init_expire=config.call_init_expire)
@@ -197,6 +201,11 @@ class Proxy:
         self._needs_source_sets = any(r.from_set is not None for r in config.routes)
         self._source_index: dict[str, list[tuple[int | None, int]]] | None = None
         self._dest_counts: dict[tuple, list[int]] = {}
+        ov = config.overload
+        self.guard = LoadGuard(scheduler.now, max_backlog=ov.max_backlog, max_calls_in_setup=ov.max_calls_in_setup,
+                               hold=ov.hold, retry_after=ov.retry_after)
+        self._retry_after = (b"Retry-After: %d" % ov.retry_after,)
+        self.calls_in_setup = 0  # dispatch greenlets running (requests waiting for a final)
 
     def _counts(self, dest: Destination) -> list[int]:
         key = (dest.setid, dest.uri, dest.duid, dest.socket)
@@ -270,7 +279,7 @@ class Proxy:
         return f"SIP/2.0/{lst.transport.upper()} {host}:{lst.port};branch={branch}".encode()
 
     def _rr_for(self, listener) -> bytes:
-        lst = listener.listen
+        lst = listener.public.listen  # the shared address, never a worker's own port
         host = f"[{lst.host}]" if lst.family_v6 else lst.host
         tp = ";transport=tcp" if lst.transport == "tcp" else ""
         return f"<sip:{host}:{lst.port}{tp};lr>".encode()
@@ -322,10 +331,11 @@ class Proxy:
 
     # ----------------------------------------------------------------- requests
 
-    def _stateless_reply(self, msg: SipMessage, source: Source, status: int, reason: str) -> None:
+    def _stateless_reply(self, msg: SipMessage, source: Source, status: int, reason: str, headers=()) -> None:
         try:
             via = msg.top_via
-            data = build_response(msg, status, reason, to_tag=self._new_tag() if status > 100 else None)
+            data = build_response(msg, status, reason, to_tag=self._new_tag() if status > 100 else None,
+                                  headers=headers)
         except ParseError:
             self.stats["bad_messages_dropped"] += 1
             return
@@ -395,6 +405,13 @@ class Proxy:
 
     def _new_request(self, msg: SipMessage, via: Via, source: Source, key) -> None:
         method = msg.method
+        if method in DIALOG_CREATING and msg.to_tag is None and not self.guard.admit(
+                self.transports.backlog(), self.calls_in_setup):
+            # Past capacity (gdispatch.overload): a new call is turned away before it
+            # costs a transaction; what was accepted carries on.
+            self.stats["overload_rejected"] += 1
+            self._stateless_reply(msg, source, 503, "Overloaded", headers=self._retry_after)
+            return
         st = self._new_server_txn(msg, via, source, key)
         if method == "INVITE":
             # RFC 3261 §16.2: quench the caller's retransmissions at once.
@@ -468,6 +485,7 @@ class Proxy:
         ctx.source = (source.transport, source.addr[0], source.addr[1])
         st.context = ctx
         record = method in DIALOG_CREATING
+        self.calls_in_setup += 1  # until the walker ends
         gevent.spawn(self._walk, ctx, candidates, source, top_via, popped, record)
 
     def _match_route(self, msg: SipMessage, ruri: SipUri, source: Source):
@@ -674,6 +692,7 @@ class Proxy:
             if not ctx.final_sent:
                 ctx.final_sent = True
                 self._local_reply(ctx.st, ctx.request, 500, "Internal Server Error")
+        self.calls_in_setup -= 1
         _release(ctx)
 
     def _after_failure(self, ctx: ResponseContext, dest: Destination, status: int, number: int) -> FailureAction:
@@ -738,7 +757,7 @@ class Proxy:
         rr: tuple[bytes, ...] = ()
         if record:
             rr = (self._rr_for(listener),)
-            if listener is not source.listener:
+            if listener.public is not source.listener.public:
                 # Double record-routing: each side of the dialog needs the address it can
                 # reach us on (the two listeners differ in transport or address).
                 rr = (self._rr_for(listener), self._rr_for(source.listener))
@@ -815,7 +834,8 @@ class Proxy:
         """
         listener = None
         if socket_attr:
-            listener = next((lst for lst in self.transports.listeners if str(lst.listen) == socket_attr), None)
+            listener = next((lst.private or lst for lst in self.transports.listeners
+                             if str(lst.listen) == socket_attr), None)
         if listener is None:
             listener = self.transports.listener_for(transport, addr[0]) if addr else None
         if listener is None:

@@ -336,7 +336,7 @@ def _dest_structure(dest: Destination, mode: str) -> dict[str, Any]:
         }
     if probe is not None:
         d["LATENCY"] = probe.latency.as_dict()
-    d["RUNTIME"] = {"DLGLOAD": dest.load}
+    d["RUNTIME"] = {"DLGLOAD": dest.load + dest.load_elsewhere}
     if mode != "short" and dest.description:
         d["DESCRIPTION"] = dest.description
     return d

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -29,6 +30,7 @@ log = logging.getLogger("gdispatch.transport")
 
 TCP_CONNECT_TIMEOUT = 3.0
 TCP_IDLE_TIMEOUT = 600.0
+YIELD_EVERY = 32  # datagrams a receiver handles in a row before it lets other greenlets run
 
 
 _UNREACHABLE = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN)
@@ -59,18 +61,37 @@ def _family(host: str) -> int:
 
 
 class UdpListener:
+    """A UDP socket: a listen address, or (with several workers) a worker's own outbound
+    socket, `private`, whose port goes into the Via of the requests it sends so that
+    their responses come back to this worker (`public` is then the shared listener)."""
+
     transport = "udp"
 
-    def __init__(self, listen: Listen, owner: Transports):
-        self.listen = listen
+    def __init__(self, listen: Listen, owner: Transports, *, reuseport: bool = False,
+                 public: UdpListener | None = None):
         self.owner = owner
+        self.public = public or self  # the address Record-Route names
+        self.private: UdpListener | None = None  # where this worker's requests leave from
+        self.index = 0  # position in Transports.listeners: the same in every worker
+        # When its receiver started reading without finding the socket empty since
+        # (0.0: it is waiting for datagrams): how far behind it may be (gdispatch.overload).
+        self.busy_since = 0.0
+        # With several workers: (data, addr, listener) -> True when the datagram was
+        # handed to the worker that owns it (gdispatch.workers), False to handle it here.
+        self.steer: Callable[[bytes, tuple[str, int], UdpListener], bool] | None = None
         sock = socket.socket(_family(listen.host), socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # No SO_REUSEADDR: on Linux it would let a second process bind the same UDP port
+        # and take its datagrams unnoticed.
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
         except OSError:
             pass
         sock.bind((listen.host, listen.port))
+        if listen.port == 0:
+            listen = Listen(listen.transport, listen.host, sock.getsockname()[1])
+        self.listen = listen
         sock.setblocking(False)
         # Ask for ICMP errors (RFC 3261 §18.4: a transport error is reported to the
         # transaction at once, instead of waiting for its timer).
@@ -93,11 +114,17 @@ class UdpListener:
         hub = get_hub()
         watcher = hub.loop.io(sock.fileno(), 1)
         handle = self.owner.on_message
+        steer = self.steer
+        clock = time.monotonic
+        streak = 0
         while True:
             try:
                 data, addr = recvfrom(MAX_MESSAGE_SIZE + 1)
             except BlockingIOError:
+                self.busy_since = 0.0
                 hub.wait(watcher)
+                self.busy_since = clock()
+                streak = 0
                 continue
             except OSError as e:
                 if e.errno in (errno.EBADF, errno.ENOTSOCK):
@@ -106,9 +133,16 @@ class UdpListener:
                     self._drain_errors()
                 continue
             try:
-                handle(data, Source("udp", (addr[0], addr[1]), self))
+                if steer is None or not steer(data, addr, self):
+                    handle(data, Source("udp", (addr[0], addr[1]), self))
             except Exception:
                 log.exception("error handling a datagram from %s:%s", addr[0], addr[1])
+            streak += 1
+            if streak == YIELD_EVERY:
+                # A socket that never runs dry must not starve the timers, the dispatch
+                # greenlets and the other sockets (responses come in on another one).
+                streak = 0
+                gevent.sleep(0)
 
     def _drain_errors(self) -> None:
         """ICMP errors (port or host unreachable) queued by IP_RECVERR: each names the
@@ -304,11 +338,17 @@ class TcpConnection:
 class TcpListener:
     transport = "tcp"
 
-    def __init__(self, listen: Listen, owner: Transports):
+    def __init__(self, listen: Listen, owner: Transports, *, reuseport: bool = False):
         self.listen = listen
         self.owner = owner
+        self.public = self
+        self.private = None
+        self.index = 0
         sock = socket.socket(_family(listen.host), socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            # Several workers accept on the port; a connection stays with its worker.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((listen.host, listen.port))
         sock.listen(1024)
         sock.setblocking(False)
@@ -344,10 +384,29 @@ class TcpListener:
         self.sock.close()
 
 
+def ensure_free(listens: tuple[Listen, ...]) -> None:
+    """Raise TransportError when a listen address is already taken. Workers bind with
+    SO_REUSEPORT, which another process of the same user could share unnoticed; a
+    plain bind first makes sure nobody else holds the port."""
+    for listen in listens:
+        kind = socket.SOCK_DGRAM if listen.transport == "udp" else socket.SOCK_STREAM
+        with socket.socket(_family(listen.host), kind) as sock:
+            if kind == socket.SOCK_STREAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+            try:
+                sock.bind((listen.host, listen.port))
+            except OSError as e:
+                raise TransportError(e.errno, f"cannot listen on {listen}: {e.strerror}") from None
+
+
 class Transports:
     """All listeners, the TCP connection table, and sending."""
 
-    def __init__(self, listens: tuple[Listen, ...], on_message: Callable[[bytes, Source], None]):
+    def __init__(self, listens: tuple[Listen, ...], on_message: Callable[[bytes, Source], None], *,
+                 shared: bool = False):
+        """`shared`: one of several workers on the same listen addresses (SO_REUSEPORT);
+        each UDP listener then gets a private twin on an ephemeral port of the same IP,
+        which sends this worker's requests and receives their responses."""
         self.on_message = on_message
         # Called with (ip, port) when an ICMP error says a datagram could not reach it.
         self.on_unreachable: Callable[[tuple[str, int]], None] | None = None
@@ -355,23 +414,50 @@ class Transports:
         self.listeners: list[UdpListener | TcpListener] = []
         self.connections: dict[tuple[str, int], TcpConnection] = {}
         for listen in listens:
-            cls = UdpListener if listen.transport == "udp" else TcpListener
             try:
-                self.listeners.append(cls(listen, self))
+                if listen.transport == "udp":
+                    lst = UdpListener(listen, self, reuseport=shared)
+                    if shared:
+                        lst.private = UdpListener(Listen("udp", listen.host, 0), self, public=lst)
+                else:
+                    lst = TcpListener(listen, self, reuseport=shared)
             except OSError as e:
-                for lst in self.listeners:
-                    lst.close()
+                self.close()
                 raise TransportError(e.errno, f"cannot listen on {listen}: {e.strerror}") from None
+            lst.index = len(self.listeners)
+            self.listeners.append(lst)
+        # Where new requests queue up: the UDP listen sockets (gdispatch.workers adds its
+        # relay). Each has `busy_since`.
+        self.request_receivers: list = [lst for lst in self.listeners if lst.transport == "udp"]
+
+    def _sockets(self) -> list[UdpListener | TcpListener]:
+        return [x for lst in self.listeners for x in (lst, lst.private) if x is not None]
 
     def start(self) -> None:
-        for lst in self.listeners:
+        for lst in self._sockets():
             lst.start()
 
     def close(self) -> None:
-        for lst in self.listeners:
+        for lst in self._sockets():
             lst.close()
         for conn in list(self.connections.values()):
             conn.close()
+
+    def backlog(self) -> float:
+        """Seconds the busiest request receiver has been reading without finding its
+        socket empty (listen sockets, and the relay from other workers)."""
+        now = time.monotonic()
+        oldest = now
+        for r in self.request_receivers:
+            since = r.busy_since
+            if since and since < oldest:
+                oldest = since
+        return now - oldest
+
+    def deliver(self, listener_index: int, data: bytes, addr: tuple[str, int]) -> None:
+        """A datagram another worker received on listener `listener_index` and handed
+        to this one (gdispatch.workers): handle it as if it had arrived here."""
+        self.on_message(data, Source("udp", addr, self.listeners[listener_index]))
 
     def unreachable(self, addr: tuple[str, int]) -> None:
         if self.on_unreachable is not None:
@@ -389,7 +475,7 @@ class Transports:
         v6 = ":" in host
         for lst in self.listeners:
             if lst.transport == transport and lst.listen.family_v6 == v6:
-                return lst
+                return lst.private or lst
         return None
 
     def can_reach(self, transport: str, host: str) -> str:

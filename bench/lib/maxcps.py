@@ -13,7 +13,13 @@ divided by the successful calls it gives the proxy's CPU cost of one call.
 
 DIRECT=1: no proxy, the UAC calls one UAS (the ceiling of this harness on this machine).
 
-Environment: PY (set by bench.sh), RATES, STEP_S, LAT_CALLS, LAT_RATE, ALG, PROXY_ARGS,
+PROXY_CMD: another proxy instead of gdispatch (Kamailio, for the side-by-side run of
+bench.sh), started as ``bash -c "exec $PROXY_CMD"`` with PROXY_ADDR (127.0.0.1:PORT),
+DS_LIST, DS_ALG, CHILDREN and RUN_DIR in its environment; ready once it answers OPTIONS
+with 200; stopped with SIGTERM by PID (SIGKILL for its process tree 5 s later).
+
+Environment: PY (set by bench.sh), NAME, RATES, STEP_S, LAT_CALLS, LAT_RATE, ALG, PROXY_ARGS,
+PROXY_CMD, CHILDREN,
 DEST_ATTRS (more attrs for each gateway's dispatcher.list line, e.g. "prefix=011"),
 PROBE_DESTS (extra destinations to ping, 0), PROBE_INTERVAL (1 s),
 GRACE_S, CONFIRM, MAX_FAIL_PCT, MAX_RETRANS_PCT, MIN_RATE_FRAC, DIRECT, OUT.
@@ -26,6 +32,7 @@ import os
 import resource
 import shlex
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -97,6 +104,46 @@ COLS = ["rate", "calls", "ok", "failed", "unfinished", "fail_pct", "retrans_pct"
         "proxy_cpu_pct", "proxy_cpu_us_per_call", "uas_cpu_pct", "uac_cpu_pct", "box_cpu_pct", "pass"]
 
 
+class ExternalProxy:
+    """A proxy other than gdispatch, under the same contract as the side-by-side harness."""
+
+    def __init__(self, workdir: Path, cmd: str, dispatcher_list: str, alg: str, children: int):
+        self.dir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = harness.free_port("both")
+        self.cmd = cmd
+        self.log_path = workdir / "proxy.log"
+        (workdir / "dispatcher.list").write_text(dispatcher_list)
+        self.env = dict(os.environ, PROXY_ADDR=f"127.0.0.1:{self.port}", DS_LIST=str(workdir / "dispatcher.list"),
+                        DS_ALG=alg, CHILDREN=str(children), RUN_DIR=str(workdir))
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def start(self) -> ExternalProxy:
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(["bash", "-c", "exec " + self.cmd], env=self.env, stdout=logf,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.cmd} exited with {self.proc.returncode}; see {self.log_path}")
+            if harness.sip_options(self.port, timeout=0.3) == 200:
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.cmd} did not answer OPTIONS with 200 in 30 s; see {self.log_path}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            harness._stop_process(self.proc, signal.SIGTERM, 5.0)
+
+
 def main() -> int:
     # SIGTERM ends the run like Ctrl-C does: through the finally below, which stops by PID
     # every process started here.
@@ -113,15 +160,17 @@ def main() -> int:
     max_fail = float(env("MAX_FAIL_PCT", "0.1"))
     max_retrans = float(env("MAX_RETRANS_PCT", "1.0"))
     min_frac = float(env("MIN_RATE_FRAC", "0.95"))
-    name = time.strftime("bench_%Y%m%d_%H%M%S") + ("_direct" if direct else "")
-    out = Path(env("OUT", str(ROOT / "bench-results" / name))).resolve()
+    stamp = time.strftime("bench_%Y%m%d_%H%M%S") + ("_direct" if direct else "")
+    out = Path(env("OUT", str(ROOT / "bench-results" / stamp))).resolve()
     out.mkdir(parents=True, exist_ok=True)
     harness.require_sipp()
     # every UAS exits by itself once the whole run should be over
     uas_limit = 120 + lat_calls / lat_rate + 2 * len(rates) * (step_s + grace_s + 20)
 
     gateways: list[harness.Uas] = []
-    proxy: harness.Proxy | None = None
+    proxy: harness.Proxy | ExternalProxy | None = None
+    external = os.environ.get("PROXY_CMD", "").strip()
+    name = env("NAME", "direct" if direct else ("proxy" if external else "gdispatch"))
     try:
         for i in range(1 if direct else 2):
             gateways.append(harness.Uas(out, "uas_ok.xml", time_limit_s=uas_limit, name=f"uas{i + 1}").start())
@@ -142,18 +191,22 @@ def main() -> int:
                 ds += "".join(f"2 {gateways[i % len(gateways)].uri} 0 0 duid=probe{i}\n" for i in range(probe_dests))
                 config = f"[probing]\ninterval = {float(env('PROBE_INTERVAL', '1'))}\n"
                 log(f"{probe_dests} extra destinations pinged every {env('PROBE_INTERVAL', '1')} s")
-            proxy = harness.Proxy(out / "proxy", ds, config=config, listen=["udp:127.0.0.1:{port}"],
-                                  args=["--algorithm", alg, *proxy_args], ready_timeout=30)
-            log("starting gdispatch: " + " ".join(proxy.cmd))
+            if external:
+                proxy = ExternalProxy(out / "proxy", external, ds, alg, int(env("CHILDREN", "1")))
+                log(f"starting {name}: {external} (CHILDREN={env('CHILDREN', '1')})")
+            else:
+                proxy = harness.Proxy(out / "proxy", ds, config=config, listen=["udp:127.0.0.1:{port}"],
+                                      args=["--algorithm", alg, *proxy_args], ready_timeout=30)
+                log(f"starting {name}: " + " ".join(proxy.cmd))
             try:
                 proxy.start()
             except RuntimeError as e:
                 log(f"ERROR: {e}")
-                print("ERROR: gdispatch did not start or did not answer OPTIONS with 200; "
+                print(f"ERROR: {name} did not start or did not answer OPTIONS with 200; "
                       f"see {proxy.log_path}", file=sys.stderr)
                 return 1
             target = f"127.0.0.1:{proxy.port}"
-            mode = f"gdispatch (pid {proxy.pid}) -> {len(gateways)} UAS, algorithm {alg}"
+            mode = f"{name} (pid {proxy.pid}) -> {len(gateways)} UAS, algorithm {alg}"
         log(f"mode: {mode}; target {target}")
 
         lat = probe.measure(target, lat_calls, lat_rate) if lat_calls > 0 else {}
@@ -225,7 +278,7 @@ def main() -> int:
             print("  ".join(str(r[c]).rjust(widths[c]) for c in COLS))
         max_cps = best["rate"] if best else 0
         cpu = best["proxy_cpu_us_per_call"] if best else "NA"
-        result = {"mode": "direct" if direct else "gdispatch", "max_cps": max_cps,
+        result = {"mode": "direct" if direct else name, "max_cps": max_cps,
                   "first_failing_rate": first_fail or "none", "proxy_cpu_us_per_call": cpu,
                   "step_s": step_s, "rates": " ".join(map(str, rates)), "out": out}
         result.update({f"idle_{k}": v for k, v in lat.items()})

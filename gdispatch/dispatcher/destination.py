@@ -125,7 +125,8 @@ class Destination:
     calls, maintained by the proxy for alg 10), `latency_est_ms` (probing latency
     estimate for alg 13; None until measured, or seeded by the ``latency`` attr).
     `file_flags` keeps the flags as the file gave them, for writing the line back.
-    `index` is the position in the owning set's try order.
+    `index` is the position in the owning set's try order. `load_elsewhere`: with several
+    workers, the active calls the other workers count for it (the primary shows the sum).
     """
 
     __slots__ = (
@@ -141,6 +142,7 @@ class Destination:
         "index",
         "latency_est_ms",
         "load",
+        "load_elsewhere",
         "maxload",
         "priority",
         "probe",
@@ -186,6 +188,7 @@ class Destination:
         self.unusable = unusable
         self.description = description
         self.load = load
+        self.load_elsewhere = 0
         self.index = 0
         # Keepalive state and latency statistics (gdispatch.probing.ProbeState), attached
         # by the prober; None when the destination is not probed.
@@ -363,12 +366,14 @@ class DispatcherList:
     "file:line: what" each); it is empty for a strict load.
     """
 
-    __slots__ = ("problems", "sets", "source")
+    __slots__ = ("problems", "sets", "source", "text")
 
-    def __init__(self, sets: dict[int, DispatcherSet], source: str = "", problems: list[str] | None = None):
+    def __init__(self, sets: dict[int, DispatcherSet], source: str = "", problems: list[str] | None = None,
+                 text: str = ""):
         self.sets = sets
         self.source = source
         self.problems = problems if problems is not None else []
+        self.text = text  # what it was parsed from (other workers parse the same)
 
     def get(self, setid: int) -> DispatcherSet | None:
         return self.sets.get(setid)

@@ -365,7 +365,7 @@ def parse_list(
             dests.reverse()
         dests.sort(key=lambda d: -d.priority)  # stable: ties keep the order they are in
         sets[setid] = DispatcherSet(setid, dests)
-    return DispatcherList(sets, filename, problems)
+    return DispatcherList(sets, filename, problems, text)
 
 
 def load_list(path: str, *, mode: str = "strict", kamailio_order: bool = False) -> DispatcherList:

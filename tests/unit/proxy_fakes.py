@@ -26,6 +26,9 @@ class FakeListener:
 
     def __init__(self, listen: Listen):
         self.listen = listen
+        self.public = self
+        self.private = None
+        self.index = 0
 
 
 class FakeTransports:
@@ -48,6 +51,9 @@ class FakeTransports:
 
     def reply(self, source, addr, data):
         self.sent.append((addr, data))
+
+    def backlog(self):
+        return 0.0
 
     def take(self):
         out, self.sent = self.sent, []

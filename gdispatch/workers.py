@@ -1,0 +1,379 @@
+"""Several worker processes on one SIP address (``gdispatch run --workers N``).
+
+How the work is split
+=====================
+
+The process ``gdispatch run`` starts is worker 0, the *primary*. It starts workers 1..N-1
+as child processes (``python -m gdispatch.workers``), each a complete proxy with its own
+transactions. Every worker binds the listen addresses with SO_REUSEPORT, and the kernel
+gives each datagram to one of them, chosen by a hash of the sender's address.
+
+A call belongs to one worker: the one `call_id_owner()` picks from its Call-ID. A worker
+that receives a datagram of a call it does not own hands it, unparsed, to the owner over
+a loopback socket (`Relay`). So an INVITE, its retransmissions, its CANCEL, its
+ACK and the BYE later all meet the transactions of one worker, whichever socket the
+kernel chose. (A single peer, a trunk or a load generator, always hashes to the same
+socket; relaying is what spreads its calls over the workers.)
+
+Each worker sends its requests from a UDP socket of its own, an ephemeral port on the
+listen IP that goes into its Via, so their responses come straight back to it;
+Record-Route names the shared address (gdispatch.transport: `UdpListener.private`). A
+TCP connection stays with the worker that accepted or opened it.
+
+What only the primary does
+==========================
+
+Probing, the list watcher, SIGHUP, the control socket and sd_notify: one state per
+destination, as the operator sees it. It tells the others, over a socketpair per child
+(`Channel`, pickled tuples):
+
+- ``("hello", config, index, relay_fd, relay_ports, list_text, states)`` once, at start;
+- ``("list", text, reason, states)``: the list it swapped in (start, reload, RPC add or
+  remove), with every destination's state;
+- ``("state", key, flags)``: a destination's new state (ping, traffic failure, set_state);
+- ``("latency", {key: ms})`` every second, for the latency algorithm (11);
+- ``("stop",)``: drain and exit.
+
+Each child sends:
+
+- ``("ready",)`` once it listens;
+- ``("failure", key, reason)``: a request to a destination failed in that worker (the
+  primary's prober counts it, as it does its own);
+- ``("report", loads, counters, stats)`` every second, for ``dispatcher.list`` and
+  ``stats``.
+
+A destination is named by `dest_key`: (set id, position in its set, URI). Every worker
+parses the same text, so the positions agree.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import pickle
+import re
+import socket
+import struct
+import sys
+import time
+import zlib
+from collections.abc import Callable
+
+import gevent
+import gevent.socket
+import gevent.subprocess
+from gevent import get_hub
+
+from gdispatch.sip import MAX_MESSAGE_SIZE
+from gdispatch.transport import YIELD_EVERY
+
+log = logging.getLogger("gdispatch.workers")
+
+_CALL_ID = re.compile(rb"\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
+_FRAME = struct.Struct("!I")
+_RELAY_HEADER = struct.Struct("!BHB")  # listener index, source port, length of the source IP
+RESTART_DELAY = 1.0  # seconds before a worker that died is started again
+
+
+def call_id_owner(data: bytes, n: int) -> int | None:
+    """The worker (0..n-1) that owns the call this datagram belongs to, from its
+    Call-ID; None when there is no Call-ID to read (whoever received it answers)."""
+    i = data.find(b"\nCall-ID:")  # the spelling nearly everyone sends
+    if i >= 0:
+        end = data.find(b"\r", i + 9)
+        value = data[i + 9:end if end >= 0 else len(data)]
+    else:
+        m = _CALL_ID.search(data)
+        if m is None:
+            return None
+        value = m.group(1)
+    return zlib.crc32(value.strip()) % n
+
+
+def dest_key(dest) -> tuple[int, int, str]:
+    """How every worker names a destination: (set id, position in its set, URI)."""
+    return (dest.setid, dest.index, dest.uri)
+
+
+def keyed(dlist) -> dict:
+    """key -> destination for every destination of `dlist`."""
+    return {dest_key(d): d for d in dlist.destinations()}
+
+
+# --------------------------------------------------------------------------- relay
+
+
+def relay_sockets(n: int) -> list[socket.socket]:
+    """One loopback UDP socket per worker, made by the primary before it starts the
+    others (each inherits its own). Unix datagram sockets would be the obvious choice,
+    but Linux queues at most net.unix.max_dgram_qlen (often 10) datagrams on one, which a
+    busy worker overruns at once; a UDP socket queues up to its receive buffer."""
+    socks = []
+    for _ in range(n):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+            except OSError:
+                pass
+        sock.bind(("127.0.0.1", 0))
+        socks.append(sock)
+    return socks
+
+
+class Relay:
+    """Hands datagrams to the worker that owns their call, over the loopback sockets of
+    `relay_sockets()`; `ports[i]` is worker i's. A datagram is taken only from another
+    worker's relay port."""
+
+    def __init__(self, sock: socket.socket, index: int, ports: list[int],
+                 deliver: Callable[[int, bytes, tuple[str, int]], None]):
+        self.index = index
+        self.n = len(ports)
+        self.deliver = deliver
+        self.names = [("127.0.0.1", p) for p in ports]
+        self.peers = frozenset(self.names)
+        self.sent = 0
+        self.dropped = 0
+        sock.setblocking(False)
+        self.sock = sock
+        self.greenlet: gevent.Greenlet | None = None
+        self.busy_since = 0.0  # as UdpListener.busy_since: how far behind the relay is
+
+    def steer(self, data: bytes, addr: tuple[str, int], listener) -> bool:
+        """For `UdpListener.steer`: True when the datagram went to its owner."""
+        owner = call_id_owner(data, self.n)
+        if owner is None or owner == self.index:
+            return False
+        ip = addr[0].encode()
+        try:
+            self.sock.sendto(_RELAY_HEADER.pack(listener.index, addr[1], len(ip)) + ip + data, self.names[owner])
+        except BlockingIOError:
+            self.dropped += 1  # our send buffer is full: lost like a datagram, and retransmitted
+            return True
+        except OSError:
+            return False  # the owner is not there (starting again): handle it here
+        self.sent += 1
+        return True
+
+    def start(self) -> None:
+        self.greenlet = gevent.spawn(self._receive_loop)
+
+    def _receive_loop(self) -> None:
+        sock = self.sock
+        hub = get_hub()
+        watcher = hub.loop.io(sock.fileno(), 1)
+        size = _RELAY_HEADER.size
+        deliver = self.deliver
+        clock = time.monotonic
+        streak = 0
+        while True:
+            try:
+                packet, sender = sock.recvfrom(MAX_MESSAGE_SIZE + 300)
+            except BlockingIOError:
+                self.busy_since = 0.0
+                hub.wait(watcher)
+                self.busy_since = clock()
+                streak = 0
+                continue
+            except OSError as e:
+                if e.errno in (errno.EBADF, errno.ENOTSOCK):
+                    return
+                continue  # an ICMP error left by a send to a worker that was gone
+            if sender not in self.peers:
+                continue
+            try:
+                index, port, iplen = _RELAY_HEADER.unpack_from(packet)
+                ip = packet[size:size + iplen].decode()
+                deliver(index, packet[size + iplen:], (ip, port))
+            except Exception:
+                log.exception("error handling a relayed datagram")
+            streak += 1
+            if streak == YIELD_EVERY:
+                streak = 0
+                gevent.sleep(0)
+
+    def close(self) -> None:
+        if self.greenlet is not None:
+            self.greenlet.kill(block=False)
+        self.sock.close()
+
+
+# --------------------------------------------------------------------------- channel
+
+
+class Channel:
+    """Pickled tuples over a stream socket between the primary and one child, framed
+    by a 4-byte length. Only these two processes hold its ends."""
+
+    def __init__(self, sock: socket.socket, on_message: Callable[[tuple], None], on_close: Callable[[], None]):
+        self.sock = gevent.socket.socket(fileno=sock.detach())
+        self.on_message = on_message
+        self.on_close = on_close
+        self.closed = False
+        self.greenlet: gevent.Greenlet | None = None
+
+    def send(self, msg: tuple) -> None:
+        if self.closed:
+            return
+        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            self.sock.sendall(_FRAME.pack(len(data)) + data)
+        except OSError:
+            self._close()
+
+    def start(self) -> None:
+        self.greenlet = gevent.spawn(self._read_loop)
+
+    def _read_loop(self) -> None:
+        try:
+            while True:
+                msg = read_frame(self.sock)
+                if msg is None:
+                    break
+                try:
+                    self.on_message(msg)
+                except Exception:
+                    log.exception("error handling %r from another worker", msg[0])
+        except OSError:
+            pass
+        self._close()
+
+    def _close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.on_close()
+
+    def close(self) -> None:
+        if self.greenlet is not None and self.greenlet is not gevent.getcurrent():
+            self.greenlet.kill(block=False)
+        self.closed = True
+        self.sock.close()
+
+
+def read_frame(sock) -> tuple | None:
+    """One message from a channel socket (blocking or gevent), None at the end."""
+    head = _read_exactly(sock, _FRAME.size)
+    if head is None:
+        return None
+    body = _read_exactly(sock, _FRAME.unpack(head)[0])
+    return None if body is None else pickle.loads(body)
+
+
+def _read_exactly(sock, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+# --------------------------------------------------------------------------- primary side
+
+
+class Supervisor:
+    """The primary's view of workers 1..N-1: starts them, talks to them, starts again
+    one that died, and stops them."""
+
+    def __init__(self, n: int, hello: Callable[[int], tuple], on_message: Callable[[int, tuple], None],
+                 relay_fds: list[int]):
+        self.n = n
+        self.relay_fds = relay_fds  # worker i inherits relay_fds[i]
+        self.hello = hello
+        self.on_message = on_message
+        self.procs: dict[int, gevent.subprocess.Popen] = {}
+        self.channels: dict[int, Channel] = {}
+        self.ready: set[int] = set()
+        self.stopping = False
+
+    def start(self) -> None:
+        for i in range(1, self.n):
+            self._spawn(i)
+
+    def _spawn(self, index: int) -> None:
+        if self.stopping:
+            return
+        parent, child = socket.socketpair()
+        env = dict(os.environ)
+        env.pop("NOTIFY_SOCKET", None)  # only the primary talks to systemd
+        proc = gevent.subprocess.Popen([sys.executable, "-m", "gdispatch.workers", str(child.fileno())],
+                                       pass_fds=(child.fileno(), self.relay_fds[index]), env=env)
+        child.close()
+
+        def received(msg: tuple) -> None:
+            if msg[0] == "ready":
+                self.ready.add(index)
+            self.on_message(index, msg)
+
+        channel = Channel(parent, received, lambda: self._lost(index, proc))
+        self.procs[index] = proc
+        self.channels[index] = channel
+        channel.send(self.hello(index))
+        channel.start()
+
+    def _lost(self, index: int, proc) -> None:
+        self.ready.discard(index)
+        if self.stopping:
+            return
+        status = proc.wait()
+        log.error("worker %d (pid %d) exited with status %s; starting it again in %.0f s",
+                  index, proc.pid, status, RESTART_DELAY)
+        gevent.spawn_later(RESTART_DELAY, self._spawn, index)
+
+    def wait_ready(self, timeout: float, abort=None) -> bool:
+        """Until every worker said it listens (or `timeout` seconds, or the event
+        `abort` is set)."""
+        with gevent.Timeout(timeout, False):
+            while len(self.ready) < self.n - 1 and not (abort is not None and abort.is_set()):
+                gevent.sleep(0.02)
+        return len(self.ready) == self.n - 1
+
+    def broadcast(self, msg: tuple) -> None:
+        for ch in list(self.channels.values()):
+            ch.send(msg)
+
+    def stop(self, timeout: float) -> None:
+        """Tell every worker to drain and exit; SIGKILL (by PID) one still there after
+        `timeout` seconds."""
+        self.stopping = True
+        self.broadcast(("stop",))
+        deadline = time.monotonic() + timeout
+        for index, proc in self.procs.items():
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except gevent.subprocess.TimeoutExpired:
+                log.warning("worker %d (pid %d) did not stop in time; killing it", index, proc.pid)
+                proc.kill()
+                proc.wait()
+        for ch in self.channels.values():
+            ch.close()
+
+
+# --------------------------------------------------------------------------- child side
+
+
+def child_main(argv: list[str]) -> int:
+    """``python -m gdispatch.workers FD``: a worker started by the primary, which wrote
+    the hello message on FD (one end of a socketpair)."""
+    fd = int(argv[1])
+    sock = socket.socket(fileno=fd)
+    hello = read_frame(sock)
+    if not hello or hello[0] != "hello":
+        print("gdispatch worker: no hello from the primary", file=sys.stderr)
+        return 2
+    _, config, index, relay_fd, relay_ports, list_text, states = hello
+    from gdispatch.app import run_worker
+
+    return run_worker(config, index, socket.socket(fileno=relay_fd), relay_ports, list_text, states, sock)
+
+
+if __name__ == "__main__":
+    sys.exit(child_main(sys.argv))

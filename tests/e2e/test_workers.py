@@ -1,0 +1,206 @@
+"""Several worker processes on one port (`--workers N`, gdispatch.workers), end to end.
+
+What each test proves: calls of one SIPp caller are spread over the workers and every
+message of a call (INVITE, retransmission, CANCEL, ACK, BYE) meets the worker that owns
+it; the operator sees one state per destination and one list; a reload, a state change
+and a traffic failure reach every worker; SIGTERM stops them all; a worker that dies is
+started again; a port somebody else holds is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from . import harness
+
+HOST = "127.0.0.1"
+
+
+def stats(p: harness.Proxy) -> dict:
+    out = p.rpc("stats", json_out=True)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def workers_of(p: harness.Proxy) -> list[int]:
+    return harness._children(p.pid)
+
+
+def wait_for(cond, timeout: float, step: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(step)
+    return cond()
+
+
+def test_calls_spread_over_two_workers(proxy, uas, uac):
+    gws = [uas(), uas()]
+    p = proxy(harness.dispatcher_list(*gws), args=["--workers", "2"])
+    assert len(workers_of(p)) == 1  # the primary and one more
+    res = uac(f"{HOST}:{p.port}", calls=2000, rate=250, timeout_s=90)
+    assert (res.successful, res.failed) == (2000, 0), res
+    for g in gws:
+        g.stop()
+    counts = [g.counts() for g in gws]
+    assert sum(c["INVITE"] for c in counts) == 2000, counts
+    for c in counts:
+        # Each ACK and BYE found the worker holding its dialog's route.
+        assert c["ACK"] == c["INVITE"] == c["BYE"] and c["unexpected"] == 0, counts
+    # Round robin in each worker over its share: close to even overall.
+    assert all(abs(c["INVITE"] - 1000) <= 10 for c in counts), counts
+    s = wait_for(lambda: (lambda x: x if x["dispatched"] == 2000 else None)(stats(p)), 5)
+    assert s["workers"] == 2 and s["workers_ready"] == 2, s
+    # One caller's calls were owned by both workers: about half went over the relay.
+    assert 0.3 * 6000 < s["relayed_to_other_workers"] < 0.7 * 6000, s
+    assert s["relay_dropped"] == 0, s
+    sent = {d["URI"]: d["CALLS_SENT"] for d in s["destinations"]}
+    assert sorted(sent.values()) == sorted(c["INVITE"] for c in counts), (sent, counts)
+
+
+def test_cancel_and_retransmissions_meet_the_owner(proxy, uas, uac):
+    gw = uas("uas_ring_cancel.xml")
+    p = proxy(harness.dispatcher_list(gw), args=["--workers", "2"])
+    res = uac(f"{HOST}:{p.port}", "uac_cancel.xml", calls=40, rate=20, timeout_s=60)
+    # The scenario checks the caller got 200 for its CANCEL and 487 for its INVITE.
+    assert (res.successful, res.failed) == (40, 0), res
+    gw.stop()
+    c = gw.counts()
+    assert c["INVITE"] == 40 and c["CANCEL"] == 40 and c["ACK"] == 40, c
+
+
+def test_a_retransmission_from_other_ports_is_absorbed(proxy, uas):
+    """The same INVITE sent from 8 source ports: SO_REUSEPORT gives some to each worker,
+    the relay brings them to the owner, which absorbs all but the first."""
+    gw = uas()
+    p = proxy(harness.dispatcher_list(gw), args=["--workers", "2"])
+    socks = []
+    try:
+        for _ in range(8):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((HOST, 0))
+            s.settimeout(0.3)
+            socks.append(s)
+        invite = harness.build_request("INVITE", f"sip:service@{HOST}:{p.port}",
+                                       local_port=socks[0].getsockname()[1])
+        for s in socks:
+            s.sendto(invite, (HOST, p.port))
+            time.sleep(0.05)
+        statuses = []
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and 200 not in statuses:
+            try:
+                statuses.append(harness.status_code(socks[0].recvfrom(65535)[0]))
+            except TimeoutError:
+                pass
+    finally:
+        for s in socks:
+            s.close()
+    assert 200 in statuses, statuses
+    time.sleep(1.2)
+    gw.stop()
+    assert gw.counts()["INVITE"] == 1, gw.counts()
+    assert stats(p)["retransmissions_absorbed"] == 7
+
+
+def test_one_state_and_one_list_for_every_worker(proxy, uas, uac):
+    a, b = uas(), uas()
+    p = proxy(harness.dispatcher_list(a, b), args=["--workers", "2"])
+    # The operator's command reaches both workers: no call goes to a disabled gateway.
+    out = p.rpc("dispatcher.set_state", "dx", "1", a.uri)
+    assert out.returncode == 0, out.stderr
+    assert list(p.states().values())[0] == "DX", p.states()
+    res = uac(f"{HOST}:{p.port}", calls=200, rate=100, timeout_s=60)
+    assert (res.successful, res.failed) == (200, 0), res
+    # (the UAS rewrite their counts every second)
+    assert wait_for(lambda: b.counts()["INVITE"] == 200, 3), b.counts()
+    assert a.counts()["INVITE"] == 0, a.counts()
+    # A reload reaches both workers too: a only, now (it keeps its state across the
+    # reload, so it is made active first), and every call goes to it.
+    assert p.rpc("dispatcher.set_state", "ap", "1", a.uri).returncode == 0
+    p.list_path.write_text(harness.dispatcher_list(a))
+    assert wait_for(lambda: len(p.states()) == 1, 5), p.states()
+    res = uac(f"{HOST}:{p.port}", calls=200, rate=100, timeout_s=60)
+    assert (res.successful, res.failed) == (200, 0), res
+    a.stop()
+    b.stop()
+    assert a.counts()["INVITE"] == 200 and b.counts()["INVITE"] == 200, (a.counts(), b.counts())
+    assert p.log().count("reloaded") == 1
+
+
+def test_a_traffic_failure_marks_the_destination_down_for_every_worker(proxy, uas, uac):
+    """Pings are slow here (every 30 s), so only the calls' own failures (ICMP port
+    unreachable) can mark the dead gateway: whichever worker sees one tells the primary,
+    whose state every worker then uses."""
+    a, b = uas(), uas()
+    p = proxy(harness.dispatcher_list(a, b), args=["--workers", "2"],
+              config="[probing]\ninterval = 30\nprobing_threshold = 1\n")
+    assert all(v.startswith("A") for v in p.states().values()), p.states()
+    a.kill()
+    res = uac(f"{HOST}:{p.port}", calls=400, rate=100, timeout_s=60)
+    assert (res.successful, res.failed) == (400, 0), res
+    states = p.states()
+    assert list(states.values())[0].startswith("I"), states
+    b.stop()
+    # Every call failed over to b at once, then went there first.
+    assert b.counts()["INVITE"] == 400, b.counts()
+
+
+def test_sigterm_stops_every_worker(proxy, uas):
+    gw = uas()
+    p = proxy(harness.dispatcher_list(gw), args=["--workers", "3"])
+    kids = wait_for(lambda: (lambda k: k if len(k) == 2 else None)(workers_of(p)), 5)
+    assert kids and len(kids) == 2, kids
+    os.kill(p.pid, signal.SIGTERM)
+    assert p.proc.wait(timeout=15) == 0
+    for k in kids:
+        assert not os.path.exists(f"/proc/{k}") or _zombie(k), f"worker {k} still running"
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_a_worker_that_dies_is_started_again(proxy, uas, uac):
+    gw = uas()
+    p = proxy(harness.dispatcher_list(gw), args=["--workers", "2"])
+    (kid,) = workers_of(p)
+    os.kill(kid, signal.SIGKILL)
+    new = wait_for(lambda: (lambda k: k if k and k != [kid] and len(k) == 1 else None)(workers_of(p)), 10)
+    assert new, workers_of(p)
+    assert wait_for(lambda: stats(p)["workers_ready"] == 2, 10)
+    res = uac(f"{HOST}:{p.port}", calls=200, rate=100, timeout_s=60)
+    assert (res.successful, res.failed) == (200, 0), res
+    assert "exited with status" in p.log()
+
+
+def test_a_port_in_use_is_refused(tmp_path, uas):
+    """SO_REUSEPORT would let two processes of one user share a port unnoticed; the
+    primary makes sure nobody holds it first."""
+    gw = uas()
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    holder.bind((HOST, 0))
+    port = holder.getsockname()[1]
+    (tmp_path / "d.list").write_text(harness.dispatcher_list(gw))
+    try:
+        out = subprocess.run([sys.executable, "-m", "gdispatch", "run", "--list", "d.list",
+                              "--listen", f"udp:{HOST}:{port}", "--workers", "2"],
+                             capture_output=True, text=True, timeout=20, cwd=tmp_path,
+                             env={**os.environ, "PYTHONPATH": str(harness.REPO),
+                                  "GDISPATCH_SOCKET": str(tmp_path / "c.sock")})
+    finally:
+        holder.close()
+    assert out.returncode == 1, out
+    assert f"cannot listen on udp:{HOST}:{port}" in out.stderr and "in use" in out.stderr, out.stderr

@@ -1,0 +1,43 @@
+"""Which worker owns a datagram (gdispatch.workers.call_id_owner): every message of a call
+must name the same worker, however its Call-ID header is spelled."""
+
+from gdispatch.workers import call_id_owner
+
+INVITE = (b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n"
+          b"Call-ID: abc-123@host\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_every_spelling_of_call_id_names_the_same_owner():
+    forms = [
+        INVITE,
+        INVITE.replace(b"Call-ID: ", b"i: "),
+        INVITE.replace(b"Call-ID: ", b"call-id:   "),
+        INVITE.replace(b"Call-ID: ", b"CALL-ID :\t"),
+        INVITE.replace(b"Call-ID: abc-123@host", b"Call-ID: abc-123@host  "),
+    ]
+    owners = {call_id_owner(m, 4) for m in forms}
+    assert len(owners) == 1 and owners != {None}
+
+
+def test_a_response_goes_where_its_request_went():
+    resp = (b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nCall-ID: abc-123@host\r\n"
+            b"CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
+    assert call_id_owner(resp, 3) == call_id_owner(INVITE, 3)
+
+
+def test_no_call_id_means_no_owner():
+    assert call_id_owner(b"INVITE sip:a@b SIP/2.0\r\nVia: x\r\n\r\n", 2) is None
+    assert call_id_owner(b"\r\n\r\n", 2) is None  # a keep-alive
+
+
+def test_a_body_line_does_not_count():
+    body = b"v=0\r\ni: not-the-call-id\r\n"
+    msg = INVITE.replace(b"Content-Length: 0\r\n\r\n", b"Content-Length: %d\r\n\r\n" % len(body)) + body
+    assert call_id_owner(msg, 7) == call_id_owner(INVITE, 7)
+
+
+def test_calls_spread_over_the_workers():
+    counts = [0, 0, 0]
+    for n in range(3000):
+        counts[call_id_owner(INVITE.replace(b"abc-123", b"call%d" % n), 3)] += 1
+    assert all(900 < c < 1100 for c in counts), counts
