@@ -10,15 +10,20 @@ responses go through as before.
 
 Two bounds, both checked for each new dialog-creating request:
 
-- backlog: how long the receiver of a listen socket has been reading it without once
-  finding it empty (`UdpListener.busy_since`). A proxy that keeps up empties its socket
-  many times a second; one that does not has requests waiting in the kernel for that
-  long, and `max_backlog` of it means callers are about to retransmit.
+- backlog: how long requests wait in the kernel before they are read. The receivers
+  of the listen sockets (and of the relay between workers) ask the kernel for each
+  datagram's arrival time (SO_TIMESTAMPNS) and sample it on the first datagram after
+  each wait and every 32 datagrams (`UdpListener.queue_delay`). A proxy that keeps up,
+  even at 90 % of a core, reads requests within milliseconds; past `max_backlog` the
+  callers are about to retransmit (T1 = 500 ms).
 - calls in setup: more than `max_calls_in_setup` dispatched requests are waiting for
   their final response (each holds a transaction, a greenlet and its messages).
 
-Past the backlog bound, new calls are refused for at least `hold` seconds, so the
-callers' retries and the next burst do not meet a proxy that is still behind.
+New calls are refused while the backlog lasts, and `hold` seconds more when set (a
+caller told Retry-After then does not meet a proxy that has only just caught up). The
+default bound, 0.5 s, is above the pauses a busy process sees (a garbage collection of a
+large heap, page faults while it grows), which must not turn away calls the proxy can
+carry.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ class LoadGuard:
     __slots__ = ("_clock", "_refuse_until", "hold", "max_backlog", "max_calls_in_setup", "refused", "retry_after")
 
     def __init__(self, clock: Callable[[], float], *, max_backlog: float = 0.5, max_calls_in_setup: int = 0,
-                 hold: float = 1.0, retry_after: int = 2):
+                 hold: float = 0.0, retry_after: int = 2):
         self._clock = clock
         self.max_backlog = max_backlog  # seconds; 0: no backlog bound
         self.max_calls_in_setup = max_calls_in_setup  # 0: no bound

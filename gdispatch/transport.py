@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -56,6 +57,31 @@ class Source:
         return f"{self.transport}:{self.addr[0]}:{self.addr[1]}"
 
 
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux
+_TIMESPEC = struct.Struct("@qq")
+
+
+def enable_timestamps(sock: socket.socket) -> None:
+    """Have the kernel stamp each datagram with its arrival time (read by
+    `receive_sampled`)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:
+        pass
+
+
+def receive_sampled(sock: socket.socket, size: int) -> tuple[bytes, tuple, float]:
+    """One datagram, its sender, and how long it waited in the socket's buffer (0.0
+    when the kernel gave no arrival time). Costs a little more than recvfrom, so
+    receivers use it for a sample of their datagrams."""
+    data, anc, _flags, addr = sock.recvmsg(size, 64)
+    for level, kind, cdata in anc:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(cdata) >= _TIMESPEC.size:
+            sec, nsec = _TIMESPEC.unpack_from(cdata)
+            return data, addr, max(0.0, time.time() - (sec + nsec * 1e-9))
+    return data, addr, 0.0
+
+
 def _family(host: str) -> int:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
@@ -73,9 +99,10 @@ class UdpListener:
         self.public = public or self  # the address Record-Route names
         self.private: UdpListener | None = None  # where this worker's requests leave from
         self.index = 0  # position in Transports.listeners: the same in every worker
-        # When its receiver started reading without finding the socket empty since
-        # (0.0: it is waiting for datagrams): how far behind it may be (gdispatch.overload).
-        self.busy_since = 0.0
+        # How long the last sampled datagram waited in the kernel before it was read
+        # (0.0 once the socket is found empty): how far behind this receiver is
+        # (gdispatch.overload).
+        self.queue_delay = 0.0
         # With several workers: (data, addr, listener) -> True when the datagram was
         # handed to the worker that owns it (gdispatch.workers), False to handle it here.
         self.steer: Callable[[bytes, tuple[str, int], UdpListener], bool] | None = None
@@ -89,6 +116,8 @@ class UdpListener:
         except OSError:
             pass
         sock.bind((listen.host, listen.port))
+        if public is None:
+            enable_timestamps(sock)
         if listen.port == 0:
             listen = Listen(listen.transport, listen.host, sock.getsockname()[1])
         self.listen = listen
@@ -115,15 +144,18 @@ class UdpListener:
         watcher = hub.loop.io(sock.fileno(), 1)
         handle = self.owner.on_message
         steer = self.steer
-        clock = time.monotonic
+        sampled = self.public is self  # request sockets sample their queueing delay
         streak = 0
         while True:
             try:
-                data, addr = recvfrom(MAX_MESSAGE_SIZE + 1)
+                if streak == 0 and sampled:
+                    data, addr, delay = receive_sampled(sock, MAX_MESSAGE_SIZE + 1)
+                    self.queue_delay = delay
+                else:
+                    data, addr = recvfrom(MAX_MESSAGE_SIZE + 1)
             except BlockingIOError:
-                self.busy_since = 0.0
+                self.queue_delay = 0.0
                 hub.wait(watcher)
-                self.busy_since = clock()
                 streak = 0
                 continue
             except OSError as e:
@@ -427,7 +459,7 @@ class Transports:
             lst.index = len(self.listeners)
             self.listeners.append(lst)
         # Where new requests queue up: the UDP listen sockets (gdispatch.workers adds its
-        # relay). Each has `busy_since`.
+        # relay). Each has `queue_delay`.
         self.request_receivers: list = [lst for lst in self.listeners if lst.transport == "udp"]
 
     def _sockets(self) -> list[UdpListener | TcpListener]:
@@ -444,15 +476,10 @@ class Transports:
             conn.close()
 
     def backlog(self) -> float:
-        """Seconds the busiest request receiver has been reading without finding its
-        socket empty (listen sockets, and the relay from other workers)."""
-        now = time.monotonic()
-        oldest = now
-        for r in self.request_receivers:
-            since = r.busy_since
-            if since and since < oldest:
-                oldest = since
-        return now - oldest
+        """How long requests wait in the kernel before they are read, in seconds: the
+        largest `queue_delay` of the request receivers (listen sockets, and the relay
+        from other workers)."""
+        return max(r.queue_delay for r in self.request_receivers) if self.request_receivers else 0.0
 
     def deliver(self, listener_index: int, data: bytes, addr: tuple[str, int]) -> None:
         """A datagram another worker received on listener `listener_index` and handed

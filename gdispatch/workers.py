@@ -66,7 +66,7 @@ import gevent.subprocess
 from gevent import get_hub
 
 from gdispatch.sip import MAX_MESSAGE_SIZE
-from gdispatch.transport import YIELD_EVERY
+from gdispatch.transport import YIELD_EVERY, enable_timestamps, receive_sampled
 
 log = logging.getLogger("gdispatch.workers")
 
@@ -139,7 +139,8 @@ class Relay:
         sock.setblocking(False)
         self.sock = sock
         self.greenlet: gevent.Greenlet | None = None
-        self.busy_since = 0.0  # as UdpListener.busy_since: how far behind the relay is
+        self.queue_delay = 0.0  # as UdpListener.queue_delay: how far behind the relay is
+        enable_timestamps(sock)
 
     def steer(self, data: bytes, addr: tuple[str, int], listener) -> bool:
         """For `UdpListener.steer`: True when the datagram went to its owner."""
@@ -166,15 +167,16 @@ class Relay:
         watcher = hub.loop.io(sock.fileno(), 1)
         size = _RELAY_HEADER.size
         deliver = self.deliver
-        clock = time.monotonic
         streak = 0
         while True:
             try:
-                packet, sender = sock.recvfrom(MAX_MESSAGE_SIZE + 300)
+                if streak == 0:
+                    packet, sender, self.queue_delay = receive_sampled(sock, MAX_MESSAGE_SIZE + 300)
+                else:
+                    packet, sender = sock.recvfrom(MAX_MESSAGE_SIZE + 300)
             except BlockingIOError:
-                self.busy_since = 0.0
+                self.queue_delay = 0.0
                 hub.wait(watcher)
-                self.busy_since = clock()
                 streak = 0
                 continue
             except OSError as e:

@@ -127,3 +127,18 @@ def test_example_config_loads():
 
     c = load(str(Path(__file__).resolve().parents[2] / "gdispatch.toml"))
     assert [str(x) for x in c.listen] == ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]
+
+
+def test_overload_and_wait_timer_keys():
+    c = from_dict({"overload": {"max_backlog": 0, "max_calls_in_setup": 500, "hold": 2, "retry_after": 9},
+                   "timers": {"wt_timer": 0}, "server": {"workers": 2}})
+    assert (c.overload.max_backlog, c.overload.max_calls_in_setup, c.overload.hold, c.overload.retry_after) == (
+        0.0, 500, 2.0, 9)
+    assert c.timers.wt_timer == 0.0 and c.workers == 2
+    assert Config().timers.wt_timer == 5.0 and Config().overload.max_backlog == 0.5
+    for data, words in (({"overload": {"max_calls_in_setup": -1}}, "[overload].max_calls_in_setup"),
+                        ({"overload": {"retry_after": 1.5}}, "[overload].retry_after"),
+                        ({"overload": {"queue": 1}}, "queue"),
+                        ({"timers": {"wt_timer": -1}}, "[timers].wt_timer")):
+        with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):
+            from_dict(data)

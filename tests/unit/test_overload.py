@@ -59,7 +59,7 @@ def test_calls_past_max_calls_in_setup_get_503_the_accepted_ones_carry_on():
 
 
 def test_a_backlog_turns_new_calls_away_statelessly():
-    fp = overloaded_proxy(max_backlog=0.3)
+    fp = overloaded_proxy(max_backlog=0.3, hold=1.0)
     fp.transports.backlog = lambda: 0.5
     out = fp.receive(invite(1), UAC)
     assert statuses(out) == [503] and b"Retry-After: 2\r\n" in out[0][1]
