@@ -25,6 +25,8 @@
 #   DEST_ATTRS     ""                      more attrs on each gateway's list line, e.g. "prefix=011"
 #   PROBE_DESTS    0                       extra destinations (set 2) pinged beside the calls
 #   PROBE_INTERVAL 1                       their ping interval, seconds
+#   OVERLOAD_X     2                       then one step at OVERLOAD_X x the highest passing rate
+#                                          (0: none): calls completed per second past capacity
 #   CONFIRM        1                       run a failing step once more before stopping
 #   MAX_FAIL_PCT 0.1  MAX_RETRANS_PCT 1.0  MIN_RATE_FRAC 0.95   the pass criteria
 #   DIRECT         0                       1: no proxy
@@ -44,6 +46,7 @@ die() { echo "bench.sh: $*" >&2; exit 1; }
 command -v sipp >/dev/null 2>&1 || die "SIPp is not installed (apt-get install -y sip-tester, or make bench)"
 [ -x "$PY" ] || command -v "$PY" >/dev/null 2>&1 || die "no Python at $PY (run make install, or set PY)"
 [ -r /proc/stat ] || die "Linux only: the CPU accounting reads /proc"
+export OVERLOAD_X="${OVERLOAD_X:-2}"
 export PY RATES="${RATES:-500 1000 1500 2000 2500 3000 3500 4000 4500 5000 6000}" STEP_S="${STEP_S:-4}"
 if [ "${DIRECT:-0}" = 1 ]; then
   exec "$PY" "$ROOT/bench/lib/maxcps.py"

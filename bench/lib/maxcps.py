@@ -19,7 +19,8 @@ DS_LIST, DS_ALG, CHILDREN and RUN_DIR in its environment; ready once it answers 
 with 200; stopped with SIGTERM by PID (SIGKILL for its process tree 5 s later).
 
 Environment: PY (set by bench.sh), NAME, RATES, STEP_S, LAT_CALLS, LAT_RATE, ALG, PROXY_ARGS,
-PROXY_CMD, CHILDREN,
+PROXY_CMD, CHILDREN, OVERLOAD_X (after the search, one step at OVERLOAD_X times the
+highest passing rate: the calls completed per second past capacity),
 DEST_ATTRS (more attrs for each gateway's dispatcher.list line, e.g. "prefix=011"),
 PROBE_DESTS (extra destinations to ping, 0), PROBE_INTERVAL (1 s),
 GRACE_S, CONFIRM, MAX_FAIL_PCT, MAX_RETRANS_PCT, MIN_RATE_FRAC, DIRECT, OUT.
@@ -263,6 +264,14 @@ def main() -> int:
                 first_fail = rate
                 break
             best = rows[-1]
+        overload = None
+        factor = float(env("OVERLOAD_X", "0"))
+        if factor > 0 and best is not None and proxy is not None:
+            # Past capacity: does the proxy keep carrying calls, or collapse?
+            time.sleep(2)
+            log(f"overload step: {factor:g} x {best['rate']} cps")
+            step(int(factor * int(best["rate"])))
+            overload = rows[-1]
 
         with open(out / "steps.tsv", "w") as f:
             f.write("\t".join(COLS) + "\n")
@@ -282,6 +291,9 @@ def main() -> int:
                   "first_failing_rate": first_fail or "none", "proxy_cpu_us_per_call": cpu,
                   "step_s": step_s, "rates": " ".join(map(str, rates)), "out": out}
         result.update({f"idle_{k}": v for k, v in lat.items()})
+        if overload is not None:
+            result.update({"overload_rate": overload["rate"], "overload_ok_cps": overload["achieved_cps"],
+                           "overload_fail_pct": overload["fail_pct"], "overload_retrans_pct": overload["retrans_pct"]})
         (out / "result.txt").write_text("".join(f"{k}={v}\n" for k, v in result.items()))
         print(f"results: {out}")
         print(f"max_cps={max_cps}")
