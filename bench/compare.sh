@@ -7,8 +7,9 @@
 #   bench/compare.sh                       # SUITES=maxcps (the default here)
 #   SUITES="maxcps distribution failover" bench/compare.sh
 #
-# Two proxies are measured one after the other: Kamailio with children=1, and gdispatch
-# (one process). Results: ./bench-results/run_<stamp>/SUMMARY.md (printed at the end).
+# Four proxies are measured one after the other: Kamailio with children=1 and gdispatch
+# with 1 worker, then Kamailio with children=2 and gdispatch with 2 workers (WORKERS2=0:
+# only the first two). Results: ./bench-results/run_<stamp>/SUMMARY.md (printed at the end).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -35,10 +36,12 @@ echo "compare.sh: SUITES=$SUITES; running $RUN_ALL (log: $LOG)"
 # The gdispatch spec is single-quoted on purpose: $PROXY_ADDR, $DS_LIST and $DS_ALG are
 # expanded by the harness when it starts the proxy, from the environment it gives it.
 set +e
-bash "$RUN_ALL" \
-  "kamailio-c1|1|$SHARED_BENCH/kamailio/start.sh" \
-  "gdispatch-w1|1|env GDISPATCH_SOCKET="'$RUN_DIR/gdispatch.sock '"$PY"' -m gdispatch run --config '"$ROOT/bench/compare.toml"' --listen udp:$PROXY_ADDR --list $DS_LIST --algorithm $DS_ALG'"|$PY"' -m gdispatch rpc --socket $RUN_DIR/gdispatch.sock dispatcher.list' \
-  2>&1 | tee "$LOG"
+GD="env GDISPATCH_SOCKET="'$RUN_DIR/gdispatch.sock '"$PY"' -m gdispatch run --config '"$ROOT/bench/compare.toml"' --listen udp:$PROXY_ADDR --list $DS_LIST --algorithm $DS_ALG --workers $CHILDREN'"|$PY"' -m gdispatch rpc --socket $RUN_DIR/gdispatch.sock dispatcher.list'
+specs=("kamailio-c1|1|$SHARED_BENCH/kamailio/start.sh" "gdispatch-w1|1|$GD")
+if [ "${WORKERS2:-1}" = 1 ]; then
+  specs+=("kamailio-c2|2|$SHARED_BENCH/kamailio/start.sh" "gdispatch-w2|2|$GD")
+fi
+bash "$RUN_ALL" "${specs[@]}" 2>&1 | tee "$LOG"
 rc=${PIPESTATUS[0]}
 set -e
 results="$(sed -n 's/^results: //p' "$LOG" | tail -1)"

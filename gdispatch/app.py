@@ -89,10 +89,7 @@ class App:
         """Load everything and start serving; a non-zero exit status when it cannot.
         With several workers this process is the primary (gdispatch.workers)."""
         config = self.config
-        try:
-            self.plugins.load(config.plugins, config.hooks_dir)
-        except PluginError as e:
-            log.error("%s", e)
+        if not self._load_plugins():
             return 1
         try:
             dlist = load_list(config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order)
@@ -127,7 +124,10 @@ class App:
         if several:
             self._relay_socks = relay_sockets(config.workers)
             self._start_relay(self._relay_socks[0], 0, [x.getsockname()[1] for x in self._relay_socks])
-        transports.start()
+        # With several workers the primary reads the shared port only once they all
+        # listen: until then the kernel would give it every datagram, and the calls
+        # taken meanwhile would all be its own.
+        transports.start(listen=not several)
         self.dns.start(lambda: proxy.dlist)
         self.prober.start()
         self._greenlets.append(gevent.spawn(self._tick))
@@ -158,6 +158,7 @@ class App:
             if not self.supervisor.wait_ready(WORKER_START_TIMEOUT, abort=self.stopping):
                 log.warning("only %d of %d workers listen after %.0f s", len(self.supervisor.ready) + 1,
                             config.workers, WORKER_START_TIMEOUT)
+            transports.start_listening()
         self.plugins.call("gdispatch_list_loaded", dispatcher_list=dlist, reason="start")
         self.plugins.call("gdispatch_startup", config=config)
         nsets = len(dlist.sets)
@@ -166,6 +167,14 @@ class App:
                  ", ".join(str(x) for x in config.listen),
                  f" with {config.workers} workers" if several else "", nsets, ndest, config.list_file)
         return 0
+
+    def _load_plugins(self) -> bool:
+        try:
+            self.plugins.load(self.config.plugins, self.config.hooks_dir)
+        except PluginError as e:
+            log.error("%s", e)
+            return False
+        return True
 
     def _start_proxy(self, dlist, *, shared: bool) -> int:
         """Sockets, name resolution and the proxy, for the primary and the workers alike."""
@@ -238,10 +247,7 @@ class App:
         """Start as worker `index` of `n` (not the primary): the list and the states come
         from the primary, which does the probing, watching and control."""
         config = self.config
-        try:
-            self.plugins.load(config.plugins, config.hooks_dir)
-        except PluginError as e:
-            log.error("%s", e)
+        if not self._load_plugins():
             return 1
         dlist = parse_list(text, config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order)
         self._apply(dlist, states)

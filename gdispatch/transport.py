@@ -82,6 +82,45 @@ def receive_sampled(sock: socket.socket, size: int) -> tuple[bytes, tuple, float
     return data, addr, 0.0
 
 
+def run_receiver(receiver, sock: socket.socket, size: int, handle: Callable[[bytes, tuple], None], *,
+                 on_unreachable: Callable[[], None] | None = None, sample: bool = True) -> None:
+    """The loop of a datagram socket's receiver greenlet: read every datagram and hand it
+    to `handle(data, addr)` inline (no greenlet per datagram), wait on the hub when the
+    socket is empty. `receiver.queue_delay` follows how long datagrams waited (sampled on
+    the first after each wait and every YIELD_EVERY), and every YIELD_EVERY datagrams
+    the loop lets the other greenlets run: a socket that never runs dry must not starve
+    the timers, the dispatch greenlets and the other sockets. Ends when the socket closes."""
+    hub = get_hub()
+    watcher = hub.loop.io(sock.fileno(), 1)
+    recvfrom = sock.recvfrom
+    streak = 0
+    while True:
+        try:
+            if streak == 0 and sample:
+                data, addr, receiver.queue_delay = receive_sampled(sock, size)
+            else:
+                data, addr = recvfrom(size)
+        except BlockingIOError:
+            receiver.queue_delay = 0.0
+            hub.wait(watcher)
+            streak = 0
+            continue
+        except OSError as e:
+            if e.errno in (errno.EBADF, errno.ENOTSOCK):
+                return
+            if e.errno in _UNREACHABLE and on_unreachable is not None:
+                on_unreachable()
+            continue
+        try:
+            handle(data, addr)
+        except Exception:
+            log.exception("error handling a datagram from %s", addr)
+        streak += 1
+        if streak == YIELD_EVERY:
+            streak = 0
+            gevent.sleep(0)
+
+
 def _family(host: str) -> int:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
@@ -138,43 +177,16 @@ class UdpListener:
         self.greenlet = gevent.spawn(self._receive_loop)
 
     def _receive_loop(self) -> None:
-        sock = self.sock
-        recvfrom = sock.recvfrom
-        hub = get_hub()
-        watcher = hub.loop.io(sock.fileno(), 1)
-        handle = self.owner.on_message
+        on_message = self.owner.on_message
         steer = self.steer
-        sampled = self.public is self  # request sockets sample their queueing delay
-        streak = 0
-        while True:
-            try:
-                if streak == 0 and sampled:
-                    data, addr, delay = receive_sampled(sock, MAX_MESSAGE_SIZE + 1)
-                    self.queue_delay = delay
-                else:
-                    data, addr = recvfrom(MAX_MESSAGE_SIZE + 1)
-            except BlockingIOError:
-                self.queue_delay = 0.0
-                hub.wait(watcher)
-                streak = 0
-                continue
-            except OSError as e:
-                if e.errno in (errno.EBADF, errno.ENOTSOCK):
-                    return
-                if e.errno in _UNREACHABLE:
-                    self._drain_errors()
-                continue
-            try:
-                if steer is None or not steer(data, addr, self):
-                    handle(data, Source("udp", (addr[0], addr[1]), self))
-            except Exception:
-                log.exception("error handling a datagram from %s:%s", addr[0], addr[1])
-            streak += 1
-            if streak == YIELD_EVERY:
-                # A socket that never runs dry must not starve the timers, the dispatch
-                # greenlets and the other sockets (responses come in on another one).
-                streak = 0
-                gevent.sleep(0)
+
+        def handle(data: bytes, addr) -> None:
+            if steer is None or not steer(data, addr, self):
+                on_message(data, Source("udp", (addr[0], addr[1]), self))
+
+        # Request sockets sample their queueing delay; a worker's own socket gets responses.
+        run_receiver(self, self.sock, MAX_MESSAGE_SIZE + 1, handle, on_unreachable=self._drain_errors,
+                     sample=self.public is self)
 
     def _drain_errors(self) -> None:
         """ICMP errors (port or host unreachable) queued by IP_RECVERR: each names the
@@ -465,9 +477,17 @@ class Transports:
     def _sockets(self) -> list[UdpListener | TcpListener]:
         return [x for lst in self.listeners for x in (lst, lst.private) if x is not None]
 
-    def start(self) -> None:
+    def start(self, listen: bool = True) -> None:
+        """Start receiving; `listen=False` starts only the workers' private sockets (the
+        listen sockets queue what arrives until `start_listening()`)."""
         for lst in self._sockets():
-            lst.start()
+            if listen or lst.public is not lst:
+                lst.start()
+
+    def start_listening(self) -> None:
+        for lst in self.listeners:
+            if lst.greenlet is None:
+                lst.start()
 
     def close(self) -> None:
         for lst in self._sockets():

@@ -48,7 +48,6 @@ parses the same text, so the positions agree.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import pickle
@@ -63,10 +62,9 @@ from collections.abc import Callable
 import gevent
 import gevent.socket
 import gevent.subprocess
-from gevent import get_hub
 
 from gdispatch.sip import MAX_MESSAGE_SIZE
-from gdispatch.transport import YIELD_EVERY, enable_timestamps, receive_sampled
+from gdispatch.transport import enable_timestamps, run_receiver
 
 log = logging.getLogger("gdispatch.workers")
 
@@ -162,39 +160,16 @@ class Relay:
         self.greenlet = gevent.spawn(self._receive_loop)
 
     def _receive_loop(self) -> None:
-        sock = self.sock
-        hub = get_hub()
-        watcher = hub.loop.io(sock.fileno(), 1)
+        # Only other workers' relay sockets may hand us datagrams; an ICMP error left by
+        # a send to a worker that was gone is ignored.
+        run_receiver(self, self.sock, MAX_MESSAGE_SIZE + 300, self._handle)
+
+    def _handle(self, packet: bytes, sender) -> None:
+        if sender not in self.peers:
+            return
+        index, port, iplen = _RELAY_HEADER.unpack_from(packet)
         size = _RELAY_HEADER.size
-        deliver = self.deliver
-        streak = 0
-        while True:
-            try:
-                if streak == 0:
-                    packet, sender, self.queue_delay = receive_sampled(sock, MAX_MESSAGE_SIZE + 300)
-                else:
-                    packet, sender = sock.recvfrom(MAX_MESSAGE_SIZE + 300)
-            except BlockingIOError:
-                self.queue_delay = 0.0
-                hub.wait(watcher)
-                streak = 0
-                continue
-            except OSError as e:
-                if e.errno in (errno.EBADF, errno.ENOTSOCK):
-                    return
-                continue  # an ICMP error left by a send to a worker that was gone
-            if sender not in self.peers:
-                continue
-            try:
-                index, port, iplen = _RELAY_HEADER.unpack_from(packet)
-                ip = packet[size:size + iplen].decode()
-                deliver(index, packet[size + iplen:], (ip, port))
-            except Exception:
-                log.exception("error handling a relayed datagram")
-            streak += 1
-            if streak == YIELD_EVERY:
-                streak = 0
-                gevent.sleep(0)
+        self.deliver(index, packet[size + iplen:], (packet[size:size + iplen].decode(), port))
 
     def close(self) -> None:
         if self.greenlet is not None:

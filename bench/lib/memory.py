@@ -35,31 +35,9 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def tree_pids(root: int) -> list[int]:
-    """root and its live descendants."""
-    parents: dict[int, int] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    st = f.read()
-            except OSError:
-                continue
-            parents[int(d)] = int(st[st.rfind(")") + 2:].split()[1])
-    members = {root}
-    grew = True
-    while grew:
-        grew = False
-        for pid, ppid in parents.items():
-            if ppid in members and pid not in members:
-                members.add(pid)
-                grew = True
-    return sorted(members)
-
-
 def rss_kib(root: int) -> int:
     total = 0
-    for pid in tree_pids(root):
+    for pid in [root, *harness._children(root)]:
         try:
             with open(f"/proc/{pid}/status") as f:
                 for line in f:

@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 
+from gdispatch.sip import build_response, parse_message
+
 from . import harness
 
 HOST = "127.0.0.1"
@@ -111,6 +113,49 @@ def test_a_retransmission_from_other_ports_is_absorbed(proxy, uas):
     assert stats(p)["retransmissions_absorbed"] == 7
 
 
+def test_a_response_sent_to_the_shared_port_reaches_the_owner(proxy):
+    """A gateway that answers to the shared port instead of the Via (the worker's own
+    port): the response is relayed by Call-ID to the worker holding the transaction.
+    Sent from 20 source ports, so SO_REUSEPORT hands copies to each worker."""
+    gw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    gw.bind((HOST, 0))
+    gw.settimeout(3)
+    uac = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    uac.bind((HOST, 0))
+    uac.settimeout(3)
+    senders = []
+    try:
+        p = proxy(f"1 sip:{HOST}:{gw.getsockname()[1]} 0 0\n", args=["--workers", "2"],
+                  config="[probing]\ninterval = 0\n")
+        invite = harness.build_request("INVITE", f"sip:service@{HOST}:{p.port}", local_port=uac.getsockname()[1])
+        uac.sendto(invite, (HOST, p.port))
+        fwd, worker_addr = gw.recvfrom(65535)
+        assert fwd.startswith(b"INVITE") and worker_addr[1] != p.port  # it left from a worker's own port
+        ok = build_response(parse_message(fwd), 200, "OK", to_tag="gw1",
+                            headers=(f"Contact: <sip:gw@{HOST}:{gw.getsockname()[1]}>".encode(),))
+        for _ in range(20):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((HOST, 0))
+            senders.append(s)
+            s.sendto(ok, (HOST, p.port))
+        got = []
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and 200 not in got:
+            try:
+                got.append(harness.status_code(uac.recvfrom(65535)[0]))
+            except TimeoutError:
+                break
+        assert 200 in got, got
+        time.sleep(1.2)  # the other worker reports every second
+        s = stats(p)
+        # Every copy met its transaction: none was a stray in the other worker.
+        assert s["responses"] >= 20 and s["stray_responses"] == 0, s
+        assert s["relayed_to_other_workers"] > 0, s
+    finally:
+        for x in (gw, uac, *senders):
+            x.close()
+
+
 def test_one_state_and_one_list_for_every_worker(proxy, uas, uac):
     a, b = uas(), uas()
     p = proxy(harness.dispatcher_list(a, b), args=["--workers", "2"])
@@ -163,6 +208,17 @@ def test_sigterm_stops_every_worker(proxy, uas):
     assert p.proc.wait(timeout=15) == 0
     for k in kids:
         assert not os.path.exists(f"/proc/{k}") or _zombie(k), f"worker {k} still running"
+
+
+def test_workers_exit_when_the_primary_dies(proxy, uas):
+    gw = uas()
+    p = proxy(harness.dispatcher_list(gw), args=["--workers", "2"])
+    (kid,) = workers_of(p)
+    os.kill(p.pid, signal.SIGKILL)
+    p.proc.wait(timeout=5)
+    # The worker sees its channel to the primary close, drains and exits: no orphan
+    # keeps the port.
+    assert wait_for(lambda: not os.path.exists(f"/proc/{kid}") or _zombie(kid), 10), f"worker {kid} left behind"
 
 
 def _zombie(pid: int) -> bool:
