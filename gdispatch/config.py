@@ -133,7 +133,7 @@ class Probing:
 class Overload:
     """When new calls get 503 with Retry-After; see gdispatch.overload."""
 
-    max_backlog: float = 0.5  # seconds requests wait unread; 0: no bound
+    max_backlog: float = 0.25  # seconds requests wait unread; 0: no bound
     max_calls_in_setup: int = 0  # dispatched requests waiting for a final; 0: no bound
     hold: float = 0.0  # once past max_backlog, refuse for at least this long
     retry_after: int = 2  # the Retry-After of those 503s, seconds

@@ -21,9 +21,10 @@ Two bounds, both checked for each new dialog-creating request:
 
 New calls are refused while the backlog lasts, and `hold` seconds more when set (a
 caller told Retry-After then does not meet a proxy that has only just caught up). The
-default bound, 0.5 s, is above the pauses a busy process sees (a garbage collection of a
-large heap, page faults while it grows), which must not turn away calls the proxy can
-carry.
+default bound, 0.25 s, is above the pauses a busy process sees (up to ~160 ms measured: a
+garbage collection of a large heap, page faults while it grows), which must not turn away
+calls the proxy can carry, and below T1 (500 ms), when callers start to retransmit: past
+it every retransmission is more work for a proxy already behind.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class LoadGuard:
 
     __slots__ = ("_clock", "_refuse_until", "hold", "max_backlog", "max_calls_in_setup", "refused", "retry_after")
 
-    def __init__(self, clock: Callable[[], float], *, max_backlog: float = 0.5, max_calls_in_setup: int = 0,
+    def __init__(self, clock: Callable[[], float], *, max_backlog: float = 0.25, max_calls_in_setup: int = 0,
                  hold: float = 0.0, retry_after: int = 2):
         self._clock = clock
         self.max_backlog = max_backlog  # seconds; 0: no backlog bound

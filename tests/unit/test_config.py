@@ -135,7 +135,7 @@ def test_overload_and_wait_timer_keys():
     assert (c.overload.max_backlog, c.overload.max_calls_in_setup, c.overload.hold, c.overload.retry_after) == (
         0.0, 500, 2.0, 9)
     assert c.timers.wt_timer == 0.0 and c.workers == 2
-    assert Config().timers.wt_timer == 5.0 and Config().overload.max_backlog == 0.5
+    assert Config().timers.wt_timer == 5.0 and Config().overload.max_backlog == 0.25
     for data, words in (({"overload": {"max_calls_in_setup": -1}}, "[overload].max_calls_in_setup"),
                         ({"overload": {"retry_after": 1.5}}, "[overload].retry_after"),
                         ({"overload": {"queue": 1}}, "queue"),
