@@ -206,6 +206,7 @@ class Proxy:
                                hold=ov.hold, retry_after=ov.retry_after)
         self._retry_after = (b"Retry-After: %d" % ov.retry_after,)
         self.calls_in_setup = 0  # dispatch greenlets running (requests waiting for a final)
+        self._no_destination_log: dict[int, tuple[float, int]] = {}  # set -> (last warning, skipped)
 
     def _counts(self, dest: Destination) -> list[int]:
         key = (dest.setid, dest.uri, dest.duid, dest.socket)
@@ -471,8 +472,7 @@ class Proxy:
         candidates = select(dset, route.algorithm, msg, route.limit, options) if dset is not None else []
         if not candidates:
             self.stats["no_destination"] += 1
-            log.warning("no active destination in set %d for %s %s", route.set, method,
-                        msg.call_id.decode(errors="replace"))
+            self._warn_no_destination(route.set, method, msg)
             self._local_reply(st, msg, route.no_destination_reply, "No Destination Available")
             return
         if self._debug:
@@ -487,6 +487,20 @@ class Proxy:
         record = method in DIALOG_CREATING
         self.calls_in_setup += 1  # until the walker ends
         gevent.spawn(self._walk, ctx, candidates, source, top_via, popped, record)
+
+    def _warn_no_destination(self, setid: int, method: str, msg: SipMessage) -> None:
+        """At most one warning a second per set: a whole set down at thousands of calls a
+        second must not flood the log (nor spend the CPU writing it); `stats` counts them
+        all."""
+        now = self.scheduler.now()
+        last, skipped = self._no_destination_log.get(setid, (-1e9, 0))
+        if now - last < 1.0:
+            self._no_destination_log[setid] = (last, skipped + 1)
+            return
+        self._no_destination_log[setid] = (now, 0)
+        more = f" ({skipped} more since the last warning)" if skipped else ""
+        log.warning("no active destination in set %d for %s %s%s", setid, method,
+                    msg.call_id.decode(errors="replace"), more)
 
     def _match_route(self, msg: SipMessage, ruri: SipUri, source: Source):
         plugins = self.plugins

@@ -68,3 +68,15 @@ def test_a_backlog_turns_new_calls_away_statelessly():
     fp.advance(1.1)  # the hold is over
     out = fp.receive(invite(2), UAC)
     assert statuses(out) == [100]
+
+
+def test_no_destination_is_logged_once_a_second_per_set(caplog):
+    fp = FakeProxy(list_text="1 sip:127.0.0.1:5071 4 0\n")  # disabled: no destination
+    with caplog.at_level("WARNING", logger="gdispatch.proxy"):
+        for n in range(50):
+            assert statuses(fp.receive(invite(n), UAC))[-1] == 503
+        fp.advance(1.0)
+        fp.receive(invite(99), UAC)
+    warnings = [r.getMessage() for r in caplog.records if "no active destination" in r.getMessage()]
+    assert len(warnings) == 2 and "(49 more since the last warning)" in warnings[1], warnings
+    assert fp.proxy.stats["no_destination"] == 51
