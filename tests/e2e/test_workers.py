@@ -148,7 +148,8 @@ def test_a_response_sent_to_the_shared_port_reaches_the_owner(proxy):
         assert 200 in got, got
         # The other worker reports every second; every copy met its transaction: none
         # was a stray in the other worker.
-        s = wait_for(lambda: (lambda x: x if x["responses"] >= 20 else None)(stats(p)), 5) or stats(p)
+        s = wait_for(lambda: (lambda x: x if x["responses"] >= 20 and x["relayed_to_other_workers"] else None)(
+            stats(p)), 5) or stats(p)
         assert s["responses"] >= 20 and s["stray_responses"] == 0, s
         assert s["relayed_to_other_workers"] > 0, s
     finally:
