@@ -306,7 +306,7 @@ class App:
         while True:
             gevent.sleep(SYNC_INTERVAL)
             loads = {dest_key(d): d.load for d in self.proxy.dlist.destinations() if d.load}
-            self.channel.send(("report", loads, dict(self.proxy._dest_counts), self._local_stats()))
+            self.channel.send(("report", loads, dict(self.proxy.dest_counts), self._local_stats()))
 
     # ------------------------------------------------------------- reload
 
@@ -421,9 +421,9 @@ class App:
         """Every worker's counters summed (the others report every SYNC_INTERVAL)."""
         proxy = self.proxy
         out = self._local_stats()
-        counts = [proxy._dest_counts]
+        others = []
         for _loads, child_counts, child_stats in self._reports.values():
-            counts.append(child_counts)
+            others.append(child_counts)
             for k, v in child_stats.items():
                 out[k] = out.get(k, 0) + v
         if self.config.workers > 1:
@@ -431,18 +431,9 @@ class App:
             out["workers_ready"] = 1 + len(self.supervisor.ready) if self.supervisor else 1
         out["plugin_errors"] = dict(self.plugins.errors)
         out["plugin_slow_calls"] = dict(self.plugins.slow)
-
-        def counters(d) -> dict[str, int]:
-            key = (d.setid, d.uri, d.duid, d.socket)
-            sent = answered = failed = 0
-            for c in counts:
-                s, a, f = c.get(key, (0, 0, 0))
-                sent, answered, failed = sent + s, answered + a, failed + f
-            return {"CALLS_SENT": sent, "CALLS_ANSWERED": answered, "CALLS_FAILED": failed}
-
         out["destinations"] = [
             {"SET": d.setid, "URI": d.uri, "DUID": d.duid, "FLAGS": d.state_letters(),
-             "ACTIVE_CALLS": d.load + d.load_elsewhere, **counters(d)}
+             "ACTIVE_CALLS": d.load + d.load_elsewhere, **proxy.destination_counters(d, others)}
             for d in proxy.dlist.destinations()
         ]
         return out

@@ -31,6 +31,7 @@ from gdispatch.calls import CallLoad
 from gdispatch.config import Config, Route
 from gdispatch.dispatcher.algorithms import ALG_PARALLEL, SelectOptions, compile_template, select
 from gdispatch.dispatcher.destination import Destination, DispatcherList
+from gdispatch.dispatcher.reload import identity
 from gdispatch.message_api import Attempt, FailureAction, RequestView, RouteChoice
 from gdispatch.overload import LoadGuard
 from gdispatch.plugins import PluginHost
@@ -200,7 +201,8 @@ class Proxy:
                                               kamailio_compat=config.kamailio_compat)
         self._needs_source_sets = any(r.from_set is not None for r in config.routes)
         self._source_index: dict[str, list[tuple[int | None, int]]] | None = None
-        self._dest_counts: dict[tuple, list[int]] = {}
+        # reload.identity(destination) -> [sent, answered, failed], see destination_counters
+        self.dest_counts: dict[tuple, list[int]] = {}
         ov = config.overload
         self.guard = LoadGuard(scheduler.now, max_backlog=ov.max_backlog, max_calls_in_setup=ov.max_calls_in_setup,
                                hold=ov.hold, retry_after=ov.retry_after)
@@ -209,16 +211,21 @@ class Proxy:
         self._no_destination_log: dict[int, tuple[float, int]] = {}  # set -> (last warning, skipped)
 
     def _counts(self, dest: Destination) -> list[int]:
-        key = (dest.setid, dest.uri, dest.duid, dest.socket)
-        c = self._dest_counts.get(key)
+        key = identity(dest)
+        c = self.dest_counts.get(key)
         if c is None:
-            c = self._dest_counts[key] = [0, 0, 0]
+            c = self.dest_counts[key] = [0, 0, 0]
         return c
 
-    def destination_counters(self, dest: Destination) -> dict[str, int]:
+    def destination_counters(self, dest: Destination, others=()) -> dict[str, int]:
         """INVITEs sent to a destination, answered 2xx, failed (final >= 300 or no answer);
-        kept across reloads for the same destination."""
-        sent, answered, failed = self._counts(dest)
+        kept across reloads for the same destination. `others`: the `dest_counts` of
+        the other workers, added in."""
+        key = identity(dest)
+        sent = answered = failed = 0
+        for table in (self.dest_counts, *others):
+            s, a, f = table.get(key, (0, 0, 0))
+            sent, answered, failed = sent + s, answered + a, failed + f
         return {"CALLS_SENT": sent, "CALLS_ANSWERED": answered, "CALLS_FAILED": failed}
 
     def calls_in_progress(self) -> int:

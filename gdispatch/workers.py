@@ -60,6 +60,7 @@ import zlib
 from collections.abc import Callable
 
 import gevent
+import gevent.event
 import gevent.socket
 import gevent.subprocess
 
@@ -269,6 +270,7 @@ class Supervisor:
         self.procs: dict[int, gevent.subprocess.Popen] = {}
         self.channels: dict[int, Channel] = {}
         self.ready: set[int] = set()
+        self.all_ready = gevent.event.Event()  # set while every worker listens
         self.stopping = False
 
     def start(self) -> None:
@@ -288,6 +290,8 @@ class Supervisor:
         def received(msg: tuple) -> None:
             if msg[0] == "ready":
                 self.ready.add(index)
+                if len(self.ready) == self.n - 1:
+                    self.all_ready.set()
             self.on_message(index, msg)
 
         channel = Channel(parent, received, lambda: self._lost(index, proc))
@@ -298,6 +302,7 @@ class Supervisor:
 
     def _lost(self, index: int, proc) -> None:
         self.ready.discard(index)
+        self.all_ready.clear()
         if self.stopping:
             return
         status = proc.wait()
@@ -308,10 +313,9 @@ class Supervisor:
     def wait_ready(self, timeout: float, abort=None) -> bool:
         """Until every worker said it listens (or `timeout` seconds, or the event
         `abort` is set)."""
-        with gevent.Timeout(timeout, False):
-            while len(self.ready) < self.n - 1 and not (abort is not None and abort.is_set()):
-                gevent.sleep(0.02)
-        return len(self.ready) == self.n - 1
+        events = [self.all_ready] + ([abort] if abort is not None else [])
+        gevent.wait(events, timeout=timeout, count=1)
+        return self.all_ready.is_set()
 
     def broadcast(self, msg: tuple) -> None:
         for ch in list(self.channels.values()):
