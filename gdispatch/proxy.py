@@ -114,6 +114,7 @@ class ResponseContext:
         "counts_load",
         "reply_override",
         "source",
+        "walk",
     )
 
     def __init__(self, proxy: Proxy, st: ServerTransaction, request: SipMessage, route: Route | None):
@@ -136,6 +137,9 @@ class ResponseContext:
         # (code, reason) a plugin chose to answer with instead of the best response.
         self.reply_override: tuple[int, str] | None = None
         self.source: tuple[str, str, int] | None = None  # (transport, ip, port) for plugins
+        # The first attempt sent inline, without a walker greenlet yet: the walker's
+        # arguments, kept to start one if that attempt fails (Proxy._dispatch).
+        self.walk: tuple | None = None
 
 
 class Proxy:
@@ -491,9 +495,8 @@ class Proxy:
         ctx.to_tag = self._new_tag()
         ctx.source = (source.transport, source.addr[0], source.addr[1])
         st.context = ctx
-        record = method in DIALOG_CREATING
-        self.calls_in_setup += 1  # until the walker ends
-        gevent.spawn(self._walk, ctx, candidates, source, top_via, popped, record)
+        self.calls_in_setup += 1  # until the walk ends
+        self._dispatch(ctx, (candidates, source, top_via, popped, method in DIALOG_CREATING))
 
     def _warn_no_destination(self, setid: int, method: str, msg: SipMessage) -> None:
         """At most one warning a second per set: a whole set down at thousands of calls a
@@ -657,10 +660,39 @@ class Proxy:
 
     # ----------------------------------------------------------------- forwarding
 
+    def _dispatch(self, ctx: ResponseContext, walk: tuple) -> None:
+        """Start the walk of a dispatched request. Most calls are answered by the first
+        destination tried, so that attempt is sent inline when nothing in it can block
+        (no plugin edits it, the destination's address is known): a greenlet costs more
+        than the rest of the INVITE's handling. The walker greenlet starts only when that
+        attempt fails (`_branch_over`), and from the start for parallel forking, plugin
+        edits or a name to resolve."""
+        candidates, source, top_via, popped, record = walk
+        first = candidates[0]
+        if (ctx.route.algorithm == ALG_PARALLEL or first.address is None
+                or self.plugins.user_implemented("gdispatch_prepare_attempt")):
+            gevent.spawn(self._walk, ctx, *walk)
+            return
+        ctx.walk = walk
+        ctx.outstanding = 1
+        self._start_branch(ctx, first, source, top_via, popped, record)
+
+    def _first_attempt_over(self, ctx: ResponseContext, status: int) -> None:
+        """The inline first attempt ended: done if it was answered 2xx (or the caller
+        already has its final), else the walker takes over from there."""
+        walk = ctx.walk
+        ctx.walk = None
+        if 200 <= status < 300 or ctx.final_sent:
+            self.calls_in_setup -= 1
+            _release(ctx)
+        else:
+            gevent.spawn(self._walk, ctx, *walk, resume=True)
+
     def _walk(self, ctx: ResponseContext, candidates: list[Destination], source: Source,
-              top_via: bytes | None, popped: int, record: bool) -> None:
+              top_via: bytes | None, popped: int, record: bool, resume: bool = False) -> None:
         """The life of a dispatched request: try each destination in turn (serial
-        forking), or all at once for the parallel algorithm."""
+        forking), or all at once for the parallel algorithm. `resume`: the first
+        destination was tried inline (`_dispatch`) and failed; go on from there."""
         route = ctx.route
         ctx.event = event = Event()
         try:
@@ -674,15 +706,18 @@ class Proxy:
                 n = 0
                 while n < len(candidates):
                     dest = candidates[n]
-                    if ctx.cancelled or ctx.final_sent:
-                        break
-                    if n:
-                        self.stats["failovers"] += 1
-                    event.clear()
-                    ctx.outstanding = 1
-                    self._start_branch(ctx, dest, source, top_via, popped, record)
-                    if ctx.outstanding > 0:
-                        event.wait()
+                    if resume:
+                        resume = False  # candidates[0] was tried inline
+                    else:
+                        if ctx.cancelled or ctx.final_sent:
+                            break
+                        if n:
+                            self.stats["failovers"] += 1
+                        event.clear()
+                        ctx.outstanding = 1
+                        self._start_branch(ctx, dest, source, top_via, popped, record)
+                        if ctx.outstanding > 0:
+                            event.wait()
                     status = ctx.last_status
                     if 200 <= status < 300 or ctx.cancelled:
                         break
@@ -980,6 +1015,8 @@ class Proxy:
         if ctx.event is not None:
             if ctx.outstanding <= 0 or 200 <= status < 300:
                 ctx.event.set()
+        elif ctx.walk is not None:
+            self._first_attempt_over(ctx, status)
         elif ctx.route is None and not ctx.final_sent:
             self._finish(ctx)  # in-dialog: a single branch, no walker
             _release(ctx)
@@ -1035,8 +1072,8 @@ class Proxy:
         if not waiting:
             if ctx.event is not None:
                 ctx.event.set()
-            else:
-                self._finish(ctx)
+            elif ctx.route is None:
+                self._finish(ctx)  # in-dialog: no walker (a dispatched one has one now)
 
     def _send_cancel(self, branch: Branch) -> None:
         if branch.cancel_state == "sent" or not branch.request:

@@ -74,6 +74,16 @@ _EOL = re.compile(rb"\r?\n")
 _MANDATORY = ("via", "from", "to", "call-id", "cseq")
 # Single-valued headers that may appear once at most (RFC 4475 §3.3.8).
 _SINGLE = ("from", "to", "call-id", "cseq", "max-forwards")
+_TOKEN = rb"[A-Za-z0-9\-.!%*_+`'~]+"
+# The shape nearly every From, To and Contact value has: token words or a quoted string
+# without escapes, <URI> without white space, token parameters. Everything it matches,
+# `parse_name_addr` accepts, so a match validates the value without building a NameAddr;
+# anything else goes through `parse_name_addr` for the verdict. Group 1: the parameters.
+_NAME_ADDR_FAST = re.compile(
+    rb'(?:(?:' + _TOKEN + rb' )*|"[^"\\\r\n]*" ?)<[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>"]+>'
+    rb"((?:;" + _TOKEN + rb"(?:=" + _TOKEN + rb")?)*)\Z"
+)
+_TAG_PARAM = re.compile(rb";[Tt][Aa][Gg]=(" + _TOKEN + rb")")
 
 
 class cached_property(Generic[T]):
@@ -166,6 +176,18 @@ class SipMessage:
             value = unfold(value)
         return value
 
+    def _first(self, canonical: str) -> bytes | None:
+        """`get()` for a canonical name: what the hot paths call (no name mapping, and
+        the index and value lookups inlined)."""
+        names = self._names
+        if canonical not in names:
+            return None
+        line = self._lines[names.index(canonical)]
+        value = line[line.find(b":") + 1 :].strip()
+        if self._folded and b"\n" in value:
+            value = unfold(value)
+        return value
+
     def _indexes(self, canonical: str) -> list[int]:
         return [i for i, name in enumerate(self._names) if name == canonical]
 
@@ -208,7 +230,7 @@ class SipMessage:
 
     @cached_property
     def call_id(self) -> bytes:
-        value = self.get("call-id")
+        value = self._first("call-id")
         if value is None:
             raise ParseError("Missing Call-ID")
         return value
@@ -217,7 +239,7 @@ class SipMessage:
     def cseq(self) -> tuple[int, str]:
         """(sequence number, method). ParseError if absent or malformed, including a
         number beyond 2**32-1 (RFC 3261 §8.1.1.5, RFC 4475 §3.1.2.4)."""
-        value = self.get("cseq")
+        value = self._first("cseq")
         if value is None:
             raise ParseError("Missing CSeq")
         parts = value.split()
@@ -237,7 +259,7 @@ class SipMessage:
     def max_forwards(self) -> int | None:
         """None when absent; ParseError when not a number (range is checked by
         validate_request)."""
-        value = self.get("max-forwards")
+        value = self._first("max-forwards")
         if value is None:
             return None
         if not value.isdigit() or len(value) > 9:
@@ -261,14 +283,14 @@ class SipMessage:
 
     @cached_property
     def from_addr(self) -> NameAddr:
-        value = self.get("from")
+        value = self._first("from")
         if value is None:
             raise ParseError("Missing From")
         return parse_name_addr(value)
 
     @cached_property
     def to_addr(self) -> NameAddr:
-        value = self.get("to")
+        value = self._first("to")
         if value is None:
             raise ParseError("Missing To")
         return parse_name_addr(value)
@@ -276,17 +298,24 @@ class SipMessage:
     @cached_property
     def from_tag(self) -> bytes | None:
         """The From tag; None when there is no From or no tag (RFC 2543 peers)."""
-        if "from" not in self._names:
-            return None
-        tag = self.from_addr.params.get("tag")
-        return None if tag is None else tag.encode("utf-8", "surrogateescape")
+        return self._tag("from")
 
     @cached_property
     def to_tag(self) -> bytes | None:
         """The To tag; None when there is no To or no tag (an initial request)."""
-        if "to" not in self._names:
+        return self._tag("to")
+
+    def _tag(self, canonical: str) -> bytes | None:
+        value = self._first(canonical)
+        if value is None:
             return None
-        tag = self.to_addr.params.get("tag")
+        m = _NAME_ADDR_FAST.match(value)
+        if m is not None:
+            # The last one wins, as in the parameter dict of the slow path.
+            tags = _TAG_PARAM.findall(m.group(1))
+            return tags[-1] if tags else None
+        addr = self.from_addr if canonical == "from" else self.to_addr
+        tag = addr.params.get("tag")
         return None if tag is None else tag.encode("utf-8", "surrogateescape")
 
     @cached_property
@@ -346,12 +375,14 @@ class SipMessage:
         max_forwards = self.max_forwards
         if max_forwards is not None and max_forwards > 255:
             raise ParseError("Bad Max-Forwards")
-        for contact in self.get_all("contact"):
-            if contact != b"*":  # RFC 3261 §10.2.2: "Contact: *" removes all bindings
-                try:
-                    parse_name_addr(contact)
-                except ParseError:
-                    raise ParseError("Bad Contact") from None
+        if "contact" in self._names:
+            for contact in self.get_all("contact"):
+                # RFC 3261 §10.2.2: "Contact: *" removes all bindings.
+                if contact != b"*" and _NAME_ADDR_FAST.match(contact) is None:
+                    try:
+                        parse_name_addr(contact)
+                    except ParseError:
+                        raise ParseError("Bad Contact") from None
 
     def validate_response(self) -> None:
         """Raise ParseError for a response a proxy must drop (RFC 3261 §16.7 step 1-3 need
@@ -379,14 +410,16 @@ class SipMessage:
         # The name-addr syntax of From and To is checked (RFC 4475 §3.1.2.6, .14, .15);
         # their URIs are not parsed: a proxy copies them untouched, and a URI of any
         # scheme is legal there (RFC 4475 §3.3.4).
-        try:
-            _ = self.from_addr
-        except ParseError:
-            raise ParseError("Bad From") from None
-        try:
-            _ = self.to_addr
-        except ParseError:
-            raise ParseError("Bad To") from None
+        if _NAME_ADDR_FAST.match(self._first("from")) is None:
+            try:
+                _ = self.from_addr
+            except ParseError:
+                raise ParseError("Bad From") from None
+        if _NAME_ADDR_FAST.match(self._first("to")) is None:
+            try:
+                _ = self.to_addr
+            except ParseError:
+                raise ParseError("Bad To") from None
         call_id = self.call_id
         if not call_id or len(call_id.split()) != 1:
             raise ParseError("Bad Call-ID")
@@ -479,7 +512,7 @@ def _parse_start_line(msg: SipMessage, line: bytes) -> None:
         msg.is_request = False
         msg.status = status
         msg.reason = parts[2] if len(parts) == 3 else b""
-        cseq = msg.get("cseq")
+        cseq = msg._first("cseq")
         if cseq is not None:
             words = cseq.split()
             if len(words) == 2:

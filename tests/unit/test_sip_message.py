@@ -611,3 +611,55 @@ def test_validating_the_wrong_kind_of_message_raises():
         parse_message(response()).validate_request()
     with pytest.raises(ParseError):
         parse_message(request()).validate_response()
+
+
+NAME_ADDRS = [
+    b"sipp <sip:sipp@127.0.0.1:5061>;tag=123Uac4",
+    b'"Alice Caller" <sip:alice@atlanta.example.com>;tag=1928301774',
+    b"<sip:bob@biloxi.example.com>",
+    b"Bob Two <sip:bob@biloxi.example.com;transport=tcp>;tag=a;TAG=b",
+    b"<sip:a@b>;tag",
+    b"<sip:a@b>;tag=",
+    b"<sip:a@b>;xtag=1;tag=2",
+    b'"A\\"B" <sip:a@b>;tag=q',
+    b'"unterminated <sip:a@b>',
+    b"Alice, Cooper <sip:a@b>",
+    b"<sip:a b>",
+    b"< sip:a@b>",
+    b"sip:a@b;tag=1",
+    b"sip:a@b?x=y",
+    b"<sip:a@b>;;tag=1",
+    b"<sip:a@b>;tag=1 ;x",
+    b"<tel:+123>;tag=9",
+    b"<urn:service:sos>",
+    b"Al\xc3\xa9 <sip:a@b>;tag=\xc3\xa9",
+    b"<sip:a@b>>",
+    b"<>",
+]
+
+
+@pytest.mark.parametrize("value", NAME_ADDRS)
+def test_fast_name_addr_check_agrees_with_the_full_parser(value):
+    # The From/To/Contact check first tries a regex of the common shape; what it lets
+    # through must be what parse_name_addr accepts, with the same tag.
+    from gdispatch.sip.message import _NAME_ADDR_FAST
+    from gdispatch.sip.uri import parse_name_addr
+
+    data = request().replace(
+        b"From: Alice <sip:alice@atlanta.example.com>;tag=1928301774", b"From: " + value
+    )
+    assert b"From: " + value in data
+    try:
+        full = parse_name_addr(value)
+    except ParseError:
+        full = None
+    if _NAME_ADDR_FAST.match(value) is not None:
+        assert full is not None, value
+    msg = parse_message(data)
+    if full is None:
+        with pytest.raises(ParseError, match="Bad From"):
+            msg.validate_request()
+    else:
+        msg.validate_request()
+        tag = full.params.get("tag")
+        assert msg.from_tag == (None if tag is None else tag.encode("utf-8", "surrogateescape"))
