@@ -10,12 +10,15 @@ each dispatched INVITE and this table keeps the counts itself:
 - `answered(call_id)` on the 2xx: the call is confirmed and now lives until its BYE;
 - `ended(call_id)` on the BYE, on a CANCEL, or when the INVITE failed.
 
-Two expiry timers catch calls whose end never passes through the proxy: `init_expire` for
-a call never answered, `expire` for an answered call that never sees its BYE (Kamailio's
-`ds_hash_initexpire` / `ds_hash_expire`, 7200 s each by default).
+Expiry catches calls whose end never passes through the proxy: `init_expire` for a call
+never answered, `expire` for an answered call that never sees its BYE (Kamailio's
+`ds_hash_initexpire` / `ds_hash_expire`, 7200 s each by default). Each call holds its
+deadline and one sweep, every 1/64 of the shorter expiry, ends the calls past theirs: a
+timer per call cost two timer operations and two cancellations on every call, for an
+expiry that almost never happens.
 
-Sans-IO: it needs only a scheduler with `call_later(delay, fn, *args) -> handle` whose
-handles have `cancel()`.
+Sans-IO: it needs only a scheduler with `now()` and `call_later(delay, fn, *args) ->
+handle` whose handles have `cancel()`.
 """
 
 from __future__ import annotations
@@ -24,12 +27,12 @@ from typing import Any
 
 
 class _Call:
-    __slots__ = ("dest", "confirmed", "timer")
+    __slots__ = ("dest", "confirmed", "expires")
 
-    def __init__(self, dest: Any):
+    def __init__(self, dest: Any, expires: float):
         self.dest = dest
         self.confirmed = False
-        self.timer = None
+        self.expires = expires
 
 
 class CallLoad:
@@ -40,6 +43,9 @@ class CallLoad:
         self.expire = expire
         self.init_expire = init_expire
         self.calls: dict[bytes, _Call] = {}
+        # How late an expiry may be noticed; a sweep runs that often while calls exist.
+        self.sweep_interval = max(min(expire, init_expire) / 64, 0.01)
+        self._sweep = None
 
     def __len__(self) -> int:
         return len(self.calls)
@@ -47,8 +53,9 @@ class CallLoad:
     def attempt(self, call_id: bytes, dest: Any) -> None:
         call = self.calls.get(call_id)
         if call is None:
-            call = self.calls[call_id] = _Call(dest)
-            call.timer = self.scheduler.call_later(self.init_expire, self._expired, call_id, call)
+            call = self.calls[call_id] = _Call(dest, self.scheduler.now() + self.init_expire)
+            if self._sweep is None:
+                self._sweep = self.scheduler.call_later(self.sweep_interval, self._sweep_expired)
         elif call.dest is not dest:
             call.dest.load -= 1
             call.dest = dest
@@ -61,17 +68,16 @@ class CallLoad:
         if call is None or call.confirmed:
             return
         call.confirmed = True
-        if call.timer is not None:
-            call.timer.cancel()
-        call.timer = self.scheduler.call_later(self.expire, self._expired, call_id, call)
+        call.expires = self.scheduler.now() + self.expire
 
     def ended(self, call_id: bytes) -> None:
         call = self.calls.pop(call_id, None)
         if call is None:
             return
-        if call.timer is not None:
-            call.timer.cancel()
         call.dest.load -= 1
+        if not self.calls and self._sweep is not None:
+            self._sweep.cancel()  # nothing left to expire: no timer while idle
+            self._sweep = None
 
     def rebind(self, replaced: dict[int, Any]) -> None:
         """After a reload that kept state: calls counted on an old destination object
@@ -81,7 +87,10 @@ class CallLoad:
             if new is not None:
                 call.dest = new
 
-    def _expired(self, call_id: bytes, call: _Call) -> None:
-        if self.calls.get(call_id) is call:
-            call.timer = None
+    def _sweep_expired(self) -> None:
+        self._sweep = None
+        now = self.scheduler.now()
+        for call_id in [cid for cid, call in self.calls.items() if call.expires <= now]:
             self.ended(call_id)
+        if self.calls and self._sweep is None:
+            self._sweep = self.scheduler.call_later(self.sweep_interval, self._sweep_expired)

@@ -191,6 +191,7 @@ class Proxy:
                 # A worker's own port is in the Via of what it sends (loop detection).
                 self.local_hostports.add((lst.private.listen.host, lst.private.listen.port))
         self._via_markers = [self._hostport_bytes(h, p) for h, p in self.local_hostports]
+        self._via_prefixes: dict = {}  # listener -> b"SIP/2.0/UDP host:port;branch="
         self._debug = log.isEnabledFor(logging.DEBUG)
         self.calls = CallLoad(scheduler, expire=config.call_expire, init_expire=config.call_init_expire)
         self._select_options = {
@@ -282,13 +283,16 @@ class Proxy:
         # fields a spiral would change (Request-URI, Route) and those of the request.
         to_tag = msg.to_tag or b""
         from_tag = msg.from_tag or b""
-        data = b"|".join((msg.ruri, msg.get("route") or b"", msg.call_id, b"%d" % msg.cseq[0], from_tag, to_tag))
+        data = b"|".join((msg.ruri, msg._first("route") or b"", msg.call_id, b"%d" % msg.cseq[0], from_tag, to_tag))
         return "%08x" % zlib.crc32(data)
 
     def _via_for(self, listener, branch: str) -> bytes:
-        lst = listener.listen
-        host = f"[{lst.host}]" if lst.family_v6 else lst.host
-        return f"SIP/2.0/{lst.transport.upper()} {host}:{lst.port};branch={branch}".encode()
+        prefix = self._via_prefixes.get(listener)
+        if prefix is None:
+            lst = listener.listen
+            host = f"[{lst.host}]" if lst.family_v6 else lst.host
+            prefix = self._via_prefixes[listener] = f"SIP/2.0/{lst.transport.upper()} {host}:{lst.port};branch=".encode()
+        return prefix + branch.encode()
 
     def _rr_for(self, listener) -> bytes:
         lst = listener.public.listen  # the shared address, never a worker's own port
@@ -323,7 +327,7 @@ class Proxy:
     # ----------------------------------------------------------------- entry
 
     def on_message(self, data: bytes, source: Source) -> None:
-        if not data.strip(b"\r\n"):
+        if data[:1] in b"\r\n" and not data.strip(b"\r\n"):
             return  # keep-alive (RFC 5626 §3.5.1)
         if self.draining:
             self.last_message_at = time.monotonic()
@@ -533,7 +537,7 @@ class Proxy:
 
     def _is_loop(self, msg: SipMessage) -> bool:
         """RFC 3261 §16.3 step 4: a Via of ours whose branch carries this request's hash."""
-        if msg.count("via") < 2 and b"," not in (msg.get("via") or b""):
+        if msg._names.count("via") < 2 and b"," not in (msg._first("via") or b""):
             return False  # a single Via is the sender's own: no spiral through us yet
         markers = self._via_markers
         if not any(m in v for v in msg.get_all("via") for m in markers):
@@ -1200,9 +1204,19 @@ def _ignore_response(*_args) -> None:
     pass
 
 
+_IP_HOSTS: dict[str, bool] = {}  # host -> _is_ip(host), bounded: hosts repeat call after call
+
+
 def _is_ip(host: str) -> bool:
+    known = _IP_HOSTS.get(host)
+    if known is not None:
+        return known
     if ":" in host:
-        return True
-    parts = host.split(".")
-    return len(parts) == 4 and all(p.isdigit() for p in parts)
+        known = True
+    else:
+        parts = host.split(".")
+        known = len(parts) == 4 and all(p.isdigit() for p in parts)
+    if len(_IP_HOSTS) < 1024:
+        _IP_HOSTS[host] = known
+    return known
 

@@ -168,8 +168,13 @@ def strip_top_via(msg: SipMessage) -> bytes:
     i = msg._index("via")
     if i is None:
         raise ParseError("Missing Via")
-    remaining, _ = _drop_first_values(msg._lines[i], 1)
-    return _splice(msg.start_line, msg._lines, {i: remaining}, {}, (), msg.body)
+    lines = msg._lines
+    line = lines[i]
+    if b"," not in line:
+        # The usual case, one value on the line: the line goes.
+        return b"\r\n".join((msg.start_line, *lines[:i], *lines[i + 1 :], b"", msg.body))
+    remaining, _ = _drop_first_values(line, 1)
+    return _splice(msg.start_line, lines, {i: remaining}, {}, (), msg.body)
 
 
 def _line(msg: SipMessage, name: str) -> bytes:

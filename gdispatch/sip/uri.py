@@ -6,6 +6,10 @@ headers; a tel URI (RFC 3966) into number and parameters; any other scheme is ke
 header fields). Escapes are not decoded: the proxy compares and copies URIs, it never
 rebuilds one, and `raw` is always the exact input.
 
+Parsed values are shared: the same bytes give the same object from a bounded cache
+(in-dialog requests carry the same Request-URI, a gateway's Contact, and the same Route,
+our own Record-Route, call after call). Treat `SipUri` and `NameAddr` as read-only.
+
 `parse_name_addr` handles the From/To/Contact/Route/Record-Route value grammar
 (RFC 3261 §20.10, §25.1): an optional display name, the URI with or without `<>`, and
 header parameters.
@@ -33,6 +37,19 @@ _OPAQUE_BAD = re.compile(r'[\s<>"]')
 _HOSTNAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_\-.]*)\Z")
 _IPV6 = re.compile(r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\Z")
 _PORT = re.compile(r"[0-9]{1,5}\Z")
+
+# bytes -> parsed value; emptied when full, so that a peer sending ever new values costs a
+# parse each, as without the cache, and no memory.
+_CACHE_MAX = 2048
+_URI_CACHE: dict[bytes, SipUri] = {}
+_NAME_ADDR_CACHE: dict[bytes, NameAddr] = {}
+
+
+def _remember(cache: dict, key: bytes, value):
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def format_hostport(host: str, port: int | None) -> str:
@@ -153,12 +170,18 @@ def parse_uri(value: bytes | str) -> SipUri:
     """Parse a URI. Raises ParseError("Bad URI") on garbage: a missing or malformed scheme,
     white space or '<>"' in the URI, unbalanced brackets, a bad port, an empty host for
     sip/sips."""
+    if type(value) is bytes:
+        cached = _URI_CACHE.get(value)
+        if cached is not None:
+            return cached
+        return _remember(_URI_CACHE, value, _parse_uri(text(value), value))
     if isinstance(value, str):
-        uri_text = value
-        raw = value.encode("utf-8", "surrogateescape")
-    else:
-        raw = value if type(value) is bytes else bytes(value)
-        uri_text = text(raw)
+        return _parse_uri(value, value.encode("utf-8", "surrogateescape"))
+    raw = bytes(value)
+    return _parse_uri(text(raw), raw)
+
+
+def _parse_uri(uri_text: str, raw: bytes) -> SipUri:
     colon = uri_text.find(":")
     if colon <= 0 or not _SCHEME.match(uri_text, 0, colon):
         raise ParseError("Bad URI")
@@ -267,6 +290,13 @@ def parse_name_addr(value: bytes) -> NameAddr:
     non-token characters, unbalanced `<>`, white space inside `<>`, an addr-spec holding
     '?' or ',' (RFC 3261 §20.10 requires `<>` then), or malformed parameters.
     """
+    cached = _NAME_ADDR_CACHE.get(value)
+    if cached is not None:
+        return cached
+    return _remember(_NAME_ADDR_CACHE, value, _parse_name_addr(value))
+
+
+def _parse_name_addr(value: bytes) -> NameAddr:
     raw = value
     value = value.strip()
     if not value:

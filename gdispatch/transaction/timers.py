@@ -143,7 +143,9 @@ class TimerHandle:
         # it must not keep a finished transaction alive.
         self._fn = None
         self._args = ()
-        scheduler._note_cancelled()
+        scheduler._cancelled += 1
+        if scheduler._cancelled > _COMPACT_MIN_CANCELLED and 2 * scheduler._cancelled > len(scheduler._heap):
+            scheduler._compact()
 
     def __repr__(self) -> str:
         state = "active" if self._scheduler is not None else "done"
@@ -222,13 +224,13 @@ class Scheduler:
     def __len__(self) -> int:
         return len(self._heap) - self._cancelled
 
-    def _note_cancelled(self) -> None:
-        self._cancelled += 1
+    def _compact(self) -> None:
+        """Rebuild the heap without its cancelled entries (TimerHandle.cancel calls this
+        when they are more than half of it)."""
         heap = self._heap
-        if self._cancelled > _COMPACT_MIN_CANCELLED and 2 * self._cancelled > len(heap):
-            heap[:] = [entry for entry in heap if entry[2]._fn is not None]
-            heapq.heapify(heap)
-            self._cancelled = 0
+        heap[:] = [entry for entry in heap if entry[2]._fn is not None]
+        heapq.heapify(heap)
+        self._cancelled = 0
 
     def __repr__(self) -> str:
         return f"<Scheduler live={len(self)} next={self.next_deadline()!r}>"

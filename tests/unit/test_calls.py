@@ -63,3 +63,26 @@ def test_ended_call_timer_does_not_touch_a_new_call_with_the_same_id():
     cl.answered(b"c1")
     clock.advance(5, sched)
     assert a.load == 1
+
+
+def test_one_sweep_timer_while_calls_exist_and_none_when_idle():
+    clock, sched, cl = setup()
+    a = Dest("a")
+    for n in range(100):
+        cl.attempt(b"c%d" % n, a)
+    assert len(sched) == 1  # one sweep, not a timer per call
+    for n in range(100):
+        cl.ended(b"c%d" % n)
+    assert a.load == 0 and len(sched) == 0
+
+
+def test_expiry_is_noticed_within_a_64th_of_it():
+    clock, sched, cl = setup()  # init_expire 10 s: a sweep every 10/64 s
+    a = Dest("a")
+    cl.attempt(b"c1", a)
+    clock.advance(5, sched)
+    cl.attempt(b"c2", a)
+    clock.advance(5 + 10 / 64, sched)
+    assert a.load == 1  # c1 expired, c2 not yet
+    clock.advance(5, sched)
+    assert a.load == 0 and len(sched) == 0
