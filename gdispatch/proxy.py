@@ -291,7 +291,8 @@ class Proxy:
         if prefix is None:
             lst = listener.listen
             host = f"[{lst.host}]" if lst.family_v6 else lst.host
-            prefix = self._via_prefixes[listener] = f"SIP/2.0/{lst.transport.upper()} {host}:{lst.port};branch=".encode()
+            prefix = f"SIP/2.0/{lst.transport.upper()} {host}:{lst.port};branch=".encode()
+            self._via_prefixes[listener] = prefix
         return prefix + branch.encode()
 
     def _rr_for(self, listener) -> bytes:
