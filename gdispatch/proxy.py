@@ -66,7 +66,12 @@ def _status_line(status: int, reason: bytes) -> bytes:
 
 
 class Branch:
-    """One attempt of a forwarded request: a destination and its client transaction."""
+    """One attempt of a forwarded request: a destination and its client transaction.
+
+    Its client transaction sends through `send` and builds ACKs with `make_ack`: bound
+    methods of an object that exists anyway, rather than closures, which would add a
+    function and a cell per captured variable to every transaction (objects the cyclic
+    garbage collector scans while the transaction lingers)."""
 
     __slots__ = (
         "cancel_state",
@@ -75,6 +80,7 @@ class Branch:
         "dest",
         "final",
         "key",
+        "listener",
         "next_hop",
         "provisional",
         "request",
@@ -93,6 +99,37 @@ class Branch:
         # "" nothing, "pending" (send CANCEL on the first provisional), "sent"
         self.cancel_state = ""
         self.key = None
+        self.listener = None  # the socket the request leaves from
+
+    def send(self, data: bytes) -> None:
+        transport, addr = self.next_hop
+        self.ctx.proxy.transports.send(transport, addr, data, on_error=self._transport_failed,
+                                       listener=self.listener)
+
+    def _transport_failed(self) -> None:
+        ct = self.ct
+        if ct is not None and ct.state != "terminated":
+            ct.on_transport_error()
+
+    def make_ack(self, response: SipMessage) -> bytes:
+        """The ACK of a non-2xx final (RFC 3261 §17.1.1.3), built from the request the
+        transaction still holds at that point."""
+        return build_ack(parse_message(self.ct.request), response)
+
+
+class _Replier:
+    """Sends a server transaction's responses back where its request came from (RFC 3261
+    §18.2.2); one small object per transaction instead of a closure."""
+
+    __slots__ = ("addr", "source", "transports")
+
+    def __init__(self, transports: Transports, source: Source, addr: tuple[str, int]):
+        self.transports = transports
+        self.source = source
+        self.addr = addr
+
+    def __call__(self, data: bytes) -> None:
+        self.transports.reply(self.source, self.addr, data)
 
 
 class ResponseContext:
@@ -192,6 +229,13 @@ class Proxy:
                 self.local_hostports.add((lst.private.listen.host, lst.private.listen.port))
         self._via_markers = [self._hostport_bytes(h, p) for h, p in self.local_hostports]
         self._via_prefixes: dict = {}  # listener -> b"SIP/2.0/UDP host:port;branch="
+        # The transactions' callbacks, bound once: a bound method made per transaction
+        # would be one more object for each to hold while it lingers.
+        self._on_server_terminated = self._server_terminated
+        self._on_client_terminated = self._client_terminated
+        self._on_branch_response = self._branch_response
+        self._on_branch_timeout = self._branch_timeout
+        self._on_branch_transport_error = self._branch_transport_error
         self._debug = log.isEnabledFor(logging.DEBUG)
         self.calls = CallLoad(scheduler, expire=config.call_expire, init_expire=config.call_init_expire)
         self._select_options = {
@@ -393,15 +437,10 @@ class Proxy:
         self._new_request(msg, via, source, key)
 
     def _new_server_txn(self, msg: SipMessage, via: Via, source: Source, key) -> ServerTransaction:
-        addr = self._reply_addr(source, via)
-        transports = self.transports
-
-        def send(data: bytes) -> None:
-            transports.reply(source, addr, data)
-
-        st = ServerTransaction(key, msg.method, reliable=source.transport != "udp", send=send,
+        st = ServerTransaction(key, msg.method, reliable=source.transport != "udp",
+                               send=_Replier(self.transports, source, self._reply_addr(source, via)),
                                scheduler=self.scheduler, timers=self.timers,
-                               on_terminated=self._server_terminated)
+                               on_terminated=self._on_server_terminated)
         self.server_txns[key] = st
         return st
 
@@ -828,23 +867,14 @@ class Proxy:
                                pop_routes=popped, top_via=top_via, add_headers=add_headers,
                                remove_headers=remove)
         branch.request = data
-        transports = self.transports
-
-        def send(out: bytes) -> None:
-            transports.send(transport, addr, out, on_error=on_error, listener=listener)
-
-        def on_error() -> None:
-            ct = branch.ct
-            if ct is not None and ct.state != "terminated":
-                ct.on_transport_error()
-
+        branch.listener = listener
         key = (branch_id, msg.method)
         branch.key = key
         ct = ClientTransaction(
-            key, msg.method, data, reliable=transport != "udp", send=send, scheduler=self.scheduler,
-            timers=self.timers, on_response=self._branch_response, on_timeout=self._branch_timeout,
-            make_ack=lambda resp: build_ack(parse_message(data), resp) if msg.method == "INVITE" else None,
-            on_transport_error=self._branch_transport_error, on_terminated=self._client_terminated,
+            key, msg.method, data, reliable=transport != "udp", send=branch.send, scheduler=self.scheduler,
+            timers=self.timers, on_response=self._on_branch_response, on_timeout=self._on_branch_timeout,
+            make_ack=branch.make_ack if msg.method == "INVITE" else None,
+            on_transport_error=self._on_branch_transport_error, on_terminated=self._on_client_terminated,
         )
         ct.context = branch
         branch.ct = ct
@@ -926,7 +956,7 @@ class Proxy:
                                timers=self.timers, on_response=on_response,
                                on_timeout=lambda _ct: on_final(LOCAL_TIMEOUT, None),
                                on_transport_error=lambda _ct: on_final(503, None),
-                               on_terminated=self._client_terminated)
+                               on_terminated=self._on_client_terminated)
         ct.context = _Origin((transport, addr))
         self.client_txns[key] = ct
         ct.start()
@@ -1099,7 +1129,7 @@ class Proxy:
         ct = ClientTransaction(key, "CANCEL", data, reliable=transport != "udp", send=send,
                                scheduler=self.scheduler, timers=self.timers,
                                on_response=_ignore_response, on_timeout=_ignore,
-                               on_transport_error=_ignore, on_terminated=self._client_terminated)
+                               on_transport_error=_ignore, on_terminated=self._on_client_terminated)
         self.client_txns[key] = ct
         try:
             ct.start()
