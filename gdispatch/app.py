@@ -6,7 +6,6 @@ logging set-up, signals, and resolving destination addresses when the list is lo
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 import sys
@@ -16,6 +15,7 @@ import gevent
 import gevent.event
 
 from gdispatch import __version__, listedit, sdnotify
+from gdispatch.collector import CollectorPolicy
 from gdispatch.config import Config
 from gdispatch.control import ControlError, ControlServer
 from gdispatch.dispatcher.destination import state_letters
@@ -63,6 +63,7 @@ class App:
         self.dns: DestinationResolver | None = None
         self._greenlets: list[gevent.Greenlet] = []
         self.stopping = gevent.event.Event()
+        self.collector = CollectorPolicy()  # started by run() once the process is up
         self.watcher: ListWatcher | None = None
         self.control: ControlServer | None = None
         self._list_digest: str | None = None
@@ -453,8 +454,10 @@ class App:
     def _tick(self) -> None:
         scheduler = self.scheduler
         clock = time.monotonic
+        collector = self.collector
         while True:
             scheduler.run_due(clock())
+            collector.maybe_collect()
             nd = scheduler.next_deadline()
             gevent.sleep(TIMER_TICK if nd is None else min(max(nd - clock(), 0.001), TIMER_TICK))
 
@@ -494,17 +497,6 @@ class App:
             self.transports.close()
 
 
-def tune_gc() -> None:
-    """Transactions and their callbacks form reference cycles, so the cyclic collector
-    has work; left at its defaults it runs every 700 allocations and its full passes
-    stop the process for tens of milliseconds under load, long enough for callers to
-    retransmit. Everything loaded at start is frozen out of its reach, and it runs less
-    often."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 50)
-
-
 def run(config: Config) -> int:
     setup_logging(config.log_level, "w0" if config.workers > 1 else "")
     app = App(config)
@@ -514,7 +506,7 @@ def run(config: Config) -> int:
     code = app.start()
     if code:
         return code
-    tune_gc()
+    app.collector.start()
 
     def hangup() -> None:
         def do() -> None:
@@ -546,7 +538,7 @@ def run_worker(config: Config, index: int, relay_sock, relay_ports: list[int], t
     code = app.start_worker(index, relay_sock, relay_ports, text, states, sock)
     if code:
         return code
-    tune_gc()
+    app.collector.start()
     # Signals go to the primary, which tells the workers; a terminal's Ctrl-C or a
     # SIGTERM sent to the whole process group drains this one too.
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -49,6 +49,7 @@ from gdispatch.sip import (
 )
 from gdispatch.transaction.client import ClientTransaction
 from gdispatch.transaction.server import ServerTransaction
+from gdispatch.transaction.states import COMPLETED, TERMINATED
 from gdispatch.transaction.timers import Scheduler, TimerConfig
 from gdispatch.transport import Source, TransportError, Transports
 
@@ -988,6 +989,8 @@ class Proxy:
 
     def _branch_response(self, ct: ClientTransaction, status: int, resp: SipMessage) -> None:
         branch: Branch = ct.context
+        if branch is None:
+            return  # a transaction the proxy is done with (see _release)
         ctx = branch.ctx
         if ctx.route is not None and ctx.request is not None and self.plugins.user_implemented("gdispatch_response"):
             self.plugins.call("gdispatch_response", request=RequestView(ctx.request, ctx.source),
@@ -1177,9 +1180,26 @@ def _release(ctx: ResponseContext) -> None:
     """The final response went upstream and no walker reads the request any more: drop
     the parsed request and the responses kept for it. What stays (the context, its
     branches and transactions) is what relays 2xx retransmissions and answers a late
-    CANCEL until the transactions end."""
+    CANCEL until the transactions end. A non-INVITE has neither: its transactions absorb
+    retransmissions on their own (RFC 3261 §17.1.2.2, §17.2.2), so the context and the
+    branches whose transaction has its final go now rather than after the linger."""
     ctx.request = None
     ctx.best = None
+    st = ctx.st
+    if st.is_invite or not ctx.final_sent:
+        return
+    keep = []
+    for branch in ctx.branches:
+        ct = branch.ct
+        if ct is None or ct.state in (COMPLETED, TERMINATED):
+            if ct is not None:
+                ct.context = None
+                branch.ct = None
+        else:
+            keep.append(branch)  # still waiting for its final: it must find its context
+    ctx.branches = keep
+    if not keep:
+        st.context = None
 
 
 def _better(current: SipMessage | None, new: SipMessage) -> SipMessage:

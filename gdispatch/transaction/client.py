@@ -274,6 +274,10 @@ class ClientTransaction:
         # is built. Dropping both now keeps a lingering transaction small.
         self.request = b""
         self._make_ack = None
+        if state is ACCEPTED or not self.is_invite:
+            # Nothing is sent from here on (only a non-2xx final's ACK is resent): let go
+            # of the sender, and of whatever it holds, for the linger.
+            self._send_fn = None
         if state is ACCEPTED:
             # RFC 6026 §7.2: Timer M, whatever the transport.
             delay = timers.timer_m
@@ -283,7 +287,9 @@ class ClientTransaction:
         else:
             delay = 0.0 if self.reliable else timers.timer_k
         if delay > 0:
-            self._state_timer = self._scheduler.call_later(delay, self.terminate)
+            # The function and the transaction, not a bound method: one object less to
+            # keep for the whole linger (see TimerHandle).
+            self._state_timer = self._scheduler.call_later(delay, ClientTransaction.terminate, self)
             return True
         return False
 

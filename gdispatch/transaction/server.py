@@ -233,7 +233,9 @@ class ServerTransaction:
 
     def _wait_then_terminate(self, delay: float) -> None:
         if delay > 0:
-            self._state_timer = self._scheduler.call_later(delay, self.terminate)
+            # The function and the transaction, not a bound method: one object less to
+            # keep for the whole linger (see TimerHandle).
+            self._state_timer = self._scheduler.call_later(delay, ServerTransaction.terminate, self)
         else:
             self.terminate()
 

@@ -116,40 +116,42 @@ class TimerConfig:
         return self._lingering(64 * self.t1)
 
 
-class TimerHandle:
-    """One scheduled callback; `cancel()` it to keep it from running."""
+class TimerHandle(list):
+    """One scheduled callback; `cancel()` it to keep it from running.
 
-    __slots__ = ("_args", "_fn", "_scheduler", "when")
+    The handle is itself the heap entry: `[deadline, sequence, fn, scheduler, *args]`. A
+    transaction lingering after its final response holds one timer, and a tuple for the
+    heap, a handle and an argument tuple would be three objects where one does (every
+    lingering object is work for the cyclic garbage collector). Heap order compares the
+    deadline, then the sequence number, which is unique, so `fn` is never compared.
+    """
 
-    def __init__(self, when: float, fn: Callable[..., None], args: tuple, scheduler: Scheduler):
-        self.when = when
-        self._fn: Callable[..., None] | None = fn
-        self._args = args
-        # None once the timer has run or been cancelled: that is what makes cancel()
-        # idempotent and harmless after the fact.
-        self._scheduler: Scheduler | None = scheduler
+    __slots__ = ()
+
+    @property
+    def when(self) -> float:
+        return self[0]
 
     @property
     def active(self) -> bool:
         """True while the timer is waiting to run."""
-        return self._scheduler is not None
+        return self[3] is not None
 
     def cancel(self) -> None:
-        scheduler = self._scheduler
+        scheduler = self[3]
         if scheduler is None:
-            return
-        self._scheduler = None
+            return  # already ran or cancelled: cancel() is idempotent
         # Drop the references now: a cancelled entry may sit in the heap for a while, and
         # it must not keep a finished transaction alive.
-        self._fn = None
-        self._args = ()
+        self[2] = self[3] = None
+        del self[4:]
         scheduler._cancelled += 1
         if scheduler._cancelled > _COMPACT_MIN_CANCELLED and 2 * scheduler._cancelled > len(scheduler._heap):
             scheduler._compact()
 
     def __repr__(self) -> str:
-        state = "active" if self._scheduler is not None else "done"
-        return f"<TimerHandle when={self.when!r} {state}>"
+        state = "active" if self[3] is not None else "done"
+        return f"<TimerHandle when={self[0]!r} {state}>"
 
 
 class Scheduler:
@@ -170,9 +172,7 @@ class Scheduler:
 
     def __init__(self, clock: Callable[[], float]):
         self._clock = clock
-        # Entries are (deadline, sequence, handle): tuples compare in C, and the
-        # sequence number settles ties before a handle is ever compared.
-        self._heap: list[tuple[float, int, TimerHandle]] = []
+        self._heap: list[TimerHandle] = []
         self._seq = 0
         self._cancelled = 0  # cancelled entries still in the heap
 
@@ -181,10 +181,9 @@ class Scheduler:
 
     def call_later(self, delay: float, fn: Callable[..., None], *args: Any) -> TimerHandle:
         """Run `fn(*args)` once, `delay` seconds from now."""
-        when = self._clock() + delay
-        handle = TimerHandle(when, fn, args, self)
         self._seq += 1
-        heapq.heappush(self._heap, (when, self._seq, handle))
+        handle = TimerHandle((self._clock() + delay, self._seq, fn, self, *args))
+        heapq.heappush(self._heap, handle)
         return handle
 
     def run_due(self, now: float | None = None) -> int:
@@ -197,15 +196,14 @@ class Scheduler:
         heap = self._heap  # compaction rebuilds it in place, so this reference stays good
         ran = 0
         while heap and heap[0][0] <= now:
-            handle = heapq.heappop(heap)[2]
-            fn = handle._fn
+            handle = heapq.heappop(heap)
+            fn = handle[2]
             if fn is None:
                 self._cancelled -= 1
                 continue
-            args = handle._args
-            handle._fn = None
-            handle._args = ()
-            handle._scheduler = None
+            args = handle[4:]
+            handle[2] = handle[3] = None
+            del handle[4:]
             ran += 1
             try:
                 fn(*args)
@@ -216,7 +214,7 @@ class Scheduler:
     def next_deadline(self) -> float | None:
         """The deadline of the earliest live timer, or None when there is none."""
         heap = self._heap
-        while heap and heap[0][2]._fn is None:
+        while heap and heap[0][2] is None:
             heapq.heappop(heap)
             self._cancelled -= 1
         return heap[0][0] if heap else None
@@ -228,7 +226,7 @@ class Scheduler:
         """Rebuild the heap without its cancelled entries (TimerHandle.cancel calls this
         when they are more than half of it)."""
         heap = self._heap
-        heap[:] = [entry for entry in heap if entry[2]._fn is not None]
+        heap[:] = [entry for entry in heap if entry[2] is not None]
         heapq.heapify(heap)
         self._cancelled = 0
 

@@ -288,6 +288,6 @@ def test_cancelled_handle_releases_its_callback(scheduler):
             pass
 
     owner = Owner()
-    handle = scheduler.call_later(1, owner.cb)
+    handle = scheduler.call_later(1, owner.cb, owner)
     handle.cancel()
-    assert handle._fn is None and handle._args == ()
+    assert owner.cb not in handle and owner not in handle and not handle.active
