@@ -521,7 +521,7 @@ def run(config: Config) -> int:
     app.stopping.wait()
     log.info("stopping: no new calls; draining for up to %.1f s", config.drain_time)
     if app.supervisor is not None:
-        app.supervisor.broadcast(("stop",))  # every worker drains at the same time
+        app.supervisor.drain()  # every worker drains at the same time
     app.drain()
     if app.supervisor is not None:
         app.supervisor.stop(config.drain_time + 3.0)

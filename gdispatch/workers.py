@@ -321,11 +321,17 @@ class Supervisor:
         for ch in list(self.channels.values()):
             ch.send(msg)
 
+    def drain(self) -> None:
+        """Tell every worker to drain and exit (the primary drains meanwhile): from now
+        on a worker that exits is not started again."""
+        self.stopping = True
+        self.broadcast(("stop",))
+
     def stop(self, timeout: float) -> None:
         """Tell every worker to drain and exit; SIGKILL (by PID) one still there after
         `timeout` seconds."""
-        self.stopping = True
-        self.broadcast(("stop",))
+        if not self.stopping:
+            self.drain()
         deadline = time.monotonic() + timeout
         for index, proc in self.procs.items():
             try:

@@ -41,3 +41,26 @@ def test_calls_spread_over_the_workers():
     for n in range(3000):
         counts[call_id_owner(INVITE.replace(b"abc-123", b"call%d" % n), 3)] += 1
     assert all(900 < c < 1100 for c in counts), counts
+
+
+def test_a_worker_that_exits_while_draining_is_not_started_again(monkeypatch):
+    # SIGTERM: the primary tells the workers to drain, then drains itself; a worker done
+    # first exits 0, which is no crash to recover from.
+    import gevent
+
+    from gdispatch.workers import Supervisor
+
+    class Proc:
+        pid = 4242
+
+        def wait(self, timeout=None):
+            return 0
+
+    later = []
+    monkeypatch.setattr(gevent, "spawn_later", lambda *a: later.append(a))
+    sup = Supervisor(2, hello=lambda i: ("hello",), on_message=lambda i, m: None, relay_fds=[])
+    sup._lost(1, Proc())
+    assert len(later) == 1  # a crash before: started again
+    sup.drain()
+    sup._lost(1, Proc())
+    assert len(later) == 1
