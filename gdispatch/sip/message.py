@@ -311,9 +311,7 @@ class SipMessage:
             return None
         m = _NAME_ADDR_FAST.match(value)
         if m is not None:
-            # The last one wins, as in the parameter dict of the slow path.
-            tags = _TAG_PARAM.findall(m.group(1))
-            return tags[-1] if tags else None
+            return _last_tag(m.group(1))
         addr = self.from_addr if canonical == "from" else self.to_addr
         tag = addr.params.get("tag")
         return None if tag is None else tag.encode("utf-8", "surrogateescape")
@@ -410,20 +408,38 @@ class SipMessage:
         # The name-addr syntax of From and To is checked (RFC 4475 §3.1.2.6, .14, .15);
         # their URIs are not parsed: a proxy copies them untouched, and a URI of any
         # scheme is legal there (RFC 4475 §3.3.4).
-        if _NAME_ADDR_FAST.match(self._first("from")) is None:
+        # A value of the common shape is valid and gives its tag at once: the cached
+        # from_tag / to_tag are filled in here rather than found again later.
+        cache = self.__dict__
+        m = _NAME_ADDR_FAST.match(self._first("from"))
+        if m is None:
             try:
                 _ = self.from_addr
             except ParseError:
                 raise ParseError("Bad From") from None
-        if _NAME_ADDR_FAST.match(self._first("to")) is None:
+        elif "from_tag" not in cache:
+            cache["from_tag"] = _last_tag(m.group(1))
+        m = _NAME_ADDR_FAST.match(self._first("to"))
+        if m is None:
             try:
                 _ = self.to_addr
             except ParseError:
                 raise ParseError("Bad To") from None
+        elif "to_tag" not in cache:
+            cache["to_tag"] = _last_tag(m.group(1))
         call_id = self.call_id
         if not call_id or len(call_id.split()) != 1:
             raise ParseError("Bad Call-ID")
         _ = self.cseq
+
+
+def _last_tag(params: bytes) -> bytes | None:
+    """The tag among the parameters of a name-addr of the common shape; the last one
+    wins, as in the parameter dict of `parse_name_addr`."""
+    if not params:
+        return None
+    tags = _TAG_PARAM.findall(params)
+    return tags[-1] if tags else None
 
 
 def parse_message(data: bytes, *, stream: bool = False) -> SipMessage:
