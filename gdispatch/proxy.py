@@ -720,7 +720,18 @@ class Proxy:
             return
         ctx.walk = walk
         ctx.outstanding = 1
-        self._start_branch(ctx, first, source, top_via, popped, record)
+        try:
+            self._start_branch(ctx, first, source, top_via, popped, record)
+        except Exception:
+            # As the walker does: the caller gets its 500, the call leaves the count.
+            log.exception("error while dispatching call-id %s", ctx.request.call_id.decode(errors="replace"))
+            if ctx.walk is not None:
+                ctx.walk = None
+                self.calls_in_setup -= 1
+            if not ctx.final_sent:
+                ctx.final_sent = True
+                self._local_reply(ctx.st, ctx.request, 500, "Internal Server Error")
+            _release(ctx)
 
     def _first_attempt_over(self, ctx: ResponseContext, status: int) -> None:
         """The inline first attempt ended: done if it was answered 2xx (or the caller

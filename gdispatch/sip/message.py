@@ -84,6 +84,8 @@ _NAME_ADDR_FAST = re.compile(
     rb"((?:;" + _TOKEN + rb"(?:=" + _TOKEN + rb")?)*)\Z"
 )
 _TAG_PARAM = re.compile(rb";[Tt][Aa][Gg]=(" + _TOKEN + rb")")
+# The name-addr headers every message has: header, parsed property, tag property, error.
+_NAME_ADDR_HEADERS = (("from", "from_addr", "from_tag", "Bad From"), ("to", "to_addr", "to_tag", "Bad To"))
 
 
 class cached_property(Generic[T]):
@@ -411,22 +413,15 @@ class SipMessage:
         # A value of the common shape is valid and gives its tag at once: the cached
         # from_tag / to_tag are filled in here rather than found again later.
         cache = self.__dict__
-        m = _NAME_ADDR_FAST.match(self._first("from"))
-        if m is None:
-            try:
-                _ = self.from_addr
-            except ParseError:
-                raise ParseError("Bad From") from None
-        elif "from_tag" not in cache:
-            cache["from_tag"] = _last_tag(m.group(1))
-        m = _NAME_ADDR_FAST.match(self._first("to"))
-        if m is None:
-            try:
-                _ = self.to_addr
-            except ParseError:
-                raise ParseError("Bad To") from None
-        elif "to_tag" not in cache:
-            cache["to_tag"] = _last_tag(m.group(1))
+        for name, addr, tag, reason in _NAME_ADDR_HEADERS:
+            m = _NAME_ADDR_FAST.match(self._first(name))
+            if m is None:
+                try:
+                    getattr(self, addr)
+                except ParseError:
+                    raise ParseError(reason) from None
+            elif tag not in cache:
+                cache[tag] = _last_tag(m.group(1))
         call_id = self.call_id
         if not call_id or len(call_id.split()) != 1:
             raise ParseError("Bad Call-ID")

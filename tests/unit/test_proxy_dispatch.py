@@ -1,0 +1,58 @@
+"""How a dispatched request is walked: the first attempt inline, a walker greenlet only
+when it fails (gdispatch.proxy.Proxy._dispatch)."""
+
+from __future__ import annotations
+
+from proxy_fakes import UAC, FakeProxy, full_call, invite
+
+import gdispatch.proxy as proxy_module
+from gdispatch.sip import build_response, parse_message
+
+
+def count_spawns(monkeypatch) -> list:
+    spawned = []
+    real = proxy_module.gevent.spawn
+
+    def spawn(*args, **kwargs):
+        spawned.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(proxy_module.gevent, "spawn", spawn)
+    return spawned
+
+
+def test_a_call_answered_by_the_first_destination_starts_no_greenlet(monkeypatch):
+    spawned = count_spawns(monkeypatch)
+    fp = FakeProxy()
+    for n in range(5):
+        full_call(fp, n)
+    assert spawned == []
+    assert fp.proxy.calls_in_setup == 0
+
+
+def test_a_failed_first_attempt_hands_over_to_the_walker(monkeypatch):
+    spawned = count_spawns(monkeypatch)
+    fp = FakeProxy()
+    out = fp.receive(invite(1), UAC)
+    first, data = next((a, d) for a, d in out if d.startswith(b"INVITE"))
+    out = fp.receive(build_response(parse_message(data), 503, "Busy", to_tag="x"), first)
+    second, data = next((a, d) for a, d in out if d.startswith(b"INVITE"))
+    assert second != first and len(spawned) == 1  # the walker tried the next one
+    assert fp.proxy.stats["failovers"] == 1 and fp.proxy.calls_in_setup == 1
+    out = fp.receive(build_response(parse_message(data), 200, "OK", to_tag="y"), second)
+    assert [a for a, d in out if d.startswith(b"SIP/2.0 200")] == [UAC]
+    assert fp.proxy.calls_in_setup == 0
+
+
+def test_an_error_in_the_inline_first_attempt_answers_500_and_frees_the_count(monkeypatch):
+    # The first attempt is sent from the receiver greenlet: a bug there must end like one
+    # in the walker, not leave the caller and the overload count hanging.
+    fp = FakeProxy()
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(fp.proxy, "_send_branch", broken)
+    out = fp.receive(invite(1), UAC)
+    assert [d.split(b"\r\n", 1)[0] for _, d in out] == [b"SIP/2.0 100 Trying", b"SIP/2.0 500 Internal Server Error"]
+    assert fp.proxy.calls_in_setup == 0
