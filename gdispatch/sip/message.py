@@ -195,8 +195,7 @@ class SipMessage:
 
     def get(self, name: str) -> bytes | None:
         """Value of the first header called `name` (any case, full or compact form)."""
-        index = self._index(canonical_name(name))
-        return None if index is None else self._value(index)
+        return self._first(canonical_name(name))
 
     def get_all(self, name: str) -> list[bytes]:
         """Values of every header called `name`, in order. List headers (all but those in
