@@ -299,7 +299,11 @@ def main() -> int:
                   "step_s": step_s, "rates": " ".join(map(str, rates)), "out": out}
         result.update({f"idle_{k}": v for k, v in lat.items()})
         if overload is not None:
+            # achieved_cps divides by SIPp's elapsed time, which past capacity includes the
+            # wait of the calls turned away (the scenario's receive timeout after a 503):
+            # ok_per_s divides by the seconds the load was offered.
             result.update({"overload_rate": overload["rate"], "overload_ok_cps": overload["achieved_cps"],
+                           "overload_ok_per_s": round(overload["ok"] / step_s, 1),
                            "overload_fail_pct": overload["fail_pct"], "overload_retrans_pct": overload["retrans_pct"]})
         (out / "result.txt").write_text("".join(f"{k}={v}\n" for k, v in result.items()))
         print(f"results: {out}")

@@ -12,7 +12,8 @@ from pathlib import Path
 COLS = [("proxy", "mode"), ("max_cps", "max_cps"), ("first_fail", "first_failing_rate"),
         ("cpu_us_per_call", "proxy_cpu_us_per_call"), ("INVITE->200_p50_us", "idle_inv_p50_us"),
         ("INVITE_p99", "idle_inv_p99_us"), ("BYE->200_p50_us", "idle_bye_p50_us"), ("BYE_p99", "idle_bye_p99_us"),
-        ("overload_cps", "overload_rate"), ("ok_cps_then", "overload_ok_cps"), ("failed_%", "overload_fail_pct"),
+        ("overload_cps", "overload_rate"), ("ok_cps_then", "overload_ok_cps"),
+        ("ok_per_offered_s", "overload_ok_per_s"), ("failed_%", "overload_fail_pct"),
         ("retrans_%", "overload_retrans_pct")]
 
 
