@@ -132,6 +132,19 @@ def status_code(data: bytes) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def statuses_until(sock: socket.socket, status: int = 200, timeout: float = 3.0) -> list[int | None]:
+    """Status codes of what `sock` receives (None for a request), until one is `status` or
+    `timeout` seconds pass; the socket needs a timeout of its own (settimeout)."""
+    codes: list[int | None] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and status not in codes:
+        try:
+            codes.append(status_code(sock.recvfrom(65535)[0]))
+        except TimeoutError:
+            pass
+    return codes
+
+
 def _check_loopback(host: str) -> None:
     if not (host.startswith("127.") or host.strip("[]") == "::1"):
         raise ValueError(f"refusing non-loopback address {host}")

@@ -144,13 +144,7 @@ def test_retransmitted_invite_is_absorbed(proxy, uas):
         s.sendto(invite, (HOST, p.port))
         time.sleep(0.2)
         s.sendto(invite, (HOST, p.port))  # the same INVITE again (same branch)
-        statuses = []
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline and 200 not in statuses:
-            try:
-                statuses.append(harness.status_code(s.recvfrom(65535)[0]))
-            except TimeoutError:
-                pass
+        statuses = harness.statuses_until(s)
     finally:
         s.close()
     assert 200 in statuses, statuses

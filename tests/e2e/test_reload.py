@@ -119,13 +119,7 @@ def test_sigterm_drains_calls_in_flight(proxy, uas, uac):
     assert harness.status_code(new[-1]) == 503 and b"Retry-After:" in new[-1], new
     # The call in progress finishes: its ringing times out (fr_inv_timer), fails over to
     # the fast gateway and is answered before the proxy exits.
-    codes = []
-    deadline = time.monotonic() + 6
-    while time.monotonic() < deadline and 200 not in codes:
-        try:
-            codes.append(harness.status_code(s.recvfrom(65535)[0]))
-        except socket.timeout:
-            pass
+    codes = harness.statuses_until(s, timeout=6)
     s.close()
     assert 200 in codes, codes
     assert p.proc.wait(10) == 0
