@@ -18,7 +18,11 @@ bench.sh), started as ``bash -c "exec $PROXY_CMD"`` with PROXY_ADDR (127.0.0.1:P
 DS_LIST, DS_ALG, CHILDREN and RUN_DIR in its environment; ready once it answers OPTIONS
 with 200; stopped with SIGTERM by PID (SIGKILL for its process tree 5 s later).
 
-Environment: PY (set by bench.sh), NAME, RATES, STEP_S, LAT_CALLS, LAT_RATE, ALG, PROXY_ARGS,
+The latency probe runs twice: straight to the first gateway, then through the proxy; the
+difference of the medians is the latency the proxy adds (`idle_added_*`).
+
+Environment: PY (set by bench.sh), NAME, RATES, STEP_S, LAT_CALLS, LAT_RATE,
+LAT_BYE_AFTER_MS (the probe's pause between ACK and BYE, 0), ALG, PROXY_ARGS,
 PROXY_CMD, CHILDREN, OVERLOAD_X (after the search, one step at OVERLOAD_X times the
 highest passing rate: the calls completed per second past capacity),
 DEST_ATTRS (more attrs for each gateway's dispatcher.list line, e.g. "prefix=011"),
@@ -151,6 +155,27 @@ class ExternalProxy:
             harness._stop_process(self.proc, signal.SIGTERM, 5.0)
 
 
+def latency(target: str, gateway: str | None, calls: int, rate: float, bye_after: float) -> dict[str, object]:
+    """Unloaded latency through `target` and, when `gateway` is given, straight to that
+    gateway (no proxy) just before, so that what the proxy adds comes from one minute of
+    the same run: `added_inv_p50_us` and `added_bye_p50_us` (through minus direct)."""
+    if calls <= 0:
+        return {}
+    lat: dict[str, object] = {}
+    if gateway is not None:
+        direct = probe.measure(gateway, calls, rate, bye_after)
+        log("unloaded latency, no proxy: " + " ".join(f"{k}={v}" for k, v in direct.items()))
+        lat.update({f"direct_{k}": v for k, v in direct.items()})
+    through = probe.measure(target, calls, rate, bye_after)
+    log("unloaded latency: " + " ".join(f"{k}={v}" for k, v in through.items()))
+    lat.update(through)
+    for kind in ("inv", "bye"):
+        a, b = lat.get(f"{kind}_p50_us"), lat.get(f"direct_{kind}_p50_us")
+        if isinstance(a, int) and isinstance(b, int):
+            lat[f"added_{kind}_p50_us"] = a - b
+    return lat
+
+
 def main() -> int:
     # SIGTERM ends the run like Ctrl-C does: through the finally below, which stops by PID
     # every process started here.
@@ -172,7 +197,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     harness.require_sipp()
     # every UAS exits by itself once the whole run should be over
-    uas_limit = 120 + lat_calls / lat_rate + 2 * len(rates) * (step_s + grace_s + 20)
+    uas_limit = 120 + 2 * lat_calls / lat_rate + 2 * len(rates) * (step_s + grace_s + 20)
 
     gateways: list[harness.Uas] = []
     proxy: harness.Proxy | ExternalProxy | None = None
@@ -217,9 +242,9 @@ def main() -> int:
             mode = f"{name} (pid {proxy.pid}) -> {len(gateways)} UAS, algorithm {alg}"
         log(f"mode: {mode}; target {target}")
 
-        lat = probe.measure(target, lat_calls, lat_rate) if lat_calls > 0 else {}
+        lat = latency(target, f"127.0.0.1:{gateways[0].port}" if proxy else None, lat_calls, lat_rate,
+                      float(env("LAT_BYE_AFTER_MS", "0")) / 1000)
         if lat:
-            log("unloaded latency: " + " ".join(f"{k}={v}" for k, v in lat.items()))
             (out / "latency.txt").write_text("".join(f"{k}={v}\n" for k, v in lat.items()))
 
         rows: list[dict[str, object]] = []
@@ -289,6 +314,9 @@ def main() -> int:
         if lat:
             print("# unloaded latency (us): INVITE->200 p50 {inv_p50_us} p99 {inv_p99_us}; "
                   "BYE->200 p50 {bye_p50_us} p99 {bye_p99_us} ({lat_n} calls, {lat_fail} failed)".format(**lat))
+            if "added_bye_p50_us" in lat:
+                print("# added by the proxy (p50 through it minus p50 without it, us): INVITE->200 "
+                      "{added_inv_p50_us}, BYE->200 {added_bye_p50_us}".format(**lat))
         print("  ".join(c.rjust(widths[c]) for c in COLS))
         for r in rows:
             print("  ".join(str(r[c]).rjust(widths[c]) for c in COLS))

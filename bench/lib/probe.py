@@ -63,8 +63,9 @@ class Probe:
             if code >= 200 and re.search(rf"^CSeq:\s*\d+\s+{method}\s*$", data, re.MULTILINE | re.IGNORECASE):
                 return code, data
 
-    def call(self) -> tuple[float, float]:
-        """One call; returns (INVITE->200, BYE->200) in seconds. Raises on failure."""
+    def call(self, bye_after: float = 0.0) -> tuple[float, float]:
+        """One call; returns (INVITE->200, BYE->200) in seconds. Raises on failure.
+        `bye_after`: seconds between the ACK and the BYE."""
         call_id, ftag = uuid.uuid4().hex, uuid.uuid4().hex[:8]
         host, port = self.target
         t0 = time.perf_counter()
@@ -84,6 +85,8 @@ class Probe:
         routes = list(reversed(rr))
         self.sock.sendto(self.request("ACK", contact.group(1), call_id, ftag, to_tag.group(1), 1, routes),
                          self.target)
+        if bye_after > 0:
+            time.sleep(bye_after)
         t2 = time.perf_counter()
         self.sock.sendto(self.request("BYE", contact.group(1), call_id, ftag, to_tag.group(1), 2, routes),
                          self.target)
@@ -101,7 +104,7 @@ def percentile(values: list[float], q: float) -> float:
     return v[min(len(v) - 1, int(q * len(v)))]
 
 
-def measure(target: str, calls: int, rate: float) -> dict[str, object]:
+def measure(target: str, calls: int, rate: float, bye_after: float = 0.0) -> dict[str, object]:
     host, port = target.rsplit(":", 1)
     probe = Probe(host, int(port))
     inv: list[float] = []
@@ -113,7 +116,7 @@ def measure(target: str, calls: int, rate: float) -> dict[str, object]:
         if delay > 0:
             time.sleep(delay)
         try:
-            a, b = probe.call()
+            a, b = probe.call(bye_after)
         except (OSError, RuntimeError):
             fail += 1
             continue
