@@ -28,7 +28,7 @@ from gdispatch.probing import ProbeSettings
 from gdispatch.proxy import Proxy
 from gdispatch.rpc import RpcError
 from gdispatch.transaction.timers import Scheduler
-from gdispatch.transport import TransportError, Transports, ensure_free
+from gdispatch.transport import TransportError, Transports, ensure_free, shared_udp_sockets
 from gdispatch.watch import ListWatcher, file_digest
 from gdispatch.workers import Channel, Relay, Supervisor, dest_key, keyed, relay_sockets
 
@@ -75,6 +75,11 @@ class App:
         self._by_key: dict = {}  # dest_key -> destination of the current list
         self._reports: dict[int, tuple] = {}  # worker index -> its last report
         self._relay_socks: list = []  # primary: every worker's relay socket (relay_sockets)
+        # primary: listen index -> every worker's socket on that UDP address, in worker
+        # order (gdispatch.transport.shared_udp_sockets); it holds them all for its life,
+        # so that a worker started again finds its place in the group unchanged.
+        self._listen_socks: dict[int, list] = {}
+        self._steered = False  # primary: the kernel steers datagrams by Call-ID
 
     # ------------------------------------------------------------- events
 
@@ -102,13 +107,19 @@ class App:
         for problem in dlist.problems:
             log.warning("%s (line skipped: [dispatcher].load_mode = \"skip\")", problem)
         several = config.workers > 1
+        udp_socks = None
         if several:
             try:
                 ensure_free(config.listen)
+                self._listen_socks, self._steered = shared_udp_sockets(config.listen, config.workers)
             except TransportError as e:
                 log.error("%s", e.strerror or e)
                 return 1
-        code = self._start_proxy(dlist, shared=several)
+            if not self._steered:
+                log.info("the kernel does not steer datagrams by Call-ID here (SO_ATTACH_REUSEPORT_CBPF): "
+                         "workers relay them to the owner of their call")
+            udp_socks = {i: socks[0] for i, socks in self._listen_socks.items()}
+        code = self._start_proxy(dlist, shared=several, udp_socks=udp_socks)
         if code:
             return code
         proxy = self.proxy
@@ -126,8 +137,8 @@ class App:
             self._relay_socks = relay_sockets(config.workers)
             self._start_relay(self._relay_socks[0], 0, [x.getsockname()[1] for x in self._relay_socks])
         # With several workers the primary reads the shared port only once they all
-        # listen: until then the kernel would give it every datagram, and the calls
-        # taken meanwhile would all be its own.
+        # listen: the calls it took meanwhile could not be handed to a worker not yet
+        # there (their datagrams wait in the sockets meanwhile).
         transports.start(listen=not several)
         self.dns.start(lambda: proxy.dlist)
         self.prober.start()
@@ -153,7 +164,8 @@ class App:
             return 1
         if several:
             self.supervisor = Supervisor(config.workers, self._hello, self._from_worker,
-                                         [x.fileno() for x in self._relay_socks])
+                                         [[x.fileno(), *self._worker_listen_fds(i).values()]
+                                          for i, x in enumerate(self._relay_socks)])
             self.supervisor.start()
             self._greenlets.append(gevent.spawn(self._sync_loop))
             if not self.supervisor.wait_ready(WORKER_START_TIMEOUT, abort=self.stopping):
@@ -177,13 +189,14 @@ class App:
             return False
         return True
 
-    def _start_proxy(self, dlist, *, shared: bool) -> int:
+    def _start_proxy(self, dlist, *, shared: bool, udp_socks: dict | None = None) -> int:
         """Sockets, name resolution and the proxy, for the primary and the workers alike."""
         config = self.config
         holder: dict = {}
         try:
             self.transports = transports = Transports(
-                config.listen, lambda data, src: holder["proxy"].on_message(data, src), shared=shared)
+                config.listen, lambda data, src: holder["proxy"].on_message(data, src), shared=shared,
+                udp_socks=udp_socks)
         except TransportError as e:
             log.error("%s", e.strerror or e)
             return 1
@@ -215,7 +228,11 @@ class App:
         dlist = self.proxy.dlist
         socks = self._relay_socks
         return ("hello", self.config, index, socks[index].fileno(), [x.getsockname()[1] for x in socks],
-                dlist.text, self._states(dlist))
+                self._worker_listen_fds(index), dlist.text, self._states(dlist))
+
+    def _worker_listen_fds(self, index: int) -> dict[int, int]:
+        """Worker `index`'s sockets on the UDP listen addresses: listen index -> fd."""
+        return {i: socks[index].fileno() for i, socks in self._listen_socks.items()}
 
     def _from_worker(self, index: int, msg: tuple) -> None:
         kind = msg[0]
@@ -244,15 +261,16 @@ class App:
                 self.supervisor.broadcast(("latency", lat))
 
     def start_worker(self, index: int, relay_sock, relay_ports: list[int], text: str, states: dict,
-                     sock) -> int:
+                     sock, udp_socks: dict | None = None) -> int:
         """Start as worker `index` of `n` (not the primary): the list and the states come
-        from the primary, which does the probing, watching and control."""
+        from the primary, which does the probing, watching and control; `udp_socks`, its
+        sockets on the UDP listen addresses, too."""
         config = self.config
         if not self._load_plugins():
             return 1
         dlist = parse_list(text, config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order)
         self._apply(dlist, states)
-        code = self._start_proxy(dlist, shared=True)
+        code = self._start_proxy(dlist, shared=True, udp_socks=udp_socks)
         if code:
             return code
         proxy = self.proxy
@@ -430,6 +448,11 @@ class App:
         if self.config.workers > 1:
             out["workers"] = self.config.workers
             out["workers_ready"] = 1 + len(self.supervisor.ready) if self.supervisor else 1
+            out["kernel_steering"] = int(self._steered)
+            # How the calls are spread: what each worker dispatched, in worker order.
+            out["dispatched_by_worker"] = [proxy.stats["dispatched"]] + [
+                self._reports[i][2].get("dispatched", 0) if i in self._reports else 0
+                for i in range(1, self.config.workers)]
         out["plugin_errors"] = dict(self.plugins.errors)
         out["plugin_slow_calls"] = dict(self.plugins.slow)
         out["destinations"] = [
@@ -493,6 +516,9 @@ class App:
             self.dns.stop()
         if self.relay is not None:
             self.relay.close()
+        for socks in self._listen_socks.values():
+            for sock in socks[1:]:  # the first is the primary's own, closed with its listener
+                sock.close()
         if self.transports is not None:
             self.transports.close()
 
@@ -530,12 +556,12 @@ def run(config: Config) -> int:
 
 
 def run_worker(config: Config, index: int, relay_sock, relay_ports: list[int], text: str, states: dict,
-               sock) -> int:
+               sock, udp_socks: dict | None = None) -> int:
     """A worker other than the primary (gdispatch.workers.child_main): serve until the
     primary says stop or goes away, then drain like the primary does."""
     setup_logging(config.log_level, f"w{index}")
     app = App(config)
-    code = app.start_worker(index, relay_sock, relay_ports, text, states, sock)
+    code = app.start_worker(index, relay_sock, relay_ports, text, states, sock, udp_socks)
     if code:
         return code
     app.collector.start()

@@ -24,6 +24,7 @@ from collections.abc import Callable
 import gevent
 from gevent import get_hub
 
+from gdispatch import steering
 from gdispatch.config import Listen
 from gdispatch.sip import MAX_MESSAGE_SIZE, ParseError, frame_stream
 
@@ -133,7 +134,9 @@ class UdpListener:
     transport = "udp"
 
     def __init__(self, listen: Listen, owner: Transports, *, reuseport: bool = False,
-                 public: UdpListener | None = None):
+                 public: UdpListener | None = None, sock: socket.socket | None = None):
+        """`sock`: the socket, already bound (one of `shared_udp_sockets`), else one is
+        made and bound here."""
         self.owner = owner
         self.public = public or self  # the address Record-Route names
         self.private: UdpListener | None = None  # where this worker's requests leave from
@@ -145,19 +148,15 @@ class UdpListener:
         # With several workers: (data, addr, listener) -> True when the datagram was
         # handed to the worker that owns it (gdispatch.workers), False to handle it here.
         self.steer: Callable[[bytes, tuple[str, int], UdpListener], bool] | None = None
-        sock = socket.socket(_family(listen.host), socket.SOCK_DGRAM)
-        # No SO_REUSEADDR: on Linux it would let a second process bind the same UDP port
-        # and take its datagrams unnoticed.
-        if reuseport:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if sock is None:
+            sock = udp_socket(listen, reuseport)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
         except OSError:
             pass
-        sock.bind((listen.host, listen.port))
         if public is None:
             enable_timestamps(sock)
-        if listen.port == 0:
+        if listen.port == 0 or public is None:
             listen = Listen(listen.transport, listen.host, sock.getsockname()[1])
         self.listen = listen
         sock.setblocking(False)
@@ -428,6 +427,47 @@ class TcpListener:
         self.sock.close()
 
 
+def udp_socket(listen: Listen, reuseport: bool = False) -> socket.socket:
+    """A UDP socket bound to `listen`, in an SO_REUSEPORT group when `reuseport`."""
+    sock = socket.socket(_family(listen.host), socket.SOCK_DGRAM)
+    try:
+        # No SO_REUSEADDR: on Linux it would let a second process bind the same UDP port
+        # and take its datagrams unnoticed.
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((listen.host, listen.port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def shared_udp_sockets(listens: tuple[Listen, ...], n: int) -> tuple[dict[int, list[socket.socket]], bool]:
+    """For n workers: for each UDP listen address (by its position in `listens`), n
+    sockets in one SO_REUSEPORT group, bound in worker order so that the kernel's index
+    of socket i in the group is i, and the group steered by Call-ID (gdispatch.steering).
+    Returns the sockets and whether every group took the steering program. Raises
+    TransportError when an address cannot be bound."""
+    out: dict[int, list[socket.socket]] = {}
+    steered = True
+    try:
+        for i, listen in enumerate(listens):
+            if listen.transport != "udp":
+                continue
+            socks = out[i] = []
+            for _ in range(n):
+                socks.append(udp_socket(listen, reuseport=True))
+                if listen.port == 0:
+                    listen = Listen(listen.transport, listen.host, socks[0].getsockname()[1])
+            steered = steering.attach(socks[0], n) and steered
+    except OSError as e:
+        for socks in out.values():
+            for sock in socks:
+                sock.close()
+        raise TransportError(e.errno, f"cannot listen on {listen}: {e.strerror}") from None
+    return out, steered
+
+
 def ensure_free(listens: tuple[Listen, ...]) -> None:
     """Raise TransportError when a listen address is already taken. Workers bind with
     SO_REUSEPORT, which another process of the same user could share unnoticed; a
@@ -447,10 +487,11 @@ class Transports:
     """All listeners, the TCP connection table, and sending."""
 
     def __init__(self, listens: tuple[Listen, ...], on_message: Callable[[bytes, Source], None], *,
-                 shared: bool = False):
+                 shared: bool = False, udp_socks: dict[int, socket.socket] | None = None):
         """`shared`: one of several workers on the same listen addresses (SO_REUSEPORT);
         each UDP listener then gets a private twin on an ephemeral port of the same IP,
-        which sends this worker's requests and receives their responses."""
+        which sends this worker's requests and receives their responses. `udp_socks`:
+        this worker's sockets of `shared_udp_sockets`, by position in `listens`."""
         self.on_message = on_message
         # Called with (ip, port) when an ICMP error says a datagram could not reach it.
         self.on_unreachable: Callable[[tuple[str, int]], None] | None = None
@@ -460,7 +501,8 @@ class Transports:
         for listen in listens:
             try:
                 if listen.transport == "udp":
-                    lst = UdpListener(listen, self, reuseport=shared)
+                    given = (udp_socks or {}).get(len(self.listeners))
+                    lst = UdpListener(listen, self, reuseport=shared, sock=given)
                     if shared:
                         lst.private = UdpListener(Listen("udp", listen.host, 0), self, public=lst)
                 else:

@@ -5,15 +5,20 @@ How the work is split
 
 The process ``gdispatch run`` starts is worker 0, the *primary*. It starts workers 1..N-1
 as child processes (``python -m gdispatch.workers``), each a complete proxy with its own
-transactions. Every worker binds the listen addresses with SO_REUSEPORT, and the kernel
-gives each datagram to one of them, chosen by a hash of the sender's address.
+transactions. On each UDP listen address the primary binds one socket per worker, in
+worker order, in one SO_REUSEPORT group, and hands worker i its socket i
+(gdispatch.transport: `shared_udp_sockets`); TCP listen addresses each worker binds
+itself with SO_REUSEPORT.
 
-A call belongs to one worker: the one `call_id_owner()` picks from its Call-ID. A worker
-that receives a datagram of a call it does not own hands it, unparsed, to the owner over
-a loopback socket (`Relay`). So an INVITE, its retransmissions, its CANCEL, its
-ACK and the BYE later all meet the transactions of one worker, whichever socket the
-kernel chose. (A single peer, a trunk or a load generator, always hashes to the same
-socket; relaying is what spreads its calls over the workers.)
+A call belongs to one worker: the one `call_id_owner()` picks from its Call-ID. The
+kernel delivers each datagram to the socket of that worker, chosen by a BPF program of
+the group (gdispatch.steering), so the calls of a single peer, a trunk or a load
+generator, are spread over the workers with no hop between them. What the program cannot
+read (a compact Call-ID header, one past its first bytes) or where the kernel does not
+run it, the kernel hashes the sender's address instead, and a worker that receives a
+datagram of a call it does not own hands it, unparsed, to the owner over a loopback
+socket (`Relay`). Either way an INVITE, its retransmissions, its CANCEL, its ACK and the
+BYE later all meet the transactions of one worker.
 
 Each worker sends its requests from a UDP socket of its own, an ephemeral port on the
 listen IP that goes into its Via, so their responses come straight back to it;
@@ -27,7 +32,8 @@ Probing, the list watcher, SIGHUP, the control socket and sd_notify: one state p
 destination, as the operator sees it. It tells the others, over a socketpair per child
 (`Channel`, pickled tuples):
 
-- ``("hello", config, index, relay_fd, relay_ports, list_text, states)`` once, at start;
+- ``("hello", config, index, relay_fd, relay_ports, listen_fds, list_text, states)`` once, at
+  start (the file descriptors are inherited);
 - ``("list", text, reason, states)``: the list it swapped in (start, reload, RPC add or
   remove), with every destination's state;
 - ``("state", key, flags)``: a destination's new state (ping, traffic failure, set_state);
@@ -56,7 +62,6 @@ import socket
 import struct
 import sys
 import time
-import zlib
 from collections.abc import Callable
 
 import gevent
@@ -65,6 +70,7 @@ import gevent.socket
 import gevent.subprocess
 
 from gdispatch.sip import MAX_MESSAGE_SIZE
+from gdispatch.steering import call_owner
 from gdispatch.transport import enable_timestamps, run_receiver
 
 log = logging.getLogger("gdispatch.workers")
@@ -87,7 +93,7 @@ def call_id_owner(data: bytes, n: int) -> int | None:
         if m is None:
             return None
         value = m.group(1)
-    return zlib.crc32(value.strip()) % n
+    return call_owner(value.strip(), n)
 
 
 def dest_key(dest) -> tuple[int, int, str]:
@@ -262,9 +268,9 @@ class Supervisor:
     one that died, and stops them."""
 
     def __init__(self, n: int, hello: Callable[[int], tuple], on_message: Callable[[int, tuple], None],
-                 relay_fds: list[int]):
+                 fds: list[list[int]]):
         self.n = n
-        self.relay_fds = relay_fds  # worker i inherits relay_fds[i]
+        self.fds = fds  # worker i inherits fds[i]: its relay socket and its listen sockets
         self.hello = hello
         self.on_message = on_message
         self.procs: dict[int, gevent.subprocess.Popen] = {}
@@ -284,7 +290,7 @@ class Supervisor:
         env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)  # only the primary talks to systemd
         proc = gevent.subprocess.Popen([sys.executable, "-m", "gdispatch.workers", str(child.fileno())],
-                                       pass_fds=(child.fileno(), self.relay_fds[index]), env=env)
+                                       pass_fds=(child.fileno(), *self.fds[index]), env=env)
         child.close()
 
         def received(msg: tuple) -> None:
@@ -356,10 +362,12 @@ def child_main(argv: list[str]) -> int:
     if not hello or hello[0] != "hello":
         print("gdispatch worker: no hello from the primary", file=sys.stderr)
         return 2
-    _, config, index, relay_fd, relay_ports, list_text, states = hello
+    _, config, index, relay_fd, relay_ports, listen_fds, list_text, states = hello
     from gdispatch.app import run_worker
 
-    return run_worker(config, index, socket.socket(fileno=relay_fd), relay_ports, list_text, states, sock)
+    udp_socks = {i: socket.socket(fileno=fd) for i, fd in listen_fds.items()}
+    return run_worker(config, index, socket.socket(fileno=relay_fd), relay_ports, list_text, states, sock,
+                      udp_socks)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def test_a_worker_that_exits_while_draining_is_not_started_again(monkeypatch):
 
     later = []
     monkeypatch.setattr(gevent, "spawn_later", lambda *a: later.append(a))
-    sup = Supervisor(2, hello=lambda i: ("hello",), on_message=lambda i, m: None, relay_fds=[])
+    sup = Supervisor(2, hello=lambda i: ("hello",), on_message=lambda i, m: None, fds=[])
     sup._lost(1, Proc())
     assert len(later) == 1  # a crash before: started again
     sup.drain()

@@ -1,0 +1,114 @@
+"""Which worker a datagram belongs to, decided by the kernel as it arrives.
+
+With several workers (gdispatch.workers) every worker has a UDP socket on the shared SIP
+address, all in one SO_REUSEPORT group. Left alone, the kernel picks the socket by a hash
+of the sender's address, so one trunk's datagrams all reach one worker, which hands half
+of them (those of calls it does not own) to the owner over the relay: one more process
+to wake on the way of every such message, which on an idle box is most of the latency a
+worker adds.
+
+Linux lets a classic BPF program choose the socket instead (SO_ATTACH_REUSEPORT_CBPF,
+Linux 4.5): it sees the UDP payload and returns the index of the socket in the group,
+the order the sockets were bound in. `program(n)` finds the Call-ID header and returns
+`call_owner()` of its value, the same function the workers use, so the datagrams of a
+call go straight to the worker that owns it; the relay is left for what the program
+cannot read (see `program`). The primary binds the n sockets in worker order and hands
+socket i to worker i (gdispatch.transport: `shared_udp_sockets`).
+
+Classic BPF has no loops and at most 4,096 instructions, so the program is unrolled:
+a check of every position in the first `SCAN` bytes for "Call", then the hash of up to
+`HASHED` bytes of the value.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import socket
+import struct
+
+SO_ATTACH_REUSEPORT_CBPF = 51  # Linux, include/uapi/asm-generic/socket.h
+SCAN = 880  # payload positions searched for "Call-ID:" (4 instructions each)
+HASHED = 16  # bytes of the Call-ID value the owner is computed from
+NO_CHOICE = 0xFFFFFFFF  # an index past the group: the kernel falls back to its hash
+
+# Classic BPF opcodes (linux/bpf_common.h, linux/filter.h).
+_LD, _LDX, _ST, _STX, _ALU, _JMP, _RET, _MISC = 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07
+_W, _B = 0x00, 0x10
+_IMM, _ABS, _IND, _MEM, _LEN = 0x00, 0x20, 0x40, 0x60, 0x80
+_JA, _JEQ, _JGE = 0x00, 0x10, 0x30
+_GROUP = 16  # positions searched after one check of the datagram's length
+_K, _X = 0x00, 0x08
+_ADD, _MUL, _MOD = 0x00, 0x20, 0x90
+_TAX, _TXA = 0x00, 0x80
+_RET_A = 0x10
+_INSN = struct.Struct("HBBI")  # struct sock_filter: code, jt, jf, k
+
+
+def call_owner(call_id: bytes, n: int) -> int:
+    """The worker (0..n-1) that owns the call called `call_id` (the header's value,
+    stripped): a multiply-by-31 hash of its first HASHED bytes, which `program()`
+    computes in the kernel the same way."""
+    h = 0
+    for c in call_id[:HASHED]:
+        h = (h * 31 + c) & 0xFFFFFFFF
+    return h % n
+
+
+def program(n: int) -> list[tuple[int, int, int, int]]:
+    """The steering program for a group of `n` sockets, as (code, jt, jf, k) tuples.
+
+    It returns `call_owner()` of the value of the first "Call-ID:" it finds in the first
+    SCAN bytes, read as the value after one optional space up to the CR that ends it.
+    It returns NO_CHOICE (the kernel's own hash) when there is none there or the first
+    "Call" is not "Call-ID:" (a compact "i:" form, a Call-Info header first), and 0 when
+    the datagram ends within the value's first bytes (a load past the end: the kernel's
+    rule for classic BPF). Either way the worker that gets the datagram relays it to the
+    owner, as without the program."""
+    call, dash_id = int.from_bytes(b"Call", "big"), int.from_bytes(b"-ID:", "big")
+    prog: list = []
+    jumps: list[int] = []  # positions of the jumps to `found`, filled in below
+    for i in range(SCAN):
+        if i % _GROUP == 0:
+            # A load past the end would end the program with 0 (worker 0 for every short
+            # datagram): the next _GROUP positions are searched only if they can be read.
+            prog += [(_LD | _W | _LEN, 0, 0, 0), (_JMP | _JGE | _K, 1, 0, i + _GROUP + 3),
+                     (_RET | _K, 0, 0, NO_CHOICE)]
+        prog += [(_LD | _W | _ABS, 0, 0, i), (_JMP | _JEQ | _K, 0, 2, call), (_LDX | _W | _IMM, 0, 0, i)]
+        jumps.append(len(prog))
+        prog.append(None)
+    prog.append((_RET | _K, 0, 0, NO_CHOICE))
+    found = len(prog)
+    for j in jumps:
+        prog[j] = (_JMP | _JA, 0, 0, found - j - 1)
+    # X = where "Call" starts. The rest of the name, then one optional space.
+    prog += [(_LD | _W | _IND, 0, 0, 4), (_JMP | _JEQ | _K, 1, 0, dash_id), (_RET | _K, 0, 0, NO_CHOICE),
+             (_LD | _B | _IND, 0, 0, 8), (_JMP | _JEQ | _K, 0, 3, 0x20),
+             (_MISC | _TXA, 0, 0, 0), (_ALU | _ADD | _K, 0, 0, 1), (_MISC | _TAX, 0, 0, 0),
+             (_STX, 0, 0, 2),  # M[2] = X (the loads below go through X; the hash needs it)
+             (_LD | _IMM, 0, 0, 0), (_ST, 0, 0, 0)]  # M[0] = hash
+    ends: list[int] = []
+    for b in range(HASHED):
+        prog += [(_LDX | _W | _MEM, 0, 0, 2), (_LD | _B | _IND, 0, 0, 8 + b)]
+        ends.append(len(prog))
+        prog.append(None)  # CR: the value ended
+        prog += [(_MISC | _TAX, 0, 0, 0), (_LD | _MEM, 0, 0, 0), (_ALU | _MUL | _K, 0, 0, 31),
+                 (_ALU | _ADD | _X, 0, 0, 0), (_ST, 0, 0, 0)]
+    done = len(prog)
+    for j in ends:
+        prog[j] = (_JMP | _JEQ | _K, done - j - 1, 0, 0x0D)
+    prog += [(_LD | _MEM, 0, 0, 0), (_ALU | _MOD | _K, 0, 0, n), (_RET | _RET_A, 0, 0, 0)]
+    return prog
+
+
+def attach(sock: socket.socket, n: int) -> bool:
+    """Give the SO_REUSEPORT group of `sock` the steering program for `n` sockets;
+    False where the kernel does not take it (not Linux, too old)."""
+    code = b"".join(_INSN.pack(*insn) for insn in program(n))
+    buf = ctypes.create_string_buffer(code, len(code))
+    fprog = struct.pack("HP", len(code) // _INSN.size, ctypes.addressof(buf))  # struct sock_fprog
+    try:
+        # The kernel copies the program before setsockopt returns: `buf` may go.
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,140 @@
+"""The kernel's choice of worker (gdispatch.steering): the BPF program agrees with the
+workers' own `call_id_owner`, checked on an interpreter of the classic BPF it uses and,
+on Linux, by the kernel on real sockets."""
+
+from __future__ import annotations
+
+import random
+import select
+import socket
+
+import pytest
+
+from gdispatch import steering
+from gdispatch.workers import call_id_owner
+
+MSG = (b"BYE sip:svc@127.0.0.1:5070 SIP/2.0\r\n%sFrom: <sip:a@127.0.0.1>;tag=1\r\n"
+       b"To: <sip:b@127.0.0.1>;tag=2\r\n%s\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n")
+
+
+def message(call_id_line: bytes, vias: int = 1) -> bytes:
+    via = b"".join(b"Via: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bK%d\r\n" % (5000 + i, i) for i in range(vias))
+    return MSG % (via, call_id_line)
+
+
+def run(prog, packet: bytes) -> int:
+    """Classic BPF as the kernel runs it, for the instructions `program` uses: a load
+    past the end of the packet ends the program with 0."""
+    a = x = 0
+    mem = [0] * 16
+    pc = 0
+
+    def load(off: int, size: int) -> int | None:
+        if off < 0 or off + size > len(packet):
+            return None
+        return int.from_bytes(packet[off:off + size], "big")
+
+    while True:
+        code, jt, jf, k = prog[pc]
+        pc += 1
+        cls = code & 0x07
+        if cls == 0x00:  # LD
+            mode, size = code & 0xE0, {0x00: 4, 0x08: 2, 0x10: 1}[code & 0x18]
+            if mode == 0x00:
+                a = k
+            elif mode == 0x80:
+                a = len(packet)
+            elif mode == 0x60:
+                a = mem[k]
+            else:
+                v = load(k if mode == 0x20 else x + k, size)
+                if v is None:
+                    return 0
+                a = v
+        elif cls == 0x01:  # LDX
+            x = k if code & 0xE0 == 0x00 else mem[k]
+        elif cls == 0x02:
+            mem[k] = a
+        elif cls == 0x03:
+            mem[k] = x
+        elif cls == 0x04:  # ALU
+            op, v = code & 0xF0, (x if code & 0x08 else k)
+            a = {0x00: a + v, 0x20: a * v, 0x90: a % v}[op] & 0xFFFFFFFF
+        elif cls == 0x05:  # JMP
+            op = code & 0xF0
+            if op == 0x00:
+                pc += k
+            else:
+                pc += jt if (a == k if op == 0x10 else a >= k) else jf
+        elif cls == 0x06:  # RET
+            return a if code & 0x18 == 0x10 else k
+        elif cls == 0x07:
+            if code & 0xF8 == 0x80:
+                a = x
+            else:
+                x = a
+
+
+def test_the_program_fits_classic_bpf():
+    prog = steering.program(4)
+    assert len(prog) <= 4096  # BPF_MAXINSNS
+    assert all(0 <= jt <= 255 and 0 <= jf <= 255 for _, jt, jf, _ in prog)
+
+
+@pytest.mark.parametrize("n", [2, 3, 8])
+def test_the_program_picks_the_owner_of_the_call(n):
+    rng = random.Random(n)
+    prog = steering.program(n)
+    for i in range(300):
+        call_id = rng.choice([b"%d-%d@127.0.0.1" % (i, rng.randrange(1 << 16)),
+                              b"%032x" % rng.getrandbits(128), b"a%d" % i, b"x"])
+        for line in (b"Call-ID: " + call_id, b"Call-ID:" + call_id):
+            data = message(line, vias=rng.randrange(1, 6))
+            assert run(prog, data) == call_id_owner(data, n), data
+
+
+def test_what_the_program_cannot_read_is_left_to_the_kernel_and_the_relay():
+    prog = steering.program(2)
+    # The compact form, and a Call-Info header before the Call-ID: no choice.
+    assert run(prog, message(b"i: abc")) == steering.NO_CHOICE
+    assert run(prog, message(b"Call-Info: <http://x>\r\nCall-ID: abc")) == steering.NO_CHOICE
+    # Past the bytes searched: no choice either.
+    assert run(prog, message(b"Call-ID: abc", vias=steering.SCAN // 40 + 1)) == steering.NO_CHOICE
+    # A keep-alive: nothing to read.
+    assert run(prog, b"\r\n\r\n") == steering.NO_CHOICE
+    # A datagram that ends within the value: a load past the end, 0 as the kernel returns.
+    assert run(prog, b"x" * 40 + b"Call-ID: abc") == 0
+    # Two spaces after the colon: a value the workers read differently (they strip
+    # it), so the kernel may pick another worker and the relay corrects it.
+    data = message(b"Call-ID:  abc")
+    assert call_id_owner(data, 7) == steering.call_owner(b"abc", 7)
+
+
+def test_the_kernel_delivers_each_datagram_to_the_owner_socket():
+    n = 3
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind(("127.0.0.1", socks[0].getsockname()[1] if socks else 0))
+            s.setblocking(False)
+            socks.append(s)
+        if not steering.attach(socks[0], n):
+            pytest.skip("the kernel does not take SO_ATTACH_REUSEPORT_CBPF here")
+        port = socks[0].getsockname()[1]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            seen = [0] * n
+            for i in range(150):
+                data = message(b"Call-ID: %d-%x@127.0.0.1" % (i, i * 7919))
+                tx.sendto(data, ("127.0.0.1", port))
+                ready, _, _ = select.select(socks, [], [], 2.0)
+                assert ready, "nothing arrived"
+                got = socks.index(ready[0])
+                assert ready[0].recv(65535) == data
+                assert got == call_id_owner(data, n)
+                seen[got] += 1
+        assert all(seen), seen  # every worker owns some calls
+    finally:
+        for s in socks:
+            s.close()
