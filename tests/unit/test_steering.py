@@ -138,3 +138,31 @@ def test_the_kernel_delivers_each_datagram_to_the_owner_socket():
     finally:
         for s in socks:
             s.close()
+
+
+def test_shared_sockets_are_bound_in_worker_order_and_steered():
+    """The primary's sockets for 3 workers on one address (port 0: the first one's port
+    for all): a datagram reaches socket i when its call is worker i's, so worker i must
+    get socket i."""
+    from gdispatch.config import Listen
+    from gdispatch.transport import shared_udp_sockets
+
+    groups, steered = shared_udp_sockets((Listen("tcp", "127.0.0.1", 0), Listen("udp", "127.0.0.1", 0)), 3)
+    try:
+        assert list(groups) == [1]  # only the UDP address, by its position
+        socks = groups[1]
+        assert len({s.getsockname() for s in socks}) == 1
+        if not steered:
+            pytest.skip("the kernel does not take SO_ATTACH_REUSEPORT_CBPF here")
+        for s in socks:
+            s.setblocking(False)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            for i in range(30):
+                data = message(b"Call-ID: order-%d" % i)
+                tx.sendto(data, socks[0].getsockname())
+                ready, _, _ = select.select(socks, [], [], 2.0)
+                assert ready and socks.index(ready[0]) == call_id_owner(data, 3)
+                ready[0].recv(65535)
+    finally:
+        for s in (s for group in groups.values() for s in group):
+            s.close()
