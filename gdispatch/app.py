@@ -6,6 +6,7 @@ logging set-up, signals, and resolving destination addresses when the list is lo
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import sys
@@ -79,7 +80,7 @@ class App:
         # order (gdispatch.transport.shared_udp_sockets); it holds them all for its life,
         # so that a worker started again finds its place in the group unchanged.
         self._listen_socks: dict[int, list] = {}
-        self._steered = False  # primary: the kernel steers datagrams by Call-ID
+        self._steered = 0  # primary: bytes the kernel searches for the Call-ID (0: no steering)
 
     # ------------------------------------------------------------- events
 
@@ -111,13 +112,19 @@ class App:
         if several:
             try:
                 ensure_free(config.listen)
-                self._listen_socks, self._steered = shared_udp_sockets(config.listen, config.workers)
+                self._listen_socks, self._steered, refused = shared_udp_sockets(config.listen, config.workers)
             except TransportError as e:
                 log.error("%s", e.strerror or e)
                 return 1
-            if not self._steered:
-                log.info("the kernel does not steer datagrams by Call-ID here (SO_ATTACH_REUSEPORT_CBPF): "
-                         "workers relay them to the owner of their call")
+            if not self._steered and self._listen_socks:
+                hint = (" (raise sysctl net.core.optmem_max to 65536 or more)"
+                        if refused is not None and refused.errno == errno.ENOMEM else "")
+                log.warning("the kernel does not take the program that steers datagrams by Call-ID: %s%s; "
+                            "the workers relay each other's datagrams instead, one more hop for about half "
+                            "of them", refused.strerror if refused else "refused", hint)
+            elif self._steered:
+                log.info("the kernel steers datagrams to their worker by the Call-ID in their first %d bytes",
+                         self._steered)
             udp_socks = {i: socks[0] for i, socks in self._listen_socks.items()}
         code = self._start_proxy(dlist, shared=several, udp_socks=udp_socks)
         if code:
@@ -448,7 +455,7 @@ class App:
         if self.config.workers > 1:
             out["workers"] = self.config.workers
             out["workers_ready"] = 1 + len(self.supervisor.ready) if self.supervisor else 1
-            out["kernel_steering"] = int(self._steered)
+            out["kernel_steering"] = int(bool(self._steered))
             # How the calls are spread: what each worker dispatched, in worker order.
             out["dispatched_by_worker"] = [proxy.stats["dispatched"]] + [
                 self._reports[i][2].get("dispatched", 0) if i in self._reports else 0

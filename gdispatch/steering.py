@@ -15,20 +15,25 @@ call go straight to the worker that owns it; the relay is left for what the prog
 cannot read (see `program`). The primary binds the n sockets in worker order and hands
 socket i to worker i (gdispatch.transport: `shared_udp_sockets`).
 
-Classic BPF has no loops and at most 4,096 instructions, so the program is unrolled:
-a check of every position in the first `SCAN` bytes for "Call", then the hash of up to
-`HASHED` bytes of the value.
+Classic BPF has no loops and at most 4,096 instructions, so the program is unrolled: the
+first bytes of the payload are read a word at a time and each word compared with the
+four ways "Call-ID:" can cross it, then the name is checked whole and up to `HASHED`
+bytes of the value are hashed. The kernel runs it translated, each load grown to a dozen
+instructions, and refuses a program larger than `net.core.optmem_max` (20 KB before
+Linux 6.8, 128 KB since): `attach` offers the kernel the longest search of `SCANS` it
+takes.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import socket
 import struct
 
 SO_ATTACH_REUSEPORT_CBPF = 51  # Linux, include/uapi/asm-generic/socket.h
-SCAN = 880  # payload positions searched for "Call-ID:" (4 instructions each)
-HASHED = 16  # bytes of the Call-ID value the owner is computed from
+SCANS = (1024, 512, 384, 256, 192, 128)  # payload bytes searched for "Call-ID:", longest first
+HASHED = 32  # bytes of the Call-ID value the owner is computed from
 NO_CHOICE = 0xFFFFFFFF  # an index past the group: the kernel falls back to its hash
 
 # Classic BPF opcodes (linux/bpf_common.h, linux/filter.h).
@@ -36,12 +41,16 @@ _LD, _LDX, _ST, _STX, _ALU, _JMP, _RET, _MISC = 0x00, 0x01, 0x02, 0x03, 0x04, 0x
 _W, _B = 0x00, 0x10
 _IMM, _ABS, _IND, _MEM, _LEN = 0x00, 0x20, 0x40, 0x60, 0x80
 _JA, _JEQ, _JGE = 0x00, 0x10, 0x30
-_GROUP = 16  # positions searched after one check of the datagram's length
 _K, _X = 0x00, 0x08
 _ADD, _MUL, _MOD = 0x00, 0x20, 0x90
 _TAX, _TXA = 0x00, 0x80
 _RET_A = 0x10
 _INSN = struct.Struct("HBBI")  # struct sock_filter: code, jt, jf, k
+_GROUP = 8  # words searched after one check of the datagram's length
+_NAME = b"Call-ID:"
+# The word read at an offset 4k that starts d bytes into "Call-ID:", for d = 3, 2, 1, 0:
+# an occurrence starting at s is seen in the first word at or after s.
+_CROSSINGS = [(d, int.from_bytes(_NAME[d:d + 4], "big")) for d in (3, 2, 1, 0)]
 
 
 def call_owner(call_id: bytes, n: int) -> int:
@@ -54,34 +63,47 @@ def call_owner(call_id: bytes, n: int) -> int:
     return h % n
 
 
-def program(n: int) -> list[tuple[int, int, int, int]]:
+def program(n: int, scan: int = SCANS[0]) -> list[tuple[int, int, int, int]]:
     """The steering program for a group of `n` sockets, as (code, jt, jf, k) tuples.
 
-    It returns `call_owner()` of the value of the first "Call-ID:" it finds in the first
-    SCAN bytes, read as the value after one optional space up to the CR that ends it.
-    It returns NO_CHOICE (the kernel's own hash) when there is none there or the first
-    "Call" is not "Call-ID:" (a compact "i:" form, a Call-Info header first), and 0 when
-    the datagram ends within the value's first bytes (a load past the end: the kernel's
-    rule for classic BPF). Either way the worker that gets the datagram relays it to the
-    owner, as without the program."""
-    call, dash_id = int.from_bytes(b"Call", "big"), int.from_bytes(b"-ID:", "big")
+    It returns `call_owner()` of the value of the first "Call-ID:" that starts in the
+    first `scan` bytes, read as the value after one optional space up to the CR that ends
+    it. It returns NO_CHOICE (the kernel's own hash) when there is none there, when the
+    first "Call" there is not "Call-ID:" (a compact "i:" form, a Call-Info header first),
+    or in the last bytes of a short datagram; and 0 when the datagram ends within the
+    value's first bytes (a load past the end: the kernel's rule for classic BPF). Either
+    way the worker that gets the datagram relays it to the owner, as without the program.
+    """
     prog: list = []
     jumps: list[int] = []  # positions of the jumps to `found`, filled in below
-    for i in range(SCAN):
-        if i % _GROUP == 0:
+    words = scan // 4
+    for w in range(words):
+        pos = 4 * w
+        if w % _GROUP == 0:
             # A load past the end would end the program with 0 (worker 0 for every short
-            # datagram): the next _GROUP positions are searched only if they can be read.
-            prog += [(_LD | _W | _LEN, 0, 0, 0), (_JMP | _JGE | _K, 1, 0, i + _GROUP + 3),
-                     (_RET | _K, 0, 0, NO_CHOICE)]
-        prog += [(_LD | _W | _ABS, 0, 0, i), (_JMP | _JEQ | _K, 0, 2, call), (_LDX | _W | _IMM, 0, 0, i)]
-        jumps.append(len(prog))
-        prog.append(None)
+            # datagram): the next words are read only if they are there.
+            last = 4 * (min(w + _GROUP, words) - 1)
+            prog += [(_LD | _W | _LEN, 0, 0, 0), (_JMP | _JGE | _K, 1, 0, last + 4), (_RET | _K, 0, 0, NO_CHOICE)]
+        prog.append((_LD | _W | _ABS, 0, 0, pos))
+        starts = [(word, pos - d) for d, word in _CROSSINGS if pos - d >= 0]
+        m = len(starts)
+        # Compare with each crossing (the earliest start first); a match jumps to its
+        # stub below, which sets X to where the name would start.
+        prog += [(_JMP | _JEQ | _K, m + i, 0, word) for i, (word, _start) in enumerate(starts)]
+        prog.append((_JMP | _JA, 0, 0, 2 * m))
+        for _word, start in starts:
+            prog.append((_LDX | _W | _IMM, 0, 0, start))
+            jumps.append(len(prog))
+            prog.append(None)
     prog.append((_RET | _K, 0, 0, NO_CHOICE))
     found = len(prog)
     for j in jumps:
         prog[j] = (_JMP | _JA, 0, 0, found - j - 1)
-    # X = where "Call" starts. The rest of the name, then one optional space.
-    prog += [(_LD | _W | _IND, 0, 0, 4), (_JMP | _JEQ | _K, 1, 0, dash_id), (_RET | _K, 0, 0, NO_CHOICE),
+    # X = where the name would start: the whole name, then one optional space.
+    prog += [(_LD | _W | _IND, 0, 0, 0), (_JMP | _JEQ | _K, 1, 0, int.from_bytes(_NAME[:4], "big")),
+             (_RET | _K, 0, 0, NO_CHOICE),
+             (_LD | _W | _IND, 0, 0, 4), (_JMP | _JEQ | _K, 1, 0, int.from_bytes(_NAME[4:], "big")),
+             (_RET | _K, 0, 0, NO_CHOICE),
              (_LD | _B | _IND, 0, 0, 8), (_JMP | _JEQ | _K, 0, 3, 0x20),
              (_MISC | _TXA, 0, 0, 0), (_ALU | _ADD | _K, 0, 0, 1), (_MISC | _TAX, 0, 0, 0),
              (_STX, 0, 0, 2),  # M[2] = X (the loads below go through X; the hash needs it)
@@ -97,18 +119,27 @@ def program(n: int) -> list[tuple[int, int, int, int]]:
     for j in ends:
         prog[j] = (_JMP | _JEQ | _K, done - j - 1, 0, 0x0D)
     prog += [(_LD | _MEM, 0, 0, 0), (_ALU | _MOD | _K, 0, 0, n), (_RET | _RET_A, 0, 0, 0)]
+    assert len(prog) <= 4096 and all(jt <= 255 and jf <= 255 for _c, jt, jf, _k in prog)
     return prog
 
 
-def attach(sock: socket.socket, n: int) -> bool:
-    """Give the SO_REUSEPORT group of `sock` the steering program for `n` sockets;
-    False where the kernel does not take it (not Linux, too old)."""
-    code = b"".join(_INSN.pack(*insn) for insn in program(n))
-    buf = ctypes.create_string_buffer(code, len(code))
-    fprog = struct.pack("HP", len(code) // _INSN.size, ctypes.addressof(buf))  # struct sock_fprog
-    try:
-        # The kernel copies the program before setsockopt returns: `buf` may go.
-        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
-    except OSError:
-        return False
-    return True
+def attach(sock: socket.socket, n: int) -> tuple[int, OSError | None]:
+    """Give the SO_REUSEPORT group of `sock` the steering program for `n` sockets, with
+    the longest search of SCANS the kernel takes. Returns (the bytes searched, None), or
+    (0, the kernel's last refusal) when it takes none (not Linux, older than 4.5, or
+    `net.core.optmem_max` below even the shortest)."""
+    error: OSError | None = None
+    for scan in SCANS:
+        code = b"".join(_INSN.pack(*insn) for insn in program(n, scan))
+        buf = ctypes.create_string_buffer(code, len(code))
+        fprog = struct.pack("HP", len(code) // _INSN.size, ctypes.addressof(buf))  # struct sock_fprog
+        try:
+            # The kernel copies the program before setsockopt returns: `buf` may go.
+            sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+        except OSError as e:
+            error = e
+            if e.errno != errno.ENOMEM:
+                break  # not a matter of size
+            continue
+        return scan, None
+    return 0, error

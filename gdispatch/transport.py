@@ -442,14 +442,17 @@ def udp_socket(listen: Listen, reuseport: bool = False) -> socket.socket:
     return sock
 
 
-def shared_udp_sockets(listens: tuple[Listen, ...], n: int) -> tuple[dict[int, list[socket.socket]], bool]:
+def shared_udp_sockets(listens: tuple[Listen, ...], n: int
+                       ) -> tuple[dict[int, list[socket.socket]], int, OSError | None]:
     """For n workers: for each UDP listen address (by its position in `listens`), n
     sockets in one SO_REUSEPORT group, bound in worker order so that the kernel's index
     of socket i in the group is i, and the group steered by Call-ID (gdispatch.steering).
-    Returns the sockets and whether every group took the steering program. Raises
-    TransportError when an address cannot be bound."""
+    Returns the sockets, the bytes the kernel searches for the Call-ID (the least over
+    the groups; 0 when a group is not steered) and the kernel's refusal if there was one.
+    Raises TransportError when an address cannot be bound."""
     out: dict[int, list[socket.socket]] = {}
-    steered = True
+    scan = steering.SCANS[0]
+    refused: OSError | None = None
     try:
         for i, listen in enumerate(listens):
             if listen.transport != "udp":
@@ -459,13 +462,15 @@ def shared_udp_sockets(listens: tuple[Listen, ...], n: int) -> tuple[dict[int, l
                 socks.append(udp_socket(listen, reuseport=True))
                 if listen.port == 0:
                     listen = Listen(listen.transport, listen.host, socks[0].getsockname()[1])
-            steered = steering.attach(socks[0], n) and steered
+            searched, error = steering.attach(socks[0], n)
+            scan = min(scan, searched)
+            refused = refused or error
     except OSError as e:
         for socks in out.values():
             for sock in socks:
                 sock.close()
         raise TransportError(e.errno, f"cannot listen on {listen}: {e.strerror}") from None
-    return out, steered
+    return out, scan, refused
 
 
 def ensure_free(listens: tuple[Listen, ...]) -> None:

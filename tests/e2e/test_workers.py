@@ -253,6 +253,12 @@ def test_a_worker_that_dies_is_started_again(proxy, uas, uac):
     res = uac(f"{HOST}:{p.port}", calls=200, rate=100, timeout_s=60)
     assert (res.successful, res.failed) == (200, 0), res
     assert "exited with status" in p.log()
+    # The new worker took the old one's place: its share of the calls, and with the
+    # kernel steering, every datagram straight to its owner.
+    s = wait_for(lambda: (lambda x: x if sum(x["dispatched_by_worker"]) == 200 else None)(stats(p)), 5)
+    assert s and all(40 < n < 160 for n in s["dispatched_by_worker"]), s or stats(p)
+    if s["kernel_steering"]:
+        assert s["relayed_to_other_workers"] == 0, s
 
 
 def test_a_port_in_use_is_refused(tmp_path, uas):
