@@ -29,7 +29,7 @@ from gdispatch.probing import ProbeSettings
 from gdispatch.proxy import Proxy
 from gdispatch.rpc import RpcError
 from gdispatch.transaction.timers import Scheduler
-from gdispatch.transport import TransportError, Transports, ensure_free, shared_udp_sockets
+from gdispatch.transport import TransportError, Transports, UdpListener, ensure_free, shared_udp_sockets
 from gdispatch.watch import ListWatcher, file_digest
 from gdispatch.workers import Channel, Relay, Supervisor, dest_key, keyed, relay_sockets
 
@@ -81,6 +81,7 @@ class App:
         # so that a worker started again finds its place in the group unchanged.
         self._listen_socks: dict[int, list] = {}
         self._steered = 0  # primary: bytes the kernel searches for the Call-ID (0: no steering)
+        self._covers: dict[int, list[UdpListener]] = {}  # primary: a dead worker's sockets it reads
 
     # ------------------------------------------------------------- events
 
@@ -172,7 +173,7 @@ class App:
         if several:
             self.supervisor = Supervisor(config.workers, self._hello, self._from_worker,
                                          [[x.fileno(), *self._worker_listen_fds(i).values()]
-                                          for i, x in enumerate(self._relay_socks)])
+                                          for i, x in enumerate(self._relay_socks)], on_lost=self._cover)
             self.supervisor.start()
             self._greenlets.append(gevent.spawn(self._sync_loop))
             if not self.supervisor.wait_ready(WORKER_START_TIMEOUT, abort=self.stopping):
@@ -257,6 +258,25 @@ class App:
                 dest.load_elsewhere = elsewhere.get(key, 0)
         elif kind == "ready":
             log.info("worker %d listens", index)
+            for lst in self._covers.pop(index, ()):
+                if lst.greenlet is not None:
+                    lst.greenlet.kill(block=False)  # the socket stays: it is the worker's
+
+    def _cover(self, index: int) -> None:
+        """Worker `index` died: until it is back, read its sockets on the UDP listen
+        addresses, which the kernel goes on giving datagrams (the primary holds them so
+        that the worker finds its place in the group again). What belongs to another
+        worker goes to it at once; what was the dead worker's waits in its relay socket."""
+        if index in self._covers or self.relay is None:
+            return
+        covers = []
+        for i, socks in self._listen_socks.items():
+            lst = UdpListener(self.config.listen[i], self.transports, sock=socks[index])
+            lst.index = i
+            lst.steer = self.relay.steer
+            lst.start()
+            covers.append(lst)
+        self._covers[index] = covers
 
     def _sync_loop(self) -> None:
         """Primary: the latency estimates (algorithm 11 reads them) to every worker."""
@@ -523,6 +543,10 @@ class App:
             self.dns.stop()
         if self.relay is not None:
             self.relay.close()
+        for covers in self._covers.values():
+            for lst in covers:
+                if lst.greenlet is not None:
+                    lst.greenlet.kill(block=False)
         for socks in self._listen_socks.values():
             for sock in socks[1:]:  # the first is the primary's own, closed with its listener
                 sock.close()

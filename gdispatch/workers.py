@@ -268,9 +268,10 @@ class Supervisor:
     one that died, and stops them."""
 
     def __init__(self, n: int, hello: Callable[[int], tuple], on_message: Callable[[int, tuple], None],
-                 fds: list[list[int]]):
+                 fds: list[list[int]], on_lost: Callable[[int], None] | None = None):
         self.n = n
         self.fds = fds  # worker i inherits fds[i]: its relay socket and its listen sockets
+        self.on_lost = on_lost  # called with the index of a worker that died (not on stop)
         self.hello = hello
         self.on_message = on_message
         self.procs: dict[int, gevent.subprocess.Popen] = {}
@@ -311,6 +312,8 @@ class Supervisor:
         self.all_ready.clear()
         if self.stopping:
             return
+        if self.on_lost is not None:
+            self.on_lost(index)
         status = proc.wait()
         log.error("worker %d (pid %d) exited with status %s; starting it again in %.0f s",
                   index, proc.pid, status, RESTART_DELAY)

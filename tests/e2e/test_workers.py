@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import time
 import pytest
 
 from gdispatch.sip import build_response, parse_message
+from gdispatch.workers import call_id_owner
 
 from . import harness
 
@@ -259,6 +261,41 @@ def test_a_worker_that_dies_is_started_again(proxy, uas, uac):
     assert s and all(40 < n < 160 for n in s["dispatched_by_worker"]), s or stats(p)
     if s["kernel_steering"]:
         assert s["relayed_to_other_workers"] == 0, s
+
+
+def test_while_a_worker_is_down_the_others_answer_for_its_socket(proxy, uas):
+    """The primary keeps a dead worker's sockets in the group (so that the new one takes
+    its place) and reads them meanwhile: a call the kernel puts there that belongs to a
+    live worker (a compact Call-ID, which only the sender's address places) is answered
+    at once, not when the worker is back (RESTART_DELAY, 1 s, and its start)."""
+    gw = uas()
+    p = proxy(harness.dispatcher_list(gw), args=["--workers", "2"])
+    (kid,) = workers_of(p)
+    socks = []
+    try:
+        os.kill(kid, signal.SIGKILL)
+        killed = time.monotonic()
+        time.sleep(0.2)  # the primary sees the socketpair close
+        for n in range(16):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((HOST, 0))
+            socks.append(s)
+            invite = harness.build_request("INVITE", f"sip:service@{HOST}:{p.port}",
+                                           local_port=s.getsockname()[1])
+            # A Call-ID the primary (worker 0) owns, in the compact form.
+            candidates = (re.sub(rb"\r\nCall-ID:[^\r]*", b"\r\ni: cover-%d-%d" % (n, m), invite) for m in range(99))
+            s.sendto(next(c for c in candidates if call_id_owner(c, 2) == 0), (HOST, p.port))
+        late = 0
+        for s in socks:
+            s.settimeout(max(0.01, killed + 0.9 - time.monotonic()))
+            try:
+                late += harness.status_code(s.recv(65535)) != 100
+            except TimeoutError:
+                late += 1
+        assert late == 0, f"{late} of 16 callers were not answered within 0.9 s of the kill"
+    finally:
+        for s in socks:
+            s.close()
 
 
 def test_a_port_in_use_is_refused(tmp_path, uas):
