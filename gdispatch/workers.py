@@ -20,6 +20,12 @@ datagram of a call it does not own hands it, unparsed, to the owner over a loopb
 socket (`Relay`). Either way an INVITE, its retransmissions, its CANCEL, its ACK and the
 BYE later all meet the transactions of one worker.
 
+The primary keeps every worker's sockets open for its whole life: a worker that dies
+leaves its socket in the group, where the new one finds its place (the kernel's index of
+a socket changes when one leaves). Until then the primary reads that socket itself
+(`Supervisor.on_lost`, App._cover): what belongs to a live worker goes to it at once,
+what was the dead worker's waits in its relay socket.
+
 Each worker sends its requests from a UDP socket of its own, an ephemeral port on the
 listen IP that goes into its Via, so their responses come straight back to it;
 Record-Route names the shared address (gdispatch.transport: `UdpListener.private`). A
