@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import operator
 import socket
 import struct
 
@@ -53,14 +54,16 @@ _NAME = b"Call-ID:"
 _CROSSINGS = [(d, int.from_bytes(_NAME[d:d + 4], "big")) for d in (3, 2, 1, 0)]
 
 
+# 31 ** (length - 1 - i) mod 2**32 for each length: the hash below as one sum of products.
+_POWERS = [[pow(31, length - 1 - i, 1 << 32) for i in range(length)] for length in range(HASHED + 1)]
+
+
 def call_owner(call_id: bytes, n: int) -> int:
     """The worker (0..n-1) that owns the call called `call_id` (the header's value,
-    stripped): a multiply-by-31 hash of its first HASHED bytes, which `program()`
-    computes in the kernel the same way."""
-    h = 0
-    for c in call_id[:HASHED]:
-        h = (h * 31 + c) & 0xFFFFFFFF
-    return h % n
+    stripped): a multiply-by-31 hash of its first HASHED bytes (h = h * 31 + byte, modulo
+    2**32), which `program()` computes in the kernel the same way."""
+    head = call_id[:HASHED]
+    return (sum(map(operator.mul, head, _POWERS[len(head)])) & 0xFFFFFFFF) % n
 
 
 def program(n: int, scan: int = SCANS[0]) -> list[tuple[int, int, int, int]]:

@@ -156,7 +156,7 @@ class UdpListener:
             pass
         if public is None:
             enable_timestamps(sock)
-        if listen.port == 0 or public is None:
+        if listen.port == 0:
             listen = Listen(listen.transport, listen.host, sock.getsockname()[1])
         self.listen = listen
         sock.setblocking(False)

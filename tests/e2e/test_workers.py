@@ -275,7 +275,8 @@ def test_while_a_worker_is_down_the_others_answer_for_its_socket(proxy, uas):
     try:
         os.kill(kid, signal.SIGKILL)
         killed = time.monotonic()
-        time.sleep(0.2)  # the primary sees the socketpair close
+        # The primary reads the dead worker's sockets before it logs the exit.
+        assert wait_for(lambda: "exited with status" in p.log(), 0.5), p.log()
         for n in range(16):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.bind((HOST, 0))

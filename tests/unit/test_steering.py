@@ -98,6 +98,18 @@ def test_the_program_picks_the_owner_of_the_call(n, scan):
             assert run(prog, data) == call_id_owner(data, n), data
 
 
+def test_call_owner_is_the_hash_the_program_computes():
+    """h = h * 31 + byte over the first HASHED bytes, modulo 2**32, as the program's
+    loop computes it."""
+    rng = random.Random(1)
+    for length in (0, 1, 5, steering.HASHED, steering.HASHED + 9):
+        value = bytes(rng.randrange(33, 127) for _ in range(length))
+        h = 0
+        for c in value[:steering.HASHED]:
+            h = (h * 31 + c) & 0xFFFFFFFF
+        assert steering.call_owner(value, 1 << 31) == h % (1 << 31)
+
+
 def test_a_long_common_prefix_still_spreads_the_calls():
     """Call-IDs made by one node share their first bytes: 32 are hashed."""
     owners = {call_id_owner(message(b"Call-ID: node-17.sbc.example.net-%06d" % i), 4) for i in range(40)}
