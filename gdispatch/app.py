@@ -258,9 +258,7 @@ class App:
                 dest.load_elsewhere = elsewhere.get(key, 0)
         elif kind == "ready":
             log.info("worker %d listens", index)
-            for lst in self._covers.pop(index, ()):
-                if lst.greenlet is not None:
-                    lst.greenlet.kill(block=False)  # the socket stays: it is the worker's
+            self._uncover(index)
 
     def _cover(self, index: int) -> None:
         """Worker `index` died: until it is back, read its sockets on the UDP listen
@@ -277,6 +275,12 @@ class App:
             lst.start()
             covers.append(lst)
         self._covers[index] = covers
+
+    def _uncover(self, index: int) -> None:
+        """Stop reading worker `index`'s sockets; they stay open: they are the worker's."""
+        for lst in self._covers.pop(index, ()):
+            if lst.greenlet is not None:
+                lst.greenlet.kill(block=False)
 
     def _sync_loop(self) -> None:
         """Primary: the latency estimates (algorithm 11 reads them) to every worker."""
@@ -543,10 +547,8 @@ class App:
             self.dns.stop()
         if self.relay is not None:
             self.relay.close()
-        for covers in self._covers.values():
-            for lst in covers:
-                if lst.greenlet is not None:
-                    lst.greenlet.kill(block=False)
+        for index in list(self._covers):
+            self._uncover(index)
         for socks in self._listen_socks.values():
             for sock in socks[1:]:  # the first is the primary's own, closed with its listener
                 sock.close()
