@@ -47,6 +47,7 @@ from gdispatch.sip import (
     parse_message,
     strip_top_via,
 )
+from gdispatch.sip.shortway import forward_in_dialog, read_in_dialog, read_response
 from gdispatch.transaction.client import ClientTransaction
 from gdispatch.transaction.server import ServerTransaction
 from gdispatch.transaction.states import COMPLETED, TERMINATED
@@ -230,6 +231,9 @@ class Proxy:
                 self.local_hostports.add((lst.private.listen.host, lst.private.listen.port))
         self._via_markers = [self._hostport_bytes(h, p) for h, p in self.local_hostports]
         self._via_prefixes: dict = {}  # listener -> b"SIP/2.0/UDP host:port;branch="
+        # The Route values our Record-Route entries come back as: a request whose only
+        # Route is one of them may take the short way (gdispatch.sip.shortway).
+        self._own_routes = frozenset(self._rr_for(lst) for lst in transports.listeners)
         # The transactions' callbacks, bound once: a bound method made per transaction
         # would be one more object for each to hold while it lingers.
         self._on_server_terminated = self._server_terminated
@@ -377,6 +381,23 @@ class Proxy:
             return  # keep-alive (RFC 5626 §3.5.1)
         if self.draining:
             self.last_message_at = time.monotonic()
+        if source.transport == "udp":
+            # The short way (gdispatch.sip.shortway) for what a proxy sees most: the
+            # responses to what it sent, the requests of the dialogs it record-routed.
+            if data[:8] == b"SIP/2.0 ":
+                msg = read_response(data)
+                if msg is not None:
+                    self.stats["responses"] += 1
+                    ct = self._sent_with_this_via(msg)
+                    if ct is not None:
+                        ct.receive_response(msg.status, msg)
+                    else:
+                        self.on_response(msg, source)
+                    return
+            else:
+                found = read_in_dialog(data, self._own_routes)
+                if found is not None and self._short_way(found[0], found[1], source):
+                    return
         try:
             msg = parse_message(data, stream=source.transport != "udp")
         except ParseError as e:
@@ -436,6 +457,52 @@ class Proxy:
             st.on_request_retransmission()
             return
         self._new_request(msg, via, source, key)
+
+    def _short_way(self, msg: SipMessage, route: int, source: Source) -> bool:
+        """A request inside a dialog, read by `read_in_dialog` (valid, its only Route our
+        own entry), forwarded to its Request-URI as the general way would: the ACK of a
+        2xx statelessly (RFC 3261 §16.11), another request through a server and a client
+        transaction (§16.4, §16.6). False, with nothing done, for what the general way
+        must see: the ACK of a non-2xx final, a loop, a Request-URI that is ours or a
+        host name."""
+        uri = msg.uri
+        host = uri.host
+        if not _is_ip(host) or self._is_local_uri(uri):
+            return False
+        via = msg.top_via
+        method = msg.method
+        if method == "ACK":
+            st = self.server_txns.get(self._server_key(msg, via, "INVITE"))
+            if st is not None and not 200 <= st.last_status < 300:
+                return False
+            self.stats["requests"] += 1
+            self._forward_ack(msg, via, source, ("udp", (host, uri.port or 5060)), 1, route)
+            return True
+        if self._is_loop(msg):
+            return False
+        self.stats["requests"] += 1
+        key = self._server_key(msg, via, method)
+        st = self.server_txns.get(key)
+        if st is not None:
+            self.stats["retransmissions_absorbed"] += 1
+            st.on_request_retransmission()
+            return True
+        st = self._new_server_txn(msg, via, source, key)
+        if method == "BYE":
+            self.calls.ended(msg.call_id)
+        ctx = ResponseContext(self, st, msg, None)
+        st.context = ctx
+        branch = Branch(ctx, None, ("udp", (host, uri.port or 5060)))
+        ctx.branches.append(branch)
+        listener = self.transports.listener_for("udp", host)
+        if listener is None:
+            self._no_listener(branch)
+            return True
+        branch_id = self._new_branch_id(self._loop_hash(msg))
+        data = forward_in_dialog(msg, route, self._via_for(listener, branch_id),
+                                 self._with_received(via, source))
+        self._start_branch_transaction(branch, listener, branch_id, data)
+        return True
 
     def _new_server_txn(self, msg: SipMessage, via: Via, source: Source, key) -> ServerTransaction:
         st = ServerTransaction(key, msg.method, reliable=source.transport != "udp",
@@ -669,16 +736,24 @@ class Proxy:
         hop = self._next_hop(target)
         if hop is None:
             return
+        self._forward_ack(msg, via, source, hop, popped)
+
+    def _forward_ack(self, msg: SipMessage, via: Via, source: Source, hop, popped: int, route: int = -1) -> None:
+        """Send the ACK of a 2xx on to `hop` without its first `popped` Route values, or
+        (`route` >= 0, the short way) without its Route line `route`."""
         transport, addr = hop
         listener = self.transports.listener_for(transport, addr[0])
         if listener is None:
             return
         # A stateless branch must be the same for retransmissions of the same ACK (§16.11).
         branch = "%s%08x.s" % (MAGIC_COOKIE, zlib.crc32((via.branch or "").encode() + msg.call_id))
-        mf = msg.max_forwards
-        data = forward_request(msg, via=self._via_for(listener, branch), pop_routes=popped,
-                               max_forwards=69 if mf is None else mf - 1,
-                               top_via=self._with_received(via, source))
+        if route >= 0:
+            data = forward_in_dialog(msg, route, self._via_for(listener, branch), self._with_received(via, source))
+        else:
+            mf = msg.max_forwards
+            data = forward_request(msg, via=self._via_for(listener, branch), pop_routes=popped,
+                                   max_forwards=69 if mf is None else mf - 1,
+                                   top_via=self._with_received(via, source))
         try:
             self.transports.send(transport, addr, data, listener=listener)
         except TransportError as e:
@@ -861,9 +936,7 @@ class Proxy:
         transport, addr = branch.next_hop
         listener = self.transports.listener_for(transport, addr[0])
         if listener is None:
-            log.warning("cannot reach %s:%s:%s: %s", transport, addr[0], addr[1],
-                        self.transports.can_reach(transport, addr[0]))
-            self._branch_over(branch, 503, None)
+            self._no_listener(branch)
             return
         branch_id = self._new_branch_id(self._loop_hash(msg))
         rr: tuple[bytes, ...] = ()
@@ -878,14 +951,27 @@ class Proxy:
                                max_forwards=69 if mf is None else mf - 1, record_route=rr,
                                pop_routes=popped, top_via=top_via, add_headers=add_headers,
                                remove_headers=remove)
+        self._start_branch_transaction(branch, listener, branch_id, data)
+
+    def _no_listener(self, branch: Branch) -> None:
+        transport, addr = branch.next_hop
+        log.warning("cannot reach %s:%s:%s: %s", transport, addr[0], addr[1],
+                    self.transports.can_reach(transport, addr[0]))
+        self._branch_over(branch, 503, None)
+
+    def _start_branch_transaction(self, branch: Branch, listener, branch_id: str, data: bytes) -> None:
+        """Send `data`, the branch's request, from `listener` in a new client transaction
+        (RFC 3261 §16.6 step 10), with the branch's final-response timer (§16.8)."""
+        method = branch.ctx.st.method
+        transport, addr = branch.next_hop
         branch.request = data
         branch.listener = listener
-        key = (branch_id, msg.method)
+        key = (branch_id, method)
         branch.key = key
         ct = ClientTransaction(
-            key, msg.method, data, reliable=transport != "udp", send=branch.send, scheduler=self.scheduler,
+            key, method, data, reliable=transport != "udp", send=branch.send, scheduler=self.scheduler,
             timers=self.timers, on_response=self._on_branch_response, on_timeout=self._on_branch_timeout,
-            make_ack=branch.make_ack if msg.method == "INVITE" else None,
+            make_ack=branch.make_ack if method == "INVITE" else None,
             on_transport_error=self._on_branch_transport_error, on_terminated=self._on_client_terminated,
         )
         ct.context = branch
@@ -1164,6 +1250,23 @@ class Proxy:
             ct.receive_response(msg.status, msg)
             return
         self._stray_response(msg, via)
+
+    def _sent_with_this_via(self, msg: SipMessage) -> ClientTransaction | None:
+        """The client transaction of a branch whose Via is, byte for byte, the top Via of
+        response `msg`: matched on its branch and CSeq method (RFC 3261 §17.1.3) without
+        parsing a Via we wrote ourselves. None for anything else (a Via the next hop
+        edited, a keepalive's transaction): `on_response` then parses and matches."""
+        value = msg._value(msg._names.index("via"))
+        at = value.find(b";branch=")
+        if at < 0:
+            return None
+        ct = self.client_txns.get((value[at + 8:].decode("latin-1"), msg.method))
+        if ct is None:
+            return None
+        branch = ct.context
+        if type(branch) is not Branch or branch.listener is None or value != self._via_for(branch.listener, ct.key[0]):
+            return None
+        return ct
 
     def _stray_response(self, msg: SipMessage, via: Via) -> None:
         """A response no transaction knows (e.g. a late 2xx retransmission): forward it

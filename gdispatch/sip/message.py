@@ -456,24 +456,16 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipMessage:
         if not data:
             raise ParseError("Empty message")
     end = data.find(b"\r\n\r\n")
-    lines = names = None
-    if end > 0:
-        # The usual case: CRLF line ends, no folded lines, only names seen before.
-        head = data[:end]
-        lines = head.split(b"\r\n")
-        if head.count(b"\n") == len(lines) - 1:  # no bare LF
-            names = list(map(WIRE_NAMES.get, _HEADER_KEY.findall(head)))
-            # A folded or colon-less line shows up as a missing or unknown key.
-            if len(names) != len(lines) - 1 or None in names:
-                names = None
-    if names is None:
+    split = split_head(data, end) if end > 0 else None
+    if split is None:
         lines, body_start, folded = _split_lines(data, stream)
         names = [_wire_name(line) for line in lines[1:]]
+        start_line = lines[0]
+        del lines[0]
     else:
+        start_line, lines, names = split
         body_start = end + 4
         folded = False
-    start_line = lines[0]
-    del lines[0]
 
     msg = SipMessage(data, start_line, lines, names, folded)
     _parse_start_line(msg, start_line)
@@ -502,6 +494,30 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipMessage:
             msg.raw = data[: body_start + length]
         msg.body = data[body_start : body_start + length]
     return msg
+
+
+def split_head(data: bytes, end: int) -> tuple[bytes, list[bytes], list[str]] | None:
+    """The usual case of a header block, `data[:end]`: CRLF line ends, no folded line.
+    Returns (start line, header lines, their canonical names), or None when a line
+    ends in a bare LF, is folded or has no colon, or a name is not a token: the caller
+    then takes the slow way (`_split_lines`), which finds which."""
+    head = data[:end]
+    lines = head.split(b"\r\n")
+    if head.count(b"\n") != len(lines) - 1:
+        return None  # a bare LF
+    keys = _HEADER_KEY.findall(head)
+    if len(keys) != len(lines) - 1:
+        return None  # a folded or colon-less line
+    names = list(map(WIRE_NAMES.get, keys))
+    if None in names:
+        # A name not seen before (or too many seen): learn it, as the slow way would.
+        try:
+            names = [name or learn_wire_name(key) for name, key in zip(names, keys)]
+        except ParseError:
+            return None
+    start_line = lines[0]
+    del lines[0]
+    return start_line, lines, names
 
 
 def _parse_start_line(msg: SipMessage, line: bytes) -> None:

@@ -1,0 +1,283 @@
+"""The short way for in-dialog requests (gdispatch.sip.shortway) against the general way.
+
+What `read_in_dialog` accepts, `parse_message` + `validate_request` accept too, with the
+same fields, and `forward_in_dialog` writes the bytes `forward_request` writes; what it
+refuses is left to the general way. Checked on a base BYE and ACK, on variants of them
+(valid and broken), on the RFC 4475 torture messages given our Route, and through the
+proxy: the same calls with and without the short way send the same datagrams.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from proxy_fakes import UAC, FakeProxy, full_call, in_dialog, invite
+
+from gdispatch.sip import ParseError, build_response, forward_request, parse_message
+from gdispatch.sip.shortway import forward_in_dialog, read_in_dialog, read_response
+
+OURS = b"<sip:127.0.0.1:5060;lr>"
+OWN = frozenset({OURS})
+VIA = b"SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-test.1"
+RFC4475 = Path(__file__).resolve().parents[1] / "data" / "rfc4475"
+
+
+def request(method: str = "BYE", *, extra: str = "", route: str = OURS.decode(), mf: str = "Max-Forwards: 70\r\n",
+            to_tag: str = ";tag=uas1", cseq: str | None = None, body: str = "", length: str | None = None,
+            via: str = "SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-bye-1;rport") -> bytes:
+    cseq = cseq if cseq is not None else f"2 {method}"
+    length = length if length is not None else f"Content-Length: {len(body)}\r\n"
+    return (
+        f"{method} sip:svc@127.0.0.1:5071 SIP/2.0\r\n"
+        f"Via: {via}\r\n"
+        f"Route: {route}\r\n"
+        f"{mf}"
+        f"From: <sip:caller@127.0.0.1:6000>;tag=uac1\r\n"
+        f"To: <sip:svc@127.0.0.1:5060>{to_tag}\r\n"
+        f"Call-ID: call-1@127.0.0.1\r\n"
+        f"CSeq: {cseq}\r\n"
+        f"{extra}"
+        f"{length}\r\n{body}"
+    ).encode()
+
+
+def general(data: bytes, top_via: bytes | None = None) -> tuple:
+    msg = parse_message(data)
+    msg.validate_request()
+    mf = msg.max_forwards
+    out = forward_request(msg, via=VIA, pop_routes=1, max_forwards=69 if mf is None else mf - 1, top_via=top_via)
+    return msg, out
+
+
+def assert_same_as_general(data: bytes) -> None:
+    found = read_in_dialog(data, OWN)
+    assert found is not None
+    quick, route = found
+    msg, expected = general(data)
+    assert quick._lines[route].endswith(OURS)
+    for name in ("method", "ruri", "raw", "body", "content_length", "call_id", "cseq", "from_tag", "to_tag",
+                 "max_forwards", "start_line"):
+        assert getattr(quick, name) == getattr(msg, name), name
+    assert quick.top_via.raw == msg.top_via.raw and quick.top_via.branch == msg.top_via.branch
+    assert quick.uri.raw == msg.uri.raw
+    assert forward_in_dialog(quick, route, VIA, None) == expected
+    received = msg.top_via.raw + b";received=192.0.2.1"
+    assert forward_in_dialog(quick, route, VIA, received) == general(data, received)[1]
+
+
+VALID = {
+    "BYE": request(),
+    "ACK without To tag": request("ACK", to_tag=""),
+    "ACK": request("ACK"),
+    "INFO with a body": request("INFO", body="Signal=1\r\nDuration=100\r\n",
+                                extra="Content-Type: application/dtmf-relay\r\n"),
+    "no Max-Forwards": request(mf=""),
+    "Max-Forwards 1": request(mf="Max-Forwards: 1\r\n"),
+    "no Content-Length": request(length=""),
+    "body longer than Content-Length": request(body="xyz", length="Content-Length: 1\r\n"),
+    "two Via lines": request(extra="Via: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bK-up\r\n"),
+    "Via received, rport value": request(
+        via="SIP/2.0/UDP 10.0.0.1:6000;branch=z9hG4bK-x;rport=6000;received=127.0.0.1"),
+    "compact forms": request().replace(b"Call-ID:", b"i:").replace(b"\r\nFrom:", b"\r\nf:"),
+    "Contact": request(extra="Contact: <sip:caller@127.0.0.1:6000>\r\n"),
+    "display names": request().replace(b"From: <", b'From: "Alice" <').replace(b"To: <", b"To: Bob <"),
+    "extension headers": request(extra="X-Custom: a, b\r\nUser-Agent: phone/1.0 (x)\r\n"),
+    "Route after Max-Forwards": request(mf="").replace(b"Route:", b"Max-Forwards: 9\r\nRoute:"),
+    "Route and Max-Forwards above Via": request(via="SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-b").replace(
+        b"Via: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-b\r\n", b"").replace(
+        b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\r\nVia: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-b\r\n"),
+    "Max-Forwards above Route": request().replace(b"Max-Forwards: 70\r\n", b"").replace(
+        b"Route:", b"Max-Forwards: 70\r\nRoute:"),
+    "header name never seen": request(extra="X-Never-Seen-Before-%d: 1\r\n" % id(object())),
+}
+
+INVALID = {
+    "INVITE": request("INVITE"),
+    "CANCEL": request("CANCEL"),
+    "no To tag": request(to_tag=""),
+    "Max-Forwards 0": request(mf="Max-Forwards: 0\r\n"),
+    "Max-Forwards 256": request(mf="Max-Forwards: 256\r\n"),
+    "Max-Forwards not a number": request(mf="Max-Forwards: 7x\r\n"),
+    "CSeq method differs": request(cseq="2 INFO"),
+    "CSeq number too large": request(cseq="4294967296 BYE"),
+    "CSeq with two spaces": request(cseq="2  BYE"),
+    "two From": request(extra="From: <sip:x@127.0.0.1>;tag=2\r\n"),
+    "two Max-Forwards": request(extra="Max-Forwards: 70\r\n"),
+    "Call-ID with a space": request().replace(b"Call-ID: call-1@127.0.0.1", b"Call-ID: call 1"),
+    "empty Call-ID": request().replace(b"Call-ID: call-1@127.0.0.1", b"Call-ID: "),
+    "no Route": request().replace(b"Route: " + OURS + b"\r\n", b""),
+    "another proxy's Route": request(route="<sip:192.0.2.7;lr>"),
+    "our Route then another": request(route=OURS.decode() + ",<sip:192.0.2.7;lr>"),
+    "two Route lines": request(extra="Route: <sip:192.0.2.7;lr>\r\n"),
+    "Via list on one line": request(via="SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-a, SIP/2.0/UDP 192.0.2.1"),
+    "bad Via": request(via="SIP/2.0/UDP 127.0.0.1:6000;;branch=z9hG4bK-a"),
+    "Request-URI with transport": request().replace(b"127.0.0.1:5071 SIP", b"127.0.0.1:5071;transport=tcp SIP"),
+    "Request-URI with headers": request().replace(b"127.0.0.1:5071 SIP", b"127.0.0.1:5071?X=1 SIP"),
+    "sips Request-URI": request().replace(b"BYE sip:", b"BYE sips:"),
+    "version 2.1": request().replace(b" SIP/2.0\r\n", b" SIP/2.1\r\n", 1),
+    "folded line": request(extra="Subject: a\r\n b\r\n"),
+    "bare LF": request(extra="Subject: a\nX: b\r\n"),
+    "Content-Length larger than the body": request(body="x", length="Content-Length: 5\r\n"),
+    "two Content-Length": request(extra="Content-Length: 0\r\n"),
+    "Contact list": request(extra="Contact: <sip:a@127.0.0.1>, <sip:b@127.0.0.1>\r\n"),
+    "leading CRLF": b"\r\n" + request(),
+    "double SP in the Request-Line": request().replace(b"BYE sip", b"BYE  sip"),
+    "no blank line": request().rstrip(b"\r\n"),
+}
+
+
+@pytest.mark.parametrize("name", VALID)
+def test_accepted_as_the_general_way_reads_and_forwards_it(name):
+    assert_same_as_general(VALID[name])
+
+
+@pytest.mark.parametrize("name", INVALID)
+def test_left_to_the_general_way(name):
+    assert read_in_dialog(INVALID[name], OWN) is None
+
+
+RESPONSE = (b"SIP/2.0 200 OK\r\n"
+            b"Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1.2\r\n"
+            b"Via: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-bye-1;rport=6000\r\n"
+            b"From: <sip:caller@127.0.0.1:6000>;tag=uac1\r\n"
+            b"To: <sip:svc@127.0.0.1:5060>;tag=uas1\r\n"
+            b"Call-ID: call-1@127.0.0.1\r\n"
+            b"CSeq: 2 BYE\r\n"
+            b"Content-Length: 0\r\n\r\n")
+
+
+@pytest.mark.parametrize("data", [
+    RESPONSE,
+    RESPONSE.replace(b"200 OK", b"180 Ringing").replace(b"Content-Length: 0\r\n\r\n",
+                                                          b"Content-Length: 3\r\n\r\nv=0junk"),
+    RESPONSE.replace(b"200 OK", b"486"),
+    RESPONSE.replace(b"Content-Length: 0\r\n", b""),
+    RESPONSE.replace(b"200 OK", b"603 Declined, with words").replace(b"CSeq:", b"Contact: <sip:x@192.0.2.1>\r\nCSeq:"),
+])
+def test_a_response_read_as_parse_message_reads_it(data):
+    quick = read_response(data)
+    msg = parse_message(data)
+    assert quick is not None
+    for name in ("is_request", "status", "reason", "method", "raw", "body", "content_length", "cseq", "start_line"):
+        assert getattr(quick, name) == getattr(msg, name), name
+    assert quick._lines == msg._lines and quick._names == msg._names
+
+
+@pytest.mark.parametrize("data", [
+    RESPONSE.replace(b"SIP/2.0 200", b"SIP/2.0 099"),
+    RESPONSE.replace(b"SIP/2.0 200", b"SIP/2.0 700"),
+    RESPONSE.replace(b"SIP/2.0 200 OK", b"SIP/2.1 200 OK"),
+    RESPONSE.replace(b"CSeq: 2 BYE", b"CSeq: 2"),
+    RESPONSE.replace(b"CSeq: 2 BYE", b"CSeq: 99999999999 BYE"),
+    RESPONSE.replace(b"Call-ID:", b"Call-ID: x\r\nCall-ID:"),
+    RESPONSE.replace(b"Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1.2\r\n", b"").replace(
+        b"Via: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-bye-1;rport=6000\r\n", b""),
+    RESPONSE.replace(b"Content-Length: 0", b"Content-Length: 9"),
+    RESPONSE.replace(b"To:", b"To: <sip:a@b>\r\n  ;x=1\r\nX-To:"),
+    b"BYE sip:x@127.0.0.1 SIP/2.0\r\n" + RESPONSE.split(b"\r\n", 1)[1],
+])
+def test_a_response_off_the_usual_shape_is_left_to_the_general_way(data):
+    assert read_response(data) is None
+
+
+def test_torture_messages_with_our_route():
+    """Every RFC 4475 message, given our Route under its start line: what the short way
+    takes, the general way takes and forwards the same."""
+    taken = 0
+    for path in sorted(RFC4475.glob("*.dat")):
+        data = path.read_bytes()
+        for line_end in (b"\r\n", b"\n"):
+            cut = data.find(line_end)
+            if cut < 0:
+                continue
+            variant = data[:cut] + line_end + b"Route: " + OURS + data[cut:]
+            if read_in_dialog(variant, OWN) is None:
+                continue
+            try:
+                assert_same_as_general(variant)
+            except ParseError as e:  # pragma: no cover - the failure message names the file
+                pytest.fail(f"{path.name}: taken the short way, refused the general way ({e})")
+            taken += 1
+    assert taken == 0  # none is an in-dialog request of the usual shape
+
+
+def test_torture_responses_read_as_parse_message_reads_them():
+    """The RFC 4475 responses (and requests) the short way reads, `parse_message` reads
+    the same; those it refuses, it refuses."""
+    read = 0
+    for path in sorted(RFC4475.glob("*.dat")):
+        data = path.read_bytes()
+        quick = read_response(data)
+        if quick is None:
+            continue
+        msg = parse_message(data)
+        assert (quick.status, quick.reason, quick.method, quick.body, quick._lines) == \
+            (msg.status, msg.reason, msg.method, msg.body, msg._lines), path.name
+        read += 1
+    assert read >= 1
+
+
+def rejected_call(fp: FakeProxy, n: int) -> None:
+    """An INVITE answered 486: the proxy ACKs the gateway, the caller ACKs the proxy with
+    the INVITE's branch (RFC 3261 §17.1.1.3, §17.2.1): that ACK ends here."""
+    out = fp.receive(invite(n), UAC)
+    gateway, data = next((a, d) for a, d in out if d.startswith(b"INVITE"))
+    req = parse_message(data)
+    fp.receive(build_response(req, 486, "Busy Here", to_tag=f"busy{n}"), gateway)
+    ack = in_dialog("ACK", n, 1, gateway, f"z9hG4bK-uac-{n}").replace(b"Route: <sip:127.0.0.1:5060;lr>\r\n", b"")
+    fp.receive(ack.replace(b";tag=uas%d" % n, b";tag=busy%d" % n), UAC)
+
+
+def unanswered_bye(fp: FakeProxy, n: int) -> None:
+    """A BYE the gateway never answers: retransmitted, then 408 (RFC 3261 §16.8)."""
+    fp.receive(in_dialog("BYE", n, 2, ("127.0.0.1", 5071), f"z9hG4bK-lost-{n}"), UAC)
+    fp.advance(0.6)
+    fp.receive(in_dialog("BYE", n, 2, ("127.0.0.1", 5071), f"z9hG4bK-lost-{n}"), UAC)
+    fp.advance(40)
+
+
+def test_the_proxy_sends_the_same_bytes_either_way(monkeypatch):
+    import gdispatch.proxy as proxy_module
+
+    recorded = {}
+    for short_way in (True, False):
+        fp = FakeProxy()
+        sent = []
+        original_send, original_reply = fp.transports.send, fp.transports.reply
+
+        def send(transport, addr, data, on_error=None, listener=None, sent=sent, original=original_send):
+            sent.append((addr, data))
+            return original(transport, addr, data, on_error, listener)
+
+        def reply(source, addr, data, sent=sent, original=original_reply):
+            sent.append((addr, data))
+            return original(source, addr, data)
+
+        fp.transports.send, fp.transports.reply = send, reply
+        with monkeypatch.context() as m:
+            if not short_way:
+                m.setattr(proxy_module, "read_in_dialog", lambda data, own: None)
+                m.setattr(proxy_module, "read_response", lambda data: None)
+            for n in range(3):
+                full_call(fp, n)
+            rejected_call(fp, 3)
+            unanswered_bye(fp, 4)
+            fp.advance(40)
+        recorded[short_way] = (sent, dict(fp.proxy.stats), len(fp.proxy.server_txns), len(fp.proxy.client_txns))
+    assert recorded[True] == recorded[False]
+    sent, stats, servers, clients = recorded[True]
+    assert [d.split(b" ", 2)[1] for _a, d in sent if d.startswith(b"SIP/2.0 4")] == [b"486", b"408"]
+    assert sum(1 for _a, d in sent if d.startswith(b"BYE")) > 3 + 1  # the lost one, retransmitted
+    assert stats["retransmissions_absorbed"] == 1 and servers == clients == 0
+
+
+def test_a_retransmitted_bye_is_absorbed_the_short_way():
+    fp = FakeProxy()
+    full_call(fp, 1)
+    bye = request(cseq="3 BYE", via="SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-again;rport")
+    first = fp.receive(bye, UAC)
+    again = fp.receive(bye, UAC)
+    assert len([d for _a, d in first if d.startswith(b"BYE")]) == 1
+    assert again == []
+    assert fp.proxy.stats["retransmissions_absorbed"] == 1
