@@ -1257,6 +1257,10 @@ class Proxy:
         parsing a Via we wrote ourselves. None for anything else (a Via the next hop
         edited, a keepalive's transaction): `on_response` then parses and matches."""
         value = msg._value(msg._names.index("via"))
+        # The first value of the line: some peers join all the Vias on one line.
+        comma = value.find(b",")
+        if comma >= 0:
+            value = value[:comma].rstrip()
         at = value.find(b";branch=")
         if at < 0:
             return None
