@@ -537,9 +537,17 @@ class Proxy:
             self._stateless_reply(msg, source, 503, "Overloaded", headers=self._retry_after)
             return
         st = self._new_server_txn(msg, via, source, key)
-        if method == "INVITE":
-            # RFC 3261 §16.2: quench the caller's retransmissions at once.
+        self._proxy_new(st, msg, via, source)
+        if method == "INVITE" and st.last_status == 0:
+            # RFC 3261 §16.2, §17.2.1: a 100 quenches the caller's retransmissions. It
+            # goes once the INVITE is on its way (or its walker started), so that the
+            # forwarding does not wait for it; an INVITE answered here gets its final
+            # alone, as from Kamailio's sl_send_reply.
             st.respond(100, build_response(msg, 100, "Trying"))
+
+    def _proxy_new(self, st: ServerTransaction, msg: SipMessage, via: Via, source: Source) -> None:
+        """Check, route and dispatch a new request (RFC 3261 §16.3-16.6), or answer it."""
+        method = msg.method
         mf = msg.max_forwards
         try:
             ruri = msg.uri

@@ -40,9 +40,10 @@ _SINGLE = ("from", "to", "call-id", "cseq")
 
 def read_in_dialog(data: bytes, own_routes: frozenset[bytes]) -> tuple[SipMessage, int] | None:
     """`data` (a datagram) as a validated SipMessage whose cached fields are filled in
-    (top_via, call_id, cseq, tags, max_forwards, uri), with the index of its Route line,
-    when it is a request inside a dialog of the usual shape whose only Route is one of
-    `own_routes` (the values this proxy puts in Record-Route); else None."""
+    (top_via, call_id, cseq, max_forwards, uri, the tags of all but an ACK), with the
+    index of its Route line, when it is a request inside a dialog of the usual shape
+    whose only Route is one of `own_routes` (the values this proxy puts in
+    Record-Route); else None."""
     m = _START.match(data)
     if m is None:
         return None
@@ -50,7 +51,11 @@ def read_in_dialog(data: bytes, own_routes: frozenset[bytes]) -> tuple[SipMessag
     if found is None:
         return None
     msg, names, lines = found
-    # At most one Max-Forwards and Contact; a single Route line.
+    # One each of From, To, Call-ID, CSeq (RFC 3261 §8.1.1, RFC 4475 §3.3.8); at most one
+    # Max-Forwards and Contact; a single Route line.
+    for name in _SINGLE:
+        if names.count(name) != 1:
+            return None
     if names.count("route") != 1 or names.count("max-forwards") > 1 or names.count("contact") > 1:
         return None
     route = names.index("route")
@@ -65,9 +70,13 @@ def read_in_dialog(data: bytes, own_routes: frozenset[bytes]) -> tuple[SipMessag
     to_addr = _NAME_ADDR_FAST.match(_value(lines, names.index("to")))
     if from_addr is None or to_addr is None:
         return None
-    to_tag = _last_tag(to_addr.group(1))
-    if to_tag is None and method != "ACK":
-        return None  # not inside a dialog
+    if method != "ACK":
+        to_tag = _last_tag(to_addr.group(1))
+        if to_tag is None:
+            return None  # not inside a dialog
+        # The tags the branch's loop hash reads (an ACK's are read only if asked for).
+        msg.__dict__["to_tag"] = to_tag
+        msg.__dict__["from_tag"] = _last_tag(from_addr.group(1))
     max_forwards = None
     if "max-forwards" in names:
         mf = _value(lines, names.index("max-forwards"))
@@ -98,17 +107,15 @@ def read_in_dialog(data: bytes, own_routes: frozenset[bytes]) -> tuple[SipMessag
     cache["uri"] = uri
     cache["call_id"] = call_id
     cache["cseq"] = (number, method)
-    cache["from_tag"] = _last_tag(from_addr.group(1))
-    cache["to_tag"] = to_tag
     cache["max_forwards"] = max_forwards
     return msg, route
 
 
 def read_response(data: bytes) -> SipMessage | None:
     """`data` (a datagram) as a SipMessage when it is a SIP/2.0 response of the usual
-    shape: one each of From, To, Call-ID and CSeq, a valid CSeq (its method is the
-    message's `method`). The caller matches its top Via, which it wrote itself, to one of
-    its client transactions (RFC 3261 §17.1.3); else None."""
+    shape with a Via and a valid CSeq (its method is the message's `method`): what
+    `parse_message` gives for it, with `cseq` read. The caller matches its top Via, which
+    it wrote itself, to one of its client transactions (RFC 3261 §17.1.3); else None."""
     m = _STATUS.match(data)
     if m is None:
         return None
@@ -116,6 +123,8 @@ def read_response(data: bytes) -> SipMessage | None:
     if found is None:
         return None
     msg, names, lines = found
+    if "cseq" not in names:
+        return None
     cseq = _CSEQ.match(_value(lines, names.index("cseq")))
     if cseq is None or int(cseq.group(1)) > 0xFFFFFFFF:
         return None
@@ -129,18 +138,14 @@ def read_response(data: bytes) -> SipMessage | None:
 
 
 def _read(data: bytes) -> tuple[SipMessage, list[str], list[bytes]] | None:
-    """What both readers share: the header block cut into lines (`split_head`), one each
-    of From, To, Call-ID and CSeq, a Via, at most one Content-Length, the body framed by
-    it as `parse_message` frames a datagram's (RFC 3261 §18.3)."""
+    """What both readers share: the header block cut into lines (`split_head`), a Via,
+    at most one Content-Length, the body framed by it as `parse_message` frames a
+    datagram's (RFC 3261 §18.3)."""
     end = data.find(b"\r\n\r\n")
     split = split_head(data, end) if 0 < end and len(data) <= MAX_MESSAGE_SIZE else None
     if split is None:
         return None
     start_line, lines, names = split
-    # RFC 3261 §8.1.1, RFC 4475 §3.3.8.
-    for name in _SINGLE:
-        if names.count(name) != 1:
-            return None
     if "via" not in names or names.count("content-length") > 1:
         return None
     msg = SipMessage(data, start_line, lines, names, False)

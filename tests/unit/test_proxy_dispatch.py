@@ -54,5 +54,22 @@ def test_an_error_in_the_inline_first_attempt_answers_500_and_frees_the_count(mo
 
     monkeypatch.setattr(fp.proxy, "_send_branch", broken)
     out = fp.receive(invite(1), UAC)
-    assert [d.split(b"\r\n", 1)[0] for _, d in out] == [b"SIP/2.0 100 Trying", b"SIP/2.0 500 Internal Server Error"]
+    assert [d.split(b"\r\n", 1)[0] for _, d in out] == [b"SIP/2.0 500 Internal Server Error"]
     assert fp.proxy.calls_in_setup == 0
+
+
+def test_the_100_trying_follows_the_forwarded_invite():
+    """The INVITE leaves first, then the 100 that quenches the caller's retransmissions
+    (RFC 3261 §16.2): the forwarding does not wait for the 100."""
+    fp = FakeProxy()
+    out = fp.receive(invite(1), UAC)
+    assert [(a, d.split(b"\r\n", 1)[0]) for a, d in out] == [
+        (out[0][0], b"INVITE sip:service@127.0.0.1:5060 SIP/2.0"), (UAC, b"SIP/2.0 100 Trying")]
+
+
+def test_an_invite_answered_here_gets_its_final_without_a_100():
+    fp = FakeProxy()
+    looped = invite(1).replace(b"Max-Forwards: 70", b"Max-Forwards: 0")
+    out = fp.receive(looped, UAC)
+    assert [d.split(b"\r\n", 1)[0] for _, d in out] == [b"SIP/2.0 483 Too Many Hops"]
+    assert fp.receive(looped, UAC) == [(UAC, out[0][1])]  # a retransmission gets the final again

@@ -170,7 +170,7 @@ def test_a_response_read_as_parse_message_reads_it(data):
     RESPONSE.replace(b"SIP/2.0 200 OK", b"SIP/2.1 200 OK"),
     RESPONSE.replace(b"CSeq: 2 BYE", b"CSeq: 2"),
     RESPONSE.replace(b"CSeq: 2 BYE", b"CSeq: 99999999999 BYE"),
-    RESPONSE.replace(b"Call-ID:", b"Call-ID: x\r\nCall-ID:"),
+    RESPONSE.replace(b"CSeq: 2 BYE\r\n", b""),
     RESPONSE.replace(b"Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1.2\r\n", b"").replace(
         b"Via: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-bye-1;rport=6000\r\n", b""),
     RESPONSE.replace(b"Content-Length: 0", b"Content-Length: 9"),
