@@ -8,6 +8,11 @@ sent before it). Only a new out-of-dialog request that must be dispatched gets a
 of its own, which walks the destination list: send, wait for a final response or a
 timeout, fail over to the next destination.
 
+What a proxy sees most takes the short way (`gdispatch.sip.shortway`, `_short_way`,
+`_sent_with_this_via`): a UDP request inside a dialog whose only Route is ours, a
+response whose top Via is the one we wrote. It is read in fewer steps and handled by
+the same transactions, with the same result; anything else goes the general way.
+
 What lives elsewhere: message parsing and building (`gdispatch.sip`), transaction state
 machines (`gdispatch.transaction`), the list and the algorithms (`gdispatch.dispatcher`),
 sockets (`gdispatch.transport`).
