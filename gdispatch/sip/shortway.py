@@ -1,18 +1,20 @@
-"""Requests inside a dialog, read and forwarded the short way when they have the usual shape.
+"""The messages a proxy sees most, read the short way: the requests of its dialogs and
+the responses to what it sent.
 
 Past the INVITE, what a dispatching proxy forwards are the requests of dialogs it
 record-routed: the ACK of each 2xx, the BYE, now and then an INFO or an UPDATE. They come
 with one Route, the entry this proxy put in Record-Route, and go to the Request-URI once
 it is popped (RFC 3261 §16.4, §16.12). `read_in_dialog` reads such a request in a few
 scans of its bytes and makes the checks `SipMessage.validate_request` makes (RFC 3261
-§16.3); `forward_in_dialog` writes the copy the proxy sends on (§16.6).
+§16.3); `forward_in_dialog` writes the copy the proxy sends on (§16.6). `read_response`
+reads a response as `parse_message` would, for the proxy to match it by the Via it wrote.
 
-Anything off that shape gives None, and the proxy takes its general way (`parse_message`,
-`validate_request`, `forward_request`), which gives the exact verdict: folded or bare-LF
-lines, a Route set other than our single entry, a From, To
-or Contact of an unusual shape, a Request-URI with a `transport` or `maddr` parameter or a
-host name, a Max-Forwards of 0. For what it accepts it forwards the very bytes the general
-way would (tests/unit/test_shortway.py compares the two).
+Anything off the usual shape gives None, and the proxy takes its general way
+(`parse_message`, `validate_request`, `forward_request`), which gives the exact verdict:
+folded or bare-LF lines, a Route set other than our single entry, a From, To or Contact
+of an unusual shape, a Request-URI with a `maddr` parameter, a transport other than UDP
+or a host name, a Max-Forwards of 0. For what it accepts it forwards the very bytes the general way
+would (tests/unit/test_shortway.py compares the two).
 
 Why a short way: at low load each message meets CPU caches that the other processes have
 emptied since the last one, and a message then costs what the code and data it touches
@@ -44,13 +46,19 @@ def read_in_dialog(data: bytes, own_routes: frozenset[bytes]) -> tuple[SipMessag
     index of its Route line, when it is a request inside a dialog of the usual shape
     whose only Route is one of `own_routes` (the values this proxy puts in
     Record-Route); else None."""
-    m = _START.match(data)
-    if m is None:
-        return None
-    found = _read(data)
+    found = _read(data, _START)
     if found is None:
         return None
-    msg, names, lines = found
+    m, msg, names, lines = found
+    ruri = m.group(2)
+    try:
+        uri = parse_uri(ruri)  # a dict lookup for a Request-URI seen before
+    except ParseError:
+        return None
+    params = uri.params
+    if (uri.scheme != "sip" or uri.headers is not None or "maddr" in params
+            or ("transport" in params and (params["transport"] or "").lower() != "udp")):
+        return None  # also a Request-URI that names another transport than UDP
     # One each of From, To, Call-ID, CSeq (RFC 3261 §8.1.1, RFC 4475 §3.3.8); at most one
     # Max-Forwards and Contact; a single Route line.
     for name in _SINGLE:
@@ -62,9 +70,9 @@ def read_in_dialog(data: bytes, own_routes: frozenset[bytes]) -> tuple[SipMessag
     if _value(lines, route) not in own_routes:
         return None
     method = m.group(1).decode()
-    number = _cseq(lines, names, m.group(1))
+    cseq = _cseq(lines, names)
     call_id = _value(lines, names.index("call-id"))
-    if number is None or not call_id or len(call_id.split()) != 1:
+    if cseq is None or cseq[1] != m.group(1) or not call_id or len(call_id.split()) != 1:
         return None
     from_addr = _NAME_ADDR_FAST.match(_value(lines, names.index("from")))
     to_addr = _NAME_ADDR_FAST.match(_value(lines, names.index("to")))
@@ -92,13 +100,9 @@ def read_in_dialog(data: bytes, own_routes: frozenset[bytes]) -> tuple[SipMessag
     via_value = _value(lines, names.index("via"))
     if b"," in via_value:
         return None
-    ruri = m.group(2)
     try:
         via = parse_via(via_value)
-        uri = parse_uri(ruri)  # a dict lookup for a Request-URI seen before
     except ParseError:
-        return None
-    if uri.scheme != "sip" or uri.headers is not None or "transport" in uri.params or "maddr" in uri.params:
         return None
     msg.method = method
     msg.ruri = ruri
@@ -106,7 +110,7 @@ def read_in_dialog(data: bytes, own_routes: frozenset[bytes]) -> tuple[SipMessag
     cache["top_via"] = via
     cache["uri"] = uri
     cache["call_id"] = call_id
-    cache["cseq"] = (number, method)
+    cache["cseq"] = (cseq[0], method)
     cache["max_forwards"] = max_forwards
     return msg, route
 
@@ -116,31 +120,29 @@ def read_response(data: bytes) -> SipMessage | None:
     shape with a Via and a valid CSeq (its method is the message's `method`): what
     `parse_message` gives for it, with `cseq` read. The caller matches its top Via, which
     it wrote itself, to one of its client transactions (RFC 3261 §17.1.3); else None."""
-    m = _STATUS.match(data)
-    if m is None:
-        return None
-    found = _read(data)
+    found = _read(data, _STATUS)
     if found is None:
         return None
-    msg, names, lines = found
-    if "cseq" not in names:
-        return None
-    cseq = _CSEQ.match(_value(lines, names.index("cseq")))
-    if cseq is None or int(cseq.group(1)) > 0xFFFFFFFF:
+    m, msg, names, lines = found
+    cseq = _cseq(lines, names)
+    if cseq is None:
         return None
     msg.is_request = False
     msg.status = int(m.group(1))
     msg.reason = m.group(2) or b""
-    method = cseq.group(2).decode()
+    method = cseq[1].decode()
     msg.method = method
-    msg.__dict__["cseq"] = (int(cseq.group(1)), method)
+    msg.__dict__["cseq"] = (cseq[0], method)
     return msg
 
 
-def _read(data: bytes) -> tuple[SipMessage, list[str], list[bytes]] | None:
-    """What both readers share: the header block cut into lines (`split_head`), a Via,
-    at most one Content-Length, the body framed by it as `parse_message` frames a
-    datagram's (RFC 3261 §18.3)."""
+def _read(data: bytes, first_line: re.Pattern) -> tuple[re.Match, SipMessage, list[str], list[bytes]] | None:
+    """What both readers share: the first line's match, the header block cut into lines
+    (`split_head`), a Via, at most one Content-Length, the body framed by it as
+    `parse_message` frames a datagram's (RFC 3261 §18.3)."""
+    m = first_line.match(data)
+    if m is None:
+        return None
     end = data.find(b"\r\n\r\n")
     split = split_head(data, end) if 0 < end and len(data) <= MAX_MESSAGE_SIZE else None
     if split is None:
@@ -164,7 +166,7 @@ def _read(data: bytes) -> tuple[SipMessage, list[str], list[bytes]] | None:
         msg.body = data[body_start:body_start + length]
     else:
         msg.body = data[body_start:]
-    return msg, names, lines
+    return m, msg, names, lines
 
 
 def _value(lines: list[bytes], index: int) -> bytes:
@@ -172,13 +174,16 @@ def _value(lines: list[bytes], index: int) -> bytes:
     return line[line.find(b":") + 1:].strip()
 
 
-def _cseq(lines: list[bytes], names: list[str], method: bytes) -> int | None:
-    """The CSeq number when CSeq is valid and names `method` (RFC 3261 §8.1.1.5)."""
+def _cseq(lines: list[bytes], names: list[str]) -> tuple[int, bytes] | None:
+    """CSeq's number and method, when there is a CSeq and it is valid (RFC 3261 §8.1.1.5:
+    a number below 2**32)."""
+    if "cseq" not in names:
+        return None
     m = _CSEQ.match(_value(lines, names.index("cseq")))
-    if m is None or m.group(2) != method:
+    if m is None:
         return None
     number = int(m.group(1))
-    return number if number <= 0xFFFFFFFF else None
+    return (number, m.group(2)) if number <= 0xFFFFFFFF else None
 
 
 def forward_in_dialog(msg: SipMessage, route: int, via: bytes, top_via: bytes | None) -> bytes:

@@ -90,6 +90,7 @@ VALID = {
     "Max-Forwards above Route": request().replace(b"Max-Forwards: 70\r\n", b"").replace(
         b"Route:", b"Max-Forwards: 70\r\nRoute:"),
     "header name never seen": request(extra="X-Never-Seen-Before-%d: 1\r\n" % id(object())),
+    "Request-URI with transport=UDP (SIPp)": request().replace(b"5071 SIP", b"5071;transport=UDP SIP"),
 }
 
 INVALID = {
@@ -113,6 +114,7 @@ INVALID = {
     "Via list on one line": request(via="SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-a, SIP/2.0/UDP 192.0.2.1"),
     "bad Via": request(via="SIP/2.0/UDP 127.0.0.1:6000;;branch=z9hG4bK-a"),
     "Request-URI with transport": request().replace(b"127.0.0.1:5071 SIP", b"127.0.0.1:5071;transport=tcp SIP"),
+    "Request-URI with maddr": request().replace(b"127.0.0.1:5071 SIP", b"127.0.0.1:5071;maddr=192.0.2.1 SIP"),
     "Request-URI with headers": request().replace(b"127.0.0.1:5071 SIP", b"127.0.0.1:5071?X=1 SIP"),
     "sips Request-URI": request().replace(b"BYE sip:", b"BYE sips:"),
     "version 2.1": request().replace(b" SIP/2.0\r\n", b" SIP/2.1\r\n", 1),
@@ -303,6 +305,32 @@ def test_responses_take_the_short_way_with_their_vias_on_one_line_or_several(mon
     full_call(fp, 2)
     assert general == []
     assert fp.proxy.stats["responses"] == 2 * 4
+
+
+SIPP_BYE = (b"BYE sip:127.0.0.1:5071;transport=UDP SIP/2.0\r\n"
+            b"Via: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-13208-1-21\r\n"
+            b"Route: <sip:127.0.0.1:5060;lr>\r\n"
+            b"From: sipp <sip:sipp@127.0.0.1:6000>;tag=13208Uac1\r\n"
+            b"To: service <sip:service@127.0.0.1:5060>;tag=13201Ok2\r\n"
+            b"Call-ID: 1-13208@127.0.0.1\r\n"
+            b"CSeq: 2 BYE\r\n"
+            b"Contact: <sip:sipp@127.0.0.1:6000;transport=UDP>\r\n"
+            b"Max-Forwards: 70\r\n"
+            b"Content-Length: 0\r\n\r\n")
+
+
+def test_the_in_dialog_requests_sipp_sends_take_the_short_way(monkeypatch):
+    """As tests/scenarios/uac.xml sends them (a Request-URI with transport=UDP, display
+    names): forwarded without the general way's entry point."""
+    fp = FakeProxy()
+    general = []
+    original = fp.proxy.on_request
+    monkeypatch.setattr(fp.proxy, "on_request", lambda msg, source: general.append(msg) or original(msg, source))
+    assert_same_as_general(SIPP_BYE)
+    for data in (SIPP_BYE.replace(b"BYE", b"ACK").replace(b"-21", b"-19"), SIPP_BYE):
+        out = fp.receive(data, UAC)
+        assert [a for a, _d in out] == [("127.0.0.1", 5071)]
+    assert general == []
 
 
 def test_a_retransmitted_bye_is_absorbed_the_short_way():
