@@ -35,13 +35,22 @@ KINDS = ("INVITE", "180", "200", "ACK", "BYE", "200 (BYE)")
 
 def response(request: bytes, status: int, reason: bytes, n: int, gateway: tuple[str, int]) -> bytes:
     """The gateway's response to a request the proxy sent, built with few operations so
-    that the harness costs little beside the proxy."""
+    that the harness costs little beside the proxy. As from the bench's SIPp gateways
+    (tests/scenarios/uas_ok.xml): the Vias joined on one line, a Contact with the
+    transport."""
     head = request.partition(b"\r\n\r\n")[0].split(b"\r\n")
-    keep = [line for line in head[1:] if line.split(b":", 1)[0] in
-            (b"Via", b"From", b"Call-ID", b"CSeq", b"Record-Route")]
+    vias = b"Via: " + b", ".join(line[5:] for line in head[1:] if line.startswith(b"Via: "))
+    keep = [line for line in head[1:] if line.split(b":", 1)[0] in (b"From", b"Call-ID", b"CSeq", b"Record-Route")]
     to = next(line for line in head if line.startswith(b"To:")) + b";tag=uas%d" % n
-    contact = b"Contact: <sip:svc@%s:%d>" % (gateway[0].encode(), gateway[1])
-    return b"\r\n".join([b"SIP/2.0 %d %s" % (status, reason), to, *keep, contact, b"Content-Length: 0", b"", b""])
+    contact = b"Contact: <sip:svc@%s:%d;transport=UDP>" % (gateway[0].encode(), gateway[1])
+    return b"\r\n".join([b"SIP/2.0 %d %s" % (status, reason), vias, to, *keep, contact,
+                          b"Content-Length: 0", b"", b""])
+
+
+def sipp_shaped(request: bytes) -> bytes:
+    """An in-dialog request as the bench's SIPp caller sends it: its Request-URI (the
+    gateway's Contact, see `response`) carries `;transport=UDP`."""
+    return request.replace(b" SIP/2.0\r\n", b";transport=UDP SIP/2.0\r\n", 1)
 
 
 class Run:
@@ -63,8 +72,8 @@ class Run:
         source = Source("udp", gateway, self.fp.listener)
         self.deliver("180", response(request, 180, b"Ringing", n, gateway), source)
         self.deliver("200", response(request, 200, b"OK", n, gateway), source)
-        self.deliver("ACK", in_dialog("ACK", n, 1, gateway, f"z9hG4bK-ack-{n}"), self.caller)
-        out = self.deliver("BYE", in_dialog("BYE", n, 2, gateway, f"z9hG4bK-bye-{n}"), self.caller)
+        self.deliver("ACK", sipp_shaped(in_dialog("ACK", n, 1, gateway, f"z9hG4bK-ack-{n}")), self.caller)
+        out = self.deliver("BYE", sipp_shaped(in_dialog("BYE", n, 2, gateway, f"z9hG4bK-bye-{n}")), self.caller)
         self.deliver("200 (BYE)", response(out[0][1], 200, b"OK", n, gateway), source)
 
 
