@@ -456,12 +456,18 @@ class Proxy:
             self._on_cancel(msg, via, source)
             return
         key = self._server_key(msg, via, method)
+        if not self._absorbed(key):
+            self._new_request(msg, via, source, key)
+
+    def _absorbed(self, key) -> bool:
+        """A retransmission of a request whose server transaction exists: it resends its
+        last response or absorbs it (RFC 3261 §17.2.1, §17.2.2)."""
         st = self.server_txns.get(key)
-        if st is not None:
-            self.stats["retransmissions_absorbed"] += 1
-            st.on_request_retransmission()
-            return
-        self._new_request(msg, via, source, key)
+        if st is None:
+            return False
+        self.stats["retransmissions_absorbed"] += 1
+        st.on_request_retransmission()
+        return True
 
     def _short_way(self, msg: SipMessage, route: int, source: Source) -> bool:
         """A request inside a dialog, read by `read_in_dialog` (valid, its only Route our
@@ -487,18 +493,10 @@ class Proxy:
             return False
         self.stats["requests"] += 1
         key = self._server_key(msg, via, method)
-        st = self.server_txns.get(key)
-        if st is not None:
-            self.stats["retransmissions_absorbed"] += 1
-            st.on_request_retransmission()
+        if self._absorbed(key):
             return True
         st = self._new_server_txn(msg, via, source, key)
-        if method == "BYE":
-            self.calls.ended(msg.call_id)
-        ctx = ResponseContext(self, st, msg, None)
-        st.context = ctx
-        branch = Branch(ctx, None, ("udp", (host, uri.port or 5060)))
-        ctx.branches.append(branch)
+        branch = self._in_dialog_branch(st, msg, ("udp", (host, uri.port or 5060)))
         listener = self.transports.listener_for("udp", host)
         if listener is None:
             self._no_listener(branch)
@@ -718,14 +716,20 @@ class Proxy:
         if hop is None:
             self._local_reply(st, msg, 476, "Unresolvable Destination")
             return
+        branch = self._in_dialog_branch(st, msg, hop)
+        self._send_branch(branch, source, top_via, popped, record=False, new_ruri=new_ruri,
+                          add_headers=add_headers, remove=remove)
+
+    def _in_dialog_branch(self, st: ServerTransaction, msg: SipMessage, hop) -> Branch:
+        """The single branch of a request inside a dialog, to `hop`; a BYE ends the call
+        for the call-load counts."""
         if msg.method == "BYE":
             self.calls.ended(msg.call_id)
         ctx = ResponseContext(self, st, msg, None)
         st.context = ctx
         branch = Branch(ctx, None, hop)
         ctx.branches.append(branch)
-        self._send_branch(branch, source, top_via, popped, record=False, new_ruri=new_ruri,
-                          add_headers=add_headers, remove=remove)
+        return branch
 
     def _on_ack(self, msg: SipMessage, via: Via, source: Source) -> None:
         st = self.server_txns.get(self._server_key(msg, via, "INVITE"))
