@@ -1,10 +1,11 @@
-"""The short way for in-dialog requests (gdispatch.sip.shortway) against the general way.
+"""The short way (gdispatch.sip.shortway) against the general way.
 
 What `read_in_dialog` accepts, `parse_message` + `validate_request` accept too, with the
 same fields, and `forward_in_dialog` writes the bytes `forward_request` writes; what it
-refuses is left to the general way. Checked on a base BYE and ACK, on variants of them
-(valid and broken), on the RFC 4475 torture messages given our Route, and through the
-proxy: the same calls with and without the short way send the same datagrams.
+refuses is left to the general way. `read_response` reads what `parse_message` reads.
+Checked on a base BYE and ACK, on variants of them (valid and broken), on responses, on
+the RFC 4475 torture messages, and through the proxy: the same calls with and without the
+short way send the same datagrams, and what SIPp sends takes the short way.
 """
 
 from __future__ import annotations
