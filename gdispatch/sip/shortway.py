@@ -46,6 +46,10 @@ def read_in_dialog(data: bytes, own_routes: frozenset[bytes]) -> tuple[SipMessag
     index of its Route line, when it is a request inside a dialog of the usual shape
     whose only Route is one of `own_routes` (the values this proxy puts in
     Record-Route); else None."""
+    if b"\nRoute:" not in data:
+        # No Route as the usual shape writes it (the ACK of a failed call has none): the
+        # general way, before any work is spent here.
+        return None
     found = _read(data, _START)
     if found is None:
         return None

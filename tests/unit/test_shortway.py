@@ -109,6 +109,7 @@ INVALID = {
     "Call-ID with a space": request().replace(b"Call-ID: call-1@127.0.0.1", b"Call-ID: call 1"),
     "empty Call-ID": request().replace(b"Call-ID: call-1@127.0.0.1", b"Call-ID: "),
     "no Route": request().replace(b"Route: " + OURS + b"\r\n", b""),
+    "Route in another case": request().replace(b"Route:", b"route:"),
     "another proxy's Route": request(route="<sip:192.0.2.7;lr>"),
     "our Route then another": request(route=OURS.decode() + ",<sip:192.0.2.7;lr>"),
     "two Route lines": request(extra="Route: <sip:192.0.2.7;lr>\r\n"),
