@@ -14,7 +14,7 @@ Theory of operation
 ===================
 
 The proxy creates one `ClientTransaction` per request it forwards (a branch) and calls
-`start()`. Every response that is not an absorbed retransmission reaches the proxy once
+`start()`, or sends the request first and then calls `start(sent=True)`. Every response that is not an absorbed retransmission reaches the proxy once
 through `on_response`; the tables below say which ones those are.
 
     INVITE (RFC 3261 §17.1.1.2, RFC 6026 §7.2)
@@ -179,16 +179,18 @@ class ClientTransaction:
 
     # -- events from the proxy ------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, sent: bool = False) -> None:
         """Send the request and start the timers of Calling or Trying.
 
-        A transport error is reported from inside this call.
+        A transport error is reported from inside this call. `sent`: the caller has
+        already sent the request itself (so that it leaves before the transaction is
+        built); only the timers start.
         """
         if self._state_timer is not None or self.state is not (
             CALLING if self.is_invite else TRYING
         ):
             raise RuntimeError(f"{self!r} was already started")
-        if not self._send_request():
+        if not sent and not self._send_request():
             return
         timers = self._timers
         scheduler = self._scheduler
@@ -214,13 +216,22 @@ class ClientTransaction:
                 self._send_ack()
             return
         self.last_status = status
-        linger = True
-        if new_state is not self.state:
-            linger = self._enter(new_state, response)
+        if new_state is self.state:
+            self._on_response(self, status, response)
+            return
+        if new_state is COMPLETED and self.is_invite:
+            # RFC 3261 §17.1.1.3: the ACK for a 300-699 is built from the response and
+            # goes where the INVITE went, i.e. through our `send`. Built before the state
+            # moves, so that a make_ack that raises leaves the transaction as it was.
+            self._ack = self._make_ack(response)
+        self.state = new_state
+        # The response goes up before the timers change: at low load what the timer work
+        # costs with cold caches would delay it. Nothing in between yields.
         try:
             self._on_response(self, status, response)
         finally:
-            if not linger:
+            # Unless on_response ended the transaction (or moved it on).
+            if self.state is new_state and not self._enter(new_state):
                 self.terminate()
 
     def on_transport_error(self) -> None:
@@ -253,14 +264,9 @@ class ClientTransaction:
 
     # -- state entry ----------------------------------------------------------------
 
-    def _enter(self, state: str, response: object) -> bool:
-        """Move to `state`, a new one; return False if it ends at once (a zero timer)."""
-        if state is COMPLETED and self.is_invite:
-            # RFC 3261 §17.1.1.3: the ACK for a 300-699 is built from the response and
-            # goes where the INVITE went, i.e. through our `send`. Built before the state
-            # moves, so that a make_ack that raises leaves the transaction as it was.
-            self._ack = self._make_ack(response)
-        self.state = state
+    def _enter(self, state: str) -> bool:
+        """What entering `state`, a new one, does (the state is already set, and the ACK
+        of a 300-699 built); return False if it ends at once (a zero timer)."""
         timers = self._timers
         if state is PROCEEDING:
             if self.is_invite:

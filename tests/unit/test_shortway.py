@@ -344,3 +344,59 @@ def test_a_retransmitted_bye_is_absorbed_the_short_way():
     assert len([d for _a, d in first if d.startswith(b"BYE")]) == 1
     assert again == []
     assert fp.proxy.stats["retransmissions_absorbed"] == 1
+
+
+def test_the_bye_leaves_before_its_transactions_are_built():
+    """The short way sends the BYE on first and builds its transactions after (so that at
+    low load their cost does not delay it); its 200 still finds them."""
+    fp = FakeProxy()
+    full_call(fp, 1)
+    seen = []
+    original = fp.transports.send
+
+    def send(transport, addr, data, on_error=None, listener=None):
+        if data.startswith(b"BYE"):
+            seen.append((len(fp.proxy.server_txns), len(fp.proxy.client_txns)))
+        return original(transport, addr, data, on_error, listener)
+
+    fp.transports.send = send
+    bye = request(cseq="3 BYE", via="SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-first;rport")
+    forwarded = [d for _a, d in fp.receive(bye, UAC) if d.startswith(b"BYE")]
+    assert len(forwarded) == 1
+    servers, clients = len(fp.proxy.server_txns), len(fp.proxy.client_txns)
+    assert seen == [(servers - 1, clients - 1)]
+    ok = fp.receive(build_response(parse_message(forwarded[0]), 200, "OK"), ("127.0.0.1", 5071))
+    assert [d.split(b"\r\n", 1)[0] for _a, d in ok] == [b"SIP/2.0 200 OK"]
+    # Retransmissions of the request go on the transaction's timer (RFC 3261 §17.1.2.2).
+    fp.transports.send = original
+    bye2 = request(cseq="4 BYE", via="SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-lost;rport")
+    assert len([d for _a, d in fp.receive(bye2, UAC) if d.startswith(b"BYE")]) == 1
+    fp.advance(0.6)
+    assert len([d for _a, d in fp.transports.take() if d.startswith(b"BYE")]) == 1
+
+
+@pytest.mark.parametrize("short_way", [True, False])
+def test_a_bye_that_cannot_be_sent_is_answered_as_the_general_way_answers(monkeypatch, short_way):
+    import gdispatch.proxy as proxy_module
+    from gdispatch.transport import TransportError
+
+    fp = FakeProxy()
+    full_call(fp, 1)
+    original = fp.transports.send
+    tries = []
+
+    def send(transport, addr, data, on_error=None, listener=None):
+        if data.startswith(b"BYE"):
+            tries.append(addr)
+            raise TransportError(1, "udp send refused")
+        return original(transport, addr, data, on_error, listener)
+
+    fp.transports.send = send
+    if not short_way:
+        monkeypatch.setattr(proxy_module, "read_in_dialog", lambda data, own: None)
+    out = fp.receive(request(cseq="3 BYE", via="SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-fail;rport"), UAC)
+    # As if a 503 came (RFC 3261 §16.9), which goes upstream as a 500 (§16.7 step 6).
+    assert [d.split(b"\r\n", 1)[0] for _a, d in out] == [b"SIP/2.0 500 Server Internal Error"]
+    assert len(tries) == (2 if short_way else 1)  # the short way's send, then the transaction's
+    fp.advance(40)
+    assert not fp.proxy.server_txns and not fp.proxy.client_txns

@@ -243,6 +243,26 @@ def test_on_response_sees_the_new_state():
     assert ct.state == "terminated"
 
 
+@pytest.mark.parametrize("method, status", [("OPTIONS", 200), ("INVITE", 200), ("INVITE", 486)])
+def test_the_response_goes_up_before_the_timers_change(method, status):
+    """on_response runs in the new state but before its timer work (so that the cost of
+    the timers does not delay the response): the old state's timers are still there."""
+    h = Harness()
+    seen = []
+    ct = ClientTransaction(
+        1, method, INVITE, reliable=False, send=h.send, scheduler=h.scheduler, timers=h.timers,
+        on_response=lambda ct, status, resp: seen.append((ct.state, len(h.scheduler), len(h.sent))),
+        on_timeout=lambda ct: None, make_ack=h.make_ack if method == "INVITE" else None,
+    )
+    ct.start()
+    ct.receive_response(status, Response(status))
+    new_state = {200: "accepted" if method == "INVITE" else "completed", 486: "completed"}[status]
+    # A and B (or E and F) still scheduled, the ACK of a 486 not yet sent; after the
+    # callback, a single timer (M, D or K), and the ACK went.
+    assert seen == [(new_state, 2, 1)]
+    assert len(h.scheduler) == 1 and len(h.sent) == (2 if status == 486 else 1)
+
+
 def test_2xx_enters_accepted_and_every_2xx_is_passed_up_until_timer_m(h):
     ct = started(h)
     ct.receive_response(180, Response(180))
@@ -289,6 +309,19 @@ def test_non_invite_over_udp_retransmits_with_timer_e_capped_at_t2_until_timer_f
     assert h.times(OPTIONS) == [0, 0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]
     assert h.events == [("timeout", "trying"), ("terminated",)]
     assert ct.timed_out
+
+
+def test_a_request_the_caller_sent_itself_gets_only_the_timers(h):
+    """start(sent=True): the proxy sent the request before building the transaction;
+    the retransmissions and Timer F run as if start() had sent it."""
+    ct = h.client("OPTIONS")
+    ct.start(sent=True)
+    assert h.sent == [] and ct.state == "trying"
+    h.run(40)
+    assert h.times(OPTIONS) == [0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]
+    assert h.events == [("timeout", "trying"), ("terminated",)]
+    with pytest.raises(RuntimeError):
+        ct.start(sent=True)
 
 
 def test_non_invite_retransmits_every_t2_in_proceeding_and_timer_f_still_runs(h):
