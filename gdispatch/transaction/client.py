@@ -14,8 +14,9 @@ Theory of operation
 ===================
 
 The proxy creates one `ClientTransaction` per request it forwards (a branch) and calls
-`start()`, or sends the request first and then calls `start(sent=True)`. Every response that is not an absorbed retransmission reaches the proxy once
-through `on_response`; the tables below say which ones those are.
+`start()`, or sends the request first and then calls `start(sent=True)`. Every
+response that is not an absorbed retransmission reaches the proxy once through
+`on_response`; the tables below say which ones those are.
 
     INVITE (RFC 3261 §17.1.1.2, RFC 6026 §7.2)
 
