@@ -1007,12 +1007,13 @@ class Proxy:
         ct.context = branch
         branch.ct = ct
         self.client_txns[key] = ct
-        branch.timer = self.scheduler.call_later(self.fr_timer, self._fr_timeout, branch)
         try:
             ct.start(sent)
         except TransportError as e:
             log.warning("cannot send to %s:%s:%s: %s", transport, addr[0], addr[1], e)
             ct.on_transport_error()
+        if not branch.final:  # the request is on its way: now its timer
+            branch.timer = self.scheduler.call_later(self.fr_timer, self._fr_timeout, branch)
 
     def _client_terminated(self, ct: ClientTransaction) -> None:
         if self.client_txns.get(ct.key) is ct:

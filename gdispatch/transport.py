@@ -84,13 +84,17 @@ def receive_sampled(sock: socket.socket, size: int) -> tuple[bytes, tuple, float
 
 
 def run_receiver(receiver, sock: socket.socket, size: int, handle: Callable[[bytes, tuple], None], *,
-                 on_unreachable: Callable[[], None] | None = None, sample: bool = True) -> None:
+                 on_unreachable: Callable[[], None] | None = None, sample: bool = True,
+                 take_twin: Callable[[], bool] | None = None) -> None:
     """The loop of a datagram socket's receiver greenlet: read every datagram and hand it
     to `handle(data, addr)` inline (no greenlet per datagram), wait on the hub when the
     socket is empty. `receiver.queue_delay` follows how long datagrams waited (sampled on
     the first after each wait and every YIELD_EVERY), and every YIELD_EVERY datagrams
     the loop lets the other greenlets run: a socket that never runs dry must not starve
-    the timers, the dispatch greenlets and the other sockets. Ends when the socket closes."""
+    the timers, the dispatch greenlets and the other sockets. `take_twin()`, called
+    when the socket is found empty, handles a datagram waiting in another socket of this
+    process and says whether there was one; the loop sleeps only when there was none.
+    Ends when the socket closes."""
     hub = get_hub()
     watcher = hub.loop.io(sock.fileno(), 1)
     recvfrom = sock.recvfrom
@@ -103,19 +107,21 @@ def run_receiver(receiver, sock: socket.socket, size: int, handle: Callable[[byt
                 data, addr = recvfrom(size)
         except BlockingIOError:
             receiver.queue_delay = 0.0
-            hub.wait(watcher)
-            streak = 0
-            continue
+            if take_twin is None or not take_twin():
+                hub.wait(watcher)
+                streak = 0
+                continue
         except OSError as e:
             if e.errno in (errno.EBADF, errno.ENOTSOCK):
                 return
             if e.errno in _UNREACHABLE and on_unreachable is not None:
                 on_unreachable()
             continue
-        try:
-            handle(data, addr)
-        except Exception:
-            log.exception("error handling a datagram from %s", addr)
+        else:
+            try:
+                handle(data, addr)
+            except Exception:
+                log.exception("error handling a datagram from %s", addr)
         streak += 1
         if streak == YIELD_EVERY:
             streak = 0
@@ -176,16 +182,36 @@ class UdpListener:
         self.greenlet = gevent.spawn(self._receive_loop)
 
     def _receive_loop(self) -> None:
-        on_message = self.owner.on_message
-        steer = self.steer
-
-        def handle(data: bytes, addr) -> None:
-            if steer is None or not steer(data, addr, self):
-                on_message(data, Source("udp", (addr[0], addr[1]), self))
-
         # Request sockets sample their queueing delay; a worker's own socket gets responses.
-        run_receiver(self, self.sock, MAX_MESSAGE_SIZE + 1, handle, on_unreachable=self._drain_errors,
-                     sample=self.public is self)
+        # A worker's two sockets read each other's waiting datagrams before they sleep:
+        # the ACK the caller sends on a 200 that came in on the worker's own socket is
+        # read at once, before the hub runs the greenlets the 200 woke
+        # (bench/PROFILE.md, sixth pass).
+        twin = self.private if self.private is not None else (self.public if self.public is not self else None)
+        run_receiver(self, self.sock, MAX_MESSAGE_SIZE + 1, self._handle, on_unreachable=self._drain_errors,
+                     sample=self.public is self, take_twin=twin.take_one if twin is not None else None)
+
+    def _handle(self, data: bytes, addr) -> None:
+        steer = self.steer
+        if steer is None or not steer(data, addr, self):
+            self.owner.on_message(data, Source("udp", (addr[0], addr[1]), self))
+
+    def take_one(self) -> bool:
+        """Handle one datagram if one waits in the socket (for the twin's receiver, about
+        to sleep); False when the socket is empty."""
+        try:
+            data, addr = self.sock.recvfrom(MAX_MESSAGE_SIZE + 1)
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            if e.errno in _UNREACHABLE:
+                self._drain_errors()  # as this socket's own receiver would have
+            return False
+        try:
+            self._handle(data, addr)
+        except Exception:
+            log.exception("error handling a datagram from %s", addr)
+        return True
 
     def _drain_errors(self) -> None:
         """ICMP errors (port or host unreachable) queued by IP_RECVERR: each names the

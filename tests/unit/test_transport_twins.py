@@ -1,0 +1,67 @@
+"""A worker's two UDP sockets (gdispatch.transport): the shared listen socket and the
+worker's own, whose receivers read each other's waiting datagrams before they sleep.
+
+Real sockets on 127.0.0.1 and the real gevent hub, in process.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import gevent
+import pytest
+
+from gdispatch.config import Listen
+from gdispatch.transport import Transports
+
+
+@pytest.fixture
+def worker():
+    seen = []
+    handler = [lambda data, source: seen.append((data, source))]
+    transports = Transports((Listen("udp", "127.0.0.1", 0),), lambda data, source: handler[0](data, source),
+                            shared=True)
+    transports.handler = handler
+    transports.start()
+    gevent.sleep(0)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    yield transports, seen, peer
+    peer.close()
+    transports.close()
+
+
+def test_a_datagram_on_the_listen_socket_is_read_before_the_hub_runs_anything_else(worker):
+    """The caller's ACK arrives on the listen socket while the worker handles the 200 that
+    came in on its own socket: the worker's receiver reads the ACK as soon as the 200 is
+    done, before the greenlets the 200 woke (a greenlet spawned here stands for them)."""
+    transports, _seen, peer = worker
+    public = transports.listeners[0]
+    private = public.private
+    order = []
+
+    def on_message(data, source):
+        order.append((data, source.listener))
+        if data == b"200":
+            gevent.spawn(order.append, "another greenlet")
+            peer.sendto(b"ACK", (public.listen.host, public.listen.port))
+            time.sleep(0.05)  # blocks the hub: the ACK is queued before this returns
+
+    transports.handler[0] = on_message
+    peer.sendto(b"200", (private.listen.host, private.listen.port))
+    deadline = time.monotonic() + 5
+    while len(order) < 3 and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    assert order == [(b"200", private), (b"ACK", public), "another greenlet"]
+
+
+def test_each_socket_still_reads_its_own(worker):
+    transports, seen, peer = worker
+    public = transports.listeners[0]
+    for lst in (public, public.private):
+        peer.sendto(b"x", (lst.listen.host, lst.listen.port))
+    deadline = time.monotonic() + 5
+    while len(seen) < 2 and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    assert sorted(id(source.listener) for _d, source in seen) == sorted((id(public), id(public.private)))
