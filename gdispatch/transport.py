@@ -198,7 +198,9 @@ class UdpListener:
 
     def take_one(self) -> bool:
         """Handle one datagram if one waits in the socket (for the twin's receiver, about
-        to sleep); False when the socket is empty."""
+        to sleep); False when the socket is empty, or not read yet (`start_listening`)."""
+        if self.greenlet is None:
+            return False
         try:
             data, addr = self.sock.recvfrom(MAX_MESSAGE_SIZE + 1)
         except BlockingIOError:

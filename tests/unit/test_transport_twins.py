@@ -65,3 +65,30 @@ def test_each_socket_still_reads_its_own(worker):
     while len(seen) < 2 and time.monotonic() < deadline:
         gevent.sleep(0.01)
     assert sorted(id(source.listener) for _d, source in seen) == sorted((id(public), id(public.private)))
+
+
+def test_a_listen_socket_not_started_yet_is_left_alone():
+    """A worker starts its own socket first and reads the listen socket only once every
+    worker is up (`start_listening`): its own socket's receiver leaves it alone until then."""
+    seen = []
+    transports = Transports((Listen("udp", "127.0.0.1", 0),), lambda data, source: seen.append(data), shared=True)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        transports.start(listen=False)
+        public = transports.listeners[0]
+        peer.sendto(b"early", (public.listen.host, public.listen.port))
+        time.sleep(0.02)
+        peer.sendto(b"response", (public.private.listen.host, public.private.listen.port))
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        gevent.sleep(0.05)
+        assert seen == [b"response"]
+        transports.start_listening()
+        deadline = time.monotonic() + 5
+        while len(seen) < 2 and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        assert seen == [b"response", b"early"]
+    finally:
+        peer.close()
+        transports.close()
