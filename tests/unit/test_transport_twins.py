@@ -6,6 +6,7 @@ Real sockets on 127.0.0.1 and the real gevent hub, in process.
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 
@@ -46,7 +47,8 @@ def test_a_datagram_on_the_listen_socket_is_read_before_the_hub_runs_anything_el
         if data == b"200":
             gevent.spawn(order.append, "another greenlet")
             peer.sendto(b"ACK", (public.listen.host, public.listen.port))
-            time.sleep(0.05)  # blocks the hub: the ACK is queued before this returns
+            # Blocks the hub until the ACK is queued in the listen socket.
+            assert select.select([public.sock], [], [], 5)[0]
 
     transports.handler[0] = on_message
     peer.sendto(b"200", (private.listen.host, private.listen.port))
@@ -77,7 +79,7 @@ def test_a_listen_socket_not_started_yet_is_left_alone():
         transports.start(listen=False)
         public = transports.listeners[0]
         peer.sendto(b"early", (public.listen.host, public.listen.port))
-        time.sleep(0.02)
+        assert select.select([public.sock], [], [], 5)[0]  # queued before the response comes
         peer.sendto(b"response", (public.private.listen.host, public.private.listen.port))
         deadline = time.monotonic() + 5
         while not seen and time.monotonic() < deadline:
