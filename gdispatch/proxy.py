@@ -482,12 +482,13 @@ class Proxy:
             return False
         via = msg.top_via
         method = msg.method
+        hop = ("udp", (host, uri.port or 5060))
         if method == "ACK":
             st = self.server_txns.get(self._server_key(msg, via, "INVITE"))
             if st is not None and not 200 <= st.last_status < 300:
                 return False
             self.stats["requests"] += 1
-            self._forward_ack(msg, via, source, ("udp", (host, uri.port or 5060)), 1, route)
+            self._forward_ack(msg, via, source, hop, 1, route)
             return True
         if self._is_loop(msg):
             return False
@@ -495,7 +496,6 @@ class Proxy:
         key = self._server_key(msg, via, method)
         if self._absorbed(key):
             return True
-        hop = ("udp", (host, uri.port or 5060))
         listener = self.transports.listener_for("udp", host)
         if listener is None:
             self._no_listener(self._in_dialog_branch(self._new_server_txn(msg, via, source, key), msg, hop))

@@ -13,8 +13,8 @@ Anything off the usual shape gives None, and the proxy takes its general way
 (`parse_message`, `validate_request`, `forward_request`), which gives the exact verdict:
 folded or bare-LF lines, a Route set other than our single entry, a From, To or Contact
 of an unusual shape, a Request-URI with a `maddr` parameter, a transport other than UDP
-or a host name, a Max-Forwards of 0. For what it accepts it forwards the very bytes the general way
-would (tests/unit/test_shortway.py compares the two).
+or a host name, a Max-Forwards of 0. For what it accepts it forwards the very bytes the
+general way would (tests/unit/test_shortway.py compares the two).
 
 Why a short way: at low load each message meets CPU caches that the other processes have
 emptied since the last one, and a message then costs what the code and data it touches

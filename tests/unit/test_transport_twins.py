@@ -8,27 +8,46 @@ from __future__ import annotations
 
 import select
 import socket
-import time
 
 import gevent
 import pytest
+from gevent.event import Event
 
 from gdispatch.config import Listen
 from gdispatch.transport import Transports
 
 
+class Received:
+    """What a Transports hands to on_message, with a wait for the n-th datagram (an
+    event, not a poll)."""
+
+    def __init__(self):
+        self.seen = []
+        self.more = Event()
+        self.then = None  # a test's extra step on each datagram
+
+    def __call__(self, data, source):
+        self.seen.append((data, source.listener))
+        if self.then is not None:
+            self.then(data)
+        self.more.set()
+
+    def wait_for(self, n: int) -> list:
+        while len(self.seen) < n:
+            self.more.clear()
+            assert self.more.wait(5), self.seen
+        return self.seen
+
+
 @pytest.fixture
 def worker():
-    seen = []
-    handler = [lambda data, source: seen.append((data, source))]
-    transports = Transports((Listen("udp", "127.0.0.1", 0),), lambda data, source: handler[0](data, source),
-                            shared=True)
-    transports.handler = handler
+    received = Received()
+    transports = Transports((Listen("udp", "127.0.0.1", 0),), received, shared=True)
     transports.start()
     gevent.sleep(0)
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     peer.bind(("127.0.0.1", 0))
-    yield transports, seen, peer
+    yield transports, received, peer
     peer.close()
     transports.close()
 
@@ -37,43 +56,38 @@ def test_a_datagram_on_the_listen_socket_is_read_before_the_hub_runs_anything_el
     """The caller's ACK arrives on the listen socket while the worker handles the 200 that
     came in on its own socket: the worker's receiver reads the ACK as soon as the 200 is
     done, before the greenlets the 200 woke (a greenlet spawned here stands for them)."""
-    transports, _seen, peer = worker
+    transports, received, peer = worker
     public = transports.listeners[0]
     private = public.private
-    order = []
 
-    def on_message(data, source):
-        order.append((data, source.listener))
+    def then(data):
         if data == b"200":
-            gevent.spawn(order.append, "another greenlet")
+            gevent.spawn(received.seen.append, "another greenlet")
             peer.sendto(b"ACK", (public.listen.host, public.listen.port))
             # Blocks the hub until the ACK is queued in the listen socket.
             assert select.select([public.sock], [], [], 5)[0]
 
-    transports.handler[0] = on_message
+    received.then = then
     peer.sendto(b"200", (private.listen.host, private.listen.port))
-    deadline = time.monotonic() + 5
-    while len(order) < 3 and time.monotonic() < deadline:
-        gevent.sleep(0.01)
-    assert order == [(b"200", private), (b"ACK", public), "another greenlet"]
+    received.wait_for(2)
+    gevent.sleep(0)  # the spawned greenlet runs now, if it has not already
+    assert received.seen == [(b"200", private), (b"ACK", public), "another greenlet"]
 
 
 def test_each_socket_still_reads_its_own(worker):
-    transports, seen, peer = worker
+    transports, received, peer = worker
     public = transports.listeners[0]
     for lst in (public, public.private):
         peer.sendto(b"x", (lst.listen.host, lst.listen.port))
-    deadline = time.monotonic() + 5
-    while len(seen) < 2 and time.monotonic() < deadline:
-        gevent.sleep(0.01)
-    assert sorted(id(source.listener) for _d, source in seen) == sorted((id(public), id(public.private)))
+    seen = received.wait_for(2)
+    assert sorted(id(listener) for _d, listener in seen) == sorted((id(public), id(public.private)))
 
 
 def test_a_listen_socket_not_started_yet_is_left_alone():
     """A worker starts its own socket first and reads the listen socket only once every
     worker is up (`start_listening`): its own socket's receiver leaves it alone until then."""
-    seen = []
-    transports = Transports((Listen("udp", "127.0.0.1", 0),), lambda data, source: seen.append(data), shared=True)
+    received = Received()
+    transports = Transports((Listen("udp", "127.0.0.1", 0),), received, shared=True)
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         transports.start(listen=False)
@@ -81,16 +95,13 @@ def test_a_listen_socket_not_started_yet_is_left_alone():
         peer.sendto(b"early", (public.listen.host, public.listen.port))
         assert select.select([public.sock], [], [], 5)[0]  # queued before the response comes
         peer.sendto(b"response", (public.private.listen.host, public.private.listen.port))
-        deadline = time.monotonic() + 5
-        while not seen and time.monotonic() < deadline:
-            gevent.sleep(0.01)
-        gevent.sleep(0.05)
-        assert seen == [b"response"]
+        # The receiver tries its twin right after the response, before it yields: by
+        # the time this greenlet sees the response, the early datagram was left alone.
+        assert [d for d, _l in received.wait_for(1)] == [b"response"]
+        gevent.sleep(0)
+        assert [d for d, _l in received.seen] == [b"response"]
         transports.start_listening()
-        deadline = time.monotonic() + 5
-        while len(seen) < 2 and time.monotonic() < deadline:
-            gevent.sleep(0.01)
-        assert seen == [b"response", b"early"]
+        assert [d for d, _l in received.wait_for(2)] == [b"response", b"early"]
     finally:
         peer.close()
         transports.close()
