@@ -64,3 +64,24 @@ def test_a_worker_that_exits_while_draining_is_not_started_again(monkeypatch):
     sup.drain()
     sup._lost(1, Proc())
     assert len(later) == 1
+
+
+def test_a_relay_remembers_owners_and_gives_the_same_answer():
+    """`known` (a relay's memory of the Call-IDs it saw) changes the cost, never the
+    answer, and stays bounded."""
+    import gdispatch.workers as workers
+
+    known: dict[bytes, int] = {}
+    forms = [INVITE, INVITE.replace(b"Call-ID: ", b"i: "),
+             INVITE.replace(b"Call-ID: abc-123@host", b"Call-ID: abc-123@host  ")]
+    for n in (2, 3):
+        known.clear()
+        for m in forms * 2:
+            assert call_id_owner(m, n, known) == call_id_owner(m, n)
+    assert call_id_owner(b"INVITE sip:a@b SIP/2.0\r\nVia: x\r\n\r\n", 2, known) is None
+    known.clear()
+    calls = [INVITE.replace(b"abc-123", b"call-%d" % i) for i in range(workers.OWNERS_KNOWN + 5)]
+    for m in calls:
+        assert call_id_owner(m, 4, known) == call_id_owner(m, 4)
+        assert len(known) <= workers.OWNERS_KNOWN
+    assert 0 < len(known) <= 5  # emptied when full, then filled again
