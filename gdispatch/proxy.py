@@ -66,6 +66,11 @@ MAGIC_COOKIE = "z9hG4bK"
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 _RPORT_EMPTY = re.compile(rb";\s*rport(?=\s*(?:;|$))", re.IGNORECASE)
 LOCAL_TIMEOUT = 408
+# The To tag of what we answer without a transaction starts so in every worker (the
+# others' tags are "gd" and hex digits): the ACK of such an answer is absorbed wherever it
+# arrives, with nothing to look up (Kamailio's sl module does the same with its tags).
+STATELESS_TAG = "gdsl-"
+_STATELESS_TAG = STATELESS_TAG.encode()
 
 
 def _status_line(status: int, reason: bytes) -> bytes:
@@ -136,6 +141,24 @@ class _Replier:
         self.addr = addr
 
     def __call__(self, data: bytes) -> None:
+        self.transports.reply(self.source, self.addr, data)
+
+
+class _NotingReplier(_Replier):
+    """The replier of an INVITE that had a Route, with several workers: a non-2xx final
+    is noted for the other workers before it leaves, so that the one that gets its ACK
+    hands it back (gdispatch.acknotes)."""
+
+    __slots__ = ("acks", "key")
+
+    def __init__(self, transports: Transports, source: Source, addr: tuple[str, int], acks, key):
+        super().__init__(transports, source, addr)
+        self.acks = acks
+        self.key = key
+
+    def __call__(self, data: bytes) -> None:
+        if data[8:9] in b"3456":  # "SIP/2.0 " then the status's first digit
+            self.acks.note(self.key)
         self.transports.reply(self.source, self.addr, data)
 
 
@@ -267,6 +290,12 @@ class Proxy:
                                hold=ov.hold, retry_after=ov.retry_after)
         self._retry_after = (b"Retry-After: %d" % ov.retry_after,)
         self.calls_in_setup = 0  # dispatch greenlets running (requests waiting for a final)
+        # With several workers (gdispatch.workers): the notes of the INVITE transactions
+        # whose ACK must come back to them (gdispatch.acknotes), and how a datagram is
+        # handed to another worker: hand_over(data, source, worker or None for the
+        # owner of its call) -> True when it went.
+        self.acks = None
+        self.hand_over: Callable[[bytes, Source, int | None], bool] | None = None
         self._no_destination_log: dict[int, tuple[float, int]] = {}  # set -> (last warning, skipped)
 
     def _counts(self, dest: Destination) -> list[int]:
@@ -422,8 +451,8 @@ class Proxy:
     def _stateless_reply(self, msg: SipMessage, source: Source, status: int, reason: str, headers=()) -> None:
         try:
             via = msg.top_via
-            data = build_response(msg, status, reason, to_tag=self._new_tag() if status > 100 else None,
-                                  headers=headers)
+            tag = f"{STATELESS_TAG}{self._branch_salt}{next(self._tag_ids):x}" if status > 100 else None
+            data = build_response(msg, status, reason, to_tag=tag, headers=headers)
         except ParseError:
             self.stats["bad_messages_dropped"] += 1
             return
@@ -484,9 +513,12 @@ class Proxy:
         method = msg.method
         hop = ("udp", (host, uri.port or 5060))
         if method == "ACK":
-            st = self.server_txns.get(self._server_key(msg, via, "INVITE"))
+            key = self._server_key(msg, via, "INVITE")
+            st = self.server_txns.get(key)
             if st is not None and not 200 <= st.last_status < 300:
                 return False
+            if st is None and self.acks is not None and self._ack_noted_elsewhere(msg, key, source):
+                return True
             self.stats["requests"] += 1
             self._forward_ack(msg, via, source, hop, 1, route)
             return True
@@ -519,8 +551,11 @@ class Proxy:
         return True
 
     def _new_server_txn(self, msg: SipMessage, via: Via, source: Source, key) -> ServerTransaction:
-        st = ServerTransaction(key, msg.method, reliable=source.transport != "udp",
-                               send=_Replier(self.transports, source, self._reply_addr(source, via)),
+        if self.acks is not None and msg.method == "INVITE" and source.transport == "udp" and msg.has("route"):
+            send = _NotingReplier(self.transports, source, self._reply_addr(source, via), self.acks, key)
+        else:
+            send = _Replier(self.transports, source, self._reply_addr(source, via))
+        st = ServerTransaction(key, msg.method, reliable=source.transport != "udp", send=send,
                                scheduler=self.scheduler, timers=self.timers,
                                on_terminated=self._on_server_terminated)
         self.server_txns[key] = st
@@ -743,10 +778,17 @@ class Proxy:
         return branch
 
     def _on_ack(self, msg: SipMessage, via: Via, source: Source) -> None:
-        st = self.server_txns.get(self._server_key(msg, via, "INVITE"))
+        key = self._server_key(msg, via, "INVITE")
+        st = self.server_txns.get(key)
         if st is not None and not 200 <= st.last_status < 300:
             st.on_ack()  # the ACK of a non-2xx final: it ends here (RFC 3261 §17.2.1)
             return
+        if st is None:
+            tag = msg.to_tag
+            if tag is not None and tag.startswith(_STATELESS_TAG):
+                return  # the ACK of a stateless answer of ours: it ends here
+            if self.acks is not None and self._ack_noted_elsewhere(msg, key, source):
+                return
         # The ACK of a 2xx is its own end-to-end request: route it statelessly (§16.11).
         try:
             ruri = msg.uri
@@ -758,13 +800,28 @@ class Proxy:
         while popped < len(routes) and self._is_local_uri(routes[popped].uri):
             popped += 1
         if popped == 0:
-            self.stats["bad_messages_dropped"] += 1  # not for a dialog we record-routed
+            # Not for a dialog we record-routed: the ACK of a non-2xx final, which with
+            # several workers may have come to another worker than the INVITE's
+            # (gdispatch.steering: `worker_for`), or a stray.
+            if (st is None and self.hand_over is not None and source.transport == "udp" and not source.relayed
+                    and self.hand_over(msg.raw, source, None)):
+                return
+            self.stats["bad_messages_dropped"] += 1
             return
         target = routes[popped].uri if popped < len(routes) else ruri
         hop = self._next_hop(target)
         if hop is None:
             return
         self._forward_ack(msg, via, source, hop, popped)
+
+    def _ack_noted_elsewhere(self, msg: SipMessage, key, source: Source) -> bool:
+        """An ACK this worker has no transaction for: True when another worker noted its
+        INVITE transaction (the ACK of a non-2xx final, gdispatch.acknotes) and it was
+        handed over. What another worker handed here stays here."""
+        if source.relayed or source.transport != "udp":
+            return False
+        worker = self.acks.noted_by(key)
+        return worker is not None and self.hand_over(msg.raw, source, worker)
 
     def _forward_ack(self, msg: SipMessage, via: Via, source: Source, hop, popped: int, route: int = -1) -> None:
         """Send the ACK of a 2xx on to `hop` without its first `popped` Route values, or

@@ -15,6 +15,13 @@ call go straight to the worker that owns it; the relay is left for what the prog
 cannot read (see `program`). The primary binds the n sockets in worker order and hands
 socket i to worker i (gdispatch.transport: `shared_udp_sockets`).
 
+One kind of datagram goes elsewhere: an ACK goes to the worker after the owner
+(`worker_for`). The ACK of a 2xx is a request of its own, which any worker forwards
+statelessly (RFC 3261 §16.11); it comes right after the 2xx the owner has just relayed
+and often just before the BYE, and in the next worker it is read beside them instead of
+between them. The ACK of a non-2xx final belongs to the owner's INVITE transaction: the
+worker that gets it hands it over (gdispatch.acknotes says how it knows).
+
 Classic BPF has no loops and at most 4,096 instructions, so the program is unrolled: the
 first bytes of the payload are read a word at a time and each word compared with the
 four ways "Call-ID:" can cross it, then the name is checked whole and up to `HASHED`
@@ -36,6 +43,7 @@ SO_ATTACH_REUSEPORT_CBPF = 51  # Linux, include/uapi/asm-generic/socket.h
 SCANS = (1024, 512, 384, 256, 192, 128)  # payload bytes searched for "Call-ID:", longest first
 HASHED = 32  # bytes of the Call-ID value the owner is computed from
 NO_CHOICE = 0xFFFFFFFF  # an index past the group: the kernel falls back to its hash
+ACK = b"ACK "  # how an ACK starts: the request line (RFC 3261 §7.1)
 
 # Classic BPF opcodes (linux/bpf_common.h, linux/filter.h).
 _LD, _LDX, _ST, _STX, _ALU, _JMP, _RET, _MISC = 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07
@@ -66,18 +74,28 @@ def call_owner(call_id: bytes, n: int) -> int:
     return (sum(map(operator.mul, head, _POWERS[len(head)])) & 0xFFFFFFFF) % n
 
 
+def worker_for(data: bytes, owner: int, n: int) -> int:
+    """The worker, of `n`, that a datagram of a call `owner` owns goes to: the owner, and
+    for an ACK the worker after it."""
+    return (owner + 1) % n if data[:4] == ACK else owner
+
+
 def program(n: int, scan: int = SCANS[0]) -> list[tuple[int, int, int, int]]:
     """The steering program for a group of `n` sockets, as (code, jt, jf, k) tuples.
 
-    It returns `call_owner()` of the value of the first "Call-ID:" that starts in the
-    first `scan` bytes, read as the value after one optional space up to the CR that ends
+    It returns `worker_for()` the `call_owner()` of the value of the first "Call-ID:"
+    that starts in the first `scan` bytes, read as the value after one optional space up to the CR that ends
     it. It returns NO_CHOICE (the kernel's own hash) when there is none there, when the
     first "Call" there is not "Call-ID:" (a compact "i:" form, a Call-Info header first),
     or in the last bytes of a short datagram; and 0 when the datagram ends within the
     value's first bytes (a load past the end: the kernel's rule for classic BPF). Either
     way the worker that gets the datagram relays it to the owner, as without the program.
     """
-    prog: list = []
+    # M[1] = 1 for an ACK, else 0: added to the owner at the end (`worker_for`).
+    prog: list = [(_LD | _IMM, 0, 0, 0), (_ST, 0, 0, 1),
+                  (_LD | _W | _LEN, 0, 0, 0), (_JMP | _JGE | _K, 1, 0, 4), (_RET | _K, 0, 0, NO_CHOICE),
+                  (_LD | _W | _ABS, 0, 0, 0), (_JMP | _JEQ | _K, 0, 2, int.from_bytes(ACK, "big")),
+                  (_LD | _IMM, 0, 0, 1), (_ST, 0, 0, 1)]
     jumps: list[int] = []  # positions of the jumps to `found`, filled in below
     words = scan // 4
     for w in range(words):
@@ -121,7 +139,8 @@ def program(n: int, scan: int = SCANS[0]) -> list[tuple[int, int, int, int]]:
     done = len(prog)
     for j in ends:
         prog[j] = (_JMP | _JEQ | _K, done - j - 1, 0, 0x0D)
-    prog += [(_LD | _MEM, 0, 0, 0), (_ALU | _MOD | _K, 0, 0, n), (_RET | _RET_A, 0, 0, 0)]
+    prog += [(_LD | _MEM, 0, 0, 0), (_ALU | _MOD | _K, 0, 0, n), (_MISC | _TAX, 0, 0, 0),
+             (_LD | _MEM, 0, 0, 1), (_ALU | _ADD | _X, 0, 0, 0), (_ALU | _MOD | _K, 0, 0, n), (_RET | _RET_A, 0, 0, 0)]
     assert len(prog) <= 4096 and all(jt <= 255 and jf <= 255 for _c, jt, jf, _k in prog)
     return prog
 

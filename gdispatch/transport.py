@@ -46,6 +46,7 @@ class Source:
     """Where a message came from: its transport, address and the socket to answer on."""
 
     __slots__ = ("addr", "conn", "listener", "transport")
+    relayed = False  # handed over by another worker (`Relayed`)
 
     def __init__(self, transport: str, addr: tuple[str, int], listener: UdpListener | TcpListener,
                  conn: TcpConnection | None = None):
@@ -56,6 +57,14 @@ class Source:
 
     def __repr__(self) -> str:
         return f"{self.transport}:{self.addr[0]}:{self.addr[1]}"
+
+
+class Relayed(Source):
+    """A datagram another worker received and handed to this one (gdispatch.workers):
+    it is not handed on again."""
+
+    __slots__ = ()
+    relayed = True
 
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux
@@ -579,7 +588,7 @@ class Transports:
     def deliver(self, listener_index: int, data: bytes, addr: tuple[str, int]) -> None:
         """A datagram another worker received on listener `listener_index` and handed
         to this one (gdispatch.workers): handle it as if it had arrived here."""
-        self.on_message(data, Source("udp", addr, self.listeners[listener_index]))
+        self.on_message(data, Relayed("udp", addr, self.listeners[listener_index]))
 
     def unreachable(self, addr: tuple[str, int]) -> None:
         if self.on_unreachable is not None:

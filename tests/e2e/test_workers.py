@@ -89,6 +89,83 @@ def test_cancel_and_retransmissions_meet_the_owner(proxy, uas, uac):
     assert c["INVITE"] == 40 and c["CANCEL"] == 40 and c["ACK"] == 40, c
 
 
+def _recv(sock: socket.socket, timeout: float) -> list[bytes]:
+    """Every datagram `sock` receives within `timeout` seconds."""
+    got = []
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            got.append(sock.recv(65535))
+        except TimeoutError:
+            break
+    return got
+
+
+def _header(data: bytes, name: bytes) -> str:
+    return re.search(rb"\r\n" + name + rb": *([^\r]*)", data).group(1).decode()
+
+
+@pytest.mark.parametrize("routed", [False, True], ids=["initial-invite", "re-invite"])
+def test_the_ack_of_a_refused_invite_ends_the_transaction_of_its_owner(proxy, routed):
+    """The kernel gives an ACK to the worker after the owner of its call
+    (gdispatch.steering). The ACK of a 2xx is forwarded from there; the ACK of a non-2xx
+    final must reach the owner's INVITE transaction, which absorbs it: the caller gets
+    the final once (no Timer G resends) and the gateway gets only the proxy's own ACK of
+    it. Without a Route the worker that gets it sees it is not for a dialog; with one (a
+    re-INVITE refused with 488) it finds the owner's note (gdispatch.acknotes)."""
+    gw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    gw.bind((HOST, 0))
+    gw.settimeout(3)
+    uac = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    uac.bind((HOST, 0))
+    uac.settimeout(3)
+    gw_uri = f"sip:gw@{HOST}:{gw.getsockname()[1]}"
+
+    def final(status: int) -> bytes:
+        uac.settimeout(3)
+        while harness.status_code(data := uac.recv(65535)) != status:
+            pass
+        return data
+
+    try:
+        p = proxy(f"1 sip:{HOST}:{gw.getsockname()[1]} 0 0\n", args=["--workers", "2"],
+                  config="[probing]\ninterval = 0\n")
+        proxy_addr, service = (HOST, p.port), f"sip:service@{HOST}:{p.port}"
+        call = dict(local_port=uac.getsockname()[1], call_id=f"refused-{routed}", from_tag="uac1")
+        uac.sendto(harness.build_request("INVITE", service, branch="z9hG4bKinvite1", **call), proxy_addr)
+        fwd, worker = gw.recvfrom(65535)
+        ruri, request = service, dict(call, branch="z9hG4bKinvite1")
+        if routed:
+            rr = _header(fwd, b"Record-Route")
+            gw.sendto(build_response(parse_message(fwd), 200, "OK", to_tag="gw1",
+                                     headers=(f"Contact: <{gw_uri}>".encode(), f"Record-Route: {rr}".encode())),
+                      worker)
+            call.update(to=_header(final(200), b"To"), headers=[f"Route: {rr}"])
+            uac.sendto(harness.build_request("ACK", gw_uri, branch="z9hG4bKack1", **call), proxy_addr)
+            assert gw.recv(65535).startswith(b"ACK ")  # the ACK of the 2xx, forwarded
+            ruri, request = gw_uri, dict(call, cseq=2, branch="z9hG4bKreinvite1")
+            uac.sendto(harness.build_request("INVITE", ruri, **request), proxy_addr)
+            fwd, worker = gw.recvfrom(65535)
+        assert fwd.startswith(b"INVITE ")
+        status = 488 if routed else 486
+        gw.sendto(build_response(parse_message(fwd), status, "Refused", to_tag="gw2"), worker)
+        request["to"] = _header(final(status), b"To")
+        uac.sendto(harness.build_request("ACK", ruri, **request), proxy_addr)
+        # Timer G would resend the final after 0.5 s and 1.5 s.
+        to_uac, to_gw = _recv(uac, 2.0), _recv(gw, 0.1)
+        assert to_uac == [], to_uac
+        # The gateway got the proxy's ACK of its final (its own branch), nothing else.
+        assert len(to_gw) == 1 and to_gw[0].startswith(b"ACK "), to_gw
+        assert _header(to_gw[0], b"Via") == _header(fwd, b"Via"), (to_gw, fwd)
+        s = wait_for(lambda: (lambda x: x if x["relayed_to_other_workers"] else None)(stats(p)), 3) or stats(p)
+        if s["kernel_steering"]:
+            assert s["relayed_to_other_workers"] == 1, s  # that ACK, handed to the owner
+    finally:
+        gw.close()
+        uac.close()
+
+
 @pytest.mark.parametrize("call_id_header", ["Call-ID", "i"])
 def test_a_retransmission_from_other_ports_is_absorbed(proxy, uas, call_id_header):
     """The same INVITE sent from 16 source ports reaches the owner of its call, which

@@ -1,6 +1,7 @@
 """The kernel's choice of worker (gdispatch.steering): the BPF program agrees with the
-workers' own `call_id_owner`, checked on an interpreter of the classic BPF it uses and,
-on Linux, by the kernel on real sockets."""
+workers' own `call_id_owner` (and `worker_for`: an ACK goes to the worker after the
+owner), checked on an interpreter of the classic BPF it uses and, on Linux, by the
+kernel on real sockets."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def run(prog, packet: bytes) -> int:
             mem[k] = x
         elif cls == 0x04:  # ALU
             op, v = code & 0xF0, (x if code & 0x08 else k)
-            a = {0x00: a + v, 0x20: a * v, 0x90: a % v}[op] & 0xFFFFFFFF
+            a = (a + v if op == 0x00 else a * v if op == 0x20 else a % v) & 0xFFFFFFFF
         elif cls == 0x05:  # JMP
             op = code & 0xF0
             if op == 0x00:
@@ -93,9 +94,14 @@ def test_the_program_picks_the_owner_of_the_call(n, scan):
                               b"node-17.sbc.example.net-%d" % i])
         for line in (b"Call-ID: " + call_id, b"Call-ID:" + call_id):
             # Every offset of the header against the words the program reads.
-            data = b"X" * rng.randrange(8) + message(line, vias=rng.randrange(1, 6) if scan > 256 else 1)
+            body = message(line, vias=rng.randrange(1, 6) if scan > 256 else 1)
+            data = b"X" * rng.randrange(8) + body
             assert data.find(b"Call-ID:") < scan
             assert run(prog, data) == call_id_owner(data, n), data
+            # The same call's ACK: the worker after the owner.
+            ack = b"ACK sip:" + b"x" * rng.randrange(8) + body[len(b"BYE sip:"):]
+            assert run(prog, ack) == (call_id_owner(ack, n) + 1) % n == steering.worker_for(
+                ack, call_id_owner(ack, n), n), ack
 
 
 def test_call_owner_is_the_hash_the_program_computes():
@@ -172,12 +178,15 @@ def test_the_kernel_delivers_each_datagram_to_the_owner_socket():
             seen = [0] * n
             for i in range(150):
                 data = message(b"Call-ID: %d-%x@127.0.0.1" % (i, i * 7919))
+                if i % 3 == 0:
+                    data = b"ACK" + data[3:]
                 tx.sendto(data, ("127.0.0.1", port))
                 ready, _, _ = select.select(socks, [], [], 2.0)
                 assert ready, "nothing arrived"
                 got = socks.index(ready[0])
                 assert ready[0].recv(65535) == data
-                assert got == call_id_owner(data, n)
+                owner = call_id_owner(data, n)
+                assert got == (owner + 1) % n if i % 3 == 0 else got == owner
                 seen[got] += 1
         assert all(seen), seen  # every worker owns some calls
     finally:
