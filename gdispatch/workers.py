@@ -83,7 +83,7 @@ import gevent.socket
 import gevent.subprocess
 
 from gdispatch.sip import MAX_MESSAGE_SIZE
-from gdispatch.steering import call_owner, worker_for
+from gdispatch.steering import ACK, call_owner, worker_for
 from gdispatch.transport import enable_timestamps, run_receiver
 
 log = logging.getLogger("gdispatch.workers")
@@ -181,9 +181,17 @@ class Relay:
         An ACK stays in the worker after the owner too, where the kernel's program puts
         it (gdispatch.steering: `worker_for`): that one forwards the ACK of a 2xx and
         hands the others to the owner (gdispatch.acknotes)."""
-        owner = call_id_owner(data, self.n, self.known)
-        if owner is None or owner == self.index or worker_for(data, owner, self.n) == self.index:
-            return False
+        if data[:4] == ACK:
+            if self.n == 2:
+                return False  # every worker is the owner or the one after it
+            # Not remembered: the rest of the call goes to its owner, not here.
+            owner = call_id_owner(data, self.n)
+            if owner is None or owner == self.index or worker_for(data, owner, self.n) == self.index:
+                return False
+        else:
+            owner = call_id_owner(data, self.n, self.known)
+            if owner is None or owner == self.index:
+                return False
         return self._send(owner, data, addr, listener.index)
 
     def hand_over(self, data: bytes, addr: tuple[str, int], listener_index: int, worker: int | None) -> bool:

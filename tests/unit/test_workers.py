@@ -123,6 +123,10 @@ def test_a_relay_sends_to_the_owner_and_leaves_an_ack_where_the_kernel_puts_it()
         assert not relays[owner].hand_over(ack, addr, 0, None)
         assert [r.sent for r in relays] == [{owner: 0, after: 3, third: 2}[i] for i in range(3)]
         assert select.select(socks, [], [], 0)[0] == []  # nothing else was sent
+        # With 2 workers every worker is the owner or the one after it: an ACK stays.
+        pair = [Relay(s, i, ports[:2], deliver=None) for i, s in enumerate(socks[:2])]
+        assert not any(r.steer(ack, addr, Listener) for r in pair)
+        assert [r.sent for r in pair] == [0, 0] and not any(r.known for r in pair)
     finally:
         for s in socks:
             s.close()
