@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: all install install-sipp run test bench bench-inproc bench-memory bench-compare lint clean distclean
+.PHONY: all install install-sipp run test bench bench-latency bench-inproc bench-memory bench-compare lint clean distclean
 
 all: test
 
@@ -45,6 +45,9 @@ test: $(VENV)/.installed install-sipp
 
 bench: $(VENV)/.installed install-sipp
 	PY=$(PY) bench/bench.sh
+
+bench-latency: $(VENV)/.installed install-sipp
+	PY=$(PY) bench/latency.sh
 
 bench-inproc: $(VENV)/.installed
 	$(PY) bench/lib/inproc.py

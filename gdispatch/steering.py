@@ -84,12 +84,13 @@ def program(n: int, scan: int = SCANS[0]) -> list[tuple[int, int, int, int]]:
     """The steering program for a group of `n` sockets, as (code, jt, jf, k) tuples.
 
     It returns `worker_for()` the `call_owner()` of the value of the first "Call-ID:"
-    that starts in the first `scan` bytes, read as the value after one optional space up to the CR that ends
-    it. It returns NO_CHOICE (the kernel's own hash) when there is none there, when the
-    first "Call" there is not "Call-ID:" (a compact "i:" form, a Call-Info header first),
-    or in the last bytes of a short datagram; and 0 when the datagram ends within the
-    value's first bytes (a load past the end: the kernel's rule for classic BPF). Either
-    way the worker that gets the datagram relays it to the owner, as without the program.
+    that starts in the first `scan` bytes, read as the value after one optional space up
+    to the CR that ends it. It returns NO_CHOICE (the kernel's own hash) when there is
+    none there, when the first "Call" there is not "Call-ID:" (a compact "i:" form, a
+    Call-Info header first), or in the last bytes of a short datagram; and 0 when the
+    datagram ends within the value's first bytes (a load past the end: the kernel's rule
+    for classic BPF). Either way the worker that gets the datagram relays it where it
+    belongs (gdispatch.workers: `Relay.steer`), as without the program.
     """
     # M[1] = 1 for an ACK, else 0: added to the owner at the end (`worker_for`).
     prog: list = [(_LD | _IMM, 0, 0, 0), (_ST, 0, 0, 1),
