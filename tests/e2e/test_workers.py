@@ -38,6 +38,14 @@ def workers_of(p: harness.Proxy) -> list[int]:
     return harness._children(p.pid)
 
 
+def udp_socket(timeout: float | None = None) -> socket.socket:
+    """A UDP socket on an ephemeral port of HOST."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((HOST, 0))
+    s.settimeout(timeout)
+    return s
+
+
 def wait_for(cond, timeout: float, step: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -114,12 +122,7 @@ def test_the_ack_of_a_refused_invite_ends_the_transaction_of_its_owner(proxy, ro
     the final once (no Timer G resends) and the gateway gets only the proxy's own ACK of
     it. Without a Route the worker that gets it sees it is not for a dialog; with one (a
     re-INVITE refused with 488) it finds the owner's note (gdispatch.acknotes)."""
-    gw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    gw.bind((HOST, 0))
-    gw.settimeout(3)
-    uac = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    uac.bind((HOST, 0))
-    uac.settimeout(3)
+    gw, uac = udp_socket(3), udp_socket(3)
     gw_uri = f"sip:gw@{HOST}:{gw.getsockname()[1]}"
 
     def final(status: int) -> bytes:
@@ -177,10 +180,7 @@ def test_a_retransmission_from_other_ports_is_absorbed(proxy, uas, call_id_heade
     socks = []
     try:
         for _ in range(16):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind((HOST, 0))
-            s.settimeout(0.3)
-            socks.append(s)
+            socks.append(udp_socket(0.3))
         invite = harness.build_request("INVITE", f"sip:service@{HOST}:{p.port}",
                                        local_port=socks[0].getsockname()[1])
         invite = invite.replace(b"\r\nCall-ID:", b"\r\n%s:" % call_id_header.encode())
@@ -209,12 +209,7 @@ def test_a_response_sent_to_the_shared_port_reaches_the_owner(proxy, call_id_hea
     port): the response reaches the worker holding the transaction, steered there by
     the kernel, or (compact header name) relayed by Call-ID. Sent from 20 source ports,
     so SO_REUSEPORT alone would hand copies to each worker."""
-    gw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    gw.bind((HOST, 0))
-    gw.settimeout(3)
-    uac = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    uac.bind((HOST, 0))
-    uac.settimeout(3)
+    gw, uac = udp_socket(3), udp_socket(3)
     senders = []
     try:
         p = proxy(f"1 sip:{HOST}:{gw.getsockname()[1]} 0 0\n", args=["--workers", "2"],
@@ -227,8 +222,7 @@ def test_a_response_sent_to_the_shared_port_reaches_the_owner(proxy, call_id_hea
                             headers=(f"Contact: <sip:gw@{HOST}:{gw.getsockname()[1]}>".encode(),))
         ok = ok.replace(b"\r\nCall-ID:", b"\r\n%s:" % call_id_header.encode())
         for _ in range(20):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind((HOST, 0))
+            s = udp_socket()
             senders.append(s)
             s.sendto(ok, (HOST, p.port))
         got = harness.statuses_until(uac)
@@ -355,8 +349,7 @@ def test_while_a_worker_is_down_the_others_answer_for_its_socket(proxy, uas):
         # The primary reads the dead worker's sockets before it logs the exit.
         assert wait_for(lambda: "exited with status" in p.log(), 0.5), p.log()
         for n in range(16):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind((HOST, 0))
+            s = udp_socket()
             socks.append(s)
             invite = harness.build_request("INVITE", f"sip:service@{HOST}:{p.port}",
                                            local_port=s.getsockname()[1])
@@ -380,8 +373,7 @@ def test_a_port_in_use_is_refused(tmp_path, uas):
     """SO_REUSEPORT would let two processes of one user share a port unnoticed; the
     primary makes sure nobody holds it first."""
     gw = uas()
-    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    holder.bind((HOST, 0))
+    holder = udp_socket()
     port = holder.getsockname()[1]
     (tmp_path / "d.list").write_text(harness.dispatcher_list(gw))
     try:
