@@ -159,7 +159,7 @@ class _NotingReplier(_Replier):
     def __call__(self, data: bytes) -> None:
         if data[8:9] in b"3456":  # "SIP/2.0 " then the status's first digit
             self.acks.note(self.key)
-        self.transports.reply(self.source, self.addr, data)
+        super().__call__(data)
 
 
 class ResponseContext:
@@ -405,8 +405,8 @@ class Proxy:
             changed = True
         return raw if changed else None
 
-    def _new_tag(self) -> str:
-        return f"gd{self._branch_salt}{next(self._tag_ids):x}"
+    def _new_tag(self, prefix: str = "gd") -> str:
+        return f"{prefix}{self._branch_salt}{next(self._tag_ids):x}"
 
     # ----------------------------------------------------------------- entry
 
@@ -451,8 +451,8 @@ class Proxy:
     def _stateless_reply(self, msg: SipMessage, source: Source, status: int, reason: str, headers=()) -> None:
         try:
             via = msg.top_via
-            tag = f"{STATELESS_TAG}{self._branch_salt}{next(self._tag_ids):x}" if status > 100 else None
-            data = build_response(msg, status, reason, to_tag=tag, headers=headers)
+            data = build_response(msg, status, reason, to_tag=self._new_tag(STATELESS_TAG) if status > 100 else None,
+                                  headers=headers)
         except ParseError:
             self.stats["bad_messages_dropped"] += 1
             return
@@ -803,8 +803,7 @@ class Proxy:
             # Not for a dialog we record-routed: the ACK of a non-2xx final, which with
             # several workers may have come to another worker than the INVITE's
             # (gdispatch.steering: `worker_for`), or a stray.
-            if (st is None and self.hand_over is not None and source.transport == "udp" and not source.relayed
-                    and self.hand_over(msg.raw, source, None)):
+            if st is None and self._hand_over(msg, source, None):
                 return
             self.stats["bad_messages_dropped"] += 1
             return
@@ -818,10 +817,19 @@ class Proxy:
         """An ACK this worker has no transaction for: True when another worker noted its
         INVITE transaction (the ACK of a non-2xx final, gdispatch.acknotes) and it was
         handed over. What another worker handed here stays here."""
-        if source.relayed or source.transport != "udp":
+        if not self._may_hand_over(source):
             return False
         worker = self.acks.noted_by(key)
         return worker is not None and self.hand_over(msg.raw, source, worker)
+
+    def _may_hand_over(self, source: Source) -> bool:
+        """With several workers, a datagram may go to another: one that came over UDP
+        and was not handed here by another worker already."""
+        return self.hand_over is not None and source.transport == "udp" and not source.relayed
+
+    def _hand_over(self, msg: SipMessage, source: Source, worker: int | None) -> bool:
+        """Hand `msg` to `worker` (None: the owner of its call); True when it went."""
+        return self._may_hand_over(source) and self.hand_over(msg.raw, source, worker)
 
     def _forward_ack(self, msg: SipMessage, via: Via, source: Source, hop, popped: int, route: int = -1) -> None:
         """Send the ACK of a 2xx on to `hop` without its first `popped` Route values, or
