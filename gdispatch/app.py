@@ -23,10 +23,12 @@ from gdispatch.dispatcher.destination import state_letters
 from gdispatch.dispatcher.listfile import ListError, format_line, load_list, parse_list
 from gdispatch.dispatcher.reload import carry_state
 from gdispatch.dns import DestinationResolver, Resolver
+from gdispatch.flood import SourceGuard
 from gdispatch.plugins import PluginError, PluginHost
 from gdispatch.prober import Prober
 from gdispatch.probing import ProbeSettings
 from gdispatch.proxy import Proxy
+from gdispatch.recordroute import KeyFileError, Keyring, default_key_path, ensure_key_file, load_keys
 from gdispatch.rpc import RpcError
 from gdispatch.transaction.timers import Scheduler
 from gdispatch.transport import TransportError, Transports, UdpListener, ensure_free, shared_udp_sockets
@@ -62,6 +64,8 @@ class App:
         self.proxy: Proxy | None = None
         self.prober: Prober | None = None
         self.dns: DestinationResolver | None = None
+        self.keyring: Keyring | None = None  # what signs our Record-Route (gdispatch.recordroute)
+        self.flood: SourceGuard | None = None  # per-source limits (gdispatch.flood)
         self._greenlets: list[gevent.Greenlet] = []
         self.stopping = gevent.event.Event()
         self.collector = CollectorPolicy()  # started by run() once the process is up
@@ -109,6 +113,12 @@ class App:
             return 1
         for problem in dlist.problems:
             log.warning("%s (line skipped: [dispatcher].load_mode = \"skip\")", problem)
+        try:
+            self.keyring = ensure_key_file(self.key_path)
+        except KeyFileError as e:
+            log.error("%s", e)
+            return 1
+        log.info("dialogs are signed with key %s of %s", self.keyring.signing_id.decode(), self.key_path)
         several = config.workers > 1
         udp_socks = None
         if several:
@@ -138,6 +148,7 @@ class App:
             interval=p.interval, timeout=p.timeout, method=p.method, from_uri=p.from_uri,
             probing_threshold=p.probing_threshold, inactive_threshold=p.inactive_threshold, mode=p.mode,
             reply_codes=p.reply_codes, latency_alpha=p.latency_alpha, mark=p.mark,
+            user_agent=config.user_agent_header,
         ), lambda: proxy.dlist, on_change=self.destination_state_changed)
         proxy.on_traffic_failure = self.prober.traffic_failure
         self.prober.attach(dlist)
@@ -207,7 +218,7 @@ class App:
         try:
             self.transports = transports = Transports(
                 config.listen, lambda data, src: holder["proxy"].on_message(data, src), shared=shared,
-                udp_socks=udp_socks)
+                udp_socks=udp_socks, kernel_filter=config.flood.kernel_filter)
         except TransportError as e:
             log.error("%s", e.strerror or e)
             return 1
@@ -215,11 +226,31 @@ class App:
                                        refresh_interval=config.dns_refresh, retry_interval=config.dns_retry)
         self.dns.resolve_all(dlist, self._reachable)
         self.proxy = proxy = Proxy(config, transports, self.scheduler, dlist, resolve_now=self.dns.resolve_now,
-                                   plugins=self.plugins)
+                                   plugins=self.plugins, keyring=self.keyring)
         holder["proxy"] = proxy
         transports.on_unreachable = proxy.unreachable
-        self._by_key = keyed(dlist)
+        fl = config.flood
+        if fl.source_rate:
+            # Each worker counts what it reads: datagrams of one source are spread over
+            # the workers by their Call-ID, so each takes its share of the rate.
+            self.flood = SourceGuard(-(-fl.source_rate // config.workers), fl.ban_time, time.monotonic,
+                                     trusted=fl.trusted, on_change=transports.set_banned)
+            transports.admit = self.flood.admit
+            self._greenlets.append(gevent.spawn(self._flood_tick))
+        self._took_list(dlist)
         return 0
+
+    def _took_list(self, dlist) -> None:
+        """A list is in use (start, reload, from the primary): its destinations by key, and
+        their addresses, which are never banned as floods."""
+        self._by_key = keyed(dlist)
+        if self.flood is not None:
+            self.flood.set_exempt(d.address[0] for d in dlist.destinations() if d.address is not None)
+
+    def _flood_tick(self) -> None:
+        while True:
+            gevent.sleep(1.0)
+            self.flood.tick()
 
     def _start_relay(self, sock, index: int, ports: list[int], acks_fd: int) -> None:
         self.relay = relay = Relay(sock, index, ports, self.transports.deliver)
@@ -245,7 +276,8 @@ class App:
         dlist = self.proxy.dlist
         socks = self._relay_socks
         return ("hello", self.config, index, socks[index].fileno(), [x.getsockname()[1] for x in socks],
-                self._worker_listen_fds(index), dlist.text, self._states(dlist), self._acks_fd)
+                self._worker_listen_fds(index), dlist.text, self._states(dlist), self._acks_fd,
+                self.keyring.keys)
 
     def _worker_listen_fds(self, index: int) -> dict[int, int]:
         """Worker `index`'s sockets on the UDP listen addresses: listen index -> fd."""
@@ -301,11 +333,12 @@ class App:
                 self.supervisor.broadcast(("latency", lat))
 
     def start_worker(self, index: int, relay_sock, relay_ports: list[int], text: str, states: dict,
-                     sock, udp_socks: dict | None, acks_fd: int) -> int:
-        """Start as worker `index` of `n` (not the primary): the list and the states come
-        from the primary, which does the probing, watching and control; `udp_socks`, its
-        sockets on the UDP listen addresses, too."""
+                     sock, udp_socks: dict | None, acks_fd: int, keys: list) -> int:
+        """Start as worker `index` of `n` (not the primary): the list, the states and the
+        dialog keys come from the primary, which does the probing, watching and control;
+        `udp_socks`, its sockets on the UDP listen addresses, too."""
         config = self.config
+        self.keyring = Keyring(keys)
         if not self._load_plugins():
             return 1
         dlist = parse_list(text, config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order)
@@ -355,8 +388,10 @@ class App:
                 proxy.calls.rebind(summary.replaced)
             self._apply(new, states)  # the primary's states win
             proxy.set_list(new)
-            self._by_key = keyed(new)
+            self._took_list(new)
             self.plugins.call("gdispatch_list_loaded", dispatcher_list=new, reason=reason)
+        elif kind == "keys":
+            self.keyring = proxy.keyring = Keyring(msg[1])
         elif kind == "stop":
             self.stopping.set()
 
@@ -369,11 +404,34 @@ class App:
 
     # ------------------------------------------------------------- reload
 
+    @property
+    def key_path(self) -> str:
+        return self.config.security.key_file or default_key_path()
+
+    def reload_keys(self) -> str:
+        """Read the key file again (a key added or retired, gdispatch.recordroute); on an
+        error the running keys stay. Returns what happened, for the reload's answer."""
+        try:
+            ring = load_keys(self.key_path)
+        except KeyFileError as e:
+            log.error("%s; the running dialog keys stay", e)
+            return f"dialog keys not reloaded: {e}"
+        if self.keyring is not None and ring.keys == self.keyring.keys:
+            return ""
+        self.keyring = self.proxy.keyring = ring
+        if self.supervisor is not None:
+            self.supervisor.broadcast(("keys", ring.keys))
+        msg = f"dialog keys reloaded: {len(ring.keys)} key(s), new dialogs signed with {ring.signing_id.decode()}"
+        log.warning("%s", msg)
+        return msg
+
     def reload(self, reason: str = "reload requested") -> str:
         """Load the list file again and swap it in, keeping each unchanged destination's
-        state. Raises ListError (the running list stays) when the file does not load."""
+        state, and the dialog keys. Raises ListError (the running list stays) when the
+        list does not load."""
         config = self.config
         sdnotify.reloading()
+        keys = self.reload_keys()
         try:
             try:
                 new = load_list(config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order)
@@ -385,7 +443,8 @@ class App:
             for problem in new.problems:
                 log.warning("%s (line skipped: [dispatcher].load_mode = \"skip\")", problem)
             self._list_digest = file_digest(config.list_file)
-            return self._swap_in(new, reason)
+            summary = self._swap_in(new, reason)
+            return f"{summary}; {keys}" if keys else summary
         finally:
             sdnotify.ready()
 
@@ -397,7 +456,7 @@ class App:
         if config.reload_keeps_state:
             proxy.calls.rebind(summary.replaced)
         proxy.set_list(new)
-        self._by_key = keyed(new)
+        self._took_list(new)
         if self.supervisor is not None:
             # Before attach(): the states it reports name destinations of the new list.
             self.supervisor.broadcast(("list", new.text, reason, self._states(new)))
@@ -471,6 +530,10 @@ class App:
         out["client_transactions"] = len(proxy.client_txns)
         out["calls_in_progress"] = proxy.calls_in_progress()
         out["active_calls"] = len(proxy.calls)
+        if self.flood is not None:
+            out["flood_dropped"] = self.flood.dropped
+            out["flood_bans"] = self.flood.bans
+            out["banned_sources"] = len(self.flood.banned)
         if self.relay is not None:
             out["relayed_to_other_workers"] = self.relay.sent
             out["relay_dropped"] = self.relay.dropped
@@ -599,12 +662,12 @@ def run(config: Config) -> int:
 
 
 def run_worker(config: Config, index: int, relay_sock, relay_ports: list[int], text: str, states: dict,
-               sock, udp_socks: dict | None, acks_fd: int) -> int:
+               sock, udp_socks: dict | None, acks_fd: int, keys: list) -> int:
     """A worker other than the primary (gdispatch.workers.child_main): serve until the
     primary says stop or goes away, then drain like the primary does."""
     setup_logging(config.log_level, f"w{index}")
     app = App(config)
-    code = app.start_worker(index, relay_sock, relay_ports, text, states, sock, udp_socks, acks_fd)
+    code = app.start_worker(index, relay_sock, relay_ports, text, states, sock, udp_socks, acks_fd, keys)
     if code:
         return code
     app.collector.start()

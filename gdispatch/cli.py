@@ -4,7 +4,8 @@
 ``gdispatch rpc`` calls a control command of the running proxy, as kamcmd does for
 Kamailio. ``gdispatch list check|show|add|rm`` read and edit a dispatcher.list file, as
 kamctl's dispatcher commands do for Kamailio's database table. ``gdispatch plugins`` lists
-the plugins a configuration loads and the hooks each implements.
+the plugins a configuration loads and the hooks each implements. ``gdispatch key`` shows
+and rotates the keys that sign the proxy's Record-Route (gdispatch.recordroute).
 """
 
 from __future__ import annotations
@@ -90,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "plugin's name and the error when one does not, 2 for a configuration error.")
     plugins.add_argument("--config", metavar="FILE",
                          help="TOML configuration file (default: built-in defaults: no plugin file enabled)")
+    key = sub.add_parser(
+        "key", help="show or add the keys that sign the proxy's Record-Route",
+        description="The key file holds the keys that sign the Record-Route of new dialogs, one per line "
+                    "(KEY_ID SECRET): the first signs, every one verifies. 'show' prints the file's place and "
+                    "its key ids (never the secrets); 'add' puts a new key first (creating the file, mode 0600, "
+                    "if missing). A running proxy takes the change on SIGHUP or dispatcher.reload; remove the "
+                    "old key's line once the calls it signed are over. Exit status 0, or 1 with the reason.")
+    key.add_argument("action", choices=("show", "add"))
+    key.add_argument("--config", metavar="FILE", help="take [security].key_file from this configuration file")
     rpc = sub.add_parser(
         "rpc", help="call a control command of the running proxy (like kamcmd)",
         description="Call a control command of the running proxy and print the answer as kamcmd does. "
@@ -277,6 +287,29 @@ def rpc_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     return 0
 
 
+def key_command(args: argparse.Namespace) -> int:
+    from gdispatch.recordroute import KeyFileError, add_key, default_key_path, load_keys
+
+    try:
+        cfg = load(args.config)
+    except ConfigError as e:
+        print(f"gdispatch: configuration error: {e}", file=sys.stderr)
+        return 2
+    path = cfg.security.key_file or default_key_path()
+    try:
+        if args.action == "add":
+            kid = add_key(path)
+            print(f"{path}: new dialogs will be signed with key {kid} once the proxy reloads "
+                  f"(systemctl reload gdispatch, or gdispatch rpc dispatcher.reload)")
+            return 0
+        ring = load_keys(path)
+    except KeyFileError as e:
+        print(f"gdispatch: {e}", file=sys.stderr)
+        return 1
+    print(f"{path}: signing key {ring.signing_id.decode()}; verifying {' '.join(k for k, _ in ring.keys)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -291,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         return rpc_command(args, parser)
     if args.command == "plugins":
         return plugins_command(args)
+    if args.command == "key":
+        return key_command(args)
     if args.command != "run":
         parser.print_help(sys.stderr)
         return 2

@@ -140,6 +140,27 @@ class Overload:
 
 
 @dataclass(frozen=True)
+class Flood:
+    """What one source may cost the proxy; see gdispatch.flood and gdispatch.sockfilter."""
+
+    kernel_filter: bool = True  # the kernel drops UDP datagrams that cannot be SIP
+    source_rate: int = 2000  # datagrams a second one source may send; past it, banned (0: no limit)
+    ban_time: float = 60.0  # how long a banned source is ignored, seconds
+    trusted: tuple[str, ...] = ()  # networks never banned ("10.0.0.0/8"); the list's destinations never are
+
+
+@dataclass(frozen=True)
+class Security:
+    """What may cross the proxy; see gdispatch.recordroute."""
+
+    # The keys that sign our Record-Route ("" = the default place, recordroute.default_key_path).
+    key_file: str = ""
+    # Where a request inside a dialog may go: "destination" (from the caller only to the
+    # dialog's destination, from the callee only if it comes from there) or "any".
+    dialog_next_hop: str = "destination"
+
+
+@dataclass(frozen=True)
 class Config:
     listen: tuple[Listen, ...] = (Listen("udp", "127.0.0.1", 5060), Listen("tcp", "127.0.0.1", 5060))
     domains: tuple[str, ...] = ()
@@ -164,6 +185,12 @@ class Config:
     timers: Timers = Timers()
     probing: Probing = Probing()
     overload: Overload = Overload()
+    security: Security = Security()
+    flood: Flood = Flood()
+    # The Server header of our own answers and the User-Agent of our pings ("" = none):
+    # a product name that does not tell a scanner the version.
+    server_header: str = "gdispatch"
+    user_agent_header: str = "gdispatch"
     plugins: tuple[str, ...] = ()
     hooks_dir: str = "hooks"
     # Each plugin's own table, ``[plugins.<name>]`` → {name: {key: value}}, kept as TOML
@@ -324,11 +351,51 @@ def _probing(t: Any) -> Probing:
     )
 
 
+def _flood(t: Any) -> Flood:
+    where = "[flood]"
+    t = _check_keys(t, {"kernel_filter", "source_rate", "ban_time", "trusted"}, where)
+    d = Flood()
+    kernel_filter = t.get("kernel_filter", d.kernel_filter)
+    if not isinstance(kernel_filter, bool):
+        raise ConfigError(f"{where}.kernel_filter: expected true or false, got {kernel_filter!r}")
+    trusted = []
+    for net in _str_list(t, "trusted", where, '["10.0.0.0/8", "192.0.2.7"]'):
+        try:
+            trusted.append(str(ipaddress.ip_network(net, strict=False)))
+        except ValueError:
+            raise ConfigError(f"{where}.trusted: {net!r} is not an address or a network like 10.0.0.0/8") from None
+    return Flood(
+        kernel_filter=kernel_filter,
+        source_rate=_number(t, "source_rate", where, d.source_rate, integer=True, minimum=0, exclusive=False),
+        ban_time=float(_number(t, "ban_time", where, d.ban_time)),
+        trusted=tuple(trusted),
+    )
+
+
+def _security(t: Any, source: str) -> Security:
+    where = "[security]"
+    t = _check_keys(t, {"key_file", "dialog_next_hop"}, where)
+    key_file = t.get("key_file", "")
+    if not isinstance(key_file, str):
+        raise ConfigError(f"{where}.key_file: expected a file path (\"\" for the default place)")
+    if key_file and source and not os.path.isabs(key_file):
+        key_file = os.path.join(os.path.dirname(os.path.abspath(source)), key_file)
+    rule = t.get("dialog_next_hop", Security.dialog_next_hop)
+    if rule not in ("destination", "any"):
+        raise ConfigError(f"{where}.dialog_next_hop: expected \"destination\" (a request inside a dialog goes "
+                          f"only to the dialog's destination) or \"any\", got {rule!r}")
+    return Security(key_file=key_file, dialog_next_hop=rule)
+
+
 def from_dict(data: dict, source: str = "") -> Config:
     data = _check_keys(data, {"server", "dispatcher", "timers", "dns", "probing", "plugins", "control", "route",
-                              "overload"}, "config")
+                              "overload", "security", "flood"}, "config")
     server = _check_keys(data.get("server", {}), {"listen", "domains", "log_level", "workers", "no_route_reply",
-                                                  "drain_time"}, "[server]")
+                                                  "drain_time", "server_header", "user_agent_header"}, "[server]")
+    for key in ("server_header", "user_agent_header"):
+        v = server.get(key, getattr(Config, key))
+        if not isinstance(v, str) or any(not 32 <= ord(c) < 127 for c in v):
+            raise ConfigError(f"[server].{key}: expected a string of printable ASCII (\"\" for none), got {v!r}")
     listen_v = server.get("listen", [str(x) for x in Config.listen])
     if isinstance(listen_v, str):
         listen_v = [listen_v]
@@ -410,6 +477,8 @@ def from_dict(data: dict, source: str = "") -> Config:
         hold=float(_number(ov, "hold", "[overload]", d_ov.hold, exclusive=False)),
         retry_after=_number(ov, "retry_after", "[overload]", d_ov.retry_after, integer=True, exclusive=False),
     )
+    security = _security(data.get("security", {}), source)
+    flood = _flood(data.get("flood", {}))
     pl = data.get("plugins", {})
     if not isinstance(pl, dict):
         raise ConfigError("[plugins]: expected a table")
@@ -425,7 +494,10 @@ def from_dict(data: dict, source: str = "") -> Config:
         listen=listen, domains=tuple(x.lower() for x in domains), log_level=level,
         workers=_number(server, "workers", "[server]", 1, integer=True, minimum=1, exclusive=False),
         list_file=list_file, load_mode=load_mode, **flags, **seconds,
-        timers=timers, probing=probing, overload=overload, plugins=plugins, hooks_dir=hooks_dir,
+        timers=timers, probing=probing, overload=overload, security=security, flood=flood,
+        server_header=server.get("server_header", Config.server_header),
+        user_agent_header=server.get("user_agent_header", Config.user_agent_header),
+        plugins=plugins, hooks_dir=hooks_dir,
         plugin_settings=plugin_settings,
         routes=routes, no_route_reply=nrr, source=source,
     )

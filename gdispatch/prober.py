@@ -140,11 +140,12 @@ class Prober:
         call_id = f"gdp{self._salt}-{next(self._calls):x}@gdispatch"
         method = settings.method
         uri = dest.uri
+        agent = f"User-Agent: {settings.user_agent}\r\n" if settings.user_agent else ""
 
         def build(via: bytes) -> bytes:
             return (f"{method} {uri} SIP/2.0\r\nVia: ".encode() + via + (
                 f"\r\nMax-Forwards: 70\r\nFrom: <{from_uri}>;tag={tag}\r\nTo: <{uri}>\r\n"
-                f"Call-ID: {call_id}\r\nCSeq: 1 {method}\r\nUser-Agent: gdispatch\r\n"
+                f"Call-ID: {call_id}\r\nCSeq: 1 {method}\r\n{agent}"
                 f"Content-Length: 0\r\n\r\n").encode())
 
         sent_at = self.clock()

@@ -77,6 +77,7 @@ class ProbeSettings:
     reply_codes: frozenset[int] = field(default_factory=frozenset)  # accepted besides 2xx
     latency_alpha: float = 0.1  # EWMA weight of a new sample (Kamailio: alpha/1000)
     mark: str = "threshold"  # traffic failures: "threshold", "inactive" or "off"
+    user_agent: str = "gdispatch"  # the pings' User-Agent ("" = none)
 
     def accepts(self, status: int) -> bool:
         return 200 <= status < 300 or status in self.reply_codes

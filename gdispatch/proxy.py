@@ -40,6 +40,8 @@ from gdispatch.dispatcher.reload import identity
 from gdispatch.message_api import Attempt, FailureAction, RequestView, RouteChoice
 from gdispatch.overload import LoadGuard
 from gdispatch.plugins import PluginHost
+from gdispatch.recordroute import PARAM as SIGNATURE_PARAM
+from gdispatch.recordroute import Keyring, check, packed_address
 from gdispatch.sip import (
     ParseError,
     SipMessage,
@@ -181,6 +183,7 @@ class ResponseContext:
         "counts_load",
         "reply_override",
         "source",
+        "top_via",
         "walk",
     )
 
@@ -204,6 +207,8 @@ class ResponseContext:
         # (code, reason) a plugin chose to answer with instead of the best response.
         self.reply_override: tuple[int, str] | None = None
         self.source: tuple[str, str, int] | None = None  # (transport, ip, port) for plugins
+        # The request's top Via with received/rport, for the answers made here (RFC 3581 §4).
+        self.top_via: bytes | None = None
         # The first attempt sent inline, without a walker greenlet yet: the walker's
         # arguments, kept to start one if that attempt fails (Proxy._dispatch).
         self.walk: tuple | None = None
@@ -213,8 +218,12 @@ class Proxy:
     def __init__(self, config: Config, transports: Transports, scheduler: Scheduler,
                  dispatcher_list: DispatcherList,
                  resolve_now: Callable[[Destination], list[tuple[str, int]]] | None = None,
-                 plugins: PluginHost | None = None):
+                 plugins: PluginHost | None = None, keyring: Keyring | None = None):
         self.config = config
+        # The keys of our Record-Route signatures (gdispatch.recordroute); a reload may
+        # give new ones.
+        self.keyring = keyring or Keyring.ephemeral()
+        self._bind_next_hop = config.security.dialog_next_hop == "destination"
         self.transports = transports
         self.scheduler = scheduler
         self.dlist = dispatcher_list
@@ -243,7 +252,7 @@ class Proxy:
         self.stats: dict[str, int] = dict.fromkeys((
             "requests", "responses", "retransmissions_absorbed", "bad_messages_dropped",
             "bad_requests_answered", "dispatched", "failovers", "no_destination", "local_replies",
-            "stray_responses", "overload_rejected",
+            "stray_responses", "overload_rejected", "in_dialog_refused",
         ), 0)
         self._branch_ids = itertools.count(1)
         self._branch_salt = "%x" % (os.getpid() & 0xFFFF)
@@ -259,9 +268,14 @@ class Proxy:
                 self.local_hostports.add((lst.private.listen.host, lst.private.listen.port))
         self._via_markers = [self._hostport_bytes(h, p) for h, p in self.local_hostports]
         self._via_prefixes: dict = {}  # listener -> b"SIP/2.0/UDP host:port;branch="
-        # The Route values our Record-Route entries come back as: a request whose only
-        # Route is one of them may take the short way (gdispatch.sip.shortway).
-        self._own_routes = frozenset(self._rr_for(lst) for lst in transports.listeners)
+        self._rr_prefixes: dict = {}  # listener -> b"<sip:host:port;lr;gds=" (then the signature and ">")
+        # How the Route values our Record-Route entries come back as begin: a request
+        # whose only Route is one of them may take the short way (gdispatch.sip.shortway).
+        self._own_routes = frozenset(self._rr_prefix(lst) for lst in transports.listeners)
+        self._options_headers = (
+            b"Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY, SUBSCRIBE, MESSAGE",
+            b"Accept: application/sdp",
+        ) + ((b"Server: " + config.server_header.encode(),) if config.server_header else ())
         # The transactions' callbacks, bound once: a bound method made per transaction
         # would be one more object for each to hold while it lingers.
         self._on_server_terminated = self._server_terminated
@@ -378,11 +392,32 @@ class Proxy:
             self._via_prefixes[listener] = prefix
         return prefix + branch.encode()
 
-    def _rr_for(self, listener) -> bytes:
-        lst = listener.public.listen  # the shared address, never a worker's own port
-        host = f"[{lst.host}]" if lst.family_v6 else lst.host
-        tp = ";transport=tcp" if lst.transport == "tcp" else ""
-        return f"<sip:{host}:{lst.port}{tp};lr>".encode()
+    def _rr_prefix(self, listener) -> bytes:
+        """Our Record-Route value for `listener` up to its signature (gdispatch.recordroute):
+        the shared address, never a worker's own port (RFC 3261 §16.6 step 4)."""
+        prefix = self._rr_prefixes.get(listener)
+        if prefix is None:
+            lst = listener.public.listen
+            host = f"[{lst.host}]" if lst.family_v6 else lst.host
+            tp = ";transport=tcp" if lst.transport == "tcp" else ""
+            prefix = self._rr_prefixes[listener] = f"<sip:{host}:{lst.port}{tp};lr;{SIGNATURE_PARAM}=".encode()
+        return prefix
+
+    def _dialog_refused(self, token: bytes | None, msg: SipMessage, source: Source, next_hop_ip: str) -> str:
+        """'' when a request inside a dialog may go on to `next_hop_ip`, else why not
+        (gdispatch.recordroute: our Route entry's signature, the dialog's destination)."""
+        return check(self.keyring, token, msg.call_id, msg.from_tag, msg.to_tag, source.addr[0], next_hop_ip,
+                     self._bind_next_hop)
+
+    def _refuse_in_dialog(self, msg: SipMessage, via: Via, source: Source, why: str,
+                          top_via: bytes | None) -> None:
+        """A request inside a dialog that is not ours to follow: 403, counted, and it
+        goes nowhere (an ACK gets no answer, RFC 3261 §17.2.3)."""
+        self.stats["in_dialog_refused"] += 1
+        if self._debug:
+            log.debug("refused %s call-id=%s from %r: %s", msg.method, msg.call_id, source, why)
+        if msg.method != "ACK":
+            self._refuse(msg, via, source, 403, "Forbidden", top_via=top_via)
 
     @staticmethod
     def _reply_addr(source: Source, via: Via) -> tuple[str, int]:
@@ -430,7 +465,7 @@ class Proxy:
                     return
             else:
                 found = read_in_dialog(data, self._own_routes)
-                if found is not None and self._short_way(found[0], found[1], source):
+                if found is not None and self._short_way(*found, source):
                     return
         try:
             msg = parse_message(data, stream=source.transport != "udp")
@@ -448,15 +483,32 @@ class Proxy:
 
     # ----------------------------------------------------------------- requests
 
-    def _stateless_reply(self, msg: SipMessage, source: Source, status: int, reason: str, headers=()) -> None:
+    def _stateless_reply(self, msg: SipMessage, source: Source, status: int, reason: str, headers=(),
+                         top_via: bytes | None = None) -> None:
+        """Answer without a transaction (Kamailio's sl_send_reply): sent once for each copy
+        of the request that arrives, nothing kept, nothing resent, so that a forged
+        source gets no more bytes than it sent. The To tag is the same for every copy
+        of a request (RFC 3261 §8.2.6.2), and its ACK is absorbed wherever it lands."""
         try:
             via = msg.top_via
-            data = build_response(msg, status, reason, to_tag=self._new_tag(STATELESS_TAG) if status > 100 else None,
-                                  headers=headers)
+            if top_via is None:
+                top_via = self._with_received(via, source)
+            tag = None
+            if status > 100:
+                tag = "%s%08x" % (STATELESS_TAG, zlib.crc32(via.raw + (msg._first("call-id") or b"")))
+            data = build_response(msg, status, reason, to_tag=tag, headers=headers, top_via=top_via)
         except ParseError:
             self.stats["bad_messages_dropped"] += 1
             return
         self.transports.reply(source, self._reply_addr(source, via), data)
+
+    def _refuse(self, msg: SipMessage, via: Via, source: Source, status: int, reason: str, headers=(),
+                top_via: bytes | None = None) -> None:
+        """A new request answered here, before it became a transaction: statelessly
+        (RFC 3261 §16.3 lets a proxy answer a request it will not forward, and a
+        transaction would resend a final to the source 10 times, §17.2.1)."""
+        self.stats["local_replies"] += 1
+        self._stateless_reply(msg, source, status, reason, headers, top_via)
 
     def _server_key(self, msg: SipMessage, via: Via, method: str):
         branch = via.branch
@@ -498,13 +550,14 @@ class Proxy:
         st.on_request_retransmission()
         return True
 
-    def _short_way(self, msg: SipMessage, route: int, source: Source) -> bool:
+    def _short_way(self, msg: SipMessage, route: int, token: bytes, source: Source) -> bool:
         """A request inside a dialog, read by `read_in_dialog` (valid, its only Route our
-        own entry), forwarded to its Request-URI as the general way would: the ACK of a
-        2xx statelessly (RFC 3261 §16.11), another request through a server and a client
-        transaction (§16.4, §16.6). False, with nothing done, for what the general way
-        must see: the ACK of a non-2xx final, a loop, a Request-URI that is ours or a
-        host name."""
+        own entry, signed `token`), forwarded to its Request-URI as the general way
+        would: the ACK of a 2xx statelessly (RFC 3261 §16.11), another request through a
+        server and a client transaction (§16.4, §16.6). False, with nothing done, for
+        what the general way must see: the ACK of a non-2xx final, a loop, a Request-URI
+        that is ours or a host name, a signature that does not let it pass (the general
+        way refuses it)."""
         uri = msg.uri
         host = uri.host
         if not _is_ip(host) or self._is_local_uri(uri):
@@ -519,22 +572,26 @@ class Proxy:
                 return False
             if st is None and self.acks is not None and self._ack_noted_elsewhere(msg, key, source):
                 return True
+            if self._dialog_refused(token, msg, source, host):
+                return False
             self.stats["requests"] += 1
             self._forward_ack(msg, via, source, hop, 1, route)
             return True
         if self._is_loop(msg):
             return False
-        self.stats["requests"] += 1
         key = self._server_key(msg, via, method)
+        if key not in self.server_txns and self._dialog_refused(token, msg, source, host):
+            return False
+        self.stats["requests"] += 1
         if self._absorbed(key):
             return True
         listener = self.transports.listener_for("udp", host)
+        top_via = self._with_received(via, source)
         if listener is None:
-            self._no_listener(self._in_dialog_branch(self._new_server_txn(msg, via, source, key), msg, hop))
+            self._no_listener(self._in_dialog_branch(self._new_server_txn(msg, via, source, key), msg, hop, top_via))
             return True
         branch_id = self._new_branch_id(self._loop_hash(msg))
-        data = forward_in_dialog(msg, route, self._via_for(listener, branch_id),
-                                 self._with_received(via, source))
+        data = forward_in_dialog(msg, route, self._via_for(listener, branch_id), top_via)
         # The request leaves first and the books are kept after: at low load every step
         # before the sendto adds its cold-cache cost to the latency (bench/PROFILE.md,
         # sixth pass). Nothing in between yields, so no response can come before the
@@ -546,7 +603,7 @@ class Proxy:
         except OSError:
             sent = False
         st = self._new_server_txn(msg, via, source, key)
-        branch = self._in_dialog_branch(st, msg, hop)
+        branch = self._in_dialog_branch(st, msg, hop, top_via)
         self._start_branch_transaction(branch, listener, branch_id, data, sent)
         return True
 
@@ -572,48 +629,55 @@ class Proxy:
             ctx.branches = []
 
     def _local_reply(self, st: ServerTransaction, msg: SipMessage, status: int, reason: str,
-                     to_tag: str = "", headers=()) -> None:
+                     to_tag: str = "", headers=(), top_via: bytes | None = None) -> None:
+        """Answer through server transaction `st` (its request went on, or is a CANCEL)."""
         self.stats["local_replies"] += 1
-        st.respond(status, build_response(msg, status, reason, to_tag=to_tag or self._new_tag(), headers=headers))
+        ctx = st.context
+        if top_via is None and ctx is not None:
+            top_via = ctx.top_via
+        st.respond(status, build_response(msg, status, reason, to_tag=to_tag or self._new_tag(), headers=headers,
+                                          top_via=top_via))
 
     def _new_request(self, msg: SipMessage, via: Via, source: Source, key) -> None:
         method = msg.method
+        top_via = self._with_received(via, source)
         if method in DIALOG_CREATING and msg.to_tag is None and not self.guard.admit(
                 self.transports.backlog(), self.calls_in_setup):
             # Past capacity (gdispatch.overload): a new call is turned away before it
             # costs a transaction; what was accepted carries on.
             self.stats["overload_rejected"] += 1
-            self._stateless_reply(msg, source, 503, "Overloaded", headers=self._retry_after)
+            self._refuse(msg, via, source, 503, "Overloaded", self._retry_after, top_via)
             return
-        st = self._new_server_txn(msg, via, source, key)
-        self._proxy_new(st, msg, via, source)
-        if method == "INVITE" and st.last_status == 0:
+        st = self._proxy_new(msg, via, source, key, top_via)
+        if st is not None and method == "INVITE" and st.last_status == 0:
             # RFC 3261 §16.2, §17.2.1: a 100 quenches the caller's retransmissions. It
             # goes once the INVITE is on its way (or its walker started), so that the
             # forwarding does not wait for it; an INVITE answered here gets its final
             # alone, as from Kamailio's sl_send_reply.
-            st.respond(100, build_response(msg, 100, "Trying"))
+            st.respond(100, build_response(msg, 100, "Trying", top_via=top_via))
 
-    def _proxy_new(self, st: ServerTransaction, msg: SipMessage, via: Via, source: Source) -> None:
-        """Check, route and dispatch a new request (RFC 3261 §16.3-16.6), or answer it."""
+    def _proxy_new(self, msg: SipMessage, via: Via, source: Source, key, top_via: bytes | None
+                   ) -> ServerTransaction | None:
+        """Check, route and dispatch a new request (RFC 3261 §16.3-16.6), or answer it.
+        Only a request that goes on gets a server transaction (returned); one answered
+        here is answered statelessly (`_refuse`)."""
         method = msg.method
         mf = msg.max_forwards
         try:
             ruri = msg.uri
         except ParseError as e:
-            self._local_reply(st, msg, e.status, e.reason)
-            return
+            self._refuse(msg, via, source, e.status, e.reason, top_via=top_via)
+            return None
         if mf is not None and mf <= 0:
             # RFC 3261 §16.3 step 3; an OPTIONS with Max-Forwards 0 asks about us (§11).
             if method == "OPTIONS":
-                self._answer_options(st, msg)
+                self._answer_options(msg, via, source, top_via)
             else:
-                self._local_reply(st, msg, 483, "Too Many Hops")
-            return
+                self._refuse(msg, via, source, 483, "Too Many Hops", top_via=top_via)
+            return None
         if self._is_loop(msg):
-            self._local_reply(st, msg, 482, "Loop Detected")
-            return
-        top_via = self._with_received(via, source)
+            self._refuse(msg, via, source, 482, "Loop Detected", top_via=top_via)
+            return None
         routes = msg.routes if msg.has("route") else []
         # RFC 3261 §16.4: a strict router put our Record-Route URI in the Request-URI.
         strict = bool(routes) and self._is_local_uri(ruri) and "lr" in ruri.params
@@ -622,50 +686,52 @@ class Proxy:
             while popped < len(routes) and self._is_local_uri(routes[popped].uri):
                 popped += 1
         if msg.to_tag is not None:
-            self._in_dialog(msg, st, source, ruri, routes, popped, strict, top_via)
-            return
+            return self._in_dialog(msg, via, source, key, ruri, routes, popped, strict, top_via)
         # Out of dialog.
         if popped < len(routes) or strict:
-            self._local_reply(st, msg, 403, "Relaying Forbidden")
-            return
+            self._refuse(msg, via, source, 403, "Relaying Forbidden", top_via=top_via)
+            return None
         local = self._is_local_uri(ruri)
         if local and method == "OPTIONS" and ruri.user is None:
-            self._answer_options(st, msg)
-            return
+            self._answer_options(msg, via, source, top_via)
+            return None
         route = self._match_route(msg, ruri, source)
         if route is None or not (local or route.domains or route.relay):
             # No open relay: a request for a domain that is neither ours nor named by a
             # route is refused.
             if not local:
-                self._local_reply(st, msg, 403, "Relaying Forbidden")
+                self._refuse(msg, via, source, 403, "Relaying Forbidden", top_via=top_via)
             else:
-                self._local_reply(st, msg, self.config.no_route_reply, "No Route")
-            return
+                self._refuse(msg, via, source, self.config.no_route_reply, "No Route", top_via=top_via)
+            return None
         if route.reply:
-            self._local_reply(st, msg, route.reply, route.reply_reason or "Rejected")
-            return
+            self._refuse(msg, via, source, route.reply, route.reply_reason or "Rejected", top_via=top_via)
+            return None
         if self.draining:
-            self._local_reply(st, msg, 503, "Shutting Down", headers=(b"Retry-After: 5",))
-            return
+            self._refuse(msg, via, source, 503, "Shutting Down", (b"Retry-After: 5",), top_via)
+            return None
         dset = self.dlist.get(route.set)
         options = self._select_options.get(id(route)) or self._default_options
         candidates = select(dset, route.algorithm, msg, route.limit, options) if dset is not None else []
         if not candidates:
             self.stats["no_destination"] += 1
             self._warn_no_destination(route.set, method, msg)
-            self._local_reply(st, msg, route.no_destination_reply, "No Destination Available")
-            return
+            self._refuse(msg, via, source, route.no_destination_reply, "No Destination Available", top_via=top_via)
+            return None
         if self._debug:
             log.debug("dispatch %s call-id=%s route=%s set=%d alg=%d -> %s", method,
                       msg.call_id.decode(errors="replace"), route.name or "-", route.set, route.algorithm,
                       " ".join(d.uri for d in candidates))
         self.stats["dispatched"] += 1
+        st = self._new_server_txn(msg, via, source, key)
         ctx = ResponseContext(self, st, msg, route)
         ctx.to_tag = self._new_tag()
         ctx.source = (source.transport, source.addr[0], source.addr[1])
+        ctx.top_via = top_via
         st.context = ctx
         self.calls_in_setup += 1  # until the walk ends
         self._dispatch(ctx, (candidates, source, top_via, popped, method in DIALOG_CREATING))
+        return st
 
     def _warn_no_destination(self, setid: int, method: str, msg: SipMessage) -> None:
         """At most one warning a second per set: a whole set down at thousands of calls a
@@ -695,10 +761,10 @@ class Proxy:
                 return r
         return None
 
-    def _answer_options(self, st: ServerTransaction, msg: SipMessage) -> None:
-        self._local_reply(st, msg, 200, "OK", headers=(
-            b"Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY, SUBSCRIBE, MESSAGE",
-            b"Accept: application/sdp", b"Server: gdispatch"))
+    def _answer_options(self, msg: SipMessage, via: Via, source: Source, top_via: bytes | None) -> None:
+        """An OPTIONS for the proxy itself (RFC 3261 §11), answered statelessly: a scanner
+        sweeping addresses with OPTIONS leaves no transaction behind."""
+        self._refuse(msg, via, source, 200, "OK", self._options_headers, top_via)
 
     def _is_loop(self, msg: SipMessage) -> bool:
         """RFC 3261 §16.3 step 4: a Via of ours whose branch carries this request's hash."""
@@ -731,47 +797,58 @@ class Proxy:
         sa = infos[0][4]
         return transport, (sa[0], sa[1])
 
-    def _in_dialog(self, msg: SipMessage, st: ServerTransaction, source: Source, ruri: SipUri, routes,
-                   popped: int, strict: bool, top_via: bytes | None) -> None:
-        """Loose routing of a request inside a dialog (RFC 3261 §16.4, §16.6 step 6)."""
+    def _in_dialog(self, msg: SipMessage, via: Via, source: Source, key, ruri: SipUri, routes, popped: int,
+                   strict: bool, top_via: bytes | None) -> ServerTransaction | None:
+        """Loose routing of a request inside a dialog (RFC 3261 §16.4, §16.6 step 6), for
+        the dialogs this proxy record-routed only (gdispatch.recordroute)."""
         new_ruri = None
         add_headers: list[bytes] = []
         remove = ()
         if strict:
             # Our URI is the Request-URI: the last Route is the real target (§16.4).
+            token = ruri.params.get(SIGNATURE_PARAM)
             new_ruri = routes[-1].uri_raw
             remove = ("route",)
             add_headers = [b"Route: " + r.raw for r in routes[:-1]]
             target = routes[-1].uri
             popped = 0
         elif popped == 0:
-            self._local_reply(st, msg, 404, "Not Here")
-            return
-        elif popped < len(routes):
-            target = routes[popped].uri
-            if "lr" not in target.params:
-                # The next hop is a strict router (§16.6 step 6): it gets the route as
-                # Request-URI and the Request-URI goes to the end of the route set.
-                new_ruri = routes[popped].uri_raw
-                remove = ("route",)
-                add_headers = [b"Route: " + r.raw for r in routes[popped + 1:]] + [b"Route: <" + msg.ruri + b">"]
-                popped = 0
+            self._refuse(msg, via, source, 404, "Not Here", top_via=top_via)
+            return None
         else:
-            target = ruri
+            token = next((t for t in (r.uri.params.get(SIGNATURE_PARAM) for r in routes[:popped]) if t), None)
+            if popped < len(routes):
+                target = routes[popped].uri
+                if "lr" not in target.params:
+                    # The next hop is a strict router (§16.6 step 6): it gets the route as
+                    # Request-URI and the Request-URI goes to the end of the route set.
+                    new_ruri = routes[popped].uri_raw
+                    remove = ("route",)
+                    add_headers = [b"Route: " + r.raw for r in routes[popped + 1:]] + [b"Route: <" + msg.ruri + b">"]
+                    popped = 0
+            else:
+                target = ruri
         hop = self._next_hop(target)
         if hop is None:
-            self._local_reply(st, msg, 476, "Unresolvable Destination")
-            return
-        branch = self._in_dialog_branch(st, msg, hop)
+            self._refuse(msg, via, source, 476, "Unresolvable Destination", top_via=top_via)
+            return None
+        why = self._dialog_refused(token.encode() if token else None, msg, source, hop[1][0])
+        if why:
+            self._refuse_in_dialog(msg, via, source, why, top_via)
+            return None
+        st = self._new_server_txn(msg, via, source, key)
+        branch = self._in_dialog_branch(st, msg, hop, top_via)
         self._send_branch(branch, source, top_via, popped, record=False, new_ruri=new_ruri,
                           add_headers=add_headers, remove=remove)
+        return st
 
-    def _in_dialog_branch(self, st: ServerTransaction, msg: SipMessage, hop) -> Branch:
+    def _in_dialog_branch(self, st: ServerTransaction, msg: SipMessage, hop, top_via: bytes | None) -> Branch:
         """The single branch of a request inside a dialog, to `hop`; a BYE ends the call
         for the call-load counts."""
         if msg.method == "BYE":
             self.calls.ended(msg.call_id)
         ctx = ResponseContext(self, st, msg, None)
+        ctx.top_via = top_via
         st.context = ctx
         branch = Branch(ctx, None, hop)
         ctx.branches.append(branch)
@@ -810,6 +887,11 @@ class Proxy:
         target = routes[popped].uri if popped < len(routes) else ruri
         hop = self._next_hop(target)
         if hop is None:
+            return
+        token = next((t for t in (r.uri.params.get(SIGNATURE_PARAM) for r in routes[:popped]) if t), None)
+        why = self._dialog_refused(token.encode() if token else None, msg, source, hop[1][0])
+        if why:
+            self._refuse_in_dialog(msg, via, source, why, None)
             return
         self._forward_ack(msg, via, source, hop, popped)
 
@@ -859,17 +941,19 @@ class Proxy:
             cst.on_request_retransmission()
             return
         st = self.server_txns.get(self._server_key(msg, via, "INVITE"))
-        cst = self._new_server_txn(msg, via, source, key)
+        top_via = self._with_received(via, source)
         if st is None:
-            self._local_reply(cst, msg, 481, "Call/Transaction Does Not Exist")
+            # Nothing to cancel: answered statelessly, as any request refused here.
+            self._refuse(msg, via, source, 481, "Call/Transaction Does Not Exist", top_via=top_via)
             return
         # RFC 3261 §16.10: answer the CANCEL ourselves, then cancel every pending branch.
-        self._local_reply(cst, msg, 200, "OK", to_tag=(st.context.to_tag if st.context else ""))
+        cst = self._new_server_txn(msg, via, source, key)
+        self._local_reply(cst, msg, 200, "OK", to_tag=(st.context.to_tag if st.context else ""), top_via=top_via)
         ctx = st.context
         if ctx is not None:
             self._cancel_context(ctx)
         elif st.last_status < 200:
-            self._local_reply(st, msg, 487, "Request Terminated")
+            self._local_reply(st, msg, 487, "Request Terminated", top_via=top_via)
 
     # ----------------------------------------------------------------- forwarding
 
@@ -1034,11 +1118,14 @@ class Proxy:
         branch_id = self._new_branch_id(self._loop_hash(msg))
         rr: tuple[bytes, ...] = ()
         if record:
-            rr = (self._rr_for(listener),)
+            # Signed for this dialog and its destination (gdispatch.recordroute).
+            signature = self.keyring.token(msg.call_id, msg.from_tag or b"",
+                                           packed_address(addr[0]) if self._bind_next_hop else b"") + b">"
+            rr = (self._rr_prefix(listener) + signature,)
             if listener.public is not source.listener.public:
                 # Double record-routing: each side of the dialog needs the address it can
                 # reach us on (the two listeners differ in transport or address).
-                rr = (self._rr_for(listener), self._rr_for(source.listener))
+                rr += (self._rr_prefix(source.listener) + signature,)
         mf = msg.max_forwards
         data = forward_request(msg, via=self._via_for(listener, branch_id), ruri=new_ruri,
                                max_forwards=69 if mf is None else mf - 1, record_route=rr,

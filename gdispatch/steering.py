@@ -33,11 +33,39 @@ takes.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import operator
 import socket
-import struct
+
+from gdispatch.bpf import (
+    ABS,
+    ADD,
+    ALU,
+    IMM,
+    IND,
+    JA,
+    JEQ,
+    JGE,
+    JMP,
+    LD,
+    LDX,
+    LEN,
+    MEM,
+    MISC,
+    MOD,
+    MUL,
+    RET,
+    RET_A,
+    ST,
+    STX,
+    TAX,
+    TXA,
+    B,
+    K,
+    W,
+    X,
+    setsockopt_program,
+)
 
 SO_ATTACH_REUSEPORT_CBPF = 51  # Linux, include/uapi/asm-generic/socket.h
 SCANS = (1024, 512, 384, 256, 192, 128)  # payload bytes searched for "Call-ID:", longest first
@@ -45,16 +73,6 @@ HASHED = 32  # bytes of the Call-ID value the owner is computed from
 NO_CHOICE = 0xFFFFFFFF  # an index past the group: the kernel falls back to its hash
 ACK = b"ACK "  # how an ACK starts: the request line (RFC 3261 §7.1)
 
-# Classic BPF opcodes (linux/bpf_common.h, linux/filter.h).
-_LD, _LDX, _ST, _STX, _ALU, _JMP, _RET, _MISC = 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07
-_W, _B = 0x00, 0x10
-_IMM, _ABS, _IND, _MEM, _LEN = 0x00, 0x20, 0x40, 0x60, 0x80
-_JA, _JEQ, _JGE = 0x00, 0x10, 0x30
-_K, _X = 0x00, 0x08
-_ADD, _MUL, _MOD = 0x00, 0x20, 0x90
-_TAX, _TXA = 0x00, 0x80
-_RET_A = 0x10
-_INSN = struct.Struct("HBBI")  # struct sock_filter: code, jt, jf, k
 _GROUP = 8  # words searched after one check of the datagram's length
 _NAME = b"Call-ID:"
 # The word read at an offset 4k that starts d bytes into "Call-ID:", for d = 3, 2, 1, 0:
@@ -93,10 +111,10 @@ def program(n: int, scan: int = SCANS[0]) -> list[tuple[int, int, int, int]]:
     belongs (gdispatch.workers: `Relay.steer`), as without the program.
     """
     # M[1] = 1 for an ACK, else 0: added to the owner at the end (`worker_for`).
-    prog: list = [(_LD | _IMM, 0, 0, 0), (_ST, 0, 0, 1),
-                  (_LD | _W | _LEN, 0, 0, 0), (_JMP | _JGE | _K, 1, 0, 4), (_RET | _K, 0, 0, NO_CHOICE),
-                  (_LD | _W | _ABS, 0, 0, 0), (_JMP | _JEQ | _K, 0, 2, int.from_bytes(ACK, "big")),
-                  (_LD | _IMM, 0, 0, 1), (_ST, 0, 0, 1)]
+    prog: list = [(LD | IMM, 0, 0, 0), (ST, 0, 0, 1),
+                  (LD | W | LEN, 0, 0, 0), (JMP | JGE | K, 1, 0, 4), (RET | K, 0, 0, NO_CHOICE),
+                  (LD | W | ABS, 0, 0, 0), (JMP | JEQ | K, 0, 2, int.from_bytes(ACK, "big")),
+                  (LD | IMM, 0, 0, 1), (ST, 0, 0, 1)]
     jumps: list[int] = []  # positions of the jumps to `found`, filled in below
     words = scan // 4
     for w in range(words):
@@ -105,43 +123,43 @@ def program(n: int, scan: int = SCANS[0]) -> list[tuple[int, int, int, int]]:
             # A load past the end would end the program with 0 (worker 0 for every short
             # datagram): the next words are read only if they are there.
             last = 4 * (min(w + _GROUP, words) - 1)
-            prog += [(_LD | _W | _LEN, 0, 0, 0), (_JMP | _JGE | _K, 1, 0, last + 4), (_RET | _K, 0, 0, NO_CHOICE)]
-        prog.append((_LD | _W | _ABS, 0, 0, pos))
+            prog += [(LD | W | LEN, 0, 0, 0), (JMP | JGE | K, 1, 0, last + 4), (RET | K, 0, 0, NO_CHOICE)]
+        prog.append((LD | W | ABS, 0, 0, pos))
         starts = [(word, pos - d) for d, word in _CROSSINGS if pos - d >= 0]
         m = len(starts)
         # Compare with each crossing (the earliest start first); a match jumps to its
         # stub below, which sets X to where the name would start.
-        prog += [(_JMP | _JEQ | _K, m + i, 0, word) for i, (word, _start) in enumerate(starts)]
-        prog.append((_JMP | _JA, 0, 0, 2 * m))
+        prog += [(JMP | JEQ | K, m + i, 0, word) for i, (word, _start) in enumerate(starts)]
+        prog.append((JMP | JA, 0, 0, 2 * m))
         for _word, start in starts:
-            prog.append((_LDX | _W | _IMM, 0, 0, start))
+            prog.append((LDX | W | IMM, 0, 0, start))
             jumps.append(len(prog))
             prog.append(None)
-    prog.append((_RET | _K, 0, 0, NO_CHOICE))
+    prog.append((RET | K, 0, 0, NO_CHOICE))
     found = len(prog)
     for j in jumps:
-        prog[j] = (_JMP | _JA, 0, 0, found - j - 1)
+        prog[j] = (JMP | JA, 0, 0, found - j - 1)
     # X = where the name would start: the whole name, then one optional space.
-    prog += [(_LD | _W | _IND, 0, 0, 0), (_JMP | _JEQ | _K, 1, 0, int.from_bytes(_NAME[:4], "big")),
-             (_RET | _K, 0, 0, NO_CHOICE),
-             (_LD | _W | _IND, 0, 0, 4), (_JMP | _JEQ | _K, 1, 0, int.from_bytes(_NAME[4:], "big")),
-             (_RET | _K, 0, 0, NO_CHOICE),
-             (_LD | _B | _IND, 0, 0, 8), (_JMP | _JEQ | _K, 0, 3, 0x20),
-             (_MISC | _TXA, 0, 0, 0), (_ALU | _ADD | _K, 0, 0, 1), (_MISC | _TAX, 0, 0, 0),
-             (_STX, 0, 0, 2),  # M[2] = X (the loads below go through X; the hash needs it)
-             (_LD | _IMM, 0, 0, 0), (_ST, 0, 0, 0)]  # M[0] = hash
+    prog += [(LD | W | IND, 0, 0, 0), (JMP | JEQ | K, 1, 0, int.from_bytes(_NAME[:4], "big")),
+             (RET | K, 0, 0, NO_CHOICE),
+             (LD | W | IND, 0, 0, 4), (JMP | JEQ | K, 1, 0, int.from_bytes(_NAME[4:], "big")),
+             (RET | K, 0, 0, NO_CHOICE),
+             (LD | B | IND, 0, 0, 8), (JMP | JEQ | K, 0, 3, 0x20),
+             (MISC | TXA, 0, 0, 0), (ALU | ADD | K, 0, 0, 1), (MISC | TAX, 0, 0, 0),
+             (STX, 0, 0, 2),  # M[2] = X (the loads below go through X; the hash needs it)
+             (LD | IMM, 0, 0, 0), (ST, 0, 0, 0)]  # M[0] = hash
     ends: list[int] = []
     for b in range(HASHED):
-        prog += [(_LDX | _W | _MEM, 0, 0, 2), (_LD | _B | _IND, 0, 0, 8 + b)]
+        prog += [(LDX | W | MEM, 0, 0, 2), (LD | B | IND, 0, 0, 8 + b)]
         ends.append(len(prog))
         prog.append(None)  # CR: the value ended
-        prog += [(_MISC | _TAX, 0, 0, 0), (_LD | _MEM, 0, 0, 0), (_ALU | _MUL | _K, 0, 0, 31),
-                 (_ALU | _ADD | _X, 0, 0, 0), (_ST, 0, 0, 0)]
+        prog += [(MISC | TAX, 0, 0, 0), (LD | MEM, 0, 0, 0), (ALU | MUL | K, 0, 0, 31),
+                 (ALU | ADD | X, 0, 0, 0), (ST, 0, 0, 0)]
     done = len(prog)
     for j in ends:
-        prog[j] = (_JMP | _JEQ | _K, done - j - 1, 0, 0x0D)
-    prog += [(_LD | _MEM, 0, 0, 0), (_ALU | _MOD | _K, 0, 0, n), (_MISC | _TAX, 0, 0, 0),
-             (_LD | _MEM, 0, 0, 1), (_ALU | _ADD | _X, 0, 0, 0), (_ALU | _MOD | _K, 0, 0, n), (_RET | _RET_A, 0, 0, 0)]
+        prog[j] = (JMP | JEQ | K, done - j - 1, 0, 0x0D)
+    prog += [(LD | MEM, 0, 0, 0), (ALU | MOD | K, 0, 0, n), (MISC | TAX, 0, 0, 0),
+             (LD | MEM, 0, 0, 1), (ALU | ADD | X, 0, 0, 0), (ALU | MOD | K, 0, 0, n), (RET | RET_A, 0, 0, 0)]
     assert len(prog) <= 4096 and all(jt <= 255 and jf <= 255 for _c, jt, jf, _k in prog)
     return prog
 
@@ -153,12 +171,8 @@ def attach(sock: socket.socket, n: int) -> tuple[int, OSError | None]:
     `net.core.optmem_max` below even the shortest)."""
     error: OSError | None = None
     for scan in SCANS:
-        code = b"".join(_INSN.pack(*insn) for insn in program(n, scan))
-        buf = ctypes.create_string_buffer(code, len(code))
-        fprog = struct.pack("HP", len(code) // _INSN.size, ctypes.addressof(buf))  # struct sock_fprog
         try:
-            # The kernel copies the program before setsockopt returns: `buf` may go.
-            sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+            setsockopt_program(sock, SO_ATTACH_REUSEPORT_CBPF, program(n, scan))
         except OSError as e:
             error = e
             if e.errno != errno.ENOMEM:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import gevent
 from gevent import get_hub
 
-from gdispatch import steering
+from gdispatch import sockfilter, steering
 from gdispatch.config import Listen
 from gdispatch.sip import MAX_MESSAGE_SIZE, ParseError, frame_stream
 
@@ -36,6 +36,10 @@ YIELD_EVERY = 32  # datagrams a receiver handles in a row before it lets other g
 
 
 _UNREACHABLE = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN)
+# A UDP socket's pending ICMP error is returned by its next sendto; read the error queue
+# and send again this many times before the error is taken as this datagram's own.
+_SEND_TRIES = 3
+_ERRQUEUE_READS = 1024  # per drain: bounded, the rest is read at the next one
 
 
 class TransportError(OSError):
@@ -98,7 +102,7 @@ def run_receiver(receiver, sock: socket.socket, size: int, handle: Callable[[byt
     """The loop of a datagram socket's receiver greenlet: read every datagram and hand it
     to `handle(data, addr)` inline (no greenlet per datagram), wait on the hub when the
     socket is empty. `receiver.queue_delay` follows how long datagrams waited (sampled on
-    the first after each wait and every YIELD_EVERY), and every YIELD_EVERY datagrams
+    the first after each wait, but the first of all, and every YIELD_EVERY), and every YIELD_EVERY datagrams
     the loop lets the other greenlets run: a socket that never runs dry must not starve
     the timers, the dispatch greenlets and the other sockets. `take_twin()`, called
     when the socket is found empty, handles a datagram waiting in another socket of this
@@ -107,7 +111,10 @@ def run_receiver(receiver, sock: socket.socket, size: int, handle: Callable[[byt
     hub = get_hub()
     watcher = hub.loop.io(sock.fileno(), 1)
     recvfrom = sock.recvfrom
-    streak = 0
+    # Not sampled: the first datagram, which may have waited while the socket was not read
+    # yet (a worker starting up), which says nothing of how far behind the proxy is.
+    streak = 1
+    woken = False
     while True:
         try:
             if streak == 0 and sample:
@@ -116,8 +123,15 @@ def run_receiver(receiver, sock: socket.socket, size: int, handle: Callable[[byt
                 data, addr = recvfrom(size)
         except BlockingIOError:
             receiver.queue_delay = 0.0
+            if woken and on_unreachable is not None:
+                # Woken with nothing to read: the twin took the datagram, or an ICMP
+                # error waits in the error queue, which keeps the socket readable
+                # (EPOLLERR) until it is read: without this the loop would spin.
+                on_unreachable()
+            woken = False
             if take_twin is None or not take_twin():
                 hub.wait(watcher)
+                woken = True
                 streak = 0
                 continue
         except OSError as e:
@@ -127,6 +141,7 @@ def run_receiver(receiver, sock: socket.socket, size: int, handle: Callable[[byt
                 on_unreachable()
             continue
         else:
+            woken = False
             try:
                 handle(data, addr)
             except Exception:
@@ -201,9 +216,13 @@ class UdpListener:
                      sample=self.public is self, take_twin=twin.take_one if twin is not None else None)
 
     def _handle(self, data: bytes, addr) -> None:
+        owner = self.owner
+        admit = owner.admit
+        if admit is not None and not admit(addr[0]):
+            return  # a source past its rate (gdispatch.flood)
         steer = self.steer
         if steer is None or not steer(data, addr, self):
-            self.owner.on_message(data, Source("udp", (addr[0], addr[1]), self))
+            owner.on_message(data, Source("udp", (addr[0], addr[1]), self))
 
     def take_one(self) -> bool:
         """Handle one datagram if one waits in the socket (for the twin's receiver, about
@@ -224,29 +243,55 @@ class UdpListener:
             log.exception("error handling a datagram from %s", addr)
         return True
 
-    def _drain_errors(self) -> None:
+    def _drain_errors(self, defer: bool = False) -> None:
         """ICMP errors (port or host unreachable) queued by IP_RECVERR: each names the
-        address a datagram of ours could not reach, which the owner reports at once."""
-        for _ in range(64):
+        address a datagram of ours could not reach, which the owner is told of: at once,
+        or (`defer`, from inside a send) from the event loop's next turn, so that what
+        the news sets off does not run in the middle of the send that met it.
+        Reading the queue to its end also clears the socket's pending error, which the
+        kernel would otherwise return to the next sendto, whatever its address."""
+        found = []
+        for _ in range(_ERRQUEUE_READS):
             try:
                 _data, _anc, _flags, addr = self.sock.recvmsg(512, 512, socket.MSG_ERRQUEUE)
-            except (BlockingIOError, InterruptedError):
-                return
             except OSError:
-                return
+                break  # empty (EAGAIN), or the socket is closing
             if addr:
-                try:
-                    self.owner.unreachable((addr[0], addr[1]))
-                except Exception:
-                    log.exception("error handling an ICMP error for %s", addr)
+                found.append((addr[0], addr[1]))
+        if not found:
+            return
+        if defer:
+            get_hub().loop.run_callback(self._report_unreachable, found)
+        else:
+            self._report_unreachable(found)
+
+    def _report_unreachable(self, found: list[tuple[str, int]]) -> None:
+        for addr in found:
+            try:
+                self.owner.unreachable(addr)
+            except Exception:
+                log.exception("error handling an ICMP error for %s", addr)
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
-        try:
-            self.sock.sendto(data, addr)
-        except BlockingIOError:
-            # The kernel buffer is full: drop, as the network would; SIP over UDP
-            # retransmits (RFC 3261 §17).
-            self.owner.stats["udp_send_dropped"] = self.owner.stats.get("udp_send_dropped", 0) + 1
+        """Send one datagram. An ICMP error that came back for an earlier datagram is
+        returned by the kernel to this call, whatever `addr` is, and this datagram is
+        not sent: the error is charged to the address it names (`_drain_errors`) and
+        the datagram sent again."""
+        for attempt in range(_SEND_TRIES):
+            try:
+                self.sock.sendto(data, addr)
+                return
+            except BlockingIOError:
+                # The kernel buffer is full: drop, as the network would; SIP over UDP
+                # retransmits (RFC 3261 §17).
+                self.owner.stats["udp_send_dropped"] = self.owner.stats.get("udp_send_dropped", 0) + 1
+                return
+            except OSError as e:
+                if e.errno not in _UNREACHABLE:
+                    raise
+                self._drain_errors(defer=True)
+                if attempt == _SEND_TRIES - 1:
+                    raise
 
     def close(self) -> None:
         if self.greenlet is not None:
@@ -529,12 +574,18 @@ class Transports:
     """All listeners, the TCP connection table, and sending."""
 
     def __init__(self, listens: tuple[Listen, ...], on_message: Callable[[bytes, Source], None], *,
-                 shared: bool = False, udp_socks: dict[int, socket.socket] | None = None):
+                 shared: bool = False, udp_socks: dict[int, socket.socket] | None = None,
+                 kernel_filter: bool = False):
         """`shared`: one of several workers on the same listen addresses (SO_REUSEPORT);
         each UDP listener then gets a private twin on an ephemeral port of the same IP,
         which sends this worker's requests and receives their responses. `udp_socks`:
-        this worker's sockets of `shared_udp_sockets`, by position in `listens`."""
+        this worker's sockets of `shared_udp_sockets`, by position in `listens`.
+        `kernel_filter`: the kernel drops what cannot be SIP (gdispatch.sockfilter)."""
         self.on_message = on_message
+        # Whether a datagram from an IP address may be read (gdispatch.flood), or None.
+        self.admit: Callable[[str], bool] | None = None
+        self.kernel_filter = kernel_filter
+        self.filter_error: OSError | None = None  # the kernel's refusal of the filter
         # Called with (ip, port) when an ICMP error says a datagram could not reach it.
         self.on_unreachable: Callable[[tuple[str, int]], None] | None = None
         self.stats: dict[str, int] = {}
@@ -557,6 +608,21 @@ class Transports:
         # Where new requests queue up: the UDP listen sockets (gdispatch.workers adds its
         # relay). Each has `queue_delay`.
         self.request_receivers: list = [lst for lst in self.listeners if lst.transport == "udp"]
+        if kernel_filter:
+            self.set_banned([])
+
+    def set_banned(self, sources: list[str]) -> None:
+        """Give every UDP socket the kernel filter (gdispatch.sockfilter) dropping junk
+        and what `sources` send; without `kernel_filter`, nothing."""
+        if not self.kernel_filter:
+            return
+        for lst in self._sockets():
+            if lst.transport == "udp":
+                error = sockfilter.attach(lst.sock, lst.listen.family_v6, sources)
+                if error is not None and self.filter_error is None:
+                    self.filter_error = error
+                    log.warning("the kernel does not take the socket filter (%s): junk and banned sources "
+                                "are dropped after they are read", error.strerror or error)
 
     def _sockets(self) -> list[UdpListener | TcpListener]:
         return [x for lst in self.listeners for x in (lst, lst.private) if x is not None]

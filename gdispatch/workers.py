@@ -45,11 +45,13 @@ Probing, the list watcher, SIGHUP, the control socket and sd_notify: one state p
 destination, as the operator sees it. It tells the others, over a socketpair per child
 (`Channel`, pickled tuples):
 
-- ``("hello", config, index, relay_fd, relay_ports, listen_fds, list_text, states, acks_fd)``
-  once, at start (the file descriptors are inherited);
+- ``("hello", config, index, relay_fd, relay_ports, listen_fds, list_text, states, acks_fd, keys)``
+  once, at start (the file descriptors are inherited; `keys`, the dialog keys of
+  gdispatch.recordroute, so that every worker signs and verifies alike);
 - ``("list", text, reason, states)``: the list it swapped in (start, reload, RPC add or
   remove), with every destination's state;
 - ``("state", key, flags)``: a destination's new state (ping, traffic failure, set_state);
+- ``("keys", keys)``: the dialog keys, read again on a reload;
 - ``("latency", {key: ms})`` every second, for the latency algorithm (11);
 - ``("stop",)``: drain and exit.
 
@@ -417,12 +419,12 @@ def child_main(argv: list[str]) -> int:
     if not hello or hello[0] != "hello":
         print("gdispatch worker: no hello from the primary", file=sys.stderr)
         return 2
-    _, config, index, relay_fd, relay_ports, listen_fds, list_text, states, acks_fd = hello
+    _, config, index, relay_fd, relay_ports, listen_fds, list_text, states, acks_fd, keys = hello
     from gdispatch.app import run_worker
 
     udp_socks = {i: socket.socket(fileno=fd) for i, fd in listen_fds.items()}
     return run_worker(config, index, socket.socket(fileno=relay_fd), relay_ports, list_text, states, sock,
-                      udp_socks, acks_fd)
+                      udp_socks, acks_fd, keys)
 
 
 if __name__ == "__main__":

@@ -38,14 +38,16 @@ _START = re.compile(rb"(ACK|BYE|INFO|UPDATE|PRACK|NOTIFY|MESSAGE|REFER|OPTIONS) 
 _STATUS = re.compile(rb"SIP/2\.0 ([1-6][0-9][0-9])(?: ([^\r\n]*))?\r\n")
 _CSEQ = re.compile(rb"([0-9]{1,10}) ([A-Z]+)\Z")
 _SINGLE = ("from", "to", "call-id", "cseq")
+_TOKEN = re.compile(rb"[A-Za-z0-9._-]+")  # the value that ends our Route entry
 
 
-def read_in_dialog(data: bytes, own_routes: frozenset[bytes]) -> tuple[SipMessage, int] | None:
+def read_in_dialog(data: bytes, own_routes: frozenset[bytes]) -> tuple[SipMessage, int, bytes] | None:
     """`data` (a datagram) as a validated SipMessage whose cached fields are filled in
-    (top_via, call_id, cseq, max_forwards, uri, the tags of all but an ACK), with the
-    index of its Route line, when it is a request inside a dialog of the usual shape
-    whose only Route is one of `own_routes` (the values this proxy puts in
-    Record-Route); else None."""
+    (top_via, call_id, cseq, max_forwards, uri, the tags), with the
+    index of its Route line and the last parameter's value of that Route, when it is a
+    request inside a dialog of the usual shape whose only Route is one of the values this
+    proxy puts in Record-Route: one of `own_routes`, which end with ``NAME=``, then a
+    value and ``>``; else None."""
     if b"\nRoute:" not in data:
         # No Route as the usual shape writes it (the ACK of a failed call has none): the
         # general way, before any work is spent here.
@@ -71,7 +73,10 @@ def read_in_dialog(data: bytes, own_routes: frozenset[bytes]) -> tuple[SipMessag
     if names.count("route") != 1 or names.count("max-forwards") > 1 or names.count("contact") > 1:
         return None
     route = names.index("route")
-    if _value(lines, route) not in own_routes:
+    value = _value(lines, route)
+    equals = value.rfind(b"=") + 1
+    token = value[equals:-1]
+    if value[-1:] != b">" or value[:equals] not in own_routes or _TOKEN.fullmatch(token) is None:
         return None
     method = m.group(1).decode()
     cseq = _cseq(lines, names)
@@ -82,13 +87,12 @@ def read_in_dialog(data: bytes, own_routes: frozenset[bytes]) -> tuple[SipMessag
     to_addr = _NAME_ADDR_FAST.match(_value(lines, names.index("to")))
     if from_addr is None or to_addr is None:
         return None
-    if method != "ACK":
-        to_tag = _last_tag(to_addr.group(1))
-        if to_tag is None:
-            return None  # not inside a dialog
-        # The tags the branch's loop hash reads (an ACK's are read only if asked for).
-        msg.__dict__["to_tag"] = to_tag
-        msg.__dict__["from_tag"] = _last_tag(from_addr.group(1))
+    to_tag = _last_tag(to_addr.group(1))
+    if to_tag is None and method != "ACK":
+        return None  # not inside a dialog
+    # The tags the Route's signature and the branch's loop hash read.
+    msg.__dict__["to_tag"] = to_tag
+    msg.__dict__["from_tag"] = _last_tag(from_addr.group(1))
     max_forwards = None
     if "max-forwards" in names:
         mf = _value(lines, names.index("max-forwards"))
@@ -116,7 +120,7 @@ def read_in_dialog(data: bytes, own_routes: frozenset[bytes]) -> tuple[SipMessag
     cache["call_id"] = call_id
     cache["cseq"] = (cseq[0], method)
     cache["max_forwards"] = max_forwards
-    return msg, route
+    return msg, route, token
 
 
 def read_response(data: bytes) -> SipMessage | None:

@@ -96,3 +96,18 @@ def uac(tmp_path: Path):
         return harness.run_uac(target, scenario, **kw)
 
     return run
+
+
+@pytest.fixture
+def answerers():
+    """answerers(rings=False) -> a started harness.Answerer (a Python gateway), closed at the end."""
+    made: list[harness.Answerer] = []
+
+    def make(rings: bool = False) -> harness.Answerer:
+        a = harness.Answerer(rings)
+        made.append(a)
+        return a
+
+    yield make
+    for a in made:
+        a.close()

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -221,6 +222,86 @@ def _tcp_exchange(data: bytes, host: str, port: int, timeout: float) -> list[byt
     return out
 
 
+class Answerer:
+    """A gateway: answers INVITE, BYE and OPTIONS with 200 and counts the requests; one
+    that `rings` answers INVITE with 180 only, and CANCEL with 200 and 487."""
+
+    def __init__(self, rings: bool = False):
+        self.rings = rings
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((HOST, 0))
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.uri = f"sip:gw@{HOST}:{self.port}"
+        self.received: list[bytes] = []
+        self.invites: list[bytes] = []
+        self.cancels: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except OSError:
+                continue
+            self.received.append(data)
+            if data.startswith((b"INVITE ", b"BYE ", b"OPTIONS ", b"CANCEL ")):
+                req = _sip().parse_message(data)
+                headers = [b"Record-Route: " + v for v in req.get_all("record-route")]
+                headers.append(f"Contact: <{self.uri}>".encode())
+                tag = "gw%d" % self.port
+                if req.method == "INVITE":
+                    self.invites.append(data)
+                    if self.rings:
+                        self.sock.sendto(_sip().build_response(req, 180, "Ringing", to_tag=tag, headers=headers), addr)
+                        continue
+                elif req.method == "CANCEL":
+                    self.cancels.append(data)
+                    invite = _sip().parse_message(self.invites[-1])
+                    self.sock.sendto(_sip().build_response(invite, 487, "Request Terminated", to_tag=tag), addr)
+                self.sock.sendto(_sip().build_response(req, 200, "OK", to_tag=tag, headers=headers), addr)
+
+    def send(self, data: bytes, port: int) -> None:
+        self.sock.sendto(data, (HOST, port))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+def _sip():
+    """gdispatch's own SIP layer, to read and answer requests like a gateway would."""
+    import gdispatch.sip
+
+    return gdispatch.sip
+
+
+# A dialog key the tests know (gdispatch.recordroute), to write the Route of a dialog as a
+# caller copies it from the 200 without setting the dialog up first.
+TEST_KEY_ID, TEST_KEY = "test", bytes(range(32))
+
+
+def key_config(directory: Path | str) -> str:
+    """A ``[security]`` table naming a key file with the test key, written in `directory`."""
+    path = Path(directory) / "test-dialog.key"
+    path.write_text(f"{TEST_KEY_ID} {TEST_KEY.hex()}\n")
+    path.chmod(0o600)
+    return f'[security]\nkey_file = "{path}"\n'
+
+
+def signed_route(port: int, call_id: str, caller_tag: str, destination: str, host: str = HOST) -> str:
+    """Our Route value for a dialog created by `caller_tag` and sent to `destination` (an
+    IP address), signed with the test key."""
+    from gdispatch.recordroute import Keyring, packed_address
+
+    token = Keyring([(TEST_KEY_ID, TEST_KEY)]).token(call_id.encode(), caller_tag.encode(),
+                                                    packed_address(destination))
+    return f"<sip:{host}:{port};lr;gds={token.decode()}>"
+
+
 def sip_options(port: int, host: str = HOST, timeout: float = 1.0, transport: str = "udp") -> int | None:
     """Send ``OPTIONS sip:host:port`` (retransmitted every 0.2 s on UDP) and return the final
     status code, or None if nothing final came back within `timeout` seconds."""
@@ -350,8 +431,10 @@ class Proxy:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
-        # Each proxy has its own control socket, so tests never meet another one's.
+        # Each proxy has its own control socket, so tests never meet another one's, and
+        # its own dialog key file (gdispatch.recordroute), made at its first start.
         env["GDISPATCH_SOCKET"] = str(self.socket_path)
+        env["STATE_DIRECTORY"] = str(self.dir)
         env.update(self.env or {})
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(self.cmd, cwd=self.dir, stdout=logf, stderr=subprocess.STDOUT,

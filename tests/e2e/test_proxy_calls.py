@@ -62,9 +62,9 @@ def test_503_destination_fails_over_to_the_other(proxy, uas, uac):
 class UdpSink:
     """A destination that never answers: it only counts what it receives, per Call-ID."""
 
-    def __init__(self):
+    def __init__(self, host: str = HOST):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((HOST, 0))
+        self.sock.bind((host, 0))
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
         self.received: list[bytes] = []

@@ -98,15 +98,15 @@ def test_all_destinations_fail_gives_best_response(proxy, uas):
     assert [g.counts()["INVITE"] for g in gws] == [1, 1]
 
 
-def test_in_dialog_requests_leave_in_arrival_order(proxy):
+def test_in_dialog_requests_leave_in_arrival_order(proxy, tmp_path):
     sink = UdpSink()
     try:
-        p = proxy("1 sip:127.0.0.1:9 0 0\n", config="[probing]\ninterval = 0\n")
+        p = proxy("1 sip:127.0.0.1:9 0 0\n", config="[probing]\ninterval = 0\n" + harness.key_config(tmp_path))
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind((HOST, 0))
         lp = s.getsockname()[1]
-        route = [f"Route: <sip:{HOST}:{p.port};lr>"]
         for i in range(100):
+            route = [f"Route: {harness.signed_route(p.port, f'order-{i}', 'a', HOST)}"]
             common = dict(local_port=lp, call_id=f"order-{i}", from_tag="a", to=f"<sip:b@{HOST}>;tag=b",
                           headers=route)
             s.sendto(harness.build_request("REFER", f"sip:b@{HOST}:{sink.port}", cseq=2, **common),
@@ -211,4 +211,7 @@ def test_ipv6_caller_to_ipv4_destination_double_record_route(proxy, uas):
     rr = [ln for ln in final.split(b"\r\n") if ln.lower().startswith(b"record-route:")]
     # One Record-Route per side of the proxy: the gateway's side first, then the caller's.
     values = [v.strip() for ln in rr for v in ln.split(b":", 1)[1].split(b",")]
-    assert values == [b"<sip:127.0.0.1:%d;lr>" % p.port, b"<sip:[::1]:%d;lr>" % p.port], rr
+    prefixes = [b"<sip:127.0.0.1:%d;lr;gds=" % p.port, b"<sip:[::1]:%d;lr;gds=" % p.port]
+    assert [v[:len(x)] for v, x in zip(values, prefixes)] == prefixes and len(values) == 2, rr
+    # Both sign the same dialog alike (gdispatch.recordroute).
+    assert values[0][len(prefixes[0]):] == values[1][len(prefixes[1]):]

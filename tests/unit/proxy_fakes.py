@@ -13,12 +13,22 @@ import gevent
 from gdispatch.config import Config, Listen
 from gdispatch.dispatcher.listfile import parse_list
 from gdispatch.proxy import Proxy
+from gdispatch.recordroute import Keyring, packed_address
 from gdispatch.sip import build_response, parse_message
 from gdispatch.transaction.timers import FakeClock, Scheduler
 from gdispatch.transport import Source
 
 PROXY = ("127.0.0.1", 5060)
 UAC = ("127.0.0.1", 6000)
+# The key the fake proxies sign their Record-Route with, so that a test can write the
+# Route of a dialog the way a caller copies it from the 200 (`signed_route`).
+KEYS = Keyring([("t1", bytes(range(32)))])
+
+
+def signed_route(call_id: str, caller_tag: str, destination: str, proxy: tuple[str, int] = PROXY) -> str:
+    """The Route value of a dialog the fake proxy record-routed towards `destination`."""
+    token = KEYS.token(call_id.encode(), caller_tag.encode(), packed_address(destination)).decode()
+    return f"<sip:{proxy[0]}:{proxy[1]};lr;gds={token}>"
 
 
 class FakeListener:
@@ -72,7 +82,7 @@ class FakeProxy:
         dlist = parse_list(list_text)
         for d in dlist.destinations():
             d.address = (d.sip_uri.host, d.sip_uri.port or 5060)
-        self.proxy = Proxy(self.config, self.transports, self.scheduler, dlist)
+        self.proxy = Proxy(self.config, self.transports, self.scheduler, dlist, keyring=KEYS)
         self.listener = self.transports.listeners[0]
 
     def receive(self, data: bytes, src: tuple[str, int]) -> list[tuple[tuple[str, int], bytes]]:
@@ -106,7 +116,7 @@ def in_dialog(method: str, n: int, cseq: int, gateway: tuple[str, int], branch: 
     return (
         f"{method} sip:service@{gateway[0]}:{gateway[1]} SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP 127.0.0.1:6000;branch={branch};rport\r\n"
-        f"Route: <sip:127.0.0.1:5060;lr>\r\n"
+        f"Route: {signed_route(f'call-{n}@127.0.0.1', f'uac{n}', gateway[0])}\r\n"
         f"Max-Forwards: 70\r\n"
         f"From: <sip:caller@127.0.0.1:6000>;tag=uac{n}\r\n"
         f"To: <sip:service@127.0.0.1:5060>;tag=uas{n}\r\n"

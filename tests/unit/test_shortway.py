@@ -13,13 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from proxy_fakes import UAC, FakeProxy, full_call, in_dialog, invite
+from proxy_fakes import UAC, FakeProxy, full_call, in_dialog, invite, signed_route
 
 from gdispatch.sip import ParseError, build_response, forward_request, parse_message
 from gdispatch.sip.shortway import forward_in_dialog, read_in_dialog, read_response
 
-OURS = b"<sip:127.0.0.1:5060;lr>"
-OWN = frozenset({OURS})
+OURS = signed_route("call-1@127.0.0.1", "uac1", "127.0.0.1").encode()
+OWN = frozenset({b"<sip:127.0.0.1:5060;lr;gds="})
 VIA = b"SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-test.1"
 RFC4475 = Path(__file__).resolve().parents[1] / "data" / "rfc4475"
 
@@ -54,9 +54,9 @@ def general(data: bytes, top_via: bytes | None = None) -> tuple:
 def assert_same_as_general(data: bytes) -> None:
     found = read_in_dialog(data, OWN)
     assert found is not None
-    quick, route = found
+    quick, route, token = found
     msg, expected = general(data)
-    assert quick._lines[route].endswith(OURS)
+    assert quick._lines[route].endswith(b";lr;gds=" + token + b">")
     for name in ("method", "ruri", "raw", "body", "content_length", "call_id", "cseq", "from_tag", "to_tag",
                  "max_forwards", "start_line"):
         assert getattr(quick, name) == getattr(msg, name), name
@@ -229,7 +229,8 @@ def rejected_call(fp: FakeProxy, n: int) -> None:
     gateway, data = next((a, d) for a, d in out if d.startswith(b"INVITE"))
     req = parse_message(data)
     fp.receive(build_response(req, 486, "Busy Here", to_tag=f"busy{n}"), gateway)
-    ack = in_dialog("ACK", n, 1, gateway, f"z9hG4bK-uac-{n}").replace(b"Route: <sip:127.0.0.1:5060;lr>\r\n", b"")
+    ack = in_dialog("ACK", n, 1, gateway, f"z9hG4bK-uac-{n}")
+    ack = ack.replace(b"Route: %s\r\n" % signed_route(f"call-{n}@127.0.0.1", f"uac{n}", gateway[0]).encode(), b"")
     fp.receive(ack.replace(b";tag=uas%d" % n, b";tag=busy%d" % n), UAC)
 
 
@@ -311,14 +312,14 @@ def test_responses_take_the_short_way_with_their_vias_on_one_line_or_several(mon
 
 SIPP_BYE = (b"BYE sip:127.0.0.1:5071;transport=UDP SIP/2.0\r\n"
             b"Via: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-13208-1-21\r\n"
-            b"Route: <sip:127.0.0.1:5060;lr>\r\n"
+            b"Route: %s\r\n"
             b"From: sipp <sip:sipp@127.0.0.1:6000>;tag=13208Uac1\r\n"
             b"To: service <sip:service@127.0.0.1:5060>;tag=13201Ok2\r\n"
             b"Call-ID: 1-13208@127.0.0.1\r\n"
             b"CSeq: 2 BYE\r\n"
             b"Contact: <sip:sipp@127.0.0.1:6000;transport=UDP>\r\n"
             b"Max-Forwards: 70\r\n"
-            b"Content-Length: 0\r\n\r\n")
+            b"Content-Length: 0\r\n\r\n") % signed_route("1-13208@127.0.0.1", "13208Uac1", "127.0.0.1").encode()
 
 
 def test_the_in_dialog_requests_sipp_sends_take_the_short_way(monkeypatch):
