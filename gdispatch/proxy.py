@@ -180,6 +180,7 @@ class ResponseContext:
         "event",
         "outstanding",
         "last_status",
+        "last_outcome",
         "counts_load",
         "reply_override",
         "source",
@@ -200,6 +201,7 @@ class ResponseContext:
         self.event: Event | None = None
         self.outstanding = 0
         self.last_status = 0
+        self.last_outcome = ""  # what became of the last branch, for the log ("answered 486")
         self.route = route
         self.to_tag = ""
         # A dispatched INVITE: its destination's active-call count follows it.
@@ -1037,17 +1039,17 @@ class Proxy:
                     if action.kind == "switch":
                         dset = self.dlist.get(action.set)
                         more = select(dset, action.algorithm, ctx.request, 0, self._default_options) if dset else []
-                        log.warning("%s answered %d for call-id %s; switching to set %d (%d destinations)",
-                                    dest.uri, status, ctx.request.call_id.decode(errors="replace"), action.set,
-                                    len(more))
+                        log.warning("%s %s for call-id %s; switching to set %d (%d destinations)",
+                                    dest.uri, ctx.last_outcome, ctx.request.call_id.decode(errors="replace"),
+                                    action.set, len(more))
                         candidates = candidates[:n + 1] + more
                     elif action.kind != "next":
                         break
                     elif n + 1 < len(candidates):
-                        log.warning("failover: %s answered %d for call-id %s, trying %s", dest.uri, status,
+                        log.warning("failover: %s %s for call-id %s, trying %s", dest.uri, ctx.last_outcome,
                                     ctx.request.call_id.decode(errors="replace"), candidates[n + 1].uri)
                     else:
-                        log.warning("%s answered %d for call-id %s; no destination left", dest.uri, status,
+                        log.warning("%s %s for call-id %s; no destination left", dest.uri, ctx.last_outcome,
                                     ctx.request.call_id.decode(errors="replace"))
                     n += 1
             self._finish(ctx)
@@ -1079,7 +1081,7 @@ class Proxy:
         ctx.branches.append(branch)
         if address is None:
             log.warning("cannot resolve %s: %s", dest.uri, dest.unusable or "no address")
-            self._branch_over(branch, 503, None)
+            self._branch_over(branch, 503, None, "could not be resolved")
             return
         new_ruri = None
         add_headers: list[bytes] = []
@@ -1137,7 +1139,7 @@ class Proxy:
         transport, addr = branch.next_hop
         log.warning("cannot reach %s:%s:%s: %s", transport, addr[0], addr[1],
                     self.transports.can_reach(transport, addr[0]))
-        self._branch_over(branch, 503, None)
+        self._branch_over(branch, 503, None, "has no listen address to be sent from")
 
     def _start_branch_transaction(self, branch: Branch, listener, branch_id: str, data: bytes,
                                   sent: bool = False) -> None:
@@ -1186,10 +1188,13 @@ class Proxy:
         if branch.provisional:
             # It rang too long (fr_inv_timer): cancel it (§16.8, §9.1).
             self._send_cancel(branch)
-        elif ct is not None:
-            ct.stop_retransmissions()
-            self._traffic_failure(branch, "no response within fr_timer")
-        self._branch_over(branch, LOCAL_TIMEOUT, None)
+            why = "rang past fr_inv_timer"
+        else:
+            why = "did not answer within fr_timer"
+            if ct is not None:
+                ct.stop_retransmissions()
+                self._traffic_failure(branch, "no response within fr_timer")
+        self._branch_over(branch, LOCAL_TIMEOUT, None, why)
 
     def _traffic_failure(self, branch: Branch, reason: str) -> None:
         if branch.dest is not None and self.on_traffic_failure is not None:
@@ -1257,7 +1262,7 @@ class Proxy:
     def _branch_timeout(self, ct: ClientTransaction) -> None:
         branch = ct.context
         if branch is not None and not branch.final:
-            self._branch_over(branch, LOCAL_TIMEOUT, None)
+            self._branch_over(branch, LOCAL_TIMEOUT, None, "did not answer (transaction timeout)")
 
     def _branch_transport_error(self, ct: ClientTransaction) -> None:
         branch = ct.context
@@ -1265,7 +1270,7 @@ class Proxy:
             dest = branch.dest
             log.warning("transport error sending to %s", dest.uri if dest else branch.next_hop)
             self._traffic_failure(branch, "transport error")
-            self._branch_over(branch, 503, None)
+            self._branch_over(branch, 503, None, "could not be reached (transport error)")
 
     def _branch_response(self, ct: ClientTransaction, status: int, resp: SipMessage) -> None:
         branch: Branch = ct.context
@@ -1317,7 +1322,8 @@ class Proxy:
             self._traffic_failure(branch, f"answered {status}")
         self._branch_over(branch, status, resp)
 
-    def _branch_over(self, branch: Branch, status: int, resp: SipMessage | None) -> None:
+    def _branch_over(self, branch: Branch, status: int, resp: SipMessage | None, why: str = "") -> None:
+        """`branch` is over with `status`: the response `resp`, or `why` there is none."""
         branch.final = status
         if status >= 300 and branch.dest is not None and branch.ctx.counts_load:
             self._counts(branch.dest)[2] += 1
@@ -1328,6 +1334,7 @@ class Proxy:
         if resp is not None and status >= 300 and not ctx.final_sent:
             ctx.best = _better(ctx.best, resp)
         ctx.last_status = status
+        ctx.last_outcome = why or f"answered {status}"
         ctx.outstanding -= 1
         if ctx.event is not None:
             if ctx.outstanding <= 0 or 200 <= status < 300:
@@ -1389,7 +1396,7 @@ class Proxy:
                 branch.cancel_state = "pending"
                 if branch.ct is not None:
                     branch.ct.stop_retransmissions()
-                self._branch_over(branch, 487, None)
+                self._branch_over(branch, 487, None, "was cancelled")
         if not waiting:
             if ctx.event is not None:
                 ctx.event.set()
