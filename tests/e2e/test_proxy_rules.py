@@ -31,7 +31,7 @@ def reason_of(p, msg: bytes) -> tuple[int | None, bytes]:
 @pytest.fixture
 def one_gw(proxy, uas):
     gw = uas()
-    return proxy(harness.dispatcher_list(gw)), gw
+    return proxy(harness.dispatcher_list(gw), listen=("udp:127.0.0.1:{port}", "tcp:127.0.0.1:{port}")), gw
 
 
 def test_options_to_the_proxy_itself(proxy, uas):
@@ -133,22 +133,28 @@ def test_in_dialog_requests_leave_in_arrival_order(proxy, tmp_path):
         sink.close()
 
 
-def test_rfc4475_torture_messages_do_not_hurt(one_gw):
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_rfc4475_torture_messages_do_not_hurt(one_gw, transport):
     p, gw = one_gw
     files = sorted(RFC4475.glob("*.dat"))
     assert len(files) >= 49
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        for f in files:
-            s.sendto(f.read_bytes(), (HOST, p.port))
-        # Garbage, an empty datagram's cousin, and an oversize message.
-        s.sendto(b"\x00\xff garbage \r\n\r\n", (HOST, p.port))
-        s.sendto(b"INVITE sip:x@" + b"a" * 65000 + b" SIP/2.0\r\n\r\n", (HOST, p.port))
-    finally:
-        s.close()
+    # Garbage, an empty datagram's cousin, and an oversize message.
+    messages = [f.read_bytes() for f in files] + [
+        b"\x00\xff garbage \r\n\r\n", b"INVITE sip:x@" + b"a" * 65000 + b" SIP/2.0\r\n\r\n"]
+    if transport == "udp":
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for m in messages:
+                s.sendto(m, (HOST, p.port))
+        finally:
+            s.close()
+    else:
+        for m in messages:  # a connection each: a stream that cannot be framed is closed
+            with socket.create_connection((HOST, p.port), timeout=2) as c:
+                c.sendall(m)
     time.sleep(0.5)
     assert p.alive()
-    assert harness.sip_options(p.port) == 200
+    assert harness.sip_options(p.port) == 200 and harness.sip_options(p.port, transport="tcp") == 200
     assert "Traceback" not in p.log()
 
 
@@ -166,8 +172,9 @@ ANSWERED = {
 }
 
 
+@pytest.mark.parametrize("transport", ["UDP", "TCP"])
 @pytest.mark.parametrize("name,status", sorted(ANSWERED.items()))
-def test_rfc4475_requests_get_their_answer(one_gw, name, status):
+def test_rfc4475_requests_get_their_answer(one_gw, name, status, transport):
     p, gw = one_gw
     data = (RFC4475 / name).read_bytes()
     head, sep, body = data.partition(b"\r\n\r\n")
@@ -175,8 +182,14 @@ def test_rfc4475_requests_get_their_answer(one_gw, name, status):
     i = next(n for n, ln in enumerate(lines) if ln.lower().startswith((b"via:", b"v:", b"via :")))
     while i + 1 < len(lines) and lines[i + 1][:1] in (b" ", b"\t"):
         del lines[i + 1]  # a folded Via continues on the next line
-    lines[i] = b"Via: SIP/2.0/UDP 127.0.0.1:9;rport;branch=z9hG4bK-t-" + name.encode()
-    replies = p.send_udp(b"\r\n".join(lines) + sep + body, timeout=2.0)
+    lines[i] = b"Via: SIP/2.0/%s 127.0.0.1:9;rport;branch=z9hG4bK-t-%s" % (transport.encode(), name.encode())
+    data = b"\r\n".join(lines) + sep + body
+    if transport == "UDP":
+        replies = p.send_udp(data, timeout=2.0)
+    else:
+        # A stream needs the empty line that ends the head (RFC 3261 §18.3); baddn.dat
+        # ends where its datagram ends.
+        replies = harness._tcp_exchange(data if sep else data + b"\r\n\r\n", HOST, p.port, 2.0)
     codes = [harness.status_code(r) for r in replies]
     assert codes and codes[-1] == status, codes
     first_line = replies[-1].split(b"\r\n", 1)[0]
