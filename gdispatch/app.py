@@ -236,7 +236,7 @@ class App:
             self.flood = SourceGuard(-(-fl.source_rate // config.workers), fl.ban_time, time.monotonic,
                                      trusted=fl.trusted, on_change=transports.set_banned)
             transports.admit = self.flood.admit
-            self._greenlets.append(gevent.spawn(self._flood_tick))
+            self._greenlets.append(gevent.spawn(self._flood_tick, self.flood))
         self._took_list(dlist)
         return 0
 
@@ -247,10 +247,11 @@ class App:
         if self.flood is not None:
             self.flood.set_exempt(d.address[0] for d in dlist.destinations() if d.address is not None)
 
-    def _flood_tick(self) -> None:
+    @staticmethod
+    def _flood_tick(guard: SourceGuard) -> None:
         while True:
             gevent.sleep(1.0)
-            self.flood.tick()
+            guard.tick()
 
     def _start_relay(self, sock, index: int, ports: list[int], acks_fd: int) -> None:
         self.relay = relay = Relay(sock, index, ports, self.transports.deliver)
@@ -390,7 +391,7 @@ class App:
             proxy.set_list(new)
             self._took_list(new)
             self.plugins.call("gdispatch_list_loaded", dispatcher_list=new, reason=reason)
-        elif kind == "keys":
+        elif kind == "keys" and proxy is not None:
             self.keyring = proxy.keyring = Keyring(msg[1])
         elif kind == "stop":
             self.stopping.set()
@@ -418,7 +419,9 @@ class App:
             return f"dialog keys not reloaded: {e}"
         if self.keyring is not None and ring.keys == self.keyring.keys:
             return ""
-        self.keyring = self.proxy.keyring = ring
+        self.keyring = ring
+        if self.proxy is not None:
+            self.proxy.keyring = ring
         if self.supervisor is not None:
             self.supervisor.broadcast(("keys", ring.keys))
         msg = f"dialog keys reloaded: {len(ring.keys)} key(s), new dialogs signed with {ring.signing_id.decode()}"

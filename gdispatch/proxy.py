@@ -635,7 +635,7 @@ class Proxy:
         """Answer through server transaction `st` (its request went on, or is a CANCEL)."""
         self.stats["local_replies"] += 1
         ctx = st.context
-        if top_via is None and ctx is not None:
+        if top_via is None and isinstance(ctx, ResponseContext):
             top_via = ctx.top_via
         st.respond(status, build_response(msg, status, reason, to_tag=to_tag or self._new_tag(), headers=headers,
                                           top_via=top_via))

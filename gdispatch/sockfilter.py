@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Sequence
+from typing import Any
 
 from gdispatch.bpf import ABS, JEQ, JGE, JGT, JMP, LD, RET, SKF_NET_OFF, B, K, Program, W, setsockopt_program
 
@@ -35,12 +37,12 @@ _IPV4_SOURCE = 12  # offset of the source address in the IPv4 header
 _IPV6_SOURCE = 8
 
 
-def program(v6: bool, banned: list[str] = ()) -> Program:
+def program(v6: bool, banned: Sequence[str] = ()) -> Program:
     """The filter for a socket of the family `v6` says, with the sources `banned`
     (addresses of that family; others are skipped)."""
     # Jumps are written first with a label as their target, then resolved: a classic
     # BPF jump counts the instructions it skips.
-    code: list[tuple[int, object, object, int]] = []
+    code: list[tuple[Any, ...]] = []
     for text in banned[:MAX_BANS]:
         try:
             ip = ipaddress.ip_address(text)
@@ -85,7 +87,7 @@ def _resolve(code: list) -> Program:
     return out
 
 
-def attach(sock: socket.socket, v6: bool, banned: list[str] = ()) -> OSError | None:
+def attach(sock: socket.socket, v6: bool, banned: Sequence[str] = ()) -> OSError | None:
     """Give `sock` the filter, replacing the one it had; the kernel's refusal, if any
     (not Linux: the proxy then reads everything, and drops junk as it parses)."""
     try:
