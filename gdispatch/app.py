@@ -278,7 +278,7 @@ class App:
         socks = self._relay_socks
         return ("hello", self.config, index, socks[index].fileno(), [x.getsockname()[1] for x in socks],
                 self._worker_listen_fds(index), dlist.text, self._states(dlist), self._acks_fd,
-                self.keyring.keys)
+                self.keyring.keys if self.keyring is not None else [])
 
     def _worker_listen_fds(self, index: int) -> dict[int, int]:
         """Worker `index`'s sockets on the UDP listen addresses: listen index -> fd."""
