@@ -15,7 +15,7 @@ import time
 import gevent
 import gevent.event
 
-from gdispatch import __version__, acknotes, listedit, sdnotify
+from gdispatch import __version__, acknotes, listedit, logsafe, sdnotify
 from gdispatch.collector import CollectorPolicy
 from gdispatch.config import Config
 from gdispatch.control import ControlError, ControlServer
@@ -41,20 +41,24 @@ WORKER_START_TIMEOUT = 15.0  # how long the primary waits for the other workers 
 SYNC_INTERVAL = 1.0  # seconds between latency broadcasts (primary) and reports (workers)
 
 
-def setup_logging(level: str, tag: str = "") -> None:
-    """`tag`: the worker ("w0", "w1"...) when there are several."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s " + (f"[{tag}] " if tag else "") + "%(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(level: str, tag: str = "") -> logsafe.Summariser:
+    """Log to stderr, every record on one line with what came from the network escaped,
+    repeated warnings summarised (gdispatch.logsafe); the Summariser returned is flushed
+    by the timer greenlet. `tag`: the worker ("w0", "w1"...) when there are several."""
+    handler = logging.StreamHandler(sys.stderr)
+    summariser = logsafe.install(
+        handler, "%(asctime)s %(levelname)s " + (f"[{tag}] " if tag else "") + "%(name)s: %(message)s")
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+    return summariser
 
 
 class App:
     """The running proxy and everything around it."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, log_summary: logsafe.Summariser | None = None):
+        """`log_summary`: the log's Summariser (setup_logging), flushed by the timer greenlet."""
         self.config = config
+        self.log_summary = log_summary
         self.started_at = time.time()
         self.plugins = PluginHost()
         self.scheduler = Scheduler(time.monotonic)
@@ -104,11 +108,11 @@ class App:
             dlist = load_list(config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order)
         except ListError as e:
             for p in e.problems:
-                log.error("%s", p)
+                log.error("%s", p, extra=logsafe.KEEP)
             log.error("no dispatcher list loaded; not starting")
             return 1
         for problem in dlist.problems:
-            log.warning("%s (line skipped: [dispatcher].load_mode = \"skip\")", problem)
+            log.warning("%s (line skipped: [dispatcher].load_mode = \"skip\")", problem, extra=logsafe.KEEP)
         several = config.workers > 1
         udp_socks = None
         if several:
@@ -379,11 +383,11 @@ class App:
                 new = load_list(config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order)
             except ListError as e:
                 for p in e.problems:
-                    log.error("%s", p)
+                    log.error("%s", p, extra=logsafe.KEEP)
                 log.error("%s: the list was not reloaded; the running one stays", config.list_file)
                 raise
             for problem in new.problems:
-                log.warning("%s (line skipped: [dispatcher].load_mode = \"skip\")", problem)
+                log.warning("%s (line skipped: [dispatcher].load_mode = \"skip\")", problem, extra=logsafe.KEEP)
             self._list_digest = file_digest(config.list_file)
             return self._swap_in(new, reason)
         finally:
@@ -404,7 +408,7 @@ class App:
         self.prober.attach(new)
         self.plugins.call("gdispatch_list_loaded", dispatcher_list=new, reason=reason)
         msg = f"{config.list_file} reloaded ({reason}): {summary.describe()}"
-        log.warning("%s", msg)
+        log.warning("%s", msg, extra=logsafe.KEEP)
         return msg
 
     # ------------------------------------------------------------- ControlApi (gdispatch.rpc)
@@ -460,7 +464,8 @@ class App:
 
     def state_changed(self, dest, old_flags: int, reason: str) -> None:
         old, new = state_letters(old_flags), dest.state_letters()
-        log.warning("destination %s (set %d) %s -> %s: %s", dest.uri, dest.setid, old, new, reason)
+        log.warning("destination %s (set %d) %s -> %s: %s", dest.uri, dest.setid, old, new, reason,
+                    extra=logsafe.KEEP)
         self.destination_state_changed(dest, old, new, reason)
 
     def _local_stats(self) -> dict[str, int]:
@@ -519,9 +524,12 @@ class App:
         scheduler = self.scheduler
         clock = time.monotonic
         collector = self.collector
+        log_summary = self.log_summary
         while True:
             scheduler.run_due(clock())
             collector.maybe_collect()
+            if log_summary is not None:
+                log_summary.flush()
             nd = scheduler.next_deadline()
             gevent.sleep(TIMER_TICK if nd is None else min(max(nd - clock(), 0.001), TIMER_TICK))
 
@@ -567,8 +575,8 @@ class App:
 
 
 def run(config: Config) -> int:
-    setup_logging(config.log_level, "w0" if config.workers > 1 else "")
-    app = App(config)
+    log_summary = setup_logging(config.log_level, "w0" if config.workers > 1 else "")
+    app = App(config, log_summary)
     # Before start(): a SIGTERM while the workers start must still end in a drain.
     for sig in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(sig, app.stopping.set)
@@ -602,8 +610,8 @@ def run_worker(config: Config, index: int, relay_sock, relay_ports: list[int], t
                sock, udp_socks: dict | None, acks_fd: int) -> int:
     """A worker other than the primary (gdispatch.workers.child_main): serve until the
     primary says stop or goes away, then drain like the primary does."""
-    setup_logging(config.log_level, f"w{index}")
-    app = App(config)
+    log_summary = setup_logging(config.log_level, f"w{index}")
+    app = App(config, log_summary)
     code = app.start_worker(index, relay_sock, relay_ports, text, states, sock, udp_socks, acks_fd)
     if code:
         return code

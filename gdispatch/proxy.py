@@ -31,6 +31,7 @@ from typing import Callable
 import gevent
 from gevent.event import Event
 
+from gdispatch import logsafe
 from gdispatch.builtin import Builtin
 from gdispatch.calls import CallLoad
 from gdispatch.config import Config, Route
@@ -657,7 +658,7 @@ class Proxy:
             return
         if self._debug:
             log.debug("dispatch %s call-id=%s route=%s set=%d alg=%d -> %s", method,
-                      msg.call_id.decode(errors="replace"), route.name or "-", route.set, route.algorithm,
+                      logsafe.text(msg.call_id), route.name or "-", route.set, route.algorithm,
                       " ".join(d.uri for d in candidates))
         self.stats["dispatched"] += 1
         ctx = ResponseContext(self, st, msg, route)
@@ -679,7 +680,7 @@ class Proxy:
         self._no_destination_log[setid] = (now, 0)
         more = f" ({skipped} more since the last warning)" if skipped else ""
         log.warning("no active destination in set %d for %s %s%s", setid, method,
-                    msg.call_id.decode(errors="replace"), more)
+                    logsafe.text(msg.call_id), more)
 
     def _match_route(self, msg: SipMessage, ruri: SipUri, source: Source):
         plugins = self.plugins
@@ -892,7 +893,7 @@ class Proxy:
             self._start_branch(ctx, first, source, top_via, popped, record)
         except Exception:
             # As the walker does: the caller gets its 500, the call leaves the count.
-            log.exception("error while dispatching call-id %s", ctx.request.call_id.decode(errors="replace"))
+            log.exception("error while dispatching call-id %s", logsafe.text(ctx.request.call_id))
             if ctx.walk is not None:
                 ctx.walk = None
                 self.calls_in_setup -= 1
@@ -954,21 +955,21 @@ class Proxy:
                         dset = self.dlist.get(action.set)
                         more = select(dset, action.algorithm, ctx.request, 0, self._default_options) if dset else []
                         log.warning("%s answered %d for call-id %s; switching to set %d (%d destinations)",
-                                    dest.uri, status, ctx.request.call_id.decode(errors="replace"), action.set,
+                                    dest.uri, status, logsafe.text(ctx.request.call_id), action.set,
                                     len(more))
                         candidates = candidates[:n + 1] + more
                     elif action.kind != "next":
                         break
                     elif n + 1 < len(candidates):
                         log.warning("failover: %s answered %d for call-id %s, trying %s", dest.uri, status,
-                                    ctx.request.call_id.decode(errors="replace"), candidates[n + 1].uri)
+                                    logsafe.text(ctx.request.call_id), candidates[n + 1].uri)
                     else:
                         log.warning("%s answered %d for call-id %s; no destination left", dest.uri, status,
-                                    ctx.request.call_id.decode(errors="replace"))
+                                    logsafe.text(ctx.request.call_id))
                     n += 1
             self._finish(ctx)
         except Exception:
-            log.exception("error while dispatching call-id %s", ctx.request.call_id.decode(errors="replace"))
+            log.exception("error while dispatching call-id %s", logsafe.text(ctx.request.call_id))
             if not ctx.final_sent:
                 ctx.final_sent = True
                 self._local_reply(ctx.st, ctx.request, 500, "Internal Server Error")
