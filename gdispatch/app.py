@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import resource
 import signal
 import sys
 import time
@@ -15,7 +16,7 @@ import time
 import gevent
 import gevent.event
 
-from gdispatch import __version__, acknotes, listedit, logsafe, sdnotify
+from gdispatch import __version__, acknotes, control, listedit, logsafe, sdnotify, tcplimits
 from gdispatch.collector import CollectorPolicy
 from gdispatch.config import Config
 from gdispatch.control import ControlError, ControlServer
@@ -50,6 +51,24 @@ def setup_logging(level: str, tag: str = "") -> logsafe.Summariser:
         handler, "%(asctime)s %(levelname)s " + (f"[{tag}] " if tag else "") + "%(name)s: %(message)s")
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
     return summariser
+
+
+def open_files_limit() -> int:
+    """Raise the soft limit on open files (RLIMIT_NOFILE) to the hard one and return
+    it: the TCP caps are fitted below it (gdispatch.tcplimits.fit_to_fds). Worker
+    processes inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:  # not on Linux, where nr_open bounds the hard limit
+        return soft if soft != resource.RLIM_INFINITY else 1 << 20
+    if soft == hard:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as e:
+        log.warning("cannot raise the open-files limit from %d to %d: %s", soft, hard, e)
+        return soft
+    log.info("open-files limit raised from %d to %d", soft, hard)
+    return hard
 
 
 class App:
@@ -208,10 +227,14 @@ class App:
         """Sockets, name resolution and the proxy, for the primary and the workers alike."""
         config = self.config
         holder: dict = {}
+        tcp_limits, lowered = tcplimits.fit_to_fds(tcplimits.share(config.tcp, config.workers), open_files_limit(),
+                                                   control.MAX_CONNECTIONS + tcplimits.RESERVED_FDS)
+        if lowered:
+            log.warning("%s", lowered)
         try:
             self.transports = transports = Transports(
                 config.listen, lambda data, src: holder["proxy"].on_message(data, src), shared=shared,
-                udp_socks=udp_socks)
+                udp_socks=udp_socks, tcp_limits=tcp_limits)
         except TransportError as e:
             log.error("%s", e.strerror or e)
             return 1
