@@ -12,6 +12,7 @@ import socket
 
 import gevent
 import pytest
+from gevent import socket as gsocket
 
 from gdispatch.config import Listen
 from gdispatch.tcplimits import TcpLimits
@@ -52,10 +53,7 @@ def port_of(t: Transports) -> int:
 
 
 def client(t: Transports) -> socket.socket:
-    from gevent import socket as gsocket
-
-    s = gsocket.create_connection(("127.0.0.1", port_of(t)), timeout=5)
-    return s
+    return gsocket.create_connection(("127.0.0.1", port_of(t)), timeout=5)
 
 
 def test_opening_a_connection_when_the_table_is_full_closes_the_accepted_one_idle_longest(transports):
