@@ -595,6 +595,8 @@ class App:
                 sock.close()
         if self.transports is not None:
             self.transports.close()
+        if self.log_summary is not None:
+            self.log_summary.close()
 
 
 def run(config: Config) -> int:

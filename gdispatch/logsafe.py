@@ -18,7 +18,8 @@ warnings and errors of one kind (logger + message template) the first `burst` of
 `period` are logged, the rest counted, and the count written as one line when the
 period is over (``12 more like 'closing tcp connection from %s:%s: %s' in the last
 10 s``), by `flush`, which the application's timer greenlet calls: the summary comes even
-when no record of that kind follows. A record logged with ``extra=KEEP`` is never
+when no record of that kind follows (and `close` writes the counts left when the
+process stops). A record logged with ``extra=KEEP`` is never
 summarised: a destination going down or up, a problem in the list file, a reload.
 
 `install` puts both on a handler (gdispatch.app.setup_logging).
@@ -180,9 +181,18 @@ class Summariser(logging.Filter):
                 del self._kinds[key]
                 self._report(key, kind)
 
-    def _report(self, key: tuple[str, str], kind: _Kind) -> None:
+    def close(self) -> None:
+        """Write what is counted and not written yet, periods over or not (the process
+        stops)."""
+        now = self.clock()
+        kinds, self._kinds = self._kinds, {}
+        for key, kind in kinds.items():
+            self._report(key, kind, min(self.period, max(1.0, now - kind.start)))
+
+    def _report(self, key: tuple[str, str], kind: _Kind, seconds: float | None = None) -> None:
         if kind.hidden:
-            self.emit(key[0], kind.level, f"{kind.hidden} more like {key[1]!r} in the last {self.period:g} s")
+            self.emit(key[0], kind.level, f"{kind.hidden} more like {key[1]!r} in the last "
+                                          f"{seconds or self.period:.0f} s")
 
 
 def _emit(name: str, level: int, message: str) -> None:

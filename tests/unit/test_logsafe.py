@@ -191,3 +191,12 @@ def test_the_number_of_kinds_followed_is_bounded(monkeypatch):
     clock.now += 10
     assert s.filter(record("kind 99"))  # the periods that ended make room
     assert written == ["6 more like 'kind 0' in the last 10 s"] and len(s._kinds) == 1
+
+
+def test_what_is_counted_is_written_when_the_process_stops(logged):
+    log, clock, lines, summariser = logged
+    for _ in range(8):
+        log.warning("bad stream from %s", "x")
+    clock.now += 3
+    summariser.close()
+    assert lines()[-1] == "WARNING gdispatch.t: 3 more like 'bad stream from %s' in the last 3 s"
