@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import resource
 import signal
 import sys
 import time
@@ -15,7 +16,7 @@ import time
 import gevent
 import gevent.event
 
-from gdispatch import __version__, acknotes, listedit, sdnotify
+from gdispatch import __version__, acknotes, control, listedit, logsafe, sdnotify, tcplimits
 from gdispatch.collector import CollectorPolicy
 from gdispatch.config import Config
 from gdispatch.control import ControlError, ControlServer
@@ -43,20 +44,42 @@ WORKER_START_TIMEOUT = 15.0  # how long the primary waits for the other workers 
 SYNC_INTERVAL = 1.0  # seconds between latency broadcasts (primary) and reports (workers)
 
 
-def setup_logging(level: str, tag: str = "") -> None:
-    """`tag`: the worker ("w0", "w1"...) when there are several."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s " + (f"[{tag}] " if tag else "") + "%(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(level: str, tag: str = "") -> logsafe.Summariser:
+    """Log to stderr, every record on one line with what came from the network escaped,
+    repeated warnings summarised (gdispatch.logsafe); the Summariser returned is flushed
+    by the timer greenlet. `tag`: the worker ("w0", "w1"...) when there are several."""
+    handler = logging.StreamHandler(sys.stderr)
+    summariser = logsafe.install(
+        handler, "%(asctime)s %(levelname)s " + (f"[{tag}] " if tag else "") + "%(name)s: %(message)s")
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+    return summariser
+
+
+def open_files_limit() -> int:
+    """Raise the soft limit on open files (RLIMIT_NOFILE) to the hard one and return
+    it: the TCP caps are fitted below it (gdispatch.tcplimits.fit_to_fds). Worker
+    processes inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:  # not on Linux, where nr_open bounds the hard limit
+        return soft if soft != resource.RLIM_INFINITY else 1 << 20
+    if soft == hard:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as e:
+        log.warning("cannot raise the open-files limit from %d to %d: %s", soft, hard, e)
+        return soft
+    log.info("open-files limit raised from %d to %d", soft, hard)
+    return hard
 
 
 class App:
     """The running proxy and everything around it."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, log_summary: logsafe.Summariser | None = None):
+        """`log_summary`: the log's Summariser (setup_logging), flushed by the timer greenlet."""
         self.config = config
+        self.log_summary = log_summary
         self.started_at = time.time()
         self.plugins = PluginHost()
         self.scheduler = Scheduler(time.monotonic)
@@ -108,11 +131,11 @@ class App:
             dlist = load_list(config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order)
         except ListError as e:
             for p in e.problems:
-                log.error("%s", p)
+                log.error("%s", p, extra=logsafe.KEEP)
             log.error("no dispatcher list loaded; not starting")
             return 1
         for problem in dlist.problems:
-            log.warning("%s (line skipped: [dispatcher].load_mode = \"skip\")", problem)
+            log.warning("%s (line skipped: [dispatcher].load_mode = \"skip\")", problem, extra=logsafe.KEEP)
         try:
             self.keyring = ensure_key_file(self.key_path)
         except KeyFileError as e:
@@ -215,10 +238,14 @@ class App:
         """Sockets, name resolution and the proxy, for the primary and the workers alike."""
         config = self.config
         holder: dict = {}
+        tcp_limits, lowered = tcplimits.fit_to_fds(tcplimits.share(config.tcp, config.workers), open_files_limit(),
+                                                   control.MAX_CONNECTIONS + tcplimits.RESERVED_FDS)
+        if lowered:
+            log.warning("%s", lowered)
         try:
             self.transports = transports = Transports(
                 config.listen, lambda data, src: holder["proxy"].on_message(data, src), shared=shared,
-                udp_socks=udp_socks, kernel_filter=config.flood.kernel_filter)
+                udp_socks=udp_socks, tcp_limits=tcp_limits, kernel_filter=config.flood.kernel_filter)
         except TransportError as e:
             log.error("%s", e.strerror or e)
             return 1
@@ -415,7 +442,7 @@ class App:
         try:
             ring = load_keys(self.key_path)
         except KeyFileError as e:
-            log.error("%s; the running dialog keys stay", e)
+            log.error("%s; the running dialog keys stay", e, extra=logsafe.KEEP)
             return f"dialog keys not reloaded: {e}"
         if self.keyring is not None and ring.keys == self.keyring.keys:
             return ""
@@ -425,7 +452,7 @@ class App:
         if self.supervisor is not None:
             self.supervisor.broadcast(("keys", ring.keys))
         msg = f"dialog keys reloaded: {len(ring.keys)} key(s), new dialogs signed with {ring.signing_id.decode()}"
-        log.warning("%s", msg)
+        log.warning("%s", msg, extra=logsafe.KEEP)
         return msg
 
     def reload(self, reason: str = "reload requested") -> str:
@@ -440,11 +467,11 @@ class App:
                 new = load_list(config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order)
             except ListError as e:
                 for p in e.problems:
-                    log.error("%s", p)
+                    log.error("%s", p, extra=logsafe.KEEP)
                 log.error("%s: the list was not reloaded; the running one stays", config.list_file)
                 raise
             for problem in new.problems:
-                log.warning("%s (line skipped: [dispatcher].load_mode = \"skip\")", problem)
+                log.warning("%s (line skipped: [dispatcher].load_mode = \"skip\")", problem, extra=logsafe.KEEP)
             self._list_digest = file_digest(config.list_file)
             summary = self._swap_in(new, reason)
             return f"{summary}; {keys}" if keys else summary
@@ -466,7 +493,7 @@ class App:
         self.prober.attach(new)
         self.plugins.call("gdispatch_list_loaded", dispatcher_list=new, reason=reason)
         msg = f"{config.list_file} reloaded ({reason}): {summary.describe()}"
-        log.warning("%s", msg)
+        log.warning("%s", msg, extra=logsafe.KEEP)
         return msg
 
     # ------------------------------------------------------------- ControlApi (gdispatch.rpc)
@@ -522,7 +549,8 @@ class App:
 
     def state_changed(self, dest, old_flags: int, reason: str) -> None:
         old, new = state_letters(old_flags), dest.state_letters()
-        log.warning("destination %s (set %d) %s -> %s: %s", dest.uri, dest.setid, old, new, reason)
+        log.warning("destination %s (set %d) %s -> %s: %s", dest.uri, dest.setid, old, new, reason,
+                    extra=logsafe.KEEP)
         self.destination_state_changed(dest, old, new, reason)
 
     def _local_stats(self) -> dict[str, int]:
@@ -585,9 +613,12 @@ class App:
         scheduler = self.scheduler
         clock = time.monotonic
         collector = self.collector
+        log_summary = self.log_summary
         while True:
             scheduler.run_due(clock())
             collector.maybe_collect()
+            if log_summary is not None:
+                log_summary.flush()
             nd = scheduler.next_deadline()
             gevent.sleep(TIMER_TICK if nd is None else min(max(nd - clock(), 0.001), TIMER_TICK))
 
@@ -630,11 +661,13 @@ class App:
                 sock.close()
         if self.transports is not None:
             self.transports.close()
+        if self.log_summary is not None:
+            self.log_summary.close()
 
 
 def run(config: Config) -> int:
-    setup_logging(config.log_level, "w0" if config.workers > 1 else "")
-    app = App(config)
+    log_summary = setup_logging(config.log_level, "w0" if config.workers > 1 else "")
+    app = App(config, log_summary)
     # Before start(): a SIGTERM while the workers start must still end in a drain.
     for sig in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(sig, app.stopping.set)
@@ -668,8 +701,8 @@ def run_worker(config: Config, index: int, relay_sock, relay_ports: list[int], t
                sock, udp_socks: dict | None, acks_fd: int, keys: list) -> int:
     """A worker other than the primary (gdispatch.workers.child_main): serve until the
     primary says stop or goes away, then drain like the primary does."""
-    setup_logging(config.log_level, f"w{index}")
-    app = App(config)
+    log_summary = setup_logging(config.log_level, f"w{index}")
+    app = App(config, log_summary)
     code = app.start_worker(index, relay_sock, relay_ports, text, states, sock, udp_socks, acks_fd, keys)
     if code:
         return code

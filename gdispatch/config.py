@@ -161,6 +161,20 @@ class Security:
 
 
 @dataclass(frozen=True)
+class Tcp:
+    """How many TCP connections the proxy keeps, from whom, and for how long (Kamailio's
+    tcp_max_connections and tcp_connection_lifetime); see gdispatch.tcplimits."""
+
+    max_connections: int = 2048  # accepted and opened together (Kamailio's default)
+    # Accepted from one address (an IPv6 /64). A trunk, an SBC or a PBX opens one
+    # connection, or one per worker or per registration line: 64 covers that many times
+    # over, and a single address can hold no more than 1/32 of max_connections.
+    max_connections_per_source: int = 64
+    idle_timeout: float = 120.0  # seconds after the last complete message (tcp_connection_lifetime)
+    message_timeout: float = 10.0  # seconds from the first byte of a message to its last
+
+
+@dataclass(frozen=True)
 class Config:
     listen: tuple[Listen, ...] = (Listen("udp", "127.0.0.1", 5060), Listen("tcp", "127.0.0.1", 5060))
     domains: tuple[str, ...] = ()
@@ -191,6 +205,7 @@ class Config:
     # a product name that does not tell a scanner the version.
     server_header: str = "gdispatch"
     user_agent_header: str = "gdispatch"
+    tcp: Tcp = Tcp()
     plugins: tuple[str, ...] = ()
     hooks_dir: str = "hooks"
     # Each plugin's own table, ``[plugins.<name>]`` → {name: {key: value}}, kept as TOML
@@ -387,9 +402,24 @@ def _security(t: Any, source: str) -> Security:
     return Security(key_file=key_file, dialog_next_hop=rule)
 
 
+def _tcp(t: Any) -> Tcp:
+    where = "[tcp]"
+    t = _check_keys(t, {"max_connections", "max_connections_per_source", "idle_timeout", "message_timeout"}, where)
+    d = Tcp()
+    total = _number(t, "max_connections", where, d.max_connections, integer=True)
+    per_source = _number(t, "max_connections_per_source", where, min(d.max_connections_per_source, total),
+                         integer=True)
+    if per_source > total:
+        raise ConfigError(f"{where}.max_connections_per_source: {per_source} is more than max_connections "
+                          f"({total}); one address cannot hold more than all of them")
+    return Tcp(max_connections=total, max_connections_per_source=per_source,
+               idle_timeout=float(_number(t, "idle_timeout", where, d.idle_timeout)),
+               message_timeout=float(_number(t, "message_timeout", where, d.message_timeout)))
+
+
 def from_dict(data: dict, source: str = "") -> Config:
     data = _check_keys(data, {"server", "dispatcher", "timers", "dns", "probing", "plugins", "control", "route",
-                              "overload", "security", "flood"}, "config")
+                              "overload", "security", "flood", "tcp"}, "config")
     server = _check_keys(data.get("server", {}), {"listen", "domains", "log_level", "workers", "no_route_reply",
                                                   "drain_time", "server_header", "user_agent_header"}, "[server]")
     for key in ("server_header", "user_agent_header"):
@@ -479,6 +509,7 @@ def from_dict(data: dict, source: str = "") -> Config:
     )
     security = _security(data.get("security", {}), source)
     flood = _flood(data.get("flood", {}))
+    tcp = _tcp(data.get("tcp", {}))
     pl = data.get("plugins", {})
     if not isinstance(pl, dict):
         raise ConfigError("[plugins]: expected a table")
@@ -494,7 +525,7 @@ def from_dict(data: dict, source: str = "") -> Config:
         listen=listen, domains=tuple(x.lower() for x in domains), log_level=level,
         workers=_number(server, "workers", "[server]", 1, integer=True, minimum=1, exclusive=False),
         list_file=list_file, load_mode=load_mode, **flags, **seconds,
-        timers=timers, probing=probing, overload=overload, security=security, flood=flood,
+        timers=timers, probing=probing, overload=overload, security=security, flood=flood, tcp=tcp,
         server_header=server.get("server_header", Config.server_header),
         user_agent_header=server.get("user_agent_header", Config.user_agent_header),
         plugins=plugins, hooks_dir=hooks_dir,

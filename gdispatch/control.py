@@ -27,9 +27,15 @@ address and only with a token; every request on it carries ``"token": "..."`` as
 of the request object, compared in constant time; a request without it is refused and
 the connection closed.
 
-gevent: the server runs inside the proxy's hub, one greenlet per connection (bounded by
-`MAX_CONNECTIONS`), with an idle timeout. The client is plain blocking sockets: it runs
-in the short-lived ``gdispatch rpc`` process.
+gevent: the server runs inside the proxy's hub, one greenlet per connection. An idle
+connection cannot hold the socket: each connection has `REQUEST_TIMEOUT` seconds for a
+complete request line (from its accept, then from its last answer; bytes trickled in do
+not extend it) and `ANSWER_TIMEOUT` for its answer to be taken; at most
+`MAX_CONNECTIONS` are served at once, and when all are taken a new one closes the
+connection that has waited longest for a request, so it never waits itself (a
+connection whose request is being answered is not closed; when every one is, the new
+one is). The client is plain blocking sockets: it runs in the short-lived
+``gdispatch rpc`` process.
 """
 
 from __future__ import annotations
@@ -43,11 +49,11 @@ import os
 import socket
 import stat
 import struct
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import gevent
-import gevent.pool
 import gevent.server
 from gevent import socket as gsocket
 
@@ -68,8 +74,10 @@ SYSTEM_RUN_DIR = "/run/gdispatch"
 TMP_RUN_DIR = "/tmp/gdispatch-{uid}"
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # what the client accepts: a list of many thousand destinations
-MAX_CONNECTIONS = 32
-IDLE_TIMEOUT = 60.0  # seconds a connection may stay silent
+MAX_CONNECTIONS = 64  # connections served at once (gdispatch.tcplimits keeps file descriptors for them)
+REQUEST_TIMEOUT = 5.0  # seconds a connection has to send a complete request line
+ANSWER_TIMEOUT = 10.0  # seconds an answer may take to be written (a client that does not read)
+BACKLOG = 128  # connections the kernel queues while the server accepts
 MIN_TOKEN_LENGTH = 16
 
 ENV_SOCKET = "GDISPATCH_SOCKET"
@@ -261,7 +269,7 @@ class ControlServer:
         tcp_host: str = "127.0.0.1",
         token: str | None = None,
         max_request_bytes: int = MAX_REQUEST_BYTES,
-        idle_timeout: float = IDLE_TIMEOUT,
+        request_timeout: float = REQUEST_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
     ):
         self.api = api
@@ -270,8 +278,11 @@ class ControlServer:
         self.tcp_host = tcp_host
         self.token = token
         self.max_request_bytes = max_request_bytes
-        self.idle_timeout = idle_timeout
-        self._pool = gevent.pool.Pool(max_connections)
+        self.request_timeout = request_timeout
+        self.max_connections = max_connections
+        # The connections being served: their greenlet -> since when each has waited for
+        # a request (None while its request is answered).
+        self._waiting: dict[gevent.Greenlet, float | None] = {}
         self._servers: list[gevent.server.StreamServer] = []
         self._inode: tuple[int, int] | None = None
         if tcp_port is not None:
@@ -307,8 +318,8 @@ class ControlServer:
         os.chmod(self.path, 0o600)
         st = os.stat(self.path)
         self._inode = (st.st_dev, st.st_ino)
-        sock.listen(16)
-        self._servers.append(gevent.server.StreamServer(sock, self._serve_unix, spawn=self._pool))
+        sock.listen(BACKLOG)
+        self._servers.append(gevent.server.StreamServer(sock, self._serve_unix))
         if self.tcp_port is not None:
             family = socket.AF_INET6 if ":" in self.tcp_host else socket.AF_INET
             tsock = gsocket.socket(family, socket.SOCK_STREAM)
@@ -320,8 +331,8 @@ class ControlServer:
                 self._close_unix()
                 raise ControlError(f"cannot bind the TCP control port {self.tcp_host}:{self.tcp_port}: "
                                    f"{e.strerror or e}") from None
-            tsock.listen(16)
-            self._servers.append(gevent.server.StreamServer(tsock, self._serve_tcp, spawn=self._pool))
+            tsock.listen(BACKLOG)
+            self._servers.append(gevent.server.StreamServer(tsock, self._serve_tcp))
         for server in self._servers:
             server.start()
         log.info("control socket %s%s", self.path,
@@ -331,6 +342,8 @@ class ControlServer:
         for server in self._servers:
             server.stop(timeout=1)
         self._servers = []
+        for greenlet in list(self._waiting):
+            greenlet.kill(block=False)
         self._close_unix()
 
     def _close_unix(self) -> None:
@@ -362,6 +375,14 @@ class ControlServer:
         self._serve(conn, self.token)
 
     def _serve(self, conn, token: str | None) -> None:
+        me = gevent.getcurrent()
+        if len(self._waiting) >= self.max_connections and not self._make_room():
+            log.warning("control: %d connections are all answering requests; closing a new one",
+                        self.max_connections)
+            conn.close()
+            return
+        clock = time.monotonic
+        self._waiting[me] = since = clock()
         buf = bytearray()
         limit = self.max_request_bytes
         try:
@@ -372,17 +393,18 @@ class ControlServer:
                         self._too_large(conn)
                         return
                     data = None
-                    with gevent.Timeout(self.idle_timeout, False):
+                    with gevent.Timeout(max(0.0, since + self.request_timeout - clock()), False):
                         data = conn.recv(65536)
                     if data is None:
-                        return  # silent for too long
+                        return  # no complete request in time
                     if not data:
                         # EOF: a last request may come without its newline (the client
                         # shut its side down after writing).
                         if buf.strip() and len(buf) <= limit:
+                            self._waiting[me] = None
                             answer, _ = handle_line(self.api, bytes(buf), token)
                             if answer:
-                                conn.sendall(answer)
+                                self._send(conn, answer)
                         return
                     buf += data
                     continue
@@ -391,15 +413,35 @@ class ControlServer:
                 if len(line) > limit:
                     self._too_large(conn)
                     return
+                self._waiting[me] = None
                 answer, close = handle_line(self.api, line, token)
                 if answer:
-                    conn.sendall(answer)
+                    self._send(conn, answer)
                 if close:
                     return
+                self._waiting[me] = since = clock()
         except OSError as e:
             log.debug("control: connection ended: %s", e)
         finally:
+            self._waiting.pop(me, None)
             conn.close()
+
+    def _make_room(self) -> bool:
+        """Close the connection that has waited longest for a request; False when every
+        connection is answering one."""
+        idle = [(since, g) for g, since in self._waiting.items() if since is not None]
+        if not idle:
+            return False
+        _, oldest = min(idle, key=lambda x: x[0])
+        del self._waiting[oldest]
+        oldest.kill(block=False)  # its greenlet closes the connection
+        return True
+
+    def _send(self, conn, answer: bytes) -> None:
+        """Write an answer; a client that does not take it within ANSWER_TIMEOUT loses
+        its connection (socket.timeout is an OSError)."""
+        with gevent.Timeout(ANSWER_TIMEOUT, socket.timeout("the client does not read its answer")):
+            conn.sendall(answer)
 
     def _too_large(self, conn) -> None:
         err = RpcError(INVALID_REQUEST, "Request too large", f"at most {self.max_request_bytes} bytes per request line")

@@ -52,6 +52,7 @@ import gevent.event
 import gevent.pool
 import gevent.socket
 
+from gdispatch import logsafe
 from gdispatch.dispatcher.destination import FLAG_NODNSARES, Destination, DispatcherList
 from gdispatch.dnswire import (
     RCODE_NAMES,
@@ -701,16 +702,17 @@ class DestinationResolver:
             _set(dest, kept[0], "")
             if reason != entry.failing:
                 log.warning("%s: destination %s: %s; keeping the last good address %s, retrying every %gs",
-                            dest.where, dest.uri, reason, _show(kept), self.retry_interval)
+                            dest.where, dest.uri, reason, _show(kept), self.retry_interval, extra=logsafe.KEEP)
             entry.failing = reason
             return
         _set(dest, None, reason)
         if reason != entry.failing:
             if unreachable:
-                log.warning("%s: destination %s cannot be reached: %s", dest.where, dest.uri, reason)
+                log.warning("%s: destination %s cannot be reached: %s", dest.where, dest.uri, reason,
+                            extra=logsafe.KEEP)
             else:
                 log.warning("%s: destination %s: %s; it will not be used until it resolves (retry every %gs)",
-                            dest.where, dest.uri, reason, self.retry_interval)
+                            dest.where, dest.uri, reason, self.retry_interval, extra=logsafe.KEEP)
         else:
             log.debug("%s: destination %s: still %s", dest.where, dest.uri, reason)
         entry.failing = reason

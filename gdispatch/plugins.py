@@ -141,14 +141,16 @@ class PluginHost:
             return impl.function(**{k: kwargs[k] for k in impl.argnames if k in kwargs})
         except Exception:
             self.errors[impl.plugin_name] += 1
-            log.exception("plugin %s failed in %s; carrying on without it", impl.plugin_name, hook)
+            # The hook's name is part of the message template: each hook's failures are a
+            # kind of their own when the log sums up repeated warnings (gdispatch.logsafe).
+            log.exception(f"plugin %s failed in {hook}; carrying on without it", impl.plugin_name)
             return None
         finally:
             took = time.perf_counter() - start
             if took > self.time_budget:
                 self.slow[impl.plugin_name] += 1
-                log.warning("plugin %s took %.0f ms in %s (budget %.0f ms): it holds up other calls",
-                            impl.plugin_name, took * 1000, hook, self.time_budget * 1000)
+                log.warning(f"plugin %s took %.0f ms in {hook} (budget %.0f ms): it holds up other calls",
+                            impl.plugin_name, took * 1000, self.time_budget * 1000)
 
     def call(self, hook: str, **kwargs):
         """Call every implementation, each isolated: returns the list of results."""

@@ -20,6 +20,7 @@ from typing import Callable
 
 import gevent
 
+from gdispatch import logsafe
 from gdispatch.dispatcher.destination import Destination, DispatcherList, state_letters
 from gdispatch.probing import (
     PING_TIMEOUT_STATUS,
@@ -76,9 +77,11 @@ class Prober:
             return
         old_l, new_l = state_letters(old), dest.state_letters()
         if is_up(old) and not is_up(new):
-            log.warning("destination %s (set %d) is down (%s): %s", dest.uri, dest.setid, new_l, reason)
+            log.warning("destination %s (set %d) is down (%s): %s", dest.uri, dest.setid, new_l, reason,
+                        extra=logsafe.KEEP)
         elif not is_up(old) and is_up(new):
-            log.warning("destination %s (set %d) is up (%s): %s", dest.uri, dest.setid, new_l, reason)
+            log.warning("destination %s (set %d) is up (%s): %s", dest.uri, dest.setid, new_l, reason,
+                        extra=logsafe.KEEP)
         else:
             log.info("destination %s (set %d) %s -> %s: %s", dest.uri, dest.setid, old_l, new_l, reason)
         if self.on_change is not None:
@@ -168,7 +171,7 @@ class Prober:
             if resp is None:
                 finish(status, "transport error" if status != PING_TIMEOUT_STATUS else "ping timeout")
             else:
-                finish(status, f"ping reply {status} {resp.reason.decode(errors='replace')}".rstrip())
+                finish(status, f"ping reply {status} {logsafe.text(resp.reason)}".rstrip())
 
         ct = None
         ct = self.proxy.originate(transport, addr, method, build, on_final, socket_attr=dest.attr_map.get("socket"))

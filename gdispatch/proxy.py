@@ -31,6 +31,7 @@ from typing import Callable
 import gevent
 from gevent.event import Event
 
+from gdispatch import logsafe
 from gdispatch.builtin import Builtin
 from gdispatch.calls import CallLoad
 from gdispatch.config import Config, Route
@@ -417,7 +418,7 @@ class Proxy:
         goes nowhere (an ACK gets no answer, RFC 3261 §17.2.3)."""
         self.stats["in_dialog_refused"] += 1
         if self._debug:
-            log.debug("refused %s call-id=%s from %r: %s", msg.method, msg.call_id, source, why)
+            log.debug("refused %s call-id=%s from %r: %s", msg.method, logsafe.text(msg.call_id), source, why)
         if msg.method != "ACK":
             self._refuse(msg, via, source, 403, "Forbidden", top_via=top_via)
 
@@ -722,7 +723,7 @@ class Proxy:
             return None
         if self._debug:
             log.debug("dispatch %s call-id=%s route=%s set=%d alg=%d -> %s", method,
-                      msg.call_id.decode(errors="replace"), route.name or "-", route.set, route.algorithm,
+                      logsafe.text(msg.call_id), route.name or "-", route.set, route.algorithm,
                       " ".join(d.uri for d in candidates))
         self.stats["dispatched"] += 1
         st = self._new_server_txn(msg, via, source, key)
@@ -747,7 +748,7 @@ class Proxy:
         self._no_destination_log[setid] = (now, 0)
         more = f" ({skipped} more since the last warning)" if skipped else ""
         log.warning("no active destination in set %d for %s %s%s", setid, method,
-                    msg.call_id.decode(errors="replace"), more)
+                    logsafe.text(msg.call_id), more)
 
     def _match_route(self, msg: SipMessage, ruri: SipUri, source: Source):
         plugins = self.plugins
@@ -978,7 +979,7 @@ class Proxy:
             self._start_branch(ctx, first, source, top_via, popped, record)
         except Exception:
             # As the walker does: the caller gets its 500, the call leaves the count.
-            log.exception("error while dispatching call-id %s", ctx.request.call_id.decode(errors="replace"))
+            log.exception("error while dispatching call-id %s", logsafe.text(ctx.request.call_id))
             if ctx.walk is not None:
                 ctx.walk = None
                 self.calls_in_setup -= 1
@@ -1040,21 +1041,21 @@ class Proxy:
                         dset = self.dlist.get(action.set)
                         more = select(dset, action.algorithm, ctx.request, 0, self._default_options) if dset else []
                         log.warning("%s %s for call-id %s; switching to set %d (%d destinations)",
-                                    dest.uri, ctx.last_outcome, ctx.request.call_id.decode(errors="replace"),
+                                    dest.uri, ctx.last_outcome, logsafe.text(ctx.request.call_id),
                                     action.set, len(more))
                         candidates = candidates[:n + 1] + more
                     elif action.kind != "next":
                         break
                     elif n + 1 < len(candidates):
                         log.warning("failover: %s %s for call-id %s, trying %s", dest.uri, ctx.last_outcome,
-                                    ctx.request.call_id.decode(errors="replace"), candidates[n + 1].uri)
+                                    logsafe.text(ctx.request.call_id), candidates[n + 1].uri)
                     else:
                         log.warning("%s %s for call-id %s; no destination left", dest.uri, ctx.last_outcome,
-                                    ctx.request.call_id.decode(errors="replace"))
+                                    logsafe.text(ctx.request.call_id))
                     n += 1
             self._finish(ctx)
         except Exception:
-            log.exception("error while dispatching call-id %s", ctx.request.call_id.decode(errors="replace"))
+            log.exception("error while dispatching call-id %s", logsafe.text(ctx.request.call_id))
             if not ctx.final_sent:
                 ctx.final_sent = True
                 self._local_reply(ctx.st, ctx.request, 500, "Internal Server Error")

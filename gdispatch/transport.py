@@ -7,6 +7,11 @@ are kept in a table by peer address and reused for responses and later requests 
 same peer. Writes never block the caller: a TCP write that does not fit in the kernel
 buffer is queued and finished by the connection's own writer, in order.
 
+What TCP may hold is bounded (gdispatch.tcplimits decides, this module applies it): a
+connection over a cap is accepted and closed at once, a connection closes when idle or
+when a message takes too long to arrive, a message over the size limit gets its 413
+before the connection closes, and a failing accept backs off instead of spinning.
+
 The proxy sees `Source` objects (where a message came from, how to answer it) and calls
 `Transports.send()` / `Transports.reply()`.
 """
@@ -24,14 +29,21 @@ from collections.abc import Callable
 import gevent
 from gevent import get_hub
 
-from gdispatch import sockfilter, steering
+from gdispatch import sockfilter, steering, tcplimits
 from gdispatch.config import Listen
-from gdispatch.sip import MAX_MESSAGE_SIZE, ParseError, frame_stream
+from gdispatch.sip import MAX_MESSAGE_SIZE, ParseError
+from gdispatch.tcplimits import AcceptBackoff, ConnectionTable, StreamReader, TcpLimits
 
 log = logging.getLogger("gdispatch.transport")
 
 TCP_CONNECT_TIMEOUT = 3.0
-TCP_IDLE_TIMEOUT = 600.0
+TCP_LINGER = 1.0  # seconds a connection closed after an error answer waits for its peer to read it
+# Accept errors that concern one connection only (it went away before it was accepted):
+# the next accept is tried at once.
+_ACCEPT_TRANSIENT = (errno.ECONNABORTED, errno.EPROTO, errno.EINTR, errno.EAGAIN, errno.EPERM)
+# The counters of the TCP side, in `stats` from the start.
+TCP_COUNTERS = ("tcp_connections_open", tcplimits.REFUSED_TOTAL, tcplimits.REFUSED_PER_SOURCE, "tcp_refused_banned",
+                "tcp_closed_idle", "tcp_closed_slow", "tcp_oversized", "tcp_evicted", "tcp_accept_failures")
 YIELD_EVERY = 32  # datagrams a receiver handles in a row before it lets other greenlets run
 
 
@@ -300,19 +312,25 @@ class UdpListener:
 
 
 class TcpConnection:
-    """One TCP connection, accepted or opened by us, reading and writing SIP messages."""
+    """One TCP connection, accepted or opened by us, reading and writing SIP messages.
+    `source`: the source it counts against (gdispatch.tcplimits.source_key) when it
+    was accepted, None when we opened it."""
 
     def __init__(self, owner: Transports, listener: TcpListener, addr: tuple[str, int],
-                 sock: socket.socket | None):
+                 sock: socket.socket | None, source: str | None = None):
         self.owner = owner
         self.listener = listener
         self.addr = addr
         self.sock = sock
+        self.source = source
         self.connected = sock is not None
         self.closed = False
         self.pending: deque[bytes] = deque()
         self.error_callbacks: list[Callable[[], None]] = []
         self.writer_waiting = False
+        self.writer: gevent.Greenlet | None = None
+        limits = owner.tcp_limits
+        self.reader = StreamReader(time.monotonic(), limits.idle_timeout, limits.message_timeout)
         self.greenlet = gevent.spawn(self._run)
 
     def _run(self) -> None:
@@ -366,6 +384,7 @@ class TcpConnection:
     def send(self, data: bytes, on_error: Callable[[], None] | None = None) -> None:
         if self.closed:
             raise TransportError(errno.EPIPE, "connection closed")
+        self.reader.touch(time.monotonic())
         if not self.connected:
             if on_error is not None:
                 self.error_callbacks.append(on_error)
@@ -384,7 +403,7 @@ class TcpConnection:
         if n < len(data):
             self.pending.append(data[n:])
             if not self.writer_waiting:
-                gevent.spawn(self._flush)
+                self.writer = gevent.spawn(self._flush)
 
     def _flush(self) -> None:
         hub = get_hub()
@@ -416,37 +435,100 @@ class TcpConnection:
         sock = self.sock
         hub = get_hub()
         w = hub.loop.io(sock.fileno(), 1)
-        buf = b""
+        reader = self.reader
         handle = self.owner.on_message
+        clock = time.monotonic
         while not self.closed:
             try:
                 chunk = sock.recv(65536)
             except BlockingIOError:
-                try:
-                    with gevent.Timeout(TCP_IDLE_TIMEOUT, OSError(errno.ETIMEDOUT, "idle")):
-                        hub.wait(w)
-                except OSError:
+                deadline, why = reader.deadline()
+                wait = deadline - clock()
+                if wait <= 0:
+                    self._expired(why)
                     return
+                with gevent.Timeout(wait, False):
+                    hub.wait(w)
                 continue
             if not chunk:
                 return
-            buf += chunk
-            while buf:
-                try:
-                    msg, used = frame_stream(buf)
-                except ParseError as e:
-                    # A broken stream cannot be resynchronised: close it (RFC 3261 §18.3).
-                    log.warning("closing tcp connection from %s:%s: %s", self.addr[0], self.addr[1], e.reason)
-                    self.owner.stats["bad_stream"] = self.owner.stats.get("bad_stream", 0) + 1
-                    return
-                if used:
-                    buf = buf[used:]
-                if msg is None:
-                    break
+            now = clock()
+            messages = reader.feed(chunk, now)
+            if messages:
+                self.owner.table.active(self)
+            for msg in messages:
                 try:
                     handle(msg, Source("tcp", self.addr, self.listener, self))
                 except Exception:
                     log.exception("error handling a message from %s:%s", self.addr[0], self.addr[1])
+            if reader.error is not None:
+                self._broken(reader.error)
+                return
+            deadline, why = reader.deadline()
+            if now >= deadline:  # a peer that never pauses is held to the same deadlines
+                self._expired(why)
+                return
+
+    def _expired(self, why: str) -> None:
+        stats = self.owner.stats
+        if why == tcplimits.SLOW:
+            stats["tcp_closed_slow"] += 1
+            log.warning("closing tcp connection from %s:%s: no complete message within %g s", self.addr[0],
+                        self.addr[1], self.reader.message_timeout)
+        else:
+            stats["tcp_closed_idle"] += 1
+            log.debug("closing tcp connection with %s:%s: idle for %g s", self.addr[0], self.addr[1],
+                      self.reader.idle_timeout)
+
+    def _broken(self, e: ParseError) -> None:
+        """The stream cannot be framed: it cannot be resynchronised either (RFC 3261
+        §18.3), so the connection closes; a message too large gets its 413 first when its
+        head allows one (gdispatch.tcplimits.too_large_answer)."""
+        stats = self.owner.stats
+        if e.status != 413:
+            log.warning("closing tcp connection from %s:%s: %s", self.addr[0], self.addr[1], e.reason)
+            stats["bad_stream"] = stats.get("bad_stream", 0) + 1
+            return
+        stats["tcp_oversized"] += 1
+        answer = tcplimits.too_large_answer(self.reader.buffer, self.addr[0])
+        log.warning("closing tcp connection from %s:%s: a message over %d bytes%s", self.addr[0], self.addr[1],
+                    MAX_MESSAGE_SIZE, " (answered 413)" if answer else "")
+        if answer is not None:
+            self._answer_and_linger(answer)
+
+    def _answer_and_linger(self, answer: bytes) -> None:
+        """Send `answer`, then half-close and read what the peer still sends for up to
+        TCP_LINGER seconds: a close with unread input would reset the connection and could
+        destroy the answer before the peer reads it."""
+        sock = self.sock
+        if sock is None:
+            return
+        hub = get_hub()
+        try:
+            self.send(answer)
+            with gevent.Timeout(TCP_LINGER, False):
+                if self.writer is not None and self.pending:
+                    self.writer.join()
+                sock.shutdown(socket.SHUT_WR)
+                w = hub.loop.io(sock.fileno(), 1)
+                drained = 0
+                while drained < 16 * MAX_MESSAGE_SIZE:
+                    try:
+                        chunk = sock.recv(65536)
+                    except BlockingIOError:
+                        hub.wait(w)
+                        continue
+                    if not chunk:
+                        break
+                    drained += len(chunk)
+        except OSError:  # TransportError too: the peer is gone, nothing is left to do
+            pass
+
+    def abort(self) -> None:
+        """Close now, from another greenlet: the connection's own ends at once."""
+        self.close()
+        if self.greenlet is not gevent.getcurrent():
+            self.greenlet.kill(block=False)
 
     def close(self) -> None:
         if self.closed:
@@ -479,6 +561,7 @@ class TcpListener:
         sock.setblocking(False)
         self.sock = sock
         self.greenlet: gevent.Greenlet | None = None
+        self.backoff = AcceptBackoff()
 
     def start(self) -> None:
         self.greenlet = gevent.spawn(self._accept_loop)
@@ -486,6 +569,9 @@ class TcpListener:
     def _accept_loop(self) -> None:
         hub = get_hub()
         w = hub.loop.io(self.sock.fileno(), 1)
+        owner = self.owner
+        stats = owner.stats
+        backoff = self.backoff
         while True:
             try:
                 s, addr = self.sock.accept()
@@ -495,18 +581,48 @@ class TcpListener:
             except OSError as e:
                 if e.errno in (errno.EBADF, errno.EINVAL):
                     return
-                log.warning("tcp accept failed: %s", e)
-                gevent.sleep(0.1)
+                if e.errno in _ACCEPT_TRANSIENT:
+                    continue
+                # Out of descriptors or buffers (EMFILE, ENFILE, ENOBUFS, ENOMEM): the
+                # connection waits in the kernel's queue; trying again at once would spin.
+                stats["tcp_accept_failures"] += 1
+                delay, line = backoff.failed(time.monotonic(), e)
+                if line:
+                    log.warning("%s", line)
+                gevent.sleep(delay)
+                continue
+            line = backoff.succeeded()
+            if line:
+                log.warning("%s", line)
+            if addr[0] in owner.banned:
+                stats["tcp_refused_banned"] += 1  # a flood's source (gdispatch.flood)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                s.close()
+                continue
+            source = tcplimits.source_key(addr[0])
+            refusal = owner.table.refusal(source)
+            if refusal is not None:
+                # Accepted and closed at once, so that the kernel's queue does not fill; a
+                # reset (no FIN handshake, no TIME_WAIT kept here).
+                stats[refusal] += 1
+                log.warning("refused a tcp connection from %s:%s: %s reached", addr[0], addr[1],
+                            "[tcp].max_connections" if refusal == tcplimits.REFUSED_TOTAL
+                            else "[tcp].max_connections_per_source")
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                s.close()
                 continue
             s.setblocking(False)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = TcpConnection(self.owner, self, (addr[0], addr[1]), s)
-            self.owner.remember(conn)
+            conn = TcpConnection(owner, self, (addr[0], addr[1]), s, source)
+            owner.remember(conn)
 
     def close(self) -> None:
         if self.greenlet is not None:
             self.greenlet.kill(block=False)
         self.sock.close()
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
 
 
 def udp_socket(listen: Listen, reuseport: bool = False) -> socket.socket:
@@ -575,22 +691,27 @@ class Transports:
 
     def __init__(self, listens: tuple[Listen, ...], on_message: Callable[[bytes, Source], None], *,
                  shared: bool = False, udp_socks: dict[int, socket.socket] | None = None,
-                 kernel_filter: bool = False):
+                 tcp_limits: TcpLimits | None = None, kernel_filter: bool = False):
         """`shared`: one of several workers on the same listen addresses (SO_REUSEPORT);
         each UDP listener then gets a private twin on an ephemeral port of the same IP,
         which sends this worker's requests and receives their responses. `udp_socks`:
         this worker's sockets of `shared_udp_sockets`, by position in `listens`.
-        `kernel_filter`: the kernel drops what cannot be SIP (gdispatch.sockfilter)."""
+        `tcp_limits`: this process's TCP caps and timeouts (gdispatch.tcplimits; the
+        `[tcp]` defaults when None). `kernel_filter`: the kernel drops what cannot be SIP
+        (gdispatch.sockfilter)."""
         self.on_message = on_message
         # Whether a datagram from an IP address may be read (gdispatch.flood), or None.
         self.admit: Callable[[str], bool] | None = None
         self.kernel_filter = kernel_filter
         self.filter_error: OSError | None = None  # the kernel's refusal of the filter
+        self.banned: frozenset[str] = frozenset()  # sources banned as floods (`set_banned`)
         # Called with (ip, port) when an ICMP error says a datagram could not reach it.
         self.on_unreachable: Callable[[tuple[str, int]], None] | None = None
-        self.stats: dict[str, int] = {}
+        self.stats: dict[str, int] = dict.fromkeys(TCP_COUNTERS, 0)
         self.listeners: list[UdpListener | TcpListener] = []
         self.connections: dict[tuple[str, int], TcpConnection] = {}
+        self.tcp_limits = tcp_limits or TcpLimits()
+        self.table = ConnectionTable(self.tcp_limits)
         for listen in listens:
             try:
                 if listen.transport == "udp":
@@ -612,8 +733,10 @@ class Transports:
             self.set_banned([])
 
     def set_banned(self, sources: list[str]) -> None:
-        """Give every UDP socket the kernel filter (gdispatch.sockfilter) dropping junk
-        and what `sources` send; without `kernel_filter`, nothing."""
+        """The sources gdispatch.flood banned: their TCP connections are refused, and every
+        UDP socket's kernel filter (gdispatch.sockfilter, with `kernel_filter`) drops junk
+        and what they send."""
+        self.banned = frozenset(sources)
         if not self.kernel_filter:
             return
         for lst in self._sockets():
@@ -662,10 +785,37 @@ class Transports:
 
     def remember(self, conn: TcpConnection) -> None:
         self.connections[conn.addr] = conn
+        if conn.source is not None:
+            self.table.accepted(conn, conn.source)
+        else:
+            self.table.opened(conn)
+        self.stats["tcp_connections_open"] = self.table.open
 
     def forget(self, conn: TcpConnection) -> None:
         if self.connections.get(conn.addr) is conn:
             del self.connections[conn.addr]
+        self.table.closed(conn)
+        self.stats["tcp_connections_open"] = self.table.open
+
+    def _open(self, listener: UdpListener | TcpListener, addr: tuple[str, int]) -> TcpConnection:
+        """A new connection towards `addr`. When the table is full the accepted
+        connection idle longest makes room: callers filling the table must not cut the
+        proxy off from its destinations."""
+        if self.table.full():
+            victim = self.table.idlest()
+            if isinstance(victim, TcpConnection) and victim.greenlet is gevent.getcurrent():
+                victim = self.table.idlest(spare=victim)  # not the connection whose message this is
+            if victim is None:
+                raise TransportError(errno.EMFILE, f"tcp connect to {addr[0]}:{addr[1]}: [tcp].max_connections "
+                                                   f"({self.tcp_limits.max_connections}) reached")
+            assert isinstance(victim, TcpConnection)
+            self.stats["tcp_evicted"] += 1
+            log.warning("closing tcp connection from %s:%s to open one to %s:%s: [tcp].max_connections reached",
+                        victim.addr[0], victim.addr[1], addr[0], addr[1])
+            victim.abort()
+        conn = TcpConnection(self, listener, addr, None)
+        self.remember(conn)
+        return conn
 
     def listener_for(self, transport: str, host: str) -> UdpListener | TcpListener | None:
         """The listener that sends to `host` over `transport` (same address family)."""
@@ -701,8 +851,7 @@ class Transports:
             return listener
         conn = self.connections.get(addr)
         if conn is None or conn.closed:
-            conn = TcpConnection(self, listener, addr, None)
-            self.remember(conn)
+            conn = self._open(listener, addr)
         conn.send(data, on_error)
         return listener
 
@@ -718,10 +867,9 @@ class Transports:
         if conn is None or conn.closed:
             # The connection is gone: open a new one to the sent-by address.
             conn = self.connections.get(addr)
-            if conn is None or conn.closed:
-                conn = TcpConnection(self, source.listener, addr, None)
-                self.remember(conn)
         try:
+            if conn is None or conn.closed:
+                conn = self._open(source.listener, addr)
             conn.send(data)
         except TransportError as e:
             log.debug("tcp reply to %s failed: %s", addr, e)

@@ -436,13 +436,15 @@ def _last_tag(params: bytes) -> bytes | None:
     return tags[-1] if tags else None
 
 
-def parse_message(data: bytes, *, stream: bool = False) -> SipMessage:
+def parse_message(data: bytes, *, stream: bool = False, head_only: bool = False) -> SipMessage:
     """Parse one SIP message.
 
     `stream=False` (a datagram): a body longer than Content-Length is cut to it and the
     rest dropped (RFC 3261 §18.3); a shorter one is ParseError("Content-Length mismatch");
     without Content-Length the body is the rest of the datagram. `stream=True` (one
-    message framed by `frame_stream`): Content-Length is mandatory.
+    message framed by `frame_stream`): Content-Length is mandatory. `head_only`: `data`
+    is the header block of a message whose body was not read (one too large to take,
+    answered from its head): the body is empty and Content-Length is not checked.
 
     Tolerates leading CRLFs, bare LF line ends and folded header lines. Raises ParseError
     for an oversize message (413), a malformed start line or header line, a negative,
@@ -469,6 +471,9 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipMessage:
 
     msg = SipMessage(data, start_line, lines, names, folded)
     _parse_start_line(msg, start_line)
+    if head_only:
+        msg.body = b""
+        return msg
 
     length_index = msg._index("content-length")
     available = len(data) - body_start

@@ -17,6 +17,7 @@ import csv
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -186,12 +187,13 @@ def _udp_exchange(data: bytes, host: str, port: int, timeout: float, local_port:
         s.close()
 
 
-def _tcp_exchange(data: bytes, host: str, port: int, timeout: float) -> list[bytes]:
+def _tcp_exchange(data: bytes, host: str, port: int, timeout: float, source_ip: str | None = None) -> list[bytes]:
     _check_loopback(host)
     out: list[bytes] = []
     deadline = time.monotonic() + timeout
     try:
-        s = socket.create_connection((host, port), timeout=timeout)
+        s = socket.create_connection((host, port), timeout=timeout,
+                                     source_address=(source_ip, 0) if source_ip else None)
     except OSError:
         return out
     buf = b""
@@ -302,16 +304,20 @@ def signed_route(port: int, call_id: str, caller_tag: str, destination: str, hos
     return f"<sip:{host}:{port};lr;gds={token.decode()}>"
 
 
-def sip_options(port: int, host: str = HOST, timeout: float = 1.0, transport: str = "udp") -> int | None:
+def sip_options(port: int, host: str = HOST, timeout: float = 1.0, transport: str = "udp",
+                source_ip: str | None = None) -> int | None:
     """Send ``OPTIONS sip:host:port`` (retransmitted every 0.2 s on UDP) and return the final
-    status code, or None if nothing final came back within `timeout` seconds."""
+    status code, or None if nothing final came back within `timeout` seconds. `source_ip`
+    (TCP): the loopback address the connection comes from (127.0.0.2...)."""
     if transport == "udp":
         lp = free_port("udp")
         msg = build_request("OPTIONS", f"sip:{host}:{port}", local_port=lp)
         replies = _udp_exchange(msg, host, port, timeout, local_port=lp, retransmit=0.2)
     else:
+        if source_ip:
+            _check_loopback(source_ip)
         msg = build_request("OPTIONS", f"sip:{host}:{port}", local_port=9, transport="TCP")
-        replies = _tcp_exchange(msg, host, port, timeout)
+        replies = _tcp_exchange(msg, host, port, timeout, source_ip)
     for r in replies:
         code = status_code(r)
         if code is not None and code >= 200:
@@ -385,7 +391,8 @@ class Proxy:
 
     def __init__(self, tmp_path: Path | str, dispatcher_list: str, config: str | None = "",
                  listen: Sequence[str] = ("udp:127.0.0.1:{port}",), args: Sequence[str] = (),
-                 *, port: int | None = None, ready_timeout: float = 15.0, env: dict | None = None):
+                 *, port: int | None = None, ready_timeout: float = 15.0, env: dict | None = None,
+                 open_files: tuple[int, int] | None = None):
         self.dir = Path(tmp_path)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port("both")
@@ -403,6 +410,7 @@ class Proxy:
         self.args = list(args)
         self.ready_timeout = ready_timeout
         self.env = env
+        self.open_files = open_files  # (soft, hard) RLIMIT_NOFILE of the proxy process
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -436,9 +444,16 @@ class Proxy:
         env["GDISPATCH_SOCKET"] = str(self.socket_path)
         env["STATE_DIRECTORY"] = str(self.dir)
         env.update(self.env or {})
+        limits = self.open_files
+
+        def set_limits() -> None:
+            if limits is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(self.cmd, cwd=self.dir, stdout=logf, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env)
+                                         stdin=subprocess.DEVNULL, env=env,
+                                         preexec_fn=set_limits if limits is not None else None)
         transport, port = self._ready_check()
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:

@@ -227,7 +227,7 @@ except OSError as e:
 try:
     s.sendall(b'{"jsonrpc":"2.0","method":"core.version","id":1}\n')
     answer = s.recv(4096).decode().strip()
-except ConnectionResetError:
+except (ConnectionResetError, BrokenPipeError):  # closed before or after the write
     answer = ""
 print("ANSWER", answer or "<closed>")
 '''

@@ -69,13 +69,18 @@ def test_junk_is_dropped_before_the_proxy_reads_it(proxy):
 
 def test_a_source_past_its_rate_is_banned_the_others_are_served(proxy):
     gateway = "127.0.0.7"
-    p = proxy(f"1 sip:{gateway}:5071 32 0\n", config="[flood]\nsource_rate = 100\nban_time = 30\n")
+    p = proxy(f"1 sip:{gateway}:5071 32 0\n", config="[flood]\nsource_rate = 100\nban_time = 30\n",
+              listen=("udp:127.0.0.1:{port}", "tcp:127.0.0.1:{port}"))
     flood = [options(p.port, FLOODER).replace(b"OPTIONS sip:", b"OPTIONS sip:%d@" % i, 1) for i in range(600)]
     burst(p, FLOODER, flood)
     burst(p, gateway, flood)  # a destination of the list: never banned
     time.sleep(0.3)
     assert not answered(p, FLOODER)
     assert answered(p, HOST) and answered(p, gateway)
+    # Its TCP connections are refused too; the others' are served.
+    assert harness.sip_options(p.port, transport="tcp", source_ip=FLOODER) is None
+    assert harness.sip_options(p.port, transport="tcp") == 200
     s = stats(p)
     assert s["flood_bans"] == 1 and s["banned_sources"] == 1 and s["flood_dropped"] > 0, s
+    assert s["tcp_refused_banned"] >= 1, s
     assert f"source {FLOODER} sent more than 100 datagrams in a second" in p.log()

@@ -204,8 +204,10 @@ def test_a_plugin_raising_on_every_call_loses_no_call(tmp_path, proxy, uas, uac)
         assert f"plugin boom failed in {hook}; carrying on without it" in log
     assert "RuntimeError: boom in prepare_attempt" in log
     # every failure counted, once per call of the hook: 100 routes, 150 attempts, 50 failures,
-    # and each response relayed (at least 180 and 200 per call)
-    assert errors["boom"] == log.count("plugin boom failed in ") >= 100 + 150 + 50 + 200, errors
+    # and each response relayed (at least 180 and 200 per call); the log shows the first
+    # few of each hook per 10 s and sums up the others (gdispatch.logsafe)
+    assert errors["boom"] >= 100 + 150 + 50 + 200, errors
+    assert log.count("plugin boom failed in ") <= 4 * 5 * 2, log.count("plugin boom failed in ")
 
 
 def test_a_plugin_over_the_time_budget_is_reported(tmp_path, proxy, uas, uac):

@@ -276,9 +276,90 @@ def test_a_last_request_without_newline_is_answered_at_eof(short_dir, servers):
 
 def test_an_idle_connection_is_closed(short_dir, servers):
     path = os.path.join(short_dir, "c.sock")
-    servers(path, idle_timeout=0.2)
+    servers(path, request_timeout=0.2)
     c = Conn(path)
     assert c.closed()
+
+
+def test_bytes_trickled_in_do_not_extend_the_deadline_of_a_request(short_dir, servers):
+    path = os.path.join(short_dir, "c.sock")
+    servers(path, request_timeout=0.5)
+    c = Conn(path)
+    request = b'{"jsonrpc":"2.0","method":"stats","id":1}\n'
+    started = time.monotonic()
+    with pytest.raises(OSError):  # EPIPE or a reset once the server has closed
+        for byte in request:  # one byte every 0.1 s: the line would take 4 s
+            c.send(bytes([byte]))
+            gevent.sleep(0.1)
+            assert time.monotonic() - started < 3
+    # Nothing was answered: the connection closed before its line was complete.
+    assert c.sock.recv(100) == b""
+
+
+def test_the_next_request_on_a_connection_has_its_own_deadline(short_dir, servers):
+    path = os.path.join(short_dir, "c.sock")
+    servers(path, request_timeout=0.4)
+    c = Conn(path)
+    for _ in range(3):
+        gevent.sleep(0.25)  # within the deadline, counted from the last answer
+        assert c.call("stats")["result"] == {"calls": 1}
+
+
+def test_when_every_slot_is_taken_the_connection_idle_longest_makes_room(short_dir, servers):
+    path = os.path.join(short_dir, "c.sock")
+    servers(path, max_connections=3)
+    idle = []
+    for _ in range(3):
+        idle.append(Conn(path))
+        gevent.sleep(0.01)  # accepted in this order
+    newcomer = Conn(path)
+    assert newcomer.call("stats")["result"] == {"calls": 1}  # at once: it does not wait for a slot
+    assert idle[0].closed()
+    assert idle[1].call("stats")["result"] == {"calls": 1}
+
+
+class SlowApi(Api):
+    def reload(self):
+        gevent.sleep(0.5)
+
+
+def test_a_connection_whose_request_is_being_answered_is_not_closed_to_make_room(short_dir, servers):
+    path = os.path.join(short_dir, "c.sock")
+    servers(path, api=SlowApi(), max_connections=2)
+    busy = [Conn(path), Conn(path)]
+    for c in busy:
+        c.send(b'{"jsonrpc":"2.0","method":"dispatcher.reload","id":1}\n')
+    gevent.sleep(0.1)
+    assert Conn(path).closed()  # every slot answers a request: the newcomer goes
+    for c in busy:
+        assert "result" in json.loads(c.line())
+
+
+class BigApi(Api):
+    def stats(self):
+        return {"blob": "x" * (16 * 1024 * 1024)}
+
+
+def test_a_client_that_does_not_read_its_answer_loses_its_connection(short_dir, servers, monkeypatch):
+    monkeypatch.setattr(control, "ANSWER_TIMEOUT", 0.3)
+    path = os.path.join(short_dir, "c.sock")
+    server = servers(path, api=BigApi())
+    c = Conn(path)
+    c.send(b'{"jsonrpc":"2.0","method":"stats","id":1}\n')  # and not read
+    with gevent.Timeout(5):
+        while not server._waiting:  # served...
+            gevent.sleep(0.02)
+        while server._waiting:  # ...and given up
+            gevent.sleep(0.02)
+    received = 0
+    with gevent.Timeout(5):
+        try:
+            while data := c.sock.recv(1 << 20):
+                received += len(data)
+        except ConnectionResetError:
+            pass
+    assert received < 16 * 1024 * 1024  # the answer was cut when the connection closed
+    assert "1.2.3" in Conn(path).call("core.version")["result"]
 
 
 def test_handle_line_notifications_batches_and_invalid_requests():

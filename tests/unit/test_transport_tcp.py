@@ -1,0 +1,126 @@
+"""The TCP side of gdispatch.transport under its limits, in process: real sockets on
+127.0.0.1 and the real gevent hub. A connection the proxy opens when the table is full
+makes room by closing the accepted one idle longest; an accept that fails for want of
+descriptors backs off and is logged once, not once per try."""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import socket
+
+import gevent
+import pytest
+from gevent import socket as gsocket
+
+from gdispatch.config import Listen
+from gdispatch.tcplimits import TcpLimits
+from gdispatch.transport import TransportError, Transports
+
+OPTIONS = (b"OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bKa\r\n"
+           b"From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: c1\r\nCSeq: 1 OPTIONS\r\n"
+           b"Content-Length: 0\r\n\r\n")
+
+
+def wait_until(check, within: float = 5.0) -> bool:
+    with gevent.Timeout(within, False):
+        while not check():
+            gevent.sleep(0.01)
+    return check()
+
+
+@pytest.fixture
+def transports():
+    made = []
+
+    def make(limits: TcpLimits) -> Transports:
+        received = []
+        t = Transports((Listen("tcp", "127.0.0.1", 0),), lambda data, source: received.append((data, source)),
+                       tcp_limits=limits)
+        t.received = received
+        t.start()
+        made.append(t)
+        return t
+
+    yield make
+    for t in made:
+        t.close()
+
+
+def port_of(t: Transports) -> int:
+    return t.listeners[0].sock.getsockname()[1]
+
+
+def client(t: Transports) -> socket.socket:
+    return gsocket.create_connection(("127.0.0.1", port_of(t)), timeout=5)
+
+
+def test_opening_a_connection_when_the_table_is_full_closes_the_accepted_one_idle_longest(transports):
+    t = transports(TcpLimits(max_connections=2, max_per_source=2, idle_timeout=60, message_timeout=10))
+    first, second = client(t), client(t)
+    assert wait_until(lambda: t.table.open == 2)
+    second.sendall(OPTIONS)  # the second carried a message: the first is idle longest
+    assert wait_until(lambda: len(t.received) == 1)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    try:
+        t.send("tcp", server.getsockname(), OPTIONS)
+        assert t.stats["tcp_evicted"] == 1 and t.table.open == 2
+        assert first.recv(100) == b""  # closed to make room
+        second.sendall(OPTIONS)
+        assert wait_until(lambda: len(t.received) == 2)  # still served
+        peer, _ = server.accept()
+        peer.settimeout(5)
+        assert peer.recv(len(OPTIONS)) == OPTIONS
+        peer.close()
+    finally:
+        server.close()
+        first.close()
+        second.close()
+
+
+def test_with_only_connections_we_opened_a_new_one_is_a_transport_error(transports):
+    t = transports(TcpLimits(max_connections=1, max_per_source=1, idle_timeout=60, message_timeout=10))
+    servers = []
+    try:
+        for _ in range(2):
+            srv = socket.socket()
+            srv.bind(("127.0.0.1", 0))
+            srv.listen(1)
+            servers.append(srv)
+        t.send("tcp", servers[0].getsockname(), OPTIONS)
+        with pytest.raises(TransportError, match=r"\[tcp\].max_connections \(1\) reached"):
+            t.send("tcp", servers[1].getsockname(), OPTIONS)
+    finally:
+        for srv in servers:
+            srv.close()
+
+
+def test_an_accept_without_descriptors_backs_off_and_is_logged_once_until_it_works_again(transports, caplog):
+    t = transports(TcpLimits(max_connections=10, max_per_source=10, idle_timeout=60, message_timeout=10))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    pending = socket.socket()
+    caplog.set_level(logging.WARNING, logger="gdispatch.transport")
+    try:
+        pending.setblocking(False)
+        # No descriptor left for the proxy's accept (the limit is on descriptor numbers:
+        # the lowest free one is made the first one over it): the connection waits in the
+        # kernel's queue.
+        free = os.dup(0)
+        os.close(free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (free, hard))
+        pending.connect_ex(("127.0.0.1", port_of(t)))
+        assert wait_until(lambda: t.stats["tcp_accept_failures"] >= 5)  # 0.05 + 0.1 + 0.2 + 0.4 s...
+        gevent.sleep(0.5)
+        failures = t.stats["tcp_accept_failures"]
+        assert failures < 10  # waits that grow, not a try every few milliseconds
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert wait_until(lambda: t.table.open == 1)
+    pending.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("tcp accept failed: [Errno 24]")
+    assert lines[1].startswith("tcp accept works again (")
