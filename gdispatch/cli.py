@@ -15,7 +15,7 @@ import os
 import sys
 
 from gdispatch import __version__
-from gdispatch.config import ConfigError, load, with_overrides
+from gdispatch.config import Config, ConfigError, load, with_overrides
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,10 +206,8 @@ def plugins_command(args: argparse.Namespace) -> int:
     from gdispatch.builtin import Builtin
     from gdispatch.plugins import PluginError, PluginHost
 
-    try:
-        cfg = load(args.config)
-    except ConfigError as e:
-        print(f"gdispatch: configuration error: {e}", file=sys.stderr)
+    cfg = _load_config(args.config)
+    if cfg is None:
         return 2
     host = PluginHost()
     try:
@@ -287,13 +285,20 @@ def rpc_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     return 0
 
 
+def _load_config(path: str | None) -> Config | None:
+    """The configuration file (None: the defaults), or None after printing why not."""
+    try:
+        return load(path)
+    except ConfigError as e:
+        print(f"gdispatch: configuration error: {e}", file=sys.stderr)
+        return None
+
+
 def key_command(args: argparse.Namespace) -> int:
     from gdispatch.recordroute import KeyFileError, add_key, default_key_path, load_keys
 
-    try:
-        cfg = load(args.config)
-    except ConfigError as e:
-        print(f"gdispatch: configuration error: {e}", file=sys.stderr)
+    cfg = _load_config(args.config)
+    if cfg is None:
         return 2
     path = cfg.security.key_file or default_key_path()
     try:

@@ -154,3 +154,21 @@ def test_default_key_path_follows_systemd_then_var_lib_then_home():
     assert default_key_path({"STATE_DIRECTORY": "/var/lib/x:/other"}) == "/var/lib/x/dialog.key"
     path = default_key_path({"XDG_STATE_HOME": "/nonexistent-state"})
     assert path.endswith("/dialog.key")
+
+
+def test_the_key_command_adds_and_shows_keys(tmp_path, capsys):
+    from gdispatch.cli import main
+
+    key = tmp_path / "dialog.key"
+    config = tmp_path / "gdispatch.toml"
+    config.write_text('[security]\nkey_file = "dialog.key"\n')
+    assert main(["key", "add", "--config", str(config)]) == 0
+    assert main(["key", "add", "--config", str(config)]) == 0
+    ring = load_keys(str(key))
+    assert len(ring.keys) == 2
+    capsys.readouterr()
+    assert main(["key", "show", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f"signing key {ring.signing_id.decode()}" in out and ring.keys[0][1].hex() not in out
+    os.chmod(key, 0o640)
+    assert main(["key", "show", "--config", str(config)]) == 1
