@@ -233,9 +233,11 @@ def ensure_key_file(path: str) -> Keyring:
 
 
 def add_key(path: str) -> str:
-    """Put a new signing key first in the key file (created if missing), keeping the
-    others so that dialogs they signed go on; returns the new key id."""
-    ensure_key_file(path)
+    """Put a new signing key first in the key file (created with it if missing), keeping
+    the others so that dialogs they signed go on; returns the new key id."""
+    if not os.path.exists(path):
+        return ensure_key_file(path).signing_id.decode()
+    load_keys(path)  # a file that does not load is not written to
     with open(path, encoding="ascii") as f:
         old = f.read()
     line = new_key_line()
