@@ -25,6 +25,8 @@
 #   SCENARIOS      all                     any of: junk invite tcp amp relay ctl (or 1-6)
 #   CALLS 1500  RATE 50                    the legitimate caller during the floods
 #   FLOOD_S        30                      seconds each flood lasts
+#   FLOOD_RATE     0                       datagrams/s of the floods (0: as fast as the flooder can);
+#                                          a rate every proxy gets makes their calls comparable
 #   FLOOD_CPU      the last core           the core the flooder and the TCP holders are pinned to
 #   TCP_HOLD       25000                   TCP connections to open and hold
 #   TCP_OPEN_S     60                      seconds the opening may take at most
@@ -63,10 +65,10 @@ if [ -z "${PROXIES:-}" ]; then
 fi
 export PY GD_CONFIG="${GD_CONFIG:-$ROOT/bench/compare.toml}" SCENARIOS="${SCENARIOS:-all}"
 export CALLS="${CALLS:-1500}" RATE="${RATE:-50}" FLOOD_S="${FLOOD_S:-30}" TCP_HOLD="${TCP_HOLD:-25000}"
-export TCP_OPEN_S="${TCP_OPEN_S:-60}" AMP_WAIT="${AMP_WAIT:-35}" CTL_IDLE="${CTL_IDLE:-1000}"
+export FLOOD_RATE="${FLOOD_RATE:-0}" TCP_OPEN_S="${TCP_OPEN_S:-60}" AMP_WAIT="${AMP_WAIT:-35}" CTL_IDLE="${CTL_IDLE:-1000}"
 RUN="$(realpath -m "${OUT:-$ROOT/bench-results/$(date +attack_%Y%m%d_%H%M%S)}")"
 mkdir -p "$RUN"
-{ echo "proxies=$PROXIES"; echo "scenarios=$SCENARIOS"; echo "calls=$CALLS rate=$RATE flood_s=$FLOOD_S"
+{ echo "proxies=$PROXIES"; echo "scenarios=$SCENARIOS"; echo "calls=$CALLS rate=$RATE flood_s=$FLOOD_S flood_rate=$FLOOD_RATE"
   echo "tcp_hold=$TCP_HOLD tcp_open_s=$TCP_OPEN_S amp_wait=$AMP_WAIT ctl_idle=$CTL_IDLE"
   echo "nproc=$(nproc) nofile=$(ulimit -Sn)/$(ulimit -Hn) kernel=$(uname -r)"; } > "$RUN/settings.txt"
 status=0

@@ -30,7 +30,7 @@ Writes result.txt (key=value, read by attack_summary.py) and one folder per scen
 under OUT. Every process is started here as a child, bounded in time, and stopped by PID.
 
 Environment: PY, NAME, OUT, PROXY_CMD (Kamailio's start script; empty: gdispatch),
-CHILDREN, WORKERS, GD_CONFIG, CALLS, RATE, FLOOD_S, FLOOD_CPU, TCP_HOLD, TCP_OPEN_S,
+CHILDREN, WORKERS, GD_CONFIG, CALLS, RATE, FLOOD_S, FLOOD_RATE, FLOOD_CPU, TCP_HOLD, TCP_OPEN_S,
 AMP_WAIT, CTL_IDLE, SCENARIOS, ALG.
 """
 
@@ -358,16 +358,25 @@ def scenario_flood(kind: str, out: Path, res: dict) -> None:
     d.mkdir(parents=True, exist_ok=True)
     rig = Rig(d, life_s=calls / rate + flood_s + 120).start()
     try:
+        flood_rate = env("FLOOD_RATE", "0")
         drops0, cpu0, t0 = udp_drops(rig.port), maxcps.tree_cpu_s([rig.proxy.pid]), time.monotonic()
+        box0 = maxcps.box_busy_s()
         flood = start(pinned([sys.executable, str(LIB / "flood.py"), kind, "--src", FLOOD_SRC, "--dst", rig.target,
-                              "--seconds", f"{flood_s:g}", "--out", str(d / "flood.json")]), d / "flood.out")
-        log(f"{kind} flood from {FLOOD_SRC} for {flood_s:g} s (pid {flood.pid}); {calls} calls at {rate}/s")
+                              "--seconds", f"{flood_s:g}", "--rate", flood_rate, "--out", str(d / "flood.json")]),
+                      d / "flood.out")
+        log(f"{kind} flood from {FLOOD_SRC} for {flood_s:g} s (pid {flood.pid}, "
+            f"{'as fast as it can' if float(flood_rate) <= 0 else flood_rate + '/s'}); {calls} calls at {rate}/s")
         time.sleep(1)  # the flood is at full rate before the first call
         uac = harness.run_uac(rig.target, "uac.xml", calls=calls, rate=rate, timeout_s=calls / rate + 30,
-                              workdir=d / "uac", extra_args=maxcps.SIPP_BUFFERS)
+                              workdir=d / "uac", extra_args=(*maxcps.SIPP_BUFFERS, "-trace_counts"))
         finish(flood, flood_s + 10 - (time.monotonic() - t0))
         wall = time.monotonic() - t0
         fl = read_json(d / "flood.json")
+        # Why the caller's calls failed: the error responses it got, and its receive timeouts
+        # (a rejected call also ends on one: uac.xml waits for nothing after its ACK).
+        files = sorted((d / "uac").glob("*_counts.csv"))
+        counts = harness.parse_counts(files[-1]) if files else {}
+        got = [f"{k}:{v}" for k, v in sorted(counts.items()) if k.isdigit() and int(k) >= 300 and v]
         res.update({
             f"{kind}_calls": calls, f"{kind}_ok": uac.successful, f"{kind}_failed": uac.failed,
             f"{kind}_unfinished": uac.unfinished, f"{kind}_retrans": uac.retransmissions,
@@ -377,6 +386,9 @@ def scenario_flood(kind: str, out: Path, res: dict) -> None:
             f"{kind}_proxy_udp_drops": udp_drops(rig.port) - drops0,
             f"{kind}_proxy_cpu_pct": round(100 * (maxcps.tree_cpu_s([rig.proxy.pid]) - cpu0) / wall, 1),
             f"{kind}_proxy_alive": int(rig.alive()),
+            f"{kind}_box_cpu_pct": round(100 * (maxcps.box_busy_s() - box0) / wall, 1),
+            f"{kind}_caller_errors": ",".join(got) or "none",
+            f"{kind}_caller_timeouts": counts.get("timeout", "NA"),
         })
         log(f"{kind}: " + " ".join(f"{k[len(kind) + 1:]}={v}" for k, v in res.items() if k.startswith(kind + "_")))
     finally:

@@ -11,7 +11,8 @@ source address on the loopback to the proxy, as fast as one Python process can s
   read (without waiting) and counted, so the flooder's socket never stops the proxy's
   answers at a full buffer and the report says what the proxy sent back.
 
-Bounded in time (``--seconds``) and in count (``--max``). The socket is connected: a
+Bounded in time (``--seconds``) and in count (``--max``); ``--rate`` paces it (0: as fast
+as it can), so that several proxies can face the same flood. The socket is connected: a
 connected ``send`` costs less than ``sendto`` and the kernel's loopback path, not this
 loop, is then most of the cost of a datagram. Writes ``{"sent", "bytes", "errors",
 "seconds", "rate", "replies", "reply_bytes"}`` to ``--out`` as JSON, and prints it.
@@ -70,6 +71,7 @@ def main() -> int:
     ap.add_argument("--src", default="127.0.0.66")
     ap.add_argument("--dst", required=True, help="IP:PORT of the proxy")
     ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--rate", type=float, default=0.0, help="datagrams per second at most (0: as fast as it can)")
     ap.add_argument("--max", type=int, default=100_000_000, help="sends at most (failed ones included)")
     ap.add_argument("--out", default="")
     a = ap.parse_args()
@@ -87,10 +89,21 @@ def main() -> int:
     seconds = max(0.0, a.seconds)
     t0 = time.monotonic()
     end = t0 + seconds
+
+    def pace(done: int) -> float:
+        """The time now, after sleeping until `done` sends are due at --rate."""
+        now = time.monotonic()
+        if a.rate > 0:
+            due = t0 + done / a.rate
+            if due > now:
+                time.sleep(max(0.0, min(due, end) - now))
+                now = time.monotonic()
+        return now
+
     if a.kind == "junk":
         pool = junk_pool(random.Random(66))
         i = 0
-        while sent + errors < a.max and time.monotonic() < end:
+        while sent + errors < a.max and pace(sent + errors) < end:
             for data in pool[i:i + min(BATCH, a.max - sent - errors)]:
                 try:
                     nbytes += send(data)
@@ -101,7 +114,7 @@ def main() -> int:
     else:
         tmpl = invite_template(a.src, s.getsockname()[1], a.dst)
         first = 0
-        while sent + errors < a.max and time.monotonic() < end:
+        while sent + errors < a.max and pace(sent + errors) < end:
             for n in range(first, first + min(BATCH, a.max - sent - errors)):
                 user = 1000 + n % 9000
                 try:
