@@ -66,6 +66,9 @@ FORGED_SRC = "127.0.0.77"
 RELAY_HOST = "127.0.0.5"
 ANSWER_S = 5.0
 SETTLE_S = 3.0  # what "answers while attacked" allows: the brief's 5 s
+# The counters that say what a proxy did with a flood (the whole set is saved to a file).
+GDISPATCH_STATS = ("requests", "bad_messages_dropped", "overload_rejected", "no_destination", "dispatched")
+KAMAILIO_STATS = ("rcv_requests", "err_requests", "drop_requests", "5xx_replies", "sent_replies")
 SCENARIO_NAMES = ["junk", "invite", "tcp", "amp", "relay", "ctl"]
 log = maxcps.log
 env = maxcps.env
@@ -147,6 +150,44 @@ class Rig:
         dt = time.monotonic() - t0
         text = (p.stdout.strip() or p.stderr.strip()).replace("\n", " ")[:120]
         return p.returncode == 0 and dt <= timeout, dt, text
+
+    def stats(self, path: Path) -> dict[str, int]:
+        """The proxy's own counters, saved to `path`; returns those that say what it did
+        with a flood: gdispatch's (summed over workers when it gives them per worker),
+        Kamailio's replies by class and dropped messages."""
+        if self.external:
+            cmd = ["kamcmd", "-s", f"unix:{self.control_path()}", "stats.get_statistics", "all"]
+        else:
+            cmd = [sys.executable, "-m", "gdispatch", "rpc", "--socket", self.control_path(), "--json", "stats"]
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=15, check=False,
+                               stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return {}
+        path.write_text(p.stdout + p.stderr)
+        found: dict[str, int] = {}
+        if self.external:
+            for m in re.finditer(r"^\s*([\w.]+):([\w.]+) = (\d+)", p.stdout, re.MULTILINE):
+                if m.group(2) in KAMAILIO_STATS:
+                    found[m.group(2)] = found.get(m.group(2), 0) + int(m.group(3))
+            return found
+
+        def walk(x: object) -> None:
+            if isinstance(x, dict):
+                for k, v in x.items():
+                    if k in GDISPATCH_STATS and isinstance(v, int):
+                        found[k] = found.get(k, 0) + v
+                    else:
+                        walk(v)
+            elif isinstance(x, list):
+                for v in x:
+                    walk(v)
+
+        try:
+            walk(json.loads(p.stdout))
+        except ValueError:
+            pass
+        return found
 
     def alive(self) -> bool:
         return self.proxy is not None and self.proxy.alive()
@@ -374,6 +415,7 @@ def scenario_flood(kind: str, out: Path, res: dict) -> None:
         fl = read_json(d / "flood.json")
         # Why the caller's calls failed: the error responses it got, and its receive timeouts
         # (a rejected call also ends on one: uac.xml waits for nothing after its ACK).
+        st = rig.stats(d / "proxy_stats.txt")
         files = sorted((d / "uac").glob("*_counts.csv"))
         counts = harness.parse_counts(files[-1]) if files else {}
         got = [f"{k}:{v}" for k, v in sorted(counts.items()) if k.isdigit() and int(k) >= 300 and v]
@@ -389,6 +431,7 @@ def scenario_flood(kind: str, out: Path, res: dict) -> None:
             f"{kind}_box_cpu_pct": round(100 * (maxcps.box_busy_s() - box0) / wall, 1),
             f"{kind}_caller_errors": ",".join(got) or "none",
             f"{kind}_caller_timeouts": counts.get("timeout", "NA"),
+            f"{kind}_proxy_stats": ",".join(f"{k}:{v}" for k, v in st.items()) or "NA",
         })
         log(f"{kind}: " + " ".join(f"{k[len(kind) + 1:]}={v}" for k, v in res.items() if k.startswith(kind + "_")))
     finally:

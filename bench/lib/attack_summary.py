@@ -90,7 +90,7 @@ def main(run_dir: str) -> int:
                 out.append(f"{m}: {k} flood: the caller got {g(r, f'{k}_caller_errors')} (error responses), "
                            f"{g(r, f'{k}_caller_timeouts')} receive timeouts; proxy CPU "
                            f"{g(r, f'{k}_proxy_cpu_pct')} % of one core, whole machine {g(r, f'{k}_box_cpu_pct')} % "
-                           "(200 = both cores)")
+                           f"(200 = both cores); the proxy's counters: {g(r, f'{k}_proxy_stats')}")
         if "tcp" in ran:
             out.append(f"{m}: 70,000-byte TCP message without end: {g(r, 'tcp_oversized')}")
             out.append(f"{m}: TCP opening: {g(r, 'tcp_holders')} process(es) (RLIMIT_NOFILE "
