@@ -562,30 +562,36 @@ def amplification(rig: Rig, res: dict, sink: socket.socket) -> None:
 
 
 def forged_relay(rig: Rig, res: dict) -> None:
-    for method in ("BYE", "INVITE", "ACK"):
-        target = udp_socket(RELAY_HOST)
-        sender = udp_socket("127.0.0.1")
-        try:
-            sender.sendto(in_dialog(method, sender.getsockname(), target.getsockname(), ("127.0.0.1", rig.port)),
-                          ("127.0.0.1", rig.port))
-            target.settimeout(3.0)
+    # Every target listens until the three are done: a target closed after the first
+    # request would make the proxy's retransmissions draw ICMP errors, and those must not
+    # be what decides whether the next forged request goes out.
+    targets = {m: udp_socket(RELAY_HOST) for m in ("BYE", "INVITE", "ACK")}
+    try:
+        for method, target in targets.items():
+            sender = udp_socket("127.0.0.1")
             try:
-                data = target.recv(65536)
-                reached = "LEAK:" + status_line(data).split(" ", 1)[0]
-            except socket.timeout:
-                reached = "no"
-            sender.settimeout(0.5 if reached != "no" else 0.1)
-            try:
-                answer = status_line(sender.recv(65536)).replace(" ", "_")
-            except OSError:
-                answer = "nothing"
-            res[f"relay_{method.lower()}"] = "yes" if reached != "no" else "no"
-            res[f"relay_{method.lower()}_answer"] = answer
-            log(f"relay: forged in-dialog {method} to {RELAY_HOST}:{target.getsockname()[1]}: "
-                f"reached it: {res[f'relay_{method.lower()}']}; the sender got {answer}")
-        finally:
-            target.close()
-            sender.close()
+                sender.sendto(in_dialog(method, sender.getsockname(), target.getsockname(), ("127.0.0.1", rig.port)),
+                              ("127.0.0.1", rig.port))
+                target.settimeout(3.0)
+                try:
+                    target.recv(65536)
+                    reached = "yes"
+                except socket.timeout:
+                    reached = "no"
+                sender.settimeout(0.5 if reached == "yes" else 0.1)
+                try:
+                    answer = status_line(sender.recv(65536)).replace(" ", "_")
+                except OSError:
+                    answer = "nothing"
+                res[f"relay_{method.lower()}"] = reached
+                res[f"relay_{method.lower()}_answer"] = answer
+                log(f"relay: forged in-dialog {method} to {RELAY_HOST}:{target.getsockname()[1]}: "
+                    f"reached it: {reached}; the sender got {answer}")
+            finally:
+                sender.close()
+    finally:
+        for t in targets.values():
+            t.close()
 
 
 def control_idle(rig: Rig, res: dict) -> None:
