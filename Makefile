@@ -50,7 +50,7 @@ bench-latency: $(VENV)/.installed install-sipp
 	PY=$(PY) bench/latency.sh
 
 # Floods, TCP exhaustion, reflection and forged relays from one source on the loopback,
-# next to Kamailio when it is installed (bench/attack.sh; ~5 minutes per proxy).
+# next to Kamailio when it is installed (bench/attack.sh; ~3.5 minutes per proxy).
 bench-attack: $(VENV)/.installed install-sipp
 	PY=$(PY) bench/attack.sh
 
