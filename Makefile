@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: all install install-sipp run test bench bench-latency bench-inproc bench-memory bench-compare lint clean distclean
+.PHONY: all install install-sipp run test bench bench-latency bench-attack bench-inproc bench-memory bench-compare lint clean distclean
 
 all: test
 
@@ -48,6 +48,11 @@ bench: $(VENV)/.installed install-sipp
 
 bench-latency: $(VENV)/.installed install-sipp
 	PY=$(PY) bench/latency.sh
+
+# Floods, TCP exhaustion, reflection and forged relays from one source on the loopback,
+# next to Kamailio when it is installed (bench/attack.sh; ~3.5 minutes per proxy).
+bench-attack: $(VENV)/.installed install-sipp
+	PY=$(PY) bench/attack.sh
 
 bench-inproc: $(VENV)/.installed
 	$(PY) bench/lib/inproc.py
