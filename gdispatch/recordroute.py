@@ -36,14 +36,17 @@ setting that names the key file (gdispatch.config).
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import re
 import secrets
 import socket
 import stat
 import tempfile
+from binascii import Error as BinasciiError
+from binascii import hexlify, unhexlify
 from collections.abc import Mapping
+from hmac import compare_digest
+from typing import Any
 
 PARAM = "gds"  # the URI parameter of the signature
 MAC_BYTES = 10  # 80 bits: 20 hex digits
@@ -78,22 +81,21 @@ class Keyring:
 
     def token(self, call_id: bytes, caller_tag: bytes, address: bytes) -> bytes:
         """The signature of a new dialog, ``KID.MAC``."""
-        return self.signing_id + b"." + _mac(self._signing, call_id, caller_tag, address)
+        h = self._signing.copy()
+        h.update(b"%s\x00%s\x00%s" % (call_id, caller_tag, address))
+        return self.signing_id + b"." + hexlify(h.digest())
 
-    def matches(self, token: bytes, call_id: bytes, tag: bytes, address: bytes) -> bool | None:
-        """Whether `token` signs this dialog and address; None when its key id is not
-        one of ours (unknown, or retired)."""
-        kid, dot, mac = token.partition(b".")
+    def signer(self, token: bytes) -> tuple[Any, bytes] | None:
+        """The keyed hash and the MAC of `token`; None when its key id is not one of ours
+        (unknown, or retired) or it is not ``KID.MAC``."""
+        kid, _, mac = token.partition(b".")
         keyed = self._by_id.get(kid)
-        if keyed is None or not dot:
+        if keyed is None:
             return None
-        return hmac.compare_digest(_mac(keyed, call_id, tag, address), mac.lower())
-
-
-def _mac(keyed, call_id: bytes, tag: bytes, address: bytes) -> bytes:
-    h = keyed.copy()
-    h.update(b"%s\x00%s\x00%s" % (call_id, tag, address))
-    return h.hexdigest().encode()
+        try:
+            return keyed, unhexlify(mac)
+        except (ValueError, BinasciiError):
+            return None
 
 
 _PACKED: dict[str, bytes] = {}  # IP text -> its packed form, bounded: addresses repeat
@@ -118,24 +120,35 @@ def check(ring: Keyring, token: bytes | None, call_id: bytes, from_tag: bytes | 
           source_ip: str, next_hop_ip: str, bind: bool = True) -> str:
     """'' when a request inside a dialog may follow the Route entry signed `token` to
     `next_hop_ip`; else why not (for the log and the counters). `bind`: the rule
-    "destination" (see the module's docstring); False is "any"."""
+    "destination" (see the module's docstring); False is "any".
+
+    Every request of every dialog comes here: the MACs are computed inline, the caller's
+    direction (the usual one: ACK, BYE, re-INVITE from the caller) first."""
     if not token:
         return "no signature in our Route entry"
+    signed = ring.signer(token)
+    if signed is None:
+        return "unknown key id"
+    keyed, mac = signed
     from_tag = from_tag or b""
     # An address that is not an IP packs to b"", which only an entry signed without an
     # address matches: never under the rule "destination".
-    downstream = packed_address(next_hop_ip) or (b"?" if bind else b"")
-    verdict = ring.matches(token, call_id, from_tag, downstream)
-    if verdict is None:
-        return "unknown key id"
-    if verdict:
+    downstream = _PACKED.get(next_hop_ip) or packed_address(next_hop_ip) or (b"?" if bind else b"")
+    h = keyed.copy()
+    h.update(b"%s\x00%s\x00%s" % (call_id, from_tag, downstream))
+    if compare_digest(h.digest(), mac):
         return ""
-    upstream = packed_address(source_ip) or (b"?" if bind else b"")
-    if to_tag and ring.matches(token, call_id, to_tag, upstream):
-        return ""
-    if not bind and (ring.matches(token, call_id, from_tag, b"")
-                     or (to_tag and ring.matches(token, call_id, to_tag, b""))):
-        return ""
+    tried = [(from_tag, b"")] if not bind else []
+    if to_tag:
+        upstream = _PACKED.get(source_ip) or packed_address(source_ip) or (b"?" if bind else b"")
+        tried[:0] = [(to_tag, upstream)]
+        if not bind:
+            tried.append((to_tag, b""))
+    for tag, address in tried:
+        h = keyed.copy()
+        h.update(b"%s\x00%s\x00%s" % (call_id, tag, address))
+        if compare_digest(h.digest(), mac):
+            return ""
     return "signature does not match the dialog and its destination"
 
 
