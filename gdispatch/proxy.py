@@ -831,11 +831,17 @@ class Proxy:
                     popped = 0
             else:
                 target = ruri
+        signed = token.encode() if token else None
+        if signed is None or self.keyring.signer(signed) is None:
+            # Refused before a host name in it is looked up: a forged request must not
+            # make the proxy query DNS for names an attacker chose.
+            self._refuse_in_dialog(msg, via, source, "no signature of ours in the Route entry", top_via)
+            return None
         hop = self._next_hop(target)
         if hop is None:
             self._refuse(msg, via, source, 476, "Unresolvable Destination", top_via=top_via)
             return None
-        why = self._dialog_refused(token.encode() if token else None, msg, source, hop[1][0])
+        why = self._dialog_refused(signed, msg, source, hop[1][0])
         if why:
             self._refuse_in_dialog(msg, via, source, why, top_via)
             return None
@@ -888,11 +894,15 @@ class Proxy:
             self.stats["bad_messages_dropped"] += 1
             return
         target = routes[popped].uri if popped < len(routes) else ruri
+        token = next((t for t in (r.uri.params.get(SIGNATURE_PARAM) for r in routes[:popped]) if t), None)
+        signed = token.encode() if token else None
+        if signed is None or self.keyring.signer(signed) is None:
+            self._refuse_in_dialog(msg, via, source, "no signature of ours in the Route entry", None)
+            return  # before any name in it is looked up
         hop = self._next_hop(target)
         if hop is None:
             return
-        token = next((t for t in (r.uri.params.get(SIGNATURE_PARAM) for r in routes[:popped]) if t), None)
-        why = self._dialog_refused(token.encode() if token else None, msg, source, hop[1][0])
+        why = self._dialog_refused(signed, msg, source, hop[1][0])
         if why:
             self._refuse_in_dialog(msg, via, source, why, None)
             return

@@ -151,3 +151,16 @@ def test_rule_any_lets_a_genuine_dialog_go_anywhere_but_no_forged_one():
 def test_double_record_route_is_signed_alike_and_a_full_call_still_goes_through(fp):
     full_call(fp, 1)
     assert fp.proxy.stats["in_dialog_refused"] == 0
+
+
+@pytest.mark.parametrize("method", ["BYE", "ACK"])
+def test_a_forged_request_makes_no_dns_query(method, monkeypatch):
+    """A host name in a forged request is never looked up: the request is refused on its
+    Route entry first (no query for names an attacker chose)."""
+    fp = FakeProxy()
+    looked_up = []
+    monkeypatch.setattr(fp.proxy, "_next_hop", lambda uri: looked_up.append(uri.host) or None)
+    for route in ("<sip:127.0.0.1:5060;lr>", "<sip:127.0.0.1:5060;lr;gds=zz.00112233445566778899>"):
+        data = forged(method, route).replace(b"sip:x@127.0.0.5:5099 SIP/2.0", b"sip:x@attacker.example SIP/2.0")
+        fp.receive(data, ("127.0.0.1", 40000))
+    assert looked_up == [] and fp.proxy.stats["in_dialog_refused"] == 2
