@@ -11,15 +11,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from summary import read  # bench/lib, beside this file: result.txt as a dict
+
 AMP_KINDS = ["foreign", "noroute", "malformed", "maxfwd0", "options", "bye"]
-
-
-def read(path: Path) -> dict[str, str]:
-    out = {}
-    for line in path.read_text().splitlines():
-        k, _, v = line.partition("=")
-        out[k] = v
-    return out
 
 
 def table(title: str, head: list[str], rows: list[list[str]]) -> list[str]:

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "unit")]
 
 import gevent  # noqa: E402
-from proxy_fakes import UAC, FakeProxy, invite  # noqa: E402
+from proxy_fakes import UAC, FakeProxy, in_dialog, invite  # noqa: E402
 
 from gdispatch.collector import CollectorPolicy  # noqa: E402
 from gdispatch.transport import Source  # noqa: E402
@@ -48,19 +48,11 @@ def response(request: bytes, status: int, reason: bytes, n: int, gateway: tuple[
 
 
 def in_dialog_as_sipp(method: str, n: int, cseq: int, gateway: tuple[str, int], branch: str, route: bytes) -> bytes:
-    """A request of call `n` as the bench's SIPp caller sends it: `in_dialog`'s shape, its
-    Request-URI the gateway's Contact (see `response`), the Route it copied from the 200."""
-    return (
-        f"{method} sip:service@{gateway[0]}:{gateway[1]};transport=UDP SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP 127.0.0.1:6000;branch={branch};rport\r\n"
-        f"Route: {route.decode()}\r\n"
-        f"Max-Forwards: 70\r\n"
-        f"From: <sip:caller@127.0.0.1:6000>;tag=uac{n}\r\n"
-        f"To: <sip:service@127.0.0.1:5060>;tag=uas{n}\r\n"
-        f"Call-ID: call-{n}@127.0.0.1\r\n"
-        f"CSeq: {cseq} {method}\r\n"
-        f"Content-Length: 0\r\n\r\n"
-    ).encode()
+    """A request of call `n` as the bench's SIPp caller sends it: its Request-URI the
+    gateway's Contact (see `response`), with `;transport=UDP`, and the Route it copied
+    from the 200."""
+    return in_dialog(method, n, cseq, gateway, branch, route.decode()).replace(
+        b" SIP/2.0\r\n", b";transport=UDP SIP/2.0\r\n", 1)
 
 
 class Run:

@@ -112,11 +112,15 @@ def invite(n: int) -> bytes:
     ).encode()
 
 
-def in_dialog(method: str, n: int, cseq: int, gateway: tuple[str, int], branch: str) -> bytes:
+def in_dialog(method: str, n: int, cseq: int, gateway: tuple[str, int], branch: str,
+              route: str | None = None) -> bytes:
+    """A request of call `n` from the caller; `route`: its Route (default: the one the
+    fake proxy signed for the call, `signed_route`)."""
+    route = route or signed_route(f"call-{n}@127.0.0.1", f"uac{n}", gateway[0])
     return (
         f"{method} sip:service@{gateway[0]}:{gateway[1]} SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP 127.0.0.1:6000;branch={branch};rport\r\n"
-        f"Route: {signed_route(f'call-{n}@127.0.0.1', f'uac{n}', gateway[0])}\r\n"
+        f"Route: {route}\r\n"
         f"Max-Forwards: 70\r\n"
         f"From: <sip:caller@127.0.0.1:6000>;tag=uac{n}\r\n"
         f"To: <sip:service@127.0.0.1:5060>;tag=uas{n}\r\n"
