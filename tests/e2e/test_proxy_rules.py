@@ -244,3 +244,25 @@ def test_ipv6_caller_to_ipv4_destination_double_record_route(proxy, uas):
     assert [v[:len(x)] for v, x in zip(values, prefixes)] == prefixes and len(values) == 2, rr
     # Both sign the same dialog alike (gdispatch.recordroute).
     assert values[0][len(prefixes[0]):] == values[1][len(prefixes[1]):]
+
+
+def test_a_refused_invite_is_answered_once_not_resent(one_gw):
+    """No amplification towards a forged source: a 403 for a foreign domain is sent once
+    per copy received, not resent by a transaction (RFC 3261 Timer G: at 0.5, 1.5, 3.5 s)."""
+    p, gw = one_gw
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((HOST, 0))
+    s.settimeout(0.2)
+    try:
+        s.sendto(harness.build_request("INVITE", "sip:x@example.org", local_port=s.getsockname()[1]),
+                 (HOST, p.port))
+        got = []
+        deadline = time.monotonic() + 4.0
+        while time.monotonic() < deadline:
+            try:
+                got.append(harness.status_code(s.recv(65535)))
+            except OSError:
+                pass
+    finally:
+        s.close()
+    assert got == [403]
