@@ -583,11 +583,12 @@ class Proxy:
         if self._is_loop(msg):
             return False
         key = self._server_key(msg, via, method)
-        if key not in self.server_txns and self._dialog_refused(token, msg, source, host):
+        if key in self.server_txns:
+            self.stats["requests"] += 1
+            return self._absorbed(key)  # a retransmission: checked when it first came
+        if self._dialog_refused(token, msg, source, host):
             return False
         self.stats["requests"] += 1
-        if self._absorbed(key):
-            return True
         listener = self.transports.listener_for("udp", host)
         top_via = self._with_received(via, source)
         if listener is None:

@@ -8,8 +8,9 @@ of the sender's own send on a loopback or of the network's softirq otherwise, be
 is queued. The rule is the shape every SIP message over UDP has: a request starts with
 its method, a response with ``SIP/2.0`` (RFC 3261 §7.1, §7.2), so the first three bytes
 are capital letters (methods are tokens; every one in use is in capitals and has three
-letters or more); a keep-alive starts with CR or LF (RFC 5626 §3.5.1). Random bytes pass
-about once in a thousand; a new method passes.
+letters or more); a keep-alive starts with CR or LF (RFC 5626 §3.5.1), and so may a
+message (RFC 3261 §7.5). Random bytes pass about once in a hundred, nearly all of them
+for a first byte that is CR or LF; a new method passes.
 
 Banned sources come first: each is one comparison of the IP header's source address
 (two instructions for IPv4, four loads for IPv6). The program is built again and

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
 
 from . import harness
 from .harness import HOST
@@ -62,8 +61,7 @@ def test_junk_is_dropped_before_the_proxy_reads_it(proxy):
     junk = [os.urandom(64 + i % 900) for i in range(300)]
     junk = [b"\x01" + d[1:] for d in junk]  # never three capital letters
     burst(p, FLOODER, junk)
-    time.sleep(0.3)
-    assert answered(p, FLOODER)
+    assert answered(p, FLOODER)  # read after the burst: the whole burst went before it
     assert stats(p)["bad_messages_dropped"] == 0  # none of it reached the parser
 
 
@@ -74,8 +72,7 @@ def test_a_source_past_its_rate_is_banned_the_others_are_served(proxy):
     flood = [options(p.port, FLOODER).replace(b"OPTIONS sip:", b"OPTIONS sip:%d@" % i, 1) for i in range(600)]
     burst(p, FLOODER, flood)
     burst(p, gateway, flood)  # a destination of the list: never banned
-    time.sleep(0.3)
-    assert not answered(p, FLOODER)
+    assert not answered(p, FLOODER)  # queued behind its burst: the ban is in place by then
     assert answered(p, HOST) and answered(p, gateway)
     # Its TCP connections are refused too; the others' are served.
     assert harness.sip_options(p.port, transport="tcp", source_ip=FLOODER) is None

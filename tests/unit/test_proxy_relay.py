@@ -164,3 +164,19 @@ def test_a_forged_request_makes_no_dns_query(method, monkeypatch):
         data = forged(method, route).replace(b"sip:x@127.0.0.5:5099 SIP/2.0", b"sip:x@attacker.example SIP/2.0")
         fp.receive(data, ("127.0.0.1", 40000))
     assert looked_up == [] and fp.proxy.stats["in_dialog_refused"] == 2
+
+
+@pytest.mark.parametrize("method", ["BYE", "ACK", "INFO"])
+def test_a_genuine_dialog_passes_in_compact_forms_and_several_vias(fp, method):
+    """The signature is read whatever the header forms around it: compact names (RFC 3261
+    §7.3.3), a second Via line, a display name."""
+    gateway = established(fp, 1)
+    data = in_dialog(method, 1, 2, gateway, "z9hG4bK-compact")
+    for long, short in ((b"\r\nFrom:", b"\r\nf:"), (b"\r\nTo:", b"\r\nt:"), (b"\r\nCall-ID:", b"\r\ni:"),
+                        (b"\r\nContent-Length:", b"\r\nl:"), (b"\r\nVia:", b"\r\nv:")):
+        data = data.replace(long, short)
+    data = data.replace(b"\r\nv: ", b"\r\nv: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bK-up\r\nVia: ", 1)
+    data = data.replace(b"f: <", b'f: "Alice" <')
+    out = fp.receive(data, UAC)
+    assert [a for a, _ in out if a == gateway] == [gateway], out
+    assert fp.proxy.stats["in_dialog_refused"] == 0
