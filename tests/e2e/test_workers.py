@@ -70,9 +70,10 @@ def test_calls_spread_over_two_workers(proxy, uas, uac):
         # Each ACK and BYE found its way. The ACK and the BYE of a call are forwarded by two
         # workers (gdispatch.steering: `worker_for`), as by two of Kamailio's children, so
         # on a busy machine a BYE may overtake its ACK, which the gateway's scenario then
-        # skips (it counts no late ACK): a few in a thousand.
-        assert c["BYE"] == c["INVITE"] and c["unexpected"] == 0, counts
-        assert c["INVITE"] - 10 <= c["ACK"] <= c["INVITE"], counts
+        # takes as unexpected once the BYE is answered: a few in a thousand, and nothing
+        # else unexpected.
+        assert c["BYE"] == c["INVITE"] and c["ACK"] + c["unexpected"] == c["INVITE"], counts
+        assert c["unexpected"] <= 10, counts
     # Round robin in each worker over its share: close to even overall.
     assert all(abs(c["INVITE"] - 1000) <= 10 for c in counts), counts
     s = wait_for(lambda: (lambda x: x if x["dispatched"] == 2000 else None)(stats(p)), 5)
