@@ -8,10 +8,11 @@ sent before it). Only a new out-of-dialog request that must be dispatched gets a
 of its own, which walks the destination list: send, wait for a final response or a
 timeout, fail over to the next destination.
 
-What a proxy sees most takes the short way (`gdispatch.sip.shortway`, `_short_way`,
-`_sent_with_this_via`): a UDP request inside a dialog whose only Route is ours, a
-response whose top Via is the one we wrote. It is read in fewer steps and handled by
-the same transactions, with the same result; anything else goes the general way.
+Every message takes one path, whatever its shape: `parse_message` reads it lazily, the
+proxy reads the few fields it decides on. Our own Record-Route entries are recognised by
+their bytes when they come back in a Route (`_route_entry`), and a response's top Via by
+comparison with the one we wrote (`_sent_with_this_via`), so the messages of the dialogs
+we route cost no parse of what we wrote ourselves.
 
 What lives elsewhere: message parsing and building (`gdispatch.sip`), transaction state
 machines (`gdispatch.transaction`), the list and the algorithms (`gdispatch.dispatcher`),
@@ -55,7 +56,7 @@ from gdispatch.sip import (
     parse_message,
     strip_top_via,
 )
-from gdispatch.sip.shortway import forward_in_dialog, read_in_dialog, read_response
+from gdispatch.sip.uri import parse_name_addr
 from gdispatch.transaction.client import ClientTransaction
 from gdispatch.transaction.server import ServerTransaction
 from gdispatch.transaction.states import COMPLETED, TERMINATED
@@ -73,6 +74,8 @@ LOCAL_TIMEOUT = 408
 # others' tags are "gd" and hex digits): the ACK of such an answer is absorbed wherever it
 # arrives, with nothing to look up (Kamailio's sl module does the same with its tags).
 STATELESS_TAG = "gdsl-"
+# What may follow "gds=" in our own Route entry (gdispatch.recordroute: KID.MAC in hex).
+_SIGNATURE = re.compile(rb"[A-Za-z0-9._-]+")
 _STATELESS_TAG = STATELESS_TAG.encode()
 
 
@@ -272,8 +275,8 @@ class Proxy:
         self._via_markers = [self._hostport_bytes(h, p) for h, p in self.local_hostports]
         self._via_prefixes: dict = {}  # listener -> b"SIP/2.0/UDP host:port;branch="
         self._rr_prefixes: dict = {}  # listener -> b"<sip:host:port;lr;gds=" (then the signature and ">")
-        # How the Route values our Record-Route entries come back as begin: a request
-        # whose only Route is one of them may take the short way (gdispatch.sip.shortway).
+        # How the Route values our Record-Route entries come back as begin, for
+        # `_route_entry` to recognise them without parsing.
         self._own_routes = frozenset(self._rr_prefix(lst) for lst in transports.listeners)
         self._options_headers = (
             b"Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY, SUBSCRIBE, MESSAGE",
@@ -453,23 +456,6 @@ class Proxy:
             return  # keep-alive (RFC 5626 §3.5.1)
         if self.draining:
             self.last_message_at = time.monotonic()
-        if source.transport == "udp":
-            # The short way (gdispatch.sip.shortway) for what a proxy sees most: the
-            # responses to what it sent, the requests of the dialogs it record-routed.
-            if data[:8] == b"SIP/2.0 ":
-                msg = read_response(data)
-                if msg is not None:
-                    self.stats["responses"] += 1
-                    ct = self._sent_with_this_via(msg)
-                    if ct is not None:
-                        ct.receive_response(msg.status, msg)
-                    else:
-                        self.on_response(msg, source)
-                    return
-            else:
-                found = read_in_dialog(data, self._own_routes)
-                if found is not None and self._short_way(*found, source):
-                    return
         try:
             msg = parse_message(data, stream=source.transport != "udp")
         except ParseError as e:
@@ -553,64 +539,6 @@ class Proxy:
         st.on_request_retransmission()
         return True
 
-    def _short_way(self, msg: SipMessage, route: int, token: bytes, source: Source) -> bool:
-        """A request inside a dialog, read by `read_in_dialog` (valid, its only Route our
-        own entry, signed `token`), forwarded to its Request-URI as the general way
-        would: the ACK of a 2xx statelessly (RFC 3261 §16.11), another request through a
-        server and a client transaction (§16.4, §16.6). False, with nothing done, for
-        what the general way must see: the ACK of a non-2xx final, a loop, a Request-URI
-        that is ours or a host name, a signature that does not let it pass (the general
-        way refuses it)."""
-        uri = msg.uri
-        host = uri.host
-        if not _is_ip(host) or self._is_local_uri(uri):
-            return False
-        via = msg.top_via
-        method = msg.method
-        hop = ("udp", (host, uri.port or 5060))
-        if method == "ACK":
-            key = self._server_key(msg, via, "INVITE")
-            st = self.server_txns.get(key)
-            if st is not None and not 200 <= st.last_status < 300:
-                return False
-            if st is None and self.acks is not None and self._ack_noted_elsewhere(msg, key, source):
-                return True
-            if self._dialog_refused(token, msg, source, host):
-                return False
-            self.stats["requests"] += 1
-            self._forward_ack(msg, via, source, hop, 1, route)
-            return True
-        if self._is_loop(msg):
-            return False
-        key = self._server_key(msg, via, method)
-        if key in self.server_txns:
-            self.stats["requests"] += 1
-            return self._absorbed(key)  # a retransmission: checked when it first came
-        if self._dialog_refused(token, msg, source, host):
-            return False
-        self.stats["requests"] += 1
-        listener = self.transports.listener_for("udp", host)
-        top_via = self._with_received(via, source)
-        if listener is None:
-            self._no_listener(self._in_dialog_branch(self._new_server_txn(msg, via, source, key), msg, hop, top_via))
-            return True
-        branch_id = self._new_branch_id(self._loop_hash(msg))
-        data = forward_in_dialog(msg, route, self._via_for(listener, branch_id), top_via)
-        # The request leaves first and the books are kept after: at low load every step
-        # before the sendto adds its cold-cache cost to the latency (bench/PROFILE.md,
-        # sixth pass). Nothing in between yields, so no response can come before the
-        # transactions exist. A send that fails is left to the client transaction, which
-        # tries once more and reports the error as the general way does.
-        try:
-            self.transports.send("udp", hop[1], data, listener=listener)
-            sent = True
-        except OSError:
-            sent = False
-        st = self._new_server_txn(msg, via, source, key)
-        branch = self._in_dialog_branch(st, msg, hop, top_via)
-        self._start_branch_transaction(branch, listener, branch_id, data, sent)
-        return True
-
     def _new_server_txn(self, msg: SipMessage, via: Via, source: Source, key) -> ServerTransaction:
         if self.acks is not None and msg.method == "INVITE" and source.transport == "udp" and msg.has("route"):
             send = _NotingReplier(self.transports, source, self._reply_addr(source, via), self.acks, key)
@@ -682,15 +610,12 @@ class Proxy:
         if self._is_loop(msg):
             self._refuse(msg, via, source, 482, "Loop Detected", top_via=top_via)
             return None
-        routes = msg.routes if msg.has("route") else []
+        routes = msg.get_all("route") if "route" in msg._names else []
         # RFC 3261 §16.4: a strict router put our Record-Route URI in the Request-URI.
         strict = bool(routes) and self._is_local_uri(ruri) and "lr" in ruri.params
-        popped = 0
-        if not strict:
-            while popped < len(routes) and self._is_local_uri(routes[popped].uri):
-                popped += 1
+        popped, token = (0, None) if strict else self._own_entries(routes)
         if msg.to_tag is not None:
-            return self._in_dialog(msg, via, source, key, ruri, routes, popped, strict, top_via)
+            return self._in_dialog(msg, via, source, key, ruri, routes, popped, token, strict, top_via)
         # Out of dialog.
         if popped < len(routes) or strict:
             self._refuse(msg, via, source, 403, "Relaying Forbidden", top_via=top_via)
@@ -801,38 +726,74 @@ class Proxy:
         sa = infos[0][4]
         return transport, (sa[0], sa[1])
 
-    def _in_dialog(self, msg: SipMessage, via: Via, source: Source, key, ruri: SipUri, routes, popped: int,
-                   strict: bool, top_via: bytes | None) -> ServerTransaction | None:
+    def _own_entries(self, routes: list[bytes]) -> tuple[int, bytes | None]:
+        """How many of the Route values `routes` at the top are ours (RFC 3261 §16.4), and
+        the first signature among them (gdispatch.recordroute)."""
+        popped = 0
+        token = None
+        for value in routes:
+            ours, signature = self._route_entry(value)
+            if not ours:
+                break
+            popped += 1
+            token = token or signature
+        return popped, token
+
+    def _route_entry(self, value: bytes) -> tuple[bool, bytes | None]:
+        """Whether Route value `value` names us, and its signature if it has one. Our
+        own Record-Route values come back as we wrote them (RFC 3261 §12.1.1 has the UAs
+        copy them), which a comparison of bytes recognises; any other is parsed."""
+        equals = value.rfind(b"=") + 1
+        if value[-1:] == b">" and value[:equals] in self._own_routes:
+            token = value[equals:-1]
+            if _SIGNATURE.fullmatch(token) is not None:
+                return True, token
+        try:
+            uri = parse_name_addr(value).uri
+        except ParseError:
+            return False, None
+        if not self._is_local_uri(uri):
+            return False, None
+        signature = uri.params.get(SIGNATURE_PARAM)
+        return True, signature.encode() if signature else None
+
+    def _in_dialog(self, msg: SipMessage, via: Via, source: Source, key, ruri: SipUri, routes: list[bytes],
+                   popped: int, token: bytes | None, strict: bool, top_via: bytes | None) -> ServerTransaction | None:
         """Loose routing of a request inside a dialog (RFC 3261 §16.4, §16.6 step 6), for
         the dialogs this proxy record-routed only (gdispatch.recordroute)."""
         new_ruri = None
         add_headers: list[bytes] = []
-        remove = ()
-        if strict:
-            # Our URI is the Request-URI: the last Route is the real target (§16.4).
-            token = ruri.params.get(SIGNATURE_PARAM)
-            new_ruri = routes[-1].uri_raw
-            remove = ("route",)
-            add_headers = [b"Route: " + r.raw for r in routes[:-1]]
-            target = routes[-1].uri
-            popped = 0
-        elif popped == 0:
-            self._refuse(msg, via, source, 404, "Not Here", top_via=top_via)
-            return None
-        else:
-            token = next((t for t in (r.uri.params.get(SIGNATURE_PARAM) for r in routes[:popped]) if t), None)
-            if popped < len(routes):
-                target = routes[popped].uri
+        remove: tuple[str, ...] = ()
+        try:
+            if strict:
+                # Our URI is the Request-URI: the last Route is the real target (§16.4).
+                signature = ruri.params.get(SIGNATURE_PARAM)
+                token = signature.encode() if signature else None
+                last = parse_name_addr(routes[-1])
+                new_ruri = last.uri_raw
+                remove = ("route",)
+                add_headers = [b"Route: " + r for r in routes[:-1]]
+                target = last.uri
+                popped = 0
+            elif popped == 0:
+                self._refuse(msg, via, source, 404, "Not Here", top_via=top_via)
+                return None
+            elif popped < len(routes):
+                following = parse_name_addr(routes[popped])
+                target = following.uri
                 if "lr" not in target.params:
                     # The next hop is a strict router (§16.6 step 6): it gets the route as
                     # Request-URI and the Request-URI goes to the end of the route set.
-                    new_ruri = routes[popped].uri_raw
+                    new_ruri = following.uri_raw
                     remove = ("route",)
-                    add_headers = [b"Route: " + r.raw for r in routes[popped + 1:]] + [b"Route: <" + msg.ruri + b">"]
+                    add_headers = [b"Route: " + r for r in routes[popped + 1:]] + [b"Route: <" + msg.ruri + b">"]
                     popped = 0
             else:
                 target = ruri
-        signed = token.encode() if token else None
+        except ParseError:
+            self._refuse(msg, via, source, 400, "Bad Route", top_via=top_via)
+            return None
+        signed = token
         if signed is None or self.keyring.signer(signed) is None:
             # Refused before a host name in it is looked up: a forged request must not
             # make the proxy query DNS for names an attacker chose.
@@ -882,10 +843,8 @@ class Proxy:
         except ParseError:
             self.stats["bad_messages_dropped"] += 1
             return
-        routes = msg.routes if msg.has("route") else []
-        popped = 0
-        while popped < len(routes) and self._is_local_uri(routes[popped].uri):
-            popped += 1
+        routes = msg.get_all("route") if "route" in msg._names else []
+        popped, signed = self._own_entries(routes)
         if popped == 0:
             # Not for a dialog we record-routed: the ACK of a non-2xx final, which with
             # several workers may have come to another worker than the INVITE's
@@ -894,9 +853,11 @@ class Proxy:
                 return
             self.stats["bad_messages_dropped"] += 1
             return
-        target = routes[popped].uri if popped < len(routes) else ruri
-        token = next((t for t in (r.uri.params.get(SIGNATURE_PARAM) for r in routes[:popped]) if t), None)
-        signed = token.encode() if token else None
+        try:
+            target = parse_name_addr(routes[popped]).uri if popped < len(routes) else ruri
+        except ParseError:
+            self.stats["bad_messages_dropped"] += 1
+            return
         if signed is None or self.keyring.signer(signed) is None:
             self._refuse_in_dialog(msg, via, source, "no signature of ours in the Route entry", None)
             return  # before any name in it is looked up
@@ -927,22 +888,18 @@ class Proxy:
         """Hand `msg` to `worker` (None: the owner of its call); True when it went."""
         return self._may_hand_over(source) and self.hand_over(msg.raw, source, worker)
 
-    def _forward_ack(self, msg: SipMessage, via: Via, source: Source, hop, popped: int, route: int = -1) -> None:
-        """Send the ACK of a 2xx on to `hop` without its first `popped` Route values, or
-        (`route` >= 0, the short way) without its Route line `route`."""
+    def _forward_ack(self, msg: SipMessage, via: Via, source: Source, hop, popped: int) -> None:
+        """Send the ACK of a 2xx on to `hop` without its first `popped` Route values."""
         transport, addr = hop
         listener = self.transports.listener_for(transport, addr[0])
         if listener is None:
             return
         # A stateless branch must be the same for retransmissions of the same ACK (§16.11).
         branch = "%s%08x.s" % (MAGIC_COOKIE, zlib.crc32((via.branch or "").encode() + msg.call_id))
-        if route >= 0:
-            data = forward_in_dialog(msg, route, self._via_for(listener, branch), self._with_received(via, source))
-        else:
-            mf = msg.max_forwards
-            data = forward_request(msg, via=self._via_for(listener, branch), pop_routes=popped,
-                                   max_forwards=69 if mf is None else mf - 1,
-                                   top_via=self._with_received(via, source))
+        mf = msg.max_forwards
+        data = forward_request(msg, via=self._via_for(listener, branch), pop_routes=popped,
+                               max_forwards=69 if mf is None else mf - 1,
+                               top_via=self._with_received(via, source))
         try:
             self.transports.send(transport, addr, data, listener=listener)
         except TransportError as e:
@@ -1445,12 +1402,15 @@ class Proxy:
 
     def on_response(self, msg: SipMessage, source: Source) -> None:
         try:
-            via = msg.top_via
             method = msg.cseq[1]
+            ct = self._sent_with_this_via(msg)
+            if ct is None:
+                via = msg.top_via
         except ParseError:
             self.stats["bad_messages_dropped"] += 1
             return
-        ct = self.client_txns.get((via.branch, method))
+        if ct is None:
+            ct = self.client_txns.get((via.branch, method))
         if ct is not None:
             ct.receive_response(msg.status, msg)
             return
@@ -1461,7 +1421,10 @@ class Proxy:
         response `msg`: matched on its branch and CSeq method (RFC 3261 §17.1.3) without
         parsing a Via we wrote ourselves. None for anything else (a Via the next hop
         edited, a keepalive's transaction): `on_response` then parses and matches."""
-        value = msg._value(msg._names.index("via"))
+        names = msg._names
+        if "via" not in names:
+            return None
+        value = msg._value(names.index("via"))
         # The first value of the line: some peers join all the Vias on one line.
         comma = value.find(b",")
         if comma >= 0:

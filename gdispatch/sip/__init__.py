@@ -12,9 +12,6 @@ No sockets and no gevent here: pure functions and small classes, tested with pla
 - build.py    `forward_request`, `strip_top_via`, `build_response`, `build_ack`,
               `build_cancel`
 - framing.py  `frame_stream` for TCP/TLS receive buffers
-- shortway.py `read_in_dialog`, `forward_in_dialog`, `read_response`: the usual
-              in-dialog requests and responses read and forwarded in fewer steps
-              (anything else goes the general way above)
 """
 
 from .build import (

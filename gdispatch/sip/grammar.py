@@ -49,6 +49,8 @@ def separator_positions(value: bytes) -> list[int]:
     RFC 3261 §7.3.1 lets a list header carry several values joined by commas; a comma
     inside a quoted display name or inside an angle-bracketed URI does not separate.
     """
+    if b"," not in value:
+        return []
     if b'"' not in value and b"<" not in value:
         found = []
         i = value.find(b",")

@@ -75,12 +75,15 @@ _MANDATORY = ("via", "from", "to", "call-id", "cseq")
 # Single-valued headers that may appear once at most (RFC 4475 §3.3.8).
 _SINGLE = ("from", "to", "call-id", "cseq", "max-forwards")
 _TOKEN = rb"[A-Za-z0-9\-.!%*_+`'~]+"
-# The shape nearly every From, To and Contact value has: token words or a quoted string
-# without escapes, <URI> without white space, token parameters. Everything it matches,
-# `parse_name_addr` accepts, so a match validates the value without building a NameAddr;
-# anything else goes through `parse_name_addr` for the verdict. Group 1: the parameters.
+# The two shapes nearly every From, To and Contact value has (RFC 3261 §20.10): token
+# words or a quoted string without escapes then <URI> without white space, or a bare URI
+# without ';', '?' or ',' (an addr-spec, as SIPp and many phones write Contact); then
+# token parameters. Everything it matches, `parse_name_addr` accepts, so a match
+# validates the value without building a NameAddr; anything else goes through
+# `parse_name_addr` for the verdict. Group 1: the parameters.
 _NAME_ADDR_FAST = re.compile(
-    rb'(?:(?:' + _TOKEN + rb' )*|"[^"\\\r\n]*" ?)<[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>"]+>'
+    rb'(?:(?:(?:' + _TOKEN + rb' )*|"[^"\\\r\n]*" ?)<[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>"]+>'
+    rb'|[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>";?,]+)'
     rb"((?:;" + _TOKEN + rb"(?:=" + _TOKEN + rb")?)*)\Z"
 )
 _TAG_PARAM = re.compile(rb";[Tt][Aa][Gg]=(" + _TOKEN + rb")")
@@ -374,8 +377,13 @@ class SipMessage:
         max_forwards = self.max_forwards
         if max_forwards is not None and max_forwards > 255:
             raise ParseError("Bad Max-Forwards")
-        if "contact" in self._names:
-            for contact in self.get_all("contact"):
+        names = self._names
+        if "contact" in names:
+            if names.count("contact") == 1:
+                contacts = split_list(self._first("contact") or b"")
+            else:
+                contacts = self.get_all("contact")
+            for contact in contacts:
                 # RFC 3261 §10.2.2: "Contact: *" removes all bindings.
                 if contact != b"*" and _NAME_ADDR_FAST.match(contact) is None:
                     try:
