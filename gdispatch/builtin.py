@@ -17,9 +17,11 @@ class Builtin:
     @hookimpl(trylast=True)
     def gdispatch_choose_route(self, request, source_sets):
         """The first `[[route]]` whose conditions hold (see config.Route)."""
-        method = request.method
-        user = request.ruri_user
-        host = request.ruri_host
+        return self.route_for(request.method, request.ruri_user, request.ruri_host, source_sets)
+
+    def route_for(self, method, user, host, source_sets):
+        """The first `[[route]]` for a request of `method` to `user`@`host` from a source
+        in the sets `source_sets`; None when none matches."""
         for r in self.routes:
             if r.matches(method, user, host, source_sets):
                 return r

@@ -445,13 +445,14 @@ def from_dict(data: dict, source: str = "") -> Config:
     load_mode = str(disp.get("load_mode", "strict"))
     if load_mode not in ("strict", "skip"):
         raise ConfigError(f"[dispatcher].load_mode: expected \"strict\" or \"skip\", got {load_mode!r}")
-    flags = {}
+    # Config's keyword arguments by kind: switches and strings, then durations and lists.
+    flags: dict[str, Any] = {}
     for key in ("kamailio_order", "kamailio_compat", "hash_user_only", "reload_keeps_state", "watch"):
         v = disp.get(key, getattr(Config, key))
         if not isinstance(v, bool):
             raise ConfigError(f"[dispatcher].{key}: expected true or false, got {v!r}")
         flags[key] = v
-    seconds = {k: float(_number(disp, k, "[dispatcher]", getattr(Config, k)))
+    seconds: dict[str, Any] = {k: float(_number(disp, k, "[dispatcher]", getattr(Config, k)))
                for k in ("call_expire", "call_init_expire")}
     seconds["drain_time"] = float(_number(server, "drain_time", "[server]", Config.drain_time, minimum=0,
                                           exclusive=False))
@@ -489,6 +490,7 @@ def from_dict(data: dict, source: str = "") -> Config:
     if timers.t2 < timers.t1:
         raise ConfigError("[timers].t2: must not be smaller than t1")
     routes_v = data.get("route", None)
+    routes: tuple[Route, ...]
     if routes_v is None:
         routes = (Route(),)
     elif not isinstance(routes_v, list):

@@ -96,13 +96,14 @@ class Attempt(RequestView):
     Reads see the request as it arrived plus this attempt's edits of the Request-URI.
     """
 
-    __slots__ = ("destination", "number", "_user", "_host", "_hostport", "_add", "_remove")
+    __slots__ = ("destination", "number", "_user", "_user_edited", "_host", "_hostport", "_add", "_remove")
 
     def __init__(self, msg: SipMessage, destination, number: int, source=None):
         super().__init__(msg, source)
         self.destination = destination  # read its attr_map, duid, uri; do not change it
         self.number = number  # 1 for the first attempt, 2 after the first failover...
-        self._user: str | None | bool = False  # False: unchanged
+        self._user: str | None = None  # the new user part, when `_user_edited`
+        self._user_edited = False
         self._host: str | None = None  # host[:port] as the plugin set it
         self._hostport: tuple[str, int | None] | None = None  # ... and parsed
         self._add: list[tuple[str, str]] = []
@@ -115,7 +116,7 @@ class Attempt(RequestView):
 
     @property
     def ruri_user(self) -> str | None:
-        return self._msg.uri.user if self._user is False else self._user
+        return self._user if self._user_edited else self._msg.uri.user
 
     @ruri_user.setter
     def ruri_user(self, user: str | None) -> None:
@@ -124,6 +125,7 @@ class Attempt(RequestView):
             if not is_valid_user(user):
                 raise EditError(f"ruri_user: {user!r} is not a valid URI user part (escape it)")
         self._user = user
+        self._user_edited = True
 
     @property
     def ruri_host(self) -> str:
@@ -167,11 +169,11 @@ class Attempt(RequestView):
 
     @property
     def edited(self) -> bool:
-        return self._user is not False or self._host is not None or bool(self._add) or bool(self._remove)
+        return self._user_edited or self._host is not None or bool(self._add) or bool(self._remove)
 
     def new_ruri(self) -> bytes | None:
         """The Request-URI with this attempt's user/host edits, or None if unchanged."""
-        if self._user is False and self._host is None:
+        if not self._user_edited and self._host is None:
             return None
         raw = self._msg.ruri.decode("utf-8", "surrogateescape")
         scheme, _, rest = raw.partition(":")
@@ -184,7 +186,7 @@ class Attempt(RequestView):
         host, tail = hostpart[:end], hostpart[end:]
         if self._host is not None:
             host = self._host
-        if self._user is not False:
+        if self._user_edited:
             if self._user is None:
                 userinfo = None
             else:

@@ -81,6 +81,8 @@ class PluginHost:
             modname = f"gdispatch_hooks_{name}"
             try:
                 spec = importlib.util.spec_from_file_location(modname, path)
+                if spec is None or spec.loader is None:
+                    raise ImportError("not a Python module")
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[modname] = module
                 spec.loader.exec_module(module)

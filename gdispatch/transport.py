@@ -25,6 +25,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import cast
 
 import gevent
 from gevent import get_hub
@@ -393,8 +394,10 @@ class TcpConnection:
         if self.pending:
             self.pending.append(data)
             return
+        sock = self.sock
+        assert sock is not None  # connected
         try:
-            n = self.sock.send(data)
+            n = sock.send(data)
         except BlockingIOError:
             n = 0
         except OSError as e:
@@ -408,6 +411,7 @@ class TcpConnection:
     def _flush(self) -> None:
         hub = get_hub()
         sock = self.sock
+        assert sock is not None  # connected
         w = None
         self.writer_waiting = True
         try:
@@ -433,6 +437,7 @@ class TcpConnection:
 
     def _read_loop(self) -> None:
         sock = self.sock
+        assert sock is not None  # connected
         hub = get_hub()
         w = hub.loop.io(sock.fileno(), 1)
         reader = self.reader
@@ -714,6 +719,7 @@ class Transports:
         self.table = ConnectionTable(self.tcp_limits)
         for listen in listens:
             try:
+                lst: UdpListener | TcpListener
                 if listen.transport == "udp":
                     given = (udp_socks or {}).get(len(self.listeners))
                     lst = UdpListener(listen, self, reuseport=shared, sock=given)
@@ -797,7 +803,7 @@ class Transports:
         self.table.closed(conn)
         self.stats["tcp_connections_open"] = self.table.open
 
-    def _open(self, listener: UdpListener | TcpListener, addr: tuple[str, int]) -> TcpConnection:
+    def _open(self, listener: TcpListener, addr: tuple[str, int]) -> TcpConnection:
         """A new connection towards `addr`. When the table is full the accepted
         connection idle longest makes room: callers filling the table must not cut the
         proxy off from its destinations."""
@@ -845,13 +851,13 @@ class Transports:
                 raise TransportError(errno.ENETUNREACH, self.can_reach(transport, addr[0]))
         if transport == "udp":
             try:
-                listener.sendto(data, addr)
+                cast(UdpListener, listener).sendto(data, addr)
             except OSError as e:
                 raise TransportError(e.errno, f"udp send to {addr[0]}:{addr[1]}: {e.strerror}") from None
             return listener
         conn = self.connections.get(addr)
         if conn is None or conn.closed:
-            conn = self._open(listener, addr)
+            conn = self._open(cast(TcpListener, listener), addr)
         conn.send(data, on_error)
         return listener
 
@@ -859,7 +865,7 @@ class Transports:
         """Send a response back towards where a request came from (RFC 3261 §18.2.2)."""
         if source.transport == "udp":
             try:
-                source.listener.sendto(data, addr)
+                cast(UdpListener, source.listener).sendto(data, addr)
             except OSError as e:
                 log.debug("udp reply to %s failed: %s", addr, e)
             return
@@ -869,7 +875,7 @@ class Transports:
             conn = self.connections.get(addr)
         try:
             if conn is None or conn.closed:
-                conn = self._open(source.listener, addr)
+                conn = self._open(cast(TcpListener, source.listener), addr)
             conn.send(data)
         except TransportError as e:
             log.debug("tcp reply to %s failed: %s", addr, e)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from typing import Callable
+from typing import Any, Callable
 
 import gevent
 from gevent import get_hub
@@ -39,8 +39,8 @@ class ListWatcher:
         self.path = os.path.abspath(path)
         self.on_change = on_change
         self.debounce = debounce
-        self._observer = None
-        self._async = None
+        self._observer: Any = None  # a watchdog Observer, once started
+        self._async: Any = None  # the hub's async watcher, once started
         self._pending: gevent.Greenlet | None = None
 
     def start(self) -> None:

@@ -64,7 +64,7 @@ def _forward(data: bytes) -> bytes:
         msg,
         via=VIA,
         ruri=b"sip:+15551234567@198.51.100.7:5060",
-        max_forwards=msg.max_forwards - 1,
+        max_forwards=(msg.max_forwards or 70) - 1,
         record_route=RECORD_ROUTE,
     )
 

@@ -137,21 +137,21 @@ def forward_request(
     insert[via_index] = [b"Via: " + via]
 
     if max_forwards is not None:
-        i = msg._index("max-forwards")
-        if i is None:
+        mf_index = msg._index("max-forwards")
+        if mf_index is None:
             append.append(b"Max-Forwards: %d" % max_forwards)
         else:
-            line = lines[i]
-            replace[i] = line[: line.find(b":") + 1] + b" %d" % max_forwards
+            line = lines[mf_index]
+            replace[mf_index] = line[: line.find(b":") + 1] + b" %d" % max_forwards
 
     if record_route:
         added = [b"Record-Route: " + value for value in record_route]
-        i = msg._index("record-route")
-        if i is None:
+        rr_index = msg._index("record-route")
+        if rr_index is None:
             # No Record-Route yet: put ours just below the Via block.
             via_lines = msg._indexes("via")
-            i = via_lines[-1] + 1 if via_lines else 0
-        insert.setdefault(i, []).extend(added)
+            rr_index = via_lines[-1] + 1 if via_lines else 0
+        insert.setdefault(rr_index, []).extend(added)
 
     start_line = msg.start_line
     if ruri is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from .errors import ParseError
 from .grammar import BLANK_LINE, is_token, split_list, unfold
@@ -421,7 +421,7 @@ class SipMessage:
         # from_tag / to_tag are filled in here rather than found again later.
         cache = self.__dict__
         for name, addr, tag, reason in _NAME_ADDR_HEADERS:
-            m = _NAME_ADDR_FAST.match(self._first(name))
+            m = _NAME_ADDR_FAST.match(self._first(name) or b"")  # present: checked above
             if m is None:
                 try:
                     getattr(self, addr)
@@ -521,13 +521,15 @@ def split_head(data: bytes, end: int) -> tuple[bytes, list[bytes], list[str]] | 
     keys = _HEADER_KEY.findall(head)
     if len(keys) != len(lines) - 1:
         return None  # a folded or colon-less line
-    names = list(map(WIRE_NAMES.get, keys))
-    if None in names:
+    known = list(map(WIRE_NAMES.get, keys))
+    if None in known:
         # A name not seen before (or too many seen): learn it, as the slow way would.
         try:
-            names = [name or learn_wire_name(key) for name, key in zip(names, keys)]
+            names = [name or learn_wire_name(key) for name, key in zip(known, keys)]
         except ParseError:
             return None
+    else:
+        names = cast("list[str]", known)
     start_line = lines[0]
     del lines[0]
     return start_line, lines, names

@@ -63,6 +63,7 @@ still set).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from .states import (
     ACCEPTED,
@@ -140,9 +141,9 @@ class ClientTransaction:
         send: Callable[[bytes], None],
         scheduler: Scheduler,
         timers: TimerConfig,
-        on_response: Callable[[ClientTransaction, int, object], None],
+        on_response: Callable[[ClientTransaction, int, Any], None],
         on_timeout: Callable[[ClientTransaction], None],
-        make_ack: Callable[[object], bytes] | None = None,
+        make_ack: Callable[[Any], bytes] | None = None,
         on_terminated: Callable[[ClientTransaction], None] | None = None,
         on_transport_error: Callable[[ClientTransaction], None] | None = None,
     ):
@@ -160,11 +161,12 @@ class ClientTransaction:
         self.state = CALLING if is_invite else TRYING
         self.last_status = 0
         self.timed_out = False
-        self.context: object = None
+        # The owner's own data (the proxy's branch): whatever it keeps here.
+        self.context: Any = None
         self._transitions = (
             INVITE_RESPONSE_TRANSITIONS if is_invite else NON_INVITE_RESPONSE_TRANSITIONS
         )
-        self._send_fn = send
+        self._send_fn: Callable[[bytes], None] | None = send
         self._scheduler = scheduler
         self._timers = timers
         self._on_response = on_response
@@ -224,6 +226,7 @@ class ClientTransaction:
             # RFC 3261 §17.1.1.3: the ACK for a 300-699 is built from the response and
             # goes where the INVITE went, i.e. through our `send`. Built before the state
             # moves, so that a make_ack that raises leaves the transaction as it was.
+            assert self._make_ack is not None
             self._ack = self._make_ack(response)
         self.state = new_state
         # The response goes up before the timers change: at low load what the timer work
@@ -330,16 +333,20 @@ class ClientTransaction:
 
     def _send_request(self) -> bool:
         """Send the request; on a transport error report it, terminate, return False."""
+        send = self._send_fn
+        assert send is not None  # let go of only once nothing is sent any more
         try:
-            self._send_fn(self.request)
+            send(self.request)
         except OSError:
             self._fail(self._on_transport_error or self._on_timeout)
             return False
         return True
 
     def _send_ack(self) -> None:
+        send, ack = self._send_fn, self._ack
+        assert send is not None and ack is not None  # a 300-699 came: its ACK is kept
         try:
-            self._send_fn(self._ack)
+            send(ack)
         except OSError:
             # Lost like a datagram: see the module docstring.
             pass

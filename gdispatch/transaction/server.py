@@ -55,6 +55,7 @@ retransmission to cover.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from .states import (
     ACCEPTED,
@@ -150,7 +151,8 @@ class ServerTransaction:
         self.last_status = 0
         self.last_response: bytes | None = None
         self.timed_out_waiting_ack = False
-        self.context: object = None
+        # The owner's own data (the proxy's response context): whatever it keeps here.
+        self.context: Any = None
         self._transitions = (
             INVITE_RESPONSE_TRANSITIONS if self.is_invite else NON_INVITE_RESPONSE_TRANSITIONS
         )
@@ -243,7 +245,7 @@ class ServerTransaction:
 
     def _on_timer_g(self) -> None:
         # RFC 3261 §17.2.1: resend, then wait twice as long, but never more than T2.
-        if not self._send(self.last_response):
+        if self.last_response is None or not self._send(self.last_response):
             return
         self._interval = min(2 * self._interval, self._timers.t2)
         self._retransmit_timer = self._scheduler.call_later(self._interval, self._on_timer_g)

@@ -1,11 +1,11 @@
-"""How a dispatched request is walked: the first attempt inline, a walker greenlet only
-when it fails (gdispatch.proxy.Proxy._dispatch)."""
+"""How a dispatched request is walked: a state machine fed each attempt's outcome, with
+no greenlet unless something may wait (gdispatch.proxy.forking)."""
 
 from __future__ import annotations
 
 from proxy_fakes import UAC, FakeProxy, full_call, invite
 
-import gdispatch.proxy as proxy_module
+import gdispatch.proxy.forking as proxy_module
 from gdispatch.sip import build_response, parse_message
 
 
@@ -30,23 +30,23 @@ def test_a_call_answered_by_the_first_destination_starts_no_greenlet(monkeypatch
     assert fp.proxy.calls_in_setup == 0
 
 
-def test_a_failed_first_attempt_hands_over_to_the_walker(monkeypatch):
+def test_a_failed_first_attempt_fails_over_without_a_greenlet(monkeypatch):
     spawned = count_spawns(monkeypatch)
     fp = FakeProxy()
     out = fp.receive(invite(1), UAC)
     first, data = next((a, d) for a, d in out if d.startswith(b"INVITE"))
     out = fp.receive(build_response(parse_message(data), 503, "Busy", to_tag="x"), first)
     second, data = next((a, d) for a, d in out if d.startswith(b"INVITE"))
-    assert second != first and len(spawned) == 1  # the walker tried the next one
+    assert second != first and spawned == []  # the next one was tried at once
     assert fp.proxy.stats["failovers"] == 1 and fp.proxy.calls_in_setup == 1
     out = fp.receive(build_response(parse_message(data), 200, "OK", to_tag="y"), second)
     assert [a for a, d in out if d.startswith(b"SIP/2.0 200")] == [UAC]
     assert fp.proxy.calls_in_setup == 0
 
 
-def test_an_error_in_the_inline_first_attempt_answers_500_and_frees_the_count(monkeypatch):
-    # The first attempt is sent from the receiver greenlet: a bug there must end like one
-    # in the walker, not leave the caller and the overload count hanging.
+def test_an_error_in_an_attempt_answers_500_and_frees_the_count(monkeypatch):
+    # The attempts are sent from the receiver greenlet: a bug there must end the walk with
+    # a 500, not leave the caller and the overload count hanging.
     fp = FakeProxy()
 
     def broken(*_args, **_kwargs):

@@ -1,0 +1,852 @@
+"""The stateful proxy's entry, and its transaction tables (RFC 3261 §16, §17).
+
+Requests and responses arrive in `Proxy.on_message` from the transport shell, inline in
+the receiver greenlet, and are handled there in arrival order (so a BYE never overtakes
+the REFER sent before it): a retransmission is absorbed by its server transaction, a
+response is matched to its client transaction, a new request is checked and routed
+(gdispatch.proxy.routing decides, this module carries it out), an ACK of a 2xx and a
+stray response go on without a transaction (gdispatch.proxy.stateless), a dispatched
+request is walked over its destinations (gdispatch.proxy.forking).
+
+Every message takes one path, whatever its shape: `parse_message` reads it lazily and
+the proxy reads the few fields it decides on. Our own Record-Route entries are
+recognised by their bytes when they come back as a Route (identity.route_entry), and a
+response's top Via by comparison with the one we wrote (`_sent_with_this_via`), so the
+messages of the dialogs we route cost no parse of what we wrote ourselves.
+
+With several workers (gdispatch.workers) a datagram may belong to another worker's
+transaction; the proxy hands it over through `hand_over`, and the ACK of a non-2xx final
+finds its INVITE through `acks` (gdispatch.acknotes).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+from gdispatch import logsafe
+from gdispatch.acknotes import AckNotes
+from gdispatch.builtin import Builtin
+from gdispatch.calls import CallLoad
+from gdispatch.config import Config
+from gdispatch.dispatcher.algorithms import SelectOptions, compile_template, select
+from gdispatch.dispatcher.destination import Destination, DispatcherList
+from gdispatch.dispatcher.reload import identity as destination_identity
+from gdispatch.message_api import Attempt
+from gdispatch.overload import LoadGuard
+from gdispatch.plugins import PluginHost
+from gdispatch.recordroute import Keyring, check, packed_address
+from gdispatch.sip import (
+    ParseError,
+    SipMessage,
+    SipUri,
+    Via,
+    build_cancel,
+    build_response,
+    forward_request,
+    parse_message,
+)
+from gdispatch.transaction.client import ClientTransaction
+from gdispatch.transaction.server import ServerTransaction
+from gdispatch.transaction.timers import Scheduler, TimerConfig
+from gdispatch.transport import Source, TransportError, Transports
+
+from . import routing
+from .forking import LOCAL_TIMEOUT, Branch, Forker, ResponseContext, Walk
+from .identity import MAGIC_COOKIE, STATELESS_TAG, Identity, loop_hash, reply_addr, with_received
+from .stateless import Stateless
+
+log = logging.getLogger("gdispatch.proxy")
+
+# Requests that may create a dialog get our Record-Route (RFC 3261 §16.6 step 4).
+DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
+_STATELESS_TAG = STATELESS_TAG.encode()
+
+
+class _Replier:
+    """Sends a server transaction's responses back where its request came from (RFC 3261
+    §18.2.2); one small object per transaction instead of a closure."""
+
+    __slots__ = ("addr", "source", "transports")
+
+    def __init__(self, transports: Transports, source: Source, addr: tuple[str, int]):
+        self.transports = transports
+        self.source = source
+        self.addr = addr
+
+    def __call__(self, data: bytes) -> None:
+        self.transports.reply(self.source, self.addr, data)
+
+
+class _NotingReplier(_Replier):
+    """The replier of an INVITE that had a Route, with several workers: a non-2xx final
+    is noted for the other workers before it leaves, so that the one that gets its ACK
+    hands it back (gdispatch.acknotes)."""
+
+    __slots__ = ("acks", "key")
+
+    def __init__(self, transports: Transports, source: Source, addr: tuple[str, int], acks, key):
+        super().__init__(transports, source, addr)
+        self.acks = acks
+        self.key = key
+
+    def __call__(self, data: bytes) -> None:
+        if data[8:9] in b"3456":  # "SIP/2.0 " then the status's first digit
+            self.acks.note(self.key)
+        super().__call__(data)
+
+
+class _Origin:
+    """The context of a request of our own: where it went, for ICMP errors."""
+
+    __slots__ = ("next_hop",)
+
+    def __init__(self, next_hop):
+        self.next_hop = next_hop
+
+
+class Proxy:
+    def __init__(self, config: Config, transports: Transports, scheduler: Scheduler,
+                 dispatcher_list: DispatcherList,
+                 resolve_now: Callable[[Destination], list[tuple[str, int]]] | None = None,
+                 plugins: PluginHost | None = None, keyring: Keyring | None = None):
+        self.config = config
+        # The keys of our Record-Route signatures (gdispatch.recordroute); a reload may
+        # give new ones.
+        self.keyring = keyring or Keyring.ephemeral()
+        self._bind_next_hop = config.security.dialog_next_hop == "destination"
+        self.transports = transports
+        self.scheduler = scheduler
+        self.dlist = dispatcher_list
+        # Resolves a destination marked "no DNS resolution at load" (flag 16) when a
+        # request is sent to it; called from a greenlet of its own (forking).
+        self.resolve_now = resolve_now
+        # Plugins: the built-in behaviour (route tables, failover policy) is registered as
+        # the plugin "builtin"; other plugins' hooks are only called when some exist.
+        self.plugins = plugins if plugins is not None else PluginHost()
+        self.builtin = Builtin(config.routes)
+        self.plugins.register_builtin(self.builtin)
+        self.routes = routing.RouteMatcher(config.routes, self.plugins, self.builtin)
+        self.routes.set_list(dispatcher_list)
+        # Told when a request to a destination timed out or could not be sent, or got one
+        # of `mark_codes` (the prober then counts it against the destination).
+        self.on_traffic_failure: Callable[[Destination, str], None] | None = None
+        self.mark_codes: frozenset[int] = config.probing.mark_codes
+        # Set on SIGTERM: new dialogs are refused (503 with Retry-After), requests inside
+        # dialogs and transactions in progress carry on.
+        self.draining = False
+        self.last_message_at = 0.0  # while draining: when the last message arrived
+        t = config.timers
+        self.timers = TimerConfig(t1=t.t1, t2=t.t2, t4=t.t4, linger=t.wt_timer or None)
+        self.fr_timer = t.fr_timer
+        self.fr_inv_timer = t.fr_inv_timer
+        self.server_txns: dict = {}
+        self.client_txns: dict = {}
+        self.stats: dict[str, int] = dict.fromkeys((
+            "requests", "responses", "retransmissions_absorbed", "bad_messages_dropped",
+            "bad_requests_answered", "dispatched", "failovers", "no_destination", "local_replies",
+            "stray_responses", "overload_rejected", "in_dialog_refused",
+        ), 0)
+        self.identity = Identity(config.domains, transports.listeners)
+        self.stateless = Stateless(self.identity, transports, self.stats)
+        self.forker = Forker(self)
+        self._options_headers = (
+            b"Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY, SUBSCRIBE, MESSAGE",
+            b"Accept: application/sdp",
+        ) + ((b"Server: " + config.server_header.encode(),) if config.server_header else ())
+        # The transactions' callbacks, bound once: a bound method made per transaction
+        # would be one more object for each to hold while it lingers.
+        self._on_server_terminated = self._server_terminated
+        self._on_client_terminated = self._client_terminated
+        self._on_branch_response = self.forker.branch_response
+        self._on_branch_timeout = self._branch_timeout
+        self._on_branch_transport_error = self._branch_transport_error
+        self._on_fr_timeout = self.forker.fr_timeout
+        self._debug = log.isEnabledFor(logging.DEBUG)
+        self.calls = CallLoad(scheduler, expire=config.call_expire, init_expire=config.call_init_expire)
+        self._select_options = {
+            id(r): SelectOptions(
+                hash_user_only=config.hash_user_only,
+                hash_template=compile_template(r.hash_template) if r.hash_template else None,
+                kamailio_compat=config.kamailio_compat,
+            )
+            for r in config.routes
+        }
+        self.default_options = SelectOptions(hash_user_only=config.hash_user_only,
+                                             kamailio_compat=config.kamailio_compat)
+        # reload.identity(destination) -> [sent, answered, failed], see destination_counters
+        self.dest_counts: dict[tuple, list[int]] = {}
+        ov = config.overload
+        self.guard = LoadGuard(scheduler.now, max_backlog=ov.max_backlog, max_calls_in_setup=ov.max_calls_in_setup,
+                               hold=ov.hold, retry_after=ov.retry_after)
+        self._retry_after = (b"Retry-After: %d" % ov.retry_after,)
+        self.calls_in_setup = 0  # dispatched requests whose walk goes on
+        # With several workers (gdispatch.workers): the notes of the INVITE transactions
+        # whose ACK must come back to them (gdispatch.acknotes), and how a datagram is
+        # handed to another worker: hand_over(data, source, worker or None for the
+        # owner of its call) -> True when it went.
+        self.acks: AckNotes | None = None
+        self.hand_over: Callable[[bytes, Source, int | None], bool] | None = None
+        self._no_destination_log: dict[int, tuple[float, int]] = {}  # set -> (last warning, skipped)
+
+    # ----------------------------------------------------------------- counters
+
+    def counts(self, dest: Destination) -> list[int]:
+        """[sent, answered, failed] INVITEs of destination `dest`."""
+        key = destination_identity(dest)
+        c = self.dest_counts.get(key)
+        if c is None:
+            c = self.dest_counts[key] = [0, 0, 0]
+        return c
+
+    def destination_counters(self, dest: Destination, others=()) -> dict[str, int]:
+        """INVITEs sent to a destination, answered 2xx, failed (final >= 300 or no answer);
+        kept across reloads for the same destination. `others`: the `dest_counts` of
+        the other workers, added in."""
+        key = destination_identity(dest)
+        sent = answered = failed = 0
+        for table in (self.dest_counts, *others):
+            s, a, f = table.get(key, (0, 0, 0))
+            sent, answered, failed = sent + s, answered + a, failed + f
+        return {"CALLS_SENT": sent, "CALLS_ANSWERED": answered, "CALLS_FAILED": failed}
+
+    def calls_in_progress(self) -> int:
+        """Forwarded requests still waiting for their final response."""
+        return sum(1 for st in self.server_txns.values()
+                   if st.context is not None and not st.context.final_sent)
+
+    def set_list(self, dispatcher_list: DispatcherList) -> None:
+        """Swap in a newly loaded list (the old one keeps serving what it started)."""
+        self.dlist = dispatcher_list
+        self.routes.set_list(dispatcher_list)
+
+    # ----------------------------------------------------------------- entry
+
+    def on_message(self, data: bytes, source: Source) -> None:
+        if data[:1] in b"\r\n" and not data.strip(b"\r\n"):
+            return  # keep-alive (RFC 5626 §3.5.1)
+        if self.draining:
+            self.last_message_at = time.monotonic()
+        try:
+            msg = parse_message(data, stream=source.transport != "udp")
+        except ParseError as e:
+            self.stats["bad_messages_dropped"] += 1
+            if self._debug:
+                log.debug("dropped an unparsable message from %r: %s", source, e.reason)
+            return
+        if msg.is_request:
+            self.stats["requests"] += 1
+            self.on_request(msg, source)
+        else:
+            self.stats["responses"] += 1
+            self.on_response(msg, source)
+
+    # ----------------------------------------------------------------- requests
+
+    def on_request(self, msg: SipMessage, source: Source) -> None:
+        try:
+            msg.validate_request()
+            via = msg.top_via
+        except ParseError as e:
+            if msg.method != "ACK":
+                self.stats["bad_requests_answered"] += 1
+                self.stateless.reply(msg, source, e.status, e.reason)
+            else:
+                self.stats["bad_messages_dropped"] += 1
+            return
+        method = msg.method
+        if method == "ACK":
+            self._on_ack(msg, via, source)
+            return
+        if method == "CANCEL":
+            self._on_cancel(msg, via, source)
+            return
+        key = _server_key(msg, via, method)
+        if not self._absorbed(key):
+            self._new_request(msg, via, source, key)
+
+    def _refuse(self, msg: SipMessage, source: Source, status: int, reason: str, headers=(),
+                top_via: bytes | None = None) -> None:
+        """A new request answered here, before it became a transaction: statelessly
+        (RFC 3261 §16.3 lets a proxy answer a request it will not forward, and a
+        transaction would resend a final to the source 10 times, §17.2.1)."""
+        self.stats["local_replies"] += 1
+        self.stateless.reply(msg, source, status, reason, headers, top_via)
+
+    def _refuse_in_dialog(self, msg: SipMessage, source: Source, why: str, top_via: bytes | None) -> None:
+        """A request inside a dialog that is not ours to follow: 403, counted, and it
+        goes nowhere (an ACK gets no answer, RFC 3261 §17.2.3)."""
+        self.stats["in_dialog_refused"] += 1
+        if self._debug:
+            log.debug("refused %s call-id=%s from %r: %s", msg.method, logsafe.text(msg.call_id), source, why)
+        if msg.method != "ACK":
+            self._refuse(msg, source, 403, "Forbidden", top_via=top_via)
+
+    def _dialog_refused(self, token: bytes | None, msg: SipMessage, source: Source, next_hop_ip: str) -> str:
+        """'' when a request inside a dialog may go on to `next_hop_ip`, else why not
+        (gdispatch.recordroute: our Route entry's signature, the dialog's destination)."""
+        return check(self.keyring, token, msg.call_id, msg.from_tag, msg.to_tag, source.addr[0], next_hop_ip,
+                     self._bind_next_hop)
+
+    def _is_ours(self, token: bytes) -> bool:
+        return self.keyring.signer(token) is not None
+
+    def _absorbed(self, key) -> bool:
+        """A retransmission of a request whose server transaction exists: it resends its
+        last response or absorbs it (RFC 3261 §17.2.1, §17.2.2)."""
+        st = self.server_txns.get(key)
+        if st is None:
+            return False
+        self.stats["retransmissions_absorbed"] += 1
+        st.on_request_retransmission()
+        return True
+
+    def _new_server_txn(self, msg: SipMessage, via: Via, source: Source, key) -> ServerTransaction:
+        if self.acks is not None and msg.method == "INVITE" and source.transport == "udp" and "route" in msg._names:
+            send: _Replier = _NotingReplier(self.transports, source, reply_addr(source, via), self.acks, key)
+        else:
+            send = _Replier(self.transports, source, reply_addr(source, via))
+        st = ServerTransaction(key, msg.method, reliable=source.transport != "udp", send=send,
+                               scheduler=self.scheduler, timers=self.timers,
+                               on_terminated=self._on_server_terminated)
+        self.server_txns[key] = st
+        return st
+
+    def _server_terminated(self, st: ServerTransaction) -> None:
+        if self.server_txns.get(st.key) is st:
+            del self.server_txns[st.key]
+        ctx = st.context
+        st.context = None
+        if ctx is not None:
+            # The context <-> branch cycle: a late response to a branch still finds its
+            # context, which no longer lists its branches.
+            ctx.branches = []
+
+    def local_reply(self, st: ServerTransaction, msg: SipMessage, status: int, reason: str,
+                    to_tag: str = "", headers=(), top_via: bytes | None = None) -> None:
+        """Answer through server transaction `st` (its request went on, or is a CANCEL)."""
+        self.stats["local_replies"] += 1
+        ctx = st.context
+        if top_via is None and isinstance(ctx, ResponseContext):
+            top_via = ctx.top_via
+        st.respond(status, build_response(msg, status, reason, to_tag=to_tag or self.identity.new_tag(),
+                                          headers=headers, top_via=top_via))
+
+    def _new_request(self, msg: SipMessage, via: Via, source: Source, key) -> None:
+        method = msg.method
+        top_via = with_received(via, source)
+        if method in DIALOG_CREATING and msg.to_tag is None and not self.guard.admit(
+                self.transports.backlog(), self.calls_in_setup):
+            # Past capacity (gdispatch.overload): a new call is turned away before it
+            # costs a transaction; what was accepted carries on.
+            self.stats["overload_rejected"] += 1
+            self._refuse(msg, source, 503, "Overloaded", self._retry_after, top_via)
+            return
+        st = self._proxy_new(msg, via, source, key, top_via)
+        if st is not None and method == "INVITE" and st.last_status == 0:
+            # RFC 3261 §16.2, §17.2.1: a 100 quenches the caller's retransmissions. It
+            # goes once the INVITE is on its way, so that the forwarding does not wait
+            # for it; an INVITE answered here gets its final alone, as from Kamailio's
+            # sl_send_reply.
+            st.respond(100, build_response(msg, 100, "Trying", top_via=top_via))
+
+    def _proxy_new(self, msg: SipMessage, via: Via, source: Source, key, top_via: bytes | None
+                   ) -> ServerTransaction | None:
+        """Carry out what `routing.route_request` decides for a new request (RFC 3261
+        §16.3-16.6). Only a request that goes on gets a server transaction (returned);
+        one answered here is answered statelessly (`_refuse`)."""
+        try:
+            ruri = msg.uri
+        except ParseError as e:
+            self._refuse(msg, source, e.status, e.reason, top_via=top_via)
+            return None
+        decision = routing.route_request(
+            msg, ruri, self.identity, self._is_ours, lambda: self.routes.match(msg, ruri, source),
+            draining=self.draining, no_route_reply=self.config.no_route_reply)
+        if isinstance(decision, routing.Dispatch):
+            return self._dispatch(msg, via, source, key, top_via, decision)
+        if isinstance(decision, routing.InDialog):
+            return self._in_dialog(msg, via, source, key, top_via, decision)
+        if isinstance(decision, routing.Refuse):
+            self._refuse(msg, source, decision.status, decision.reason, decision.headers, top_via)
+        elif isinstance(decision, routing.RefuseInDialog):
+            self._refuse_in_dialog(msg, source, decision.why, top_via)
+        else:
+            # An OPTIONS for the proxy itself (RFC 3261 §11), answered statelessly: a
+            # scanner sweeping addresses with OPTIONS leaves no transaction behind.
+            self._refuse(msg, source, 200, "OK", self._options_headers, top_via)
+        return None
+
+    def _dispatch(self, msg: SipMessage, via: Via, source: Source, key, top_via: bytes | None,
+                  decision: routing.Dispatch) -> ServerTransaction | None:
+        """A new request for a route: choose its destinations (gdispatch.dispatcher) and
+        walk them (gdispatch.proxy.forking)."""
+        route = decision.route
+        dset = self.dlist.get(route.set)
+        options = self._select_options.get(id(route)) or self.default_options
+        candidates = select(dset, route.algorithm, msg, route.limit, options) if dset is not None else []
+        method = msg.method
+        if not candidates:
+            self.stats["no_destination"] += 1
+            self._warn_no_destination(route.set, method, msg)
+            self._refuse(msg, source, route.no_destination_reply, "No Destination Available", top_via=top_via)
+            return None
+        if self._debug:
+            log.debug("dispatch %s call-id=%s route=%s set=%d alg=%d -> %s", method,
+                      logsafe.text(msg.call_id), route.name or "-", route.set, route.algorithm,
+                      " ".join(d.uri for d in candidates))
+        self.stats["dispatched"] += 1
+        st = self._new_server_txn(msg, via, source, key)
+        ctx = ResponseContext(self, st, msg, route)
+        ctx.to_tag = self.identity.new_tag()
+        ctx.source = (source.transport, source.addr[0], source.addr[1])
+        ctx.top_via = top_via
+        st.context = ctx
+        self.forker.dispatch(ctx, Walk(candidates, source, top_via, decision.popped, method in DIALOG_CREATING))
+        return st
+
+    def _warn_no_destination(self, setid: int, method: str, msg: SipMessage) -> None:
+        """At most one warning a second per set: a whole set down at thousands of calls a
+        second must not flood the log (nor spend the CPU writing it); `stats` counts them
+        all."""
+        now = self.scheduler.now()
+        last, skipped = self._no_destination_log.get(setid, (-1e9, 0))
+        if now - last < 1.0:
+            self._no_destination_log[setid] = (last, skipped + 1)
+            return
+        self._no_destination_log[setid] = (now, 0)
+        more = f" ({skipped} more since the last warning)" if skipped else ""
+        log.warning("no active destination in set %d for %s %s%s", setid, method,
+                    logsafe.text(msg.call_id), more)
+
+    def _next_hop(self, uri: SipUri) -> tuple[str, tuple[str, int]] | None:
+        """RFC 3263 in its simplest form: an IP literal, or a name resolved to one address."""
+        transport = uri.transport
+        port = uri.port or (5061 if uri.scheme == "sips" else 5060)
+        host = uri.host
+        if _is_ip(host):
+            return transport, (host, port)
+        try:
+            import gevent.socket as gsocket
+
+            infos = gsocket.getaddrinfo(host, port, 0, 0)
+        except OSError:
+            return None
+        if not infos:
+            return None
+        sa = infos[0][4]
+        return transport, (sa[0], sa[1])
+
+    def _in_dialog(self, msg: SipMessage, via: Via, source: Source, key, top_via: bytes | None,
+                   decision: routing.InDialog) -> ServerTransaction | None:
+        """A request inside a dialog we record-routed, on to its next hop (RFC 3261 §16.4,
+        §16.6) if the dialog's signature lets it go there (gdispatch.recordroute)."""
+        hop = self._next_hop(decision.target)
+        if hop is None:
+            self._refuse(msg, source, 476, "Unresolvable Destination", top_via=top_via)
+            return None
+        why = self._dialog_refused(decision.token, msg, source, hop[1][0])
+        if why:
+            self._refuse_in_dialog(msg, source, why, top_via)
+            return None
+        st = self._new_server_txn(msg, via, source, key)
+        if msg.method == "BYE":
+            self.calls.ended(msg.call_id)
+        ctx = ResponseContext(self, st, msg, None)
+        ctx.top_via = top_via
+        st.context = ctx
+        branch = Branch(ctx, None, hop)
+        ctx.branches.append(branch)
+        ctx.outstanding = 1
+        self._send_branch(branch, source, top_via, decision.popped, record=False, new_ruri=decision.new_ruri,
+                          add_headers=decision.add_headers, remove=decision.remove)
+        return st
+
+    def _on_ack(self, msg: SipMessage, via: Via, source: Source) -> None:
+        key = _server_key(msg, via, "INVITE")
+        st = self.server_txns.get(key)
+        if st is not None and not 200 <= st.last_status < 300:
+            st.on_ack()  # the ACK of a non-2xx final: it ends here (RFC 3261 §17.2.1)
+            return
+        if st is None:
+            tag = msg.to_tag
+            if tag is not None and tag.startswith(_STATELESS_TAG):
+                return  # the ACK of a stateless answer of ours: it ends here
+            if self.acks is not None and self._ack_noted_elsewhere(key, msg, source):
+                return
+        # The ACK of a 2xx is its own end-to-end request: route it statelessly (§16.11).
+        try:
+            ruri = msg.uri
+        except ParseError:
+            self.stats["bad_messages_dropped"] += 1
+            return
+        popped, signed, target = routing.ack_target(msg, ruri, self.identity)
+        if popped == 0:
+            # Not for a dialog we record-routed: the ACK of a non-2xx final, which with
+            # several workers may have come to another worker than the INVITE's
+            # (gdispatch.steering: `worker_for`), or a stray.
+            if st is None and self._hand_over(msg, source, None):
+                return
+            self.stats["bad_messages_dropped"] += 1
+            return
+        if target is None:
+            self.stats["bad_messages_dropped"] += 1
+            return
+        if signed is None or not self._is_ours(signed):
+            self._refuse_in_dialog(msg, source, "no signature of ours in the Route entry", None)
+            return  # before any name in it is looked up
+        hop = self._next_hop(target)
+        if hop is None:
+            return
+        why = self._dialog_refused(signed, msg, source, hop[1][0])
+        if why:
+            self._refuse_in_dialog(msg, source, why, None)
+            return
+        self.stateless.forward_ack(msg, via, source, hop, popped)
+
+    def _ack_noted_elsewhere(self, key, msg: SipMessage, source: Source) -> bool:
+        """An ACK this worker has no transaction for: True when another worker noted its
+        INVITE transaction (the ACK of a non-2xx final, gdispatch.acknotes) and it was
+        handed over. What another worker handed here stays here."""
+        acks = self.acks
+        if acks is None or not self._may_hand_over(source):
+            return False
+        worker = acks.noted_by(key)
+        return worker is not None and self._hand_over(msg, source, worker)
+
+    def _may_hand_over(self, source: Source) -> bool:
+        """With several workers, a datagram may go to another: one that came over UDP
+        and was not handed here by another worker already."""
+        return self.hand_over is not None and source.transport == "udp" and not source.relayed
+
+    def _hand_over(self, msg: SipMessage, source: Source, worker: int | None) -> bool:
+        """Hand `msg` to `worker` (None: the owner of its call); True when it went."""
+        hand_over = self.hand_over
+        return hand_over is not None and self._may_hand_over(source) and hand_over(msg.raw, source, worker)
+
+    def _on_cancel(self, msg: SipMessage, via: Via, source: Source) -> None:
+        key = _server_key(msg, via, "CANCEL")
+        cst = self.server_txns.get(key)
+        if cst is not None:
+            cst.on_request_retransmission()
+            return
+        st = self.server_txns.get(_server_key(msg, via, "INVITE"))
+        top_via = with_received(via, source)
+        if st is None:
+            # Nothing to cancel: answered statelessly, as any request refused here.
+            self._refuse(msg, source, 481, "Call/Transaction Does Not Exist", top_via=top_via)
+            return
+        # RFC 3261 §16.10: answer the CANCEL ourselves, then cancel every pending branch.
+        cst = self._new_server_txn(msg, via, source, key)
+        self.local_reply(cst, msg, 200, "OK", to_tag=(st.context.to_tag if st.context else ""), top_via=top_via)
+        ctx = st.context
+        if ctx is not None:
+            self.forker.cancel(ctx)
+        elif st.last_status < 200:
+            self.local_reply(st, msg, 487, "Request Terminated", top_via=top_via)
+
+    # ----------------------------------------------------------------- branches
+
+    def start_branch(self, ctx: ResponseContext, dest: Destination) -> None:
+        """Send an attempt of dispatched request `ctx` to `dest` (RFC 3261 §16.6), with the
+        edits of its route's mode and of the plugins."""
+        walk = ctx.walk
+        request = ctx.request
+        assert walk is not None and request is not None and ctx.route is not None
+        source = walk.source
+        address = dest.address
+        if address is None and self.resolve_now is not None:
+            # Flag 16: the name is resolved now (RFC 3263); forking runs this in a
+            # greenlet of its own.
+            found = self.resolve_now(dest)
+            address = found[0] if found else None
+        branch = Branch(ctx, dest, (dest.transport, address))
+        ctx.branches.append(branch)
+        if address is None:
+            log.warning("cannot resolve %s: %s", dest.uri, dest.unusable or "no address")
+            self.forker.attempt_over(branch, 503, None, "could not be resolved")
+            return
+        new_ruri = None
+        add_headers: list[bytes] = []
+        remove: list[str] = []
+        if self.plugins.user_implemented("gdispatch_prepare_attempt"):
+            # A fresh view of the request as it arrived, for each attempt (kamailio#3388).
+            attempt = Attempt(request, dest, len(ctx.branches), (source.transport,) + source.addr)
+            if ctx.route.mode == "domain":
+                attempt.ruri_host = dest.sip_uri.hostport()
+            self.plugins.call("gdispatch_prepare_attempt", attempt=attempt)
+            try:
+                new_ruri = attempt.new_ruri()
+            except ParseError:
+                log.warning("a plugin's Request-URI edit for %s does not parse; sending it unchanged", dest.uri)
+                self.plugins.errors["(bad edit)"] += 1
+            add_headers = attempt.header_lines()
+            remove = attempt.removed_headers()
+        elif ctx.route.mode == "domain":
+            # Like ds_select_domain: the destination also becomes the Request-URI host.
+            new_ruri = replace_hostport(request.ruri, dest.sip_uri.hostport().encode())
+        if ctx.counts_load:
+            self.calls.attempt(request.call_id, dest)
+            self.counts(dest)[0] += 1
+        self._send_branch(branch, source, walk.top_via, walk.popped, walk.record, new_ruri=new_ruri,
+                          add_headers=add_headers, remove=remove)
+
+    def _send_branch(self, branch: Branch, source: Source, top_via: bytes | None, popped: int, record: bool,
+                     new_ruri: bytes | None = None, add_headers=(), remove=()) -> None:
+        ctx = branch.ctx
+        msg = ctx.request
+        assert msg is not None
+        transport, addr = branch.next_hop
+        listener = self.transports.listener_for(transport, addr[0])
+        if listener is None:
+            log.warning("cannot reach %s:%s:%s: %s", transport, addr[0], addr[1],
+                        self.transports.can_reach(transport, addr[0]))
+            self.forker.attempt_over(branch, 503, None, "has no listen address to be sent from")
+            return
+        identity = self.identity
+        branch_id = identity.new_branch_id(loop_hash(msg))
+        rr: tuple[bytes, ...] = ()
+        if record:
+            # Signed for this dialog and its destination (gdispatch.recordroute).
+            signature = self.keyring.token(msg.call_id, msg.from_tag or b"",
+                                           packed_address(addr[0]) if self._bind_next_hop else b"") + b">"
+            rr = (identity.rr_prefix(listener) + signature,)
+            if listener.public is not source.listener.public:
+                # Double record-routing: each side of the dialog needs the address it can
+                # reach us on (the two listeners differ in transport or address).
+                rr += (identity.rr_prefix(source.listener) + signature,)
+        mf = msg.max_forwards
+        data = forward_request(msg, via=identity.via_for(listener, branch_id), ruri=new_ruri,
+                               max_forwards=69 if mf is None else mf - 1, record_route=rr,
+                               pop_routes=popped, top_via=top_via, add_headers=add_headers,
+                               remove_headers=remove)
+        self._start_client_txn(branch, listener, branch_id, data)
+
+    def _start_client_txn(self, branch: Branch, listener, branch_id: str, data: bytes) -> None:
+        """Send `data`, the branch's request, from `listener` in a new client transaction
+        (RFC 3261 §16.6 step 10), with the branch's final-response timer (§16.8)."""
+        method = branch.ctx.st.method
+        transport, addr = branch.next_hop
+        branch.request = data
+        branch.listener = listener
+        key = (branch_id, method)
+        branch.key = key
+        ct = ClientTransaction(
+            key, method, data, reliable=transport != "udp", send=branch.send, scheduler=self.scheduler,
+            timers=self.timers, on_response=self._on_branch_response, on_timeout=self._on_branch_timeout,
+            make_ack=branch.make_ack if method == "INVITE" else None,
+            on_transport_error=self._on_branch_transport_error, on_terminated=self._on_client_terminated,
+        )
+        ct.context = branch
+        branch.ct = ct
+        self.client_txns[key] = ct
+        try:
+            ct.start()
+        except TransportError as e:
+            log.warning("cannot send to %s:%s:%s: %s", transport, addr[0], addr[1], e)
+            ct.on_transport_error()
+        if not branch.final:  # the request is on its way: now its timer
+            branch.timer = self.scheduler.call_later(self.fr_timer, self._on_fr_timeout, branch)
+
+    def _client_terminated(self, ct: ClientTransaction) -> None:
+        if self.client_txns.get(ct.key) is ct:
+            del self.client_txns[ct.key]
+        # Break the branch <-> transaction cycle so reference counting frees both at
+        # once, instead of leaving them to the cyclic collector.
+        branch = ct.context
+        ct.context = None
+        if isinstance(branch, Branch) and branch.ct is ct:
+            branch.ct = None
+
+    def traffic_failure(self, branch: Branch, reason: str) -> None:
+        if branch.dest is not None and self.on_traffic_failure is not None:
+            self.on_traffic_failure(branch.dest, reason)
+
+    def _branch_timeout(self, ct: ClientTransaction) -> None:
+        branch = ct.context
+        if branch is not None and not branch.final:
+            self.forker.attempt_over(branch, LOCAL_TIMEOUT, None, "did not answer (transaction timeout)")
+
+    def _branch_transport_error(self, ct: ClientTransaction) -> None:
+        branch = ct.context
+        if branch is not None and not branch.final:
+            dest = branch.dest
+            log.warning("transport error sending to %s", dest.uri if dest else branch.next_hop)
+            self.traffic_failure(branch, "transport error")
+            self.forker.attempt_over(branch, 503, None, "could not be reached (transport error)")
+
+    def send_cancel(self, branch: Branch) -> None:
+        """CANCEL `branch` (RFC 3261 §9.1): now if it had a provisional response, else as
+        soon as one comes."""
+        if branch.cancel_state == "sent" or not branch.request:
+            return
+        if not branch.provisional:
+            branch.cancel_state = "pending"
+            return
+        branch.cancel_state = "sent"
+        data = build_cancel(parse_message(branch.request))
+        transport, addr = branch.next_hop
+        transports = self.transports
+        assert branch.key is not None
+        key = (branch.key[0], "CANCEL")
+
+        def send(out: bytes) -> None:
+            transports.send(transport, addr, out)
+
+        ct = ClientTransaction(key, "CANCEL", data, reliable=transport != "udp", send=send,
+                               scheduler=self.scheduler, timers=self.timers,
+                               on_response=_ignore, on_timeout=_ignore,
+                               on_transport_error=_ignore, on_terminated=self._on_client_terminated)
+        self.client_txns[key] = ct
+        try:
+            ct.start()
+        except TransportError:
+            ct.terminate()
+
+    # ----------------------------------------------------------------- our own requests
+
+    def originate(self, transport: str, addr: tuple[str, int], method: str, build: Callable[[bytes], bytes],
+                  on_final: Callable[[int, SipMessage | None], None],
+                  socket_attr: str | None = None) -> ClientTransaction | None:
+        """Send a request of our own (a keepalive ping) as a client transaction.
+
+        `build(via)` returns the request given our Via value; `on_final(status, response)`
+        is called once with the final response, or (408, None) on timeout, or (503, None)
+        when it cannot be sent.
+        """
+        listener = None
+        if socket_attr:
+            listener = next((lst.private or lst for lst in self.transports.listeners
+                             if str(lst.listen) == socket_attr), None)
+        if listener is None:
+            listener = self.transports.listener_for(transport, addr[0]) if addr else None
+        if listener is None:
+            on_final(503, None)
+            return None
+        branch_id = self.identity.new_branch_id("00000000")
+        data = build(self.identity.via_for(listener, branch_id))
+        key = (branch_id, method)
+        transports = self.transports
+        client_txns = self.client_txns
+
+        def on_error() -> None:
+            # Found by key, not captured: a closure holding the transaction that holds
+            # the closure would be a reference cycle.
+            ct = client_txns.get(key)
+            if ct is not None and ct.state != "terminated":
+                ct.on_transport_error()
+
+        def send(out: bytes) -> None:
+            transports.send(transport, addr, out, on_error=on_error, listener=listener)
+
+        def on_response(_ct: ClientTransaction, status: int, resp: SipMessage) -> None:
+            if status >= 200:
+                on_final(status, resp)
+
+        ct = ClientTransaction(key, method, data, reliable=transport != "udp", send=send, scheduler=self.scheduler,
+                               timers=self.timers, on_response=on_response,
+                               on_timeout=lambda _ct: on_final(LOCAL_TIMEOUT, None),
+                               on_transport_error=lambda _ct: on_final(503, None),
+                               on_terminated=self._on_client_terminated)
+        ct.context = _Origin((transport, addr))
+        self.client_txns[key] = ct
+        ct.start()
+        return ct
+
+    def unreachable(self, addr: tuple[str, int]) -> None:
+        """An ICMP error: every transaction still waiting for its first answer from that
+        address fails now (RFC 3261 §17.1.1.2, §17.1.2.2: a transport error)."""
+        for ct in list(self.client_txns.values()):
+            ctx = ct.context
+            if ctx is None or ct.state not in ("calling", "trying"):
+                continue
+            hop = ctx.next_hop
+            if hop is not None and hop[1] == addr:
+                ct.on_transport_error()
+
+    # ----------------------------------------------------------------- responses
+
+    def on_response(self, msg: SipMessage, source: Source) -> None:
+        try:
+            method = msg.cseq[1]
+            ct = self._sent_with_this_via(msg)
+            via = None if ct is not None else msg.top_via
+        except ParseError:
+            self.stats["bad_messages_dropped"] += 1
+            return
+        if via is not None:
+            ct = self.client_txns.get((via.branch, method))
+        if ct is not None:
+            ct.receive_response(msg.status, msg)
+        elif via is not None:
+            self.stateless.stray_response(msg, via)
+
+    def _sent_with_this_via(self, msg: SipMessage) -> ClientTransaction | None:
+        """The client transaction of a branch whose Via is, byte for byte, the top Via of
+        response `msg`: matched on its branch and CSeq method (RFC 3261 §17.1.3) without
+        parsing a Via we wrote ourselves. None for anything else (a Via the next hop
+        edited, a keepalive's transaction): `on_response` then parses and matches."""
+        names = msg._names
+        if "via" not in names:
+            return None
+        value = msg._value(names.index("via"))
+        # The first value of the line: some peers join all the Vias on one line.
+        comma = value.find(b",")
+        if comma >= 0:
+            value = value[:comma].rstrip()
+        at = value.find(b";branch=")
+        if at < 0:
+            return None
+        ct = self.client_txns.get((value[at + 8:].decode("latin-1"), msg.method))
+        if ct is None:
+            return None
+        branch = ct.context
+        if (type(branch) is not Branch or branch.listener is None
+                or value != self.identity.via_for(branch.listener, ct.key[0])):
+            return None
+        return ct
+
+
+def _server_key(msg: SipMessage, via: Via, method: str):
+    branch = via.branch
+    if branch and branch.startswith(MAGIC_COOKIE):
+        # RFC 3261 §17.2.3: branch, sent-by and method (ACK/CANCEL match INVITE).
+        return (branch, via.host, via.port, method)
+    # RFC 2543 peers: match on the request's identifying fields instead.
+    return ("2543", msg.call_id, msg.cseq[0], msg.from_tag, via.raw, method)
+
+
+def replace_hostport(ruri: bytes, hostport: bytes) -> bytes:
+    """The Request-URI with its host[:port] replaced, user and parameters kept."""
+    colon = ruri.find(b":")
+    at = ruri.find(b"@", colon)
+    start = at + 1 if at >= 0 else colon + 1
+    scan = ruri.find(b"]", start) if ruri[start:start + 1] == b"[" else start
+    end = len(ruri)
+    for sep in (b";", b"?"):
+        j = ruri.find(sep, scan)
+        if 0 <= j < end:
+            end = j
+    return ruri[:start] + hostport + ruri[end:]
+
+
+def _ignore(*_args) -> None:
+    pass
+
+
+_IP_HOSTS: dict[str, bool] = {}  # host -> _is_ip(host), bounded: hosts repeat call after call
+
+
+def _is_ip(host: str) -> bool:
+    known = _IP_HOSTS.get(host)
+    if known is not None:
+        return known
+    if ":" in host:
+        known = True
+    else:
+        parts = host.split(".")
+        known = len(parts) == 4 and all(p.isdigit() for p in parts)
+    if len(_IP_HOSTS) < 1024:
+        _IP_HOSTS[host] = known
+    return known

@@ -1,0 +1,178 @@
+"""Who the proxy is on the wire, and how it marks what it sends.
+
+Our addresses and domains (`Identity.is_local_uri`); the Via we put on each branch, whose
+branch parameter carries the hash that detects a request looping back through us (RFC
+3261 §16.6 step 8, §16.3 step 4); our Record-Route entry (§16.6 step 4, signed by
+gdispatch.recordroute) and how it is recognised when it comes back at the top of a Route
+set (§16.4); the To tags of what we answer ourselves; the top Via of a request with
+received and rport filled in (§18.2.1, RFC 3581 §4) and where a response to it goes
+(§18.2.2). Host and port are written by `gdispatch.sip.format_hostport` everywhere.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import zlib
+
+from gdispatch.recordroute import PARAM as SIGNATURE_PARAM
+from gdispatch.sip import ParseError, SipMessage, SipUri, Via, format_hostport, parse_name_addr
+from gdispatch.transport import Source
+
+MAGIC_COOKIE = "z9hG4bK"
+# The To tag of what we answer without a transaction starts so in every worker (the
+# others' tags are "gd" and hex digits): the ACK of such an answer is absorbed wherever it
+# arrives, with nothing to look up (Kamailio's sl module does the same with its tags).
+STATELESS_TAG = "gdsl-"
+_RPORT_EMPTY = re.compile(rb";\s*rport(?=\s*(?:;|$))", re.IGNORECASE)
+# What may follow "gds=" in our own Route entry (gdispatch.recordroute: KID.MAC in hex).
+_SIGNATURE = re.compile(rb"[A-Za-z0-9._-]+")
+
+
+class Identity:
+    """The proxy's addresses and the marks it puts on what it sends, for `listeners`
+    (gdispatch.transport listeners) and the domains of `domains`."""
+
+    def __init__(self, domains, listeners) -> None:
+        self.domains = frozenset(domains)
+        # Our listen addresses (host, port), and the hosts and domains we answer for.
+        self.local_hostports: set[tuple[str, int]] = set()
+        self.local_hosts: set[str] = set(self.domains)
+        for lst in listeners:
+            self.local_hostports.add((lst.listen.host, lst.listen.port))
+            self.local_hosts.add(lst.listen.host)
+            if lst.private is not None:
+                # A worker's own port is in the Via of what it sends (loop detection).
+                self.local_hostports.add((lst.private.listen.host, lst.private.listen.port))
+        self._via_markers = [format_hostport(h, p).encode() for h, p in self.local_hostports]
+        self._via_prefixes: dict = {}  # listener -> b"SIP/2.0/UDP host:port;branch="
+        self._rr_prefixes: dict = {}  # listener -> b"<sip:host:port;lr;gds=" (then the signature and ">")
+        # How our Record-Route entries begin when they come back as Route values, for
+        # `route_entry` to recognise them without parsing.
+        self.own_routes = frozenset(self.rr_prefix(lst) for lst in listeners)
+        self._salt = "%x" % (os.getpid() & 0xFFFF)
+        self._branch_ids = itertools.count(1)
+        self._tag_ids = itertools.count(1)
+
+    def is_local_uri(self, uri: SipUri) -> bool:
+        host = uri.host
+        if host not in self.local_hosts:
+            return False
+        if (host, uri.port or (5061 if uri.scheme == "sips" else 5060)) in self.local_hostports:
+            return True
+        # A domain name of ours (not one of our IPs) matches whatever the port.
+        return host in self.domains
+
+    # -- Via and branch (RFC 3261 §16.6 step 8) ------------------------------------------
+
+    def new_branch_id(self, loop_hash: str) -> str:
+        return f"{MAGIC_COOKIE}{loop_hash}.{self._salt}{next(self._branch_ids):x}"
+
+    def via_for(self, listener, branch: str) -> bytes:
+        """Our Via value for a request leaving from `listener` with branch `branch`."""
+        prefix = self._via_prefixes.get(listener)
+        if prefix is None:
+            lst = listener.listen
+            prefix = f"SIP/2.0/{lst.transport.upper()} {format_hostport(lst.host, lst.port)};branch=".encode()
+            self._via_prefixes[listener] = prefix
+        return prefix + branch.encode()
+
+    def is_loop(self, msg: SipMessage) -> bool:
+        """RFC 3261 §16.3 step 4: a Via of ours whose branch carries this request's hash."""
+        if msg._names.count("via") < 2 and b"," not in (msg._first("via") or b""):
+            return False  # a single Via is the sender's own: no spiral through us yet
+        markers = self._via_markers
+        if not any(m in v for v in msg.get_all("via") for m in markers):
+            return False
+        expect = MAGIC_COOKIE + loop_hash(msg) + "."
+        for v in msg.vias:
+            if (v.host, v.port or 5060) in self.local_hostports and v.branch and v.branch.startswith(expect):
+                return True
+        return False
+
+    # -- Record-Route and Route (RFC 3261 §16.6 step 4, §16.4) ---------------------------
+
+    def rr_prefix(self, listener) -> bytes:
+        """Our Record-Route value for `listener` up to its signature (gdispatch.recordroute):
+        the shared address, never a worker's own port (RFC 3261 §16.6 step 4)."""
+        prefix = self._rr_prefixes.get(listener)
+        if prefix is None:
+            lst = listener.public.listen
+            tp = ";transport=tcp" if lst.transport == "tcp" else ""
+            prefix = f"<sip:{format_hostport(lst.host, lst.port)}{tp};lr;{SIGNATURE_PARAM}=".encode()
+            self._rr_prefixes[listener] = prefix
+        return prefix
+
+    def route_entry(self, value: bytes) -> tuple[bool, bytes | None]:
+        """Whether Route value `value` names us, and its signature if it has one. Our
+        own Record-Route values come back as we wrote them (RFC 3261 §12.1.1 has the UAs
+        copy them), which a comparison of bytes recognises; any other is parsed."""
+        equals = value.rfind(b"=") + 1
+        if value[-1:] == b">" and value[:equals] in self.own_routes:
+            token = value[equals:-1]
+            if _SIGNATURE.fullmatch(token) is not None:
+                return True, token
+        try:
+            uri = parse_name_addr(value).uri
+        except ParseError:
+            return False, None
+        if not self.is_local_uri(uri):
+            return False, None
+        signature = uri.params.get(SIGNATURE_PARAM)
+        return True, signature.encode() if signature else None
+
+    def own_entries(self, routes: list[bytes]) -> tuple[int, bytes | None]:
+        """How many of the Route values `routes` at the top are ours (RFC 3261 §16.4), and
+        the first signature among them."""
+        popped = 0
+        token = None
+        for value in routes:
+            ours, signature = self.route_entry(value)
+            if not ours:
+                break
+            popped += 1
+            token = token or signature
+        return popped, token
+
+    # -- tags ----------------------------------------------------------------------------
+
+    def new_tag(self, prefix: str = "gd") -> str:
+        return f"{prefix}{self._salt}{next(self._tag_ids):x}"
+
+
+def loop_hash(msg: SipMessage) -> str:
+    """The part of our branch that detects loops (RFC 3261 §16.6 step 8): it covers the
+    fields a spiral would change (Request-URI, Route) and those of the request."""
+    to_tag = msg.to_tag or b""
+    from_tag = msg.from_tag or b""
+    data = b"|".join((msg.ruri, msg._first("route") or b"", msg.call_id, b"%d" % msg.cseq[0], from_tag, to_tag))
+    return "%08x" % zlib.crc32(data)
+
+
+def stateless_tag(via: Via, call_id: bytes) -> str:
+    """The To tag of an answer sent without a transaction: the same for every copy of
+    the request (RFC 3261 §8.2.6.2)."""
+    return "%s%08x" % (STATELESS_TAG, zlib.crc32(via.raw + call_id))
+
+
+def reply_addr(source: Source, via: Via) -> tuple[str, int]:
+    """Where a response goes: RFC 3261 §18.2.2 and RFC 3581 §4 (rport)."""
+    if source.transport != "udp" or via.rport is not None:
+        return source.addr
+    return (source.addr[0], via.port or 5060)
+
+
+def with_received(via: Via, source: Source) -> bytes | None:
+    """The top Via with received/rport filled in (RFC 3261 §18.2.1, RFC 3581 §4), or
+    None when it needs no change."""
+    ip, port = source.addr
+    raw = via.raw
+    changed = False
+    if via.rport == "":
+        raw = _RPORT_EMPTY.sub(b";rport=%d" % port, raw, count=1)
+        changed = True
+    if (changed or via.host != ip) and via.received is None:
+        raw += b";received=" + ip.encode()
+        changed = True
+    return raw if changed else None
