@@ -18,10 +18,11 @@ import time
 
 import gevent
 import pytest
+from dns.message import from_wire as read_query  # not `import dns`: the fixture below is `dns`
 
 from gdispatch.dispatcher.listfile import parse_list
 from gdispatch.dns import DestinationResolver, DnsLookupError, NameNotFound, Resolver
-from gdispatch.dnswire import TYPE_A, TYPE_AAAA, TYPE_SRV, decode_message, encode_name
+from gdispatch.dns.wire import TYPE_A, TYPE_AAAA, TYPE_SRV, name_text, to_name
 
 SRV_GW = "_sip._udp.gw.test"
 
@@ -108,30 +109,36 @@ class FakeDns:
                 pass
 
     def _replies(self, query: bytes, proto: str) -> list[bytes]:
-        msg = decode_message(query)
-        q = msg.questions[0]
+        # The query is read with dnspython; the replies are written octet by octet, so
+        # what the resolver decodes does not come from the same encoder.
+        msg = read_query(query)
+        qname, qtype = name_text(msg.question[0].name), int(msg.question[0].rdtype)
         with self.lock:
-            self.queries.append((q.name, q.qtype, proto))
-            mode = "servfail" if self.fail_all else self.mode.get(q.name, "")
-            found = list(self.records.get((q.name, q.qtype), []))
-            exists = any(name == q.name for name, _ in self.records)
+            self.queries.append((qname, qtype, proto))
+            mode = "servfail" if self.fail_all else self.mode.get(qname, "")
+            found = list(self.records.get((qname, qtype), []))
+            exists = any(name == qname for name, _ in self.records)
         if mode == "drop":
             return []
-        echo = encode_name(q.name) + struct.pack("!HH", q.qtype, 1)
+        if mode == "malformed":
+            # Our id and question, then a record whose rdata is cut short.
+            return [struct.pack("!HHHHHH", msg.id, 0x8180, 1, 1, 0, 0) + to_name(qname).to_wire()
+                    + struct.pack("!HH", qtype, 1) + b"\xc0\x0c" + struct.pack("!HHIH", qtype, 1, 5, 40)]
+        echo = to_name(qname).to_wire() + struct.pack("!HH", qtype, 1)
         flags = 0x8180
         if mode == "servfail":
             return [struct.pack("!HHHHHH", msg.id, flags | 2, 1, 0, 0, 0) + echo]
         if mode == "truncate" and proto == "udp":
             return [struct.pack("!HHHHHH", msg.id, flags | 0x0200, 1, 0, 0, 0) + echo]
         rcode = 0 if found or exists else 3
-        answers = b"".join(b"\xc0\x0c" + struct.pack("!HHIH", q.qtype, 1, ttl, len(rd)) + rd
-                           for ttl, rd in ((ttl, _rdata(q.qtype, item)) for ttl, item in found))
+        answers = b"".join(b"\xc0\x0c" + struct.pack("!HHIH", qtype, 1, ttl, len(rd)) + rd
+                           for ttl, rd in ((ttl, _rdata(qtype, item)) for ttl, item in found))
         reply = struct.pack("!HHHHHH", msg.id, flags | rcode, 1, len(found), 0, 0) + echo + answers
         if mode == "decoy":
             # A reply with the wrong id and one for another question come first.
             wrong_id = struct.pack("!H", (msg.id + 1) & 0xFFFF) + reply[2:]
-            other_q = (struct.pack("!HHHHHH", msg.id, flags, 1, 0, 0, 0) + encode_name("evil.test")
-                       + struct.pack("!HH", q.qtype, 1))
+            other_q = (struct.pack("!HHHHHH", msg.id, flags, 1, 0, 0, 0) + to_name("evil.test").to_wire()
+                       + struct.pack("!HH", qtype, 1))
             return [wrong_id, other_q, b"\x00garbage", reply]
         return [reply]
 
@@ -142,7 +149,7 @@ def _rdata(qtype: int, item) -> bytes:
     if qtype == TYPE_AAAA:
         return socket.inet_pton(socket.AF_INET6, item)
     priority, weight, port, target = item
-    return struct.pack("!HHH", priority, weight, port) + encode_name(target)
+    return struct.pack("!HHH", priority, weight, port) + to_name(target).to_wire()
 
 
 @pytest.fixture
