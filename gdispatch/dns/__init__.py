@@ -1,4 +1,4 @@
-"""Name resolution for gdispatch: destination names, by RFC 3263
+"""Name resolution for gdispatch: destination names and in-dialog next hops, by RFC 3263
 as Kamailio's dispatcher does it, on a small DNS stub resolver that never blocks the
 gevent hub.
 
@@ -12,6 +12,8 @@ The modules, from the wire up:
 - `policy`: what to look up for a SIP URI (NAPTR left out, SRV, A/AAAA), RFC 2782 order.
 - `destinations`: `DestinationResolver`, a destination list's names resolved at load and
   kept fresh (Kamailio's flag 16, keeping the last good address through an outage).
+- `nexthop`: `NextHopResolver`, the host name of an in-dialog next hop (Route or
+  Request-URI) resolved for the proxy's receiver greenlet, cached and time-bounded.
 
 What other modules use is imported from here.
 """
@@ -20,6 +22,7 @@ from gdispatch.dns.answers import Address, AddressAnswer, DnsLookupError, NameNo
 from gdispatch.dns.client import Resolver
 from gdispatch.dns.conf import ResolvConf, is_ip_literal, parse_hosts, parse_nameserver, parse_resolv_conf
 from gdispatch.dns.destinations import DestinationResolver
+from gdispatch.dns.nexthop import NextHopResolver
 from gdispatch.dns.policy import LookupPlan, order_srv, plan_for, plan_lookup
 
 __all__ = [
@@ -29,6 +32,7 @@ __all__ = [
     "DnsLookupError",
     "LookupPlan",
     "NameNotFound",
+    "NextHopResolver",
     "ResolvConf",
     "Resolver",
     "SrvTarget",
