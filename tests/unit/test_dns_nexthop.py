@@ -1,6 +1,6 @@
 """The next hop of an in-dialog request by name (gdispatch.dns.nexthop) against a
-scripted resolver with a fake clock: RFC 3263 plans, the cache, failures, and the bound
-on how long the caller waits."""
+scripted resolver with a fake clock, and the proxy's `_next_hop` using it: RFC 3263
+plans, the cache, failures, and the bound on how long the receiver greenlet waits."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 import gevent
 import gevent.event
 import pytest
+from proxy_fakes import UAC, FakeProxy, signed_route
 
 from gdispatch.dns import AddressAnswer, DnsLookupError, NameNotFound, NextHopResolver, SrvTarget
 
@@ -212,3 +213,82 @@ def test_the_default_wait_is_the_resolvers_timeout(fake):
     assert NextHopResolver(fake).timeout == Scripted.timeout
     with pytest.raises(ValueError):
         NextHopResolver(fake, timeout=0)
+
+
+# -- the proxy --------------------------------------------------------------------------
+
+
+GATEWAY_IP = "192.0.2.7"
+
+
+def bye(ruri: str, n: int = 1, branch: str = "z9hG4bK-bye-1") -> bytes:
+    """A BYE of call `n` whose Route is our signed entry only: the Request-URI is the
+    next hop (RFC 3261 §16.12)."""
+    route = signed_route(f"call-{n}@127.0.0.1", f"uac{n}", GATEWAY_IP)
+    return (
+        f"BYE {ruri} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:6000;branch={branch};rport\r\n"
+        f"Route: {route}\r\n"
+        f"Max-Forwards: 70\r\n"
+        f"From: <sip:caller@127.0.0.1:6000>;tag=uac{n}\r\n"
+        f"To: <sip:service@127.0.0.1:5060>;tag=uas{n}\r\n"
+        f"Call-ID: call-{n}@127.0.0.1\r\n"
+        f"CSeq: 2 BYE\r\n"
+        f"Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def proxy_with(fake, clock, **kw) -> FakeProxy:
+    fp = FakeProxy()
+    fp.proxy.next_hops = NextHopResolver(fake, clock=clock, **kw)
+    return fp
+
+
+def test_the_proxy_sends_to_the_address_the_resolver_gives(fake, clock):
+    fake.hosts["gw.test"] = [GATEWAY_IP]
+    fp = proxy_with(fake, clock)
+    out = fp.receive(bye("sip:service@gw.test:5071"), UAC)
+    assert [a for a, _ in out] == [(GATEWAY_IP, 5071)]
+    assert fake.calls == [("A", "gw.test", 5071)]
+    fp.receive(bye("sip:service@gw.test:5071", branch="z9hG4bK-bye-2"), UAC)
+    assert fake.calls == [("A", "gw.test", 5071)]  # the dialog's next request: cached
+
+
+def test_the_proxy_follows_srv_for_a_name_without_port(fake, clock):
+    fake.srv["_sip._udp.gw.test"] = [SrvTarget("a.test", 5072, 10, 0, 300)]
+    fake.hosts["a.test"] = [GATEWAY_IP]
+    out = proxy_with(fake, clock).receive(bye("sip:service@gw.test"), UAC)
+    assert [a for a, _ in out] == [(GATEWAY_IP, 5072)]
+
+
+def test_the_proxy_skips_an_address_no_listener_can_reach(fake, clock, monkeypatch):
+    fake.hosts["gw.test"] = ["2001:db8::7", GATEWAY_IP]
+    fp = proxy_with(fake, clock)
+    monkeypatch.setattr(fp.transports, "can_reach", lambda transport, host: "no IPv6" if ":" in host else "")
+    out = fp.receive(bye("sip:service@gw.test:5071"), UAC)
+    assert [a for a, _ in out] == [(GATEWAY_IP, 5071)]
+
+
+def test_the_proxy_does_not_look_up_an_ip_literal(fake, clock):
+    out = proxy_with(fake, clock).receive(bye(f"sip:service@{GATEWAY_IP}:5071"), UAC)
+    assert [a for a, _ in out] == [(GATEWAY_IP, 5071)] and fake.calls == []
+
+
+def test_an_unresolvable_next_hop_is_answered_476(fake, clock):
+    out = proxy_with(fake, clock).receive(bye("sip:service@nowhere.test:5071"), UAC)
+    assert [(a, d.split(b"\r\n", 1)[0]) for a, d in out] == [(UAC, b"SIP/2.0 476 Unresolvable Destination")]
+
+
+def test_a_slow_name_holds_the_receiver_no_longer_than_the_timeout(fake, clock):
+    fake.hosts["gw.test"] = [GATEWAY_IP]
+    fake.gate = gevent.event.Event()
+    fp = proxy_with(fake, clock, timeout=0.05)
+    start = time.monotonic()
+    out = fp.receive(bye("sip:service@gw.test:5071"), UAC)
+    assert time.monotonic() - start < 0.5
+    assert [d.split(b"\r\n", 1)[0] for _, d in out] == [b"SIP/2.0 476 Unresolvable Destination"]
+    fake.gate.set()
+    gevent.sleep(0.01)
+    # The caller's retry finds the answer the lookup brought meanwhile.
+    out = fp.receive(bye("sip:service@gw.test:5071", branch="z9hG4bK-bye-retry"), UAC)
+    assert [a for a, _ in out] == [(GATEWAY_IP, 5071)]
