@@ -242,8 +242,8 @@ class Resolver:
                     try:
                         return decode_message(data)
                     except DnsFormatError as e:
-                        # Waited past: a spoofed datagram must not end the wait for
-                        # the real reply; said if no well-formed one comes.
+                        # Not the end of the wait: a spoofed datagram must not cut
+                        # the real reply off. The fault is reported if none comes.
                         log.debug("malformed reply from %s:%s: %s", server[0], server[1], e)
                         malformed = str(e)
         except TimeoutError:
