@@ -23,7 +23,7 @@ from gdispatch.control import ControlError, ControlServer
 from gdispatch.dispatcher.destination import state_letters
 from gdispatch.dispatcher.listfile import ListError, format_line, load_list, parse_list
 from gdispatch.dispatcher.reload import carry_state
-from gdispatch.dns import DestinationResolver, Resolver
+from gdispatch.dns import DestinationResolver, NextHopResolver, Resolver
 from gdispatch.flood import SourceGuard
 from gdispatch.plugins import PluginError, PluginHost
 from gdispatch.prober import Prober
@@ -253,7 +253,8 @@ class App:
                                        refresh_interval=config.dns_refresh, retry_interval=config.dns_retry)
         self.dns.resolve_all(dlist, self._reachable)
         self.proxy = proxy = Proxy(config, transports, self.scheduler, dlist, resolve_now=self.dns.resolve_now,
-                                   plugins=self.plugins, keyring=self.keyring)
+                                   plugins=self.plugins, keyring=self.keyring,
+                                   next_hops=NextHopResolver(self.dns.resolver))
         holder["proxy"] = proxy
         transports.on_unreachable = proxy.unreachable
         fl = config.flood

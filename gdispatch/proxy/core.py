@@ -33,6 +33,7 @@ from gdispatch.config import Config
 from gdispatch.dispatcher.algorithms import SelectOptions, compile_template, select
 from gdispatch.dispatcher.destination import Destination, DispatcherList
 from gdispatch.dispatcher.reload import identity as destination_identity
+from gdispatch.dns import NextHopResolver, Resolver
 from gdispatch.message_api import Attempt
 from gdispatch.overload import LoadGuard
 from gdispatch.plugins import PluginHost
@@ -110,8 +111,11 @@ class Proxy:
     def __init__(self, config: Config, transports: Transports, scheduler: Scheduler,
                  dispatcher_list: DispatcherList,
                  resolve_now: Callable[[Destination], list[tuple[str, int]]] | None = None,
-                 plugins: PluginHost | None = None, keyring: Keyring | None = None):
+                 plugins: PluginHost | None = None, keyring: Keyring | None = None,
+                 next_hops: NextHopResolver | None = None):
         self.config = config
+        # Resolves the host name of a next hop inside a dialog (`_next_hop`).
+        self.next_hops = next_hops if next_hops is not None else NextHopResolver(Resolver())
         # The keys of our Record-Route signatures (gdispatch.recordroute); a reload may
         # give new ones.
         self.keyring = keyring or Keyring.ephemeral()
@@ -421,22 +425,24 @@ class Proxy:
                     logsafe.text(msg.call_id), more)
 
     def _next_hop(self, uri: SipUri) -> tuple[str, tuple[str, int]] | None:
-        """RFC 3263 in its simplest form: an IP literal, or a name resolved to one address."""
+        """RFC 3263 §4 for a Route entry or Request-URI inside a dialog: the transport and
+        an explicit port are the URI's; an IP literal is used as is, a host name goes
+        through the project's resolver (SRV when the URI has no port, then A/AAAA; cached,
+        and waited for at most the resolver's timeout: gdispatch.dns.nexthop)."""
         transport = uri.transport
         port = uri.port or (5061 if uri.scheme == "sips" else 5060)
         host = uri.host
         if _is_ip(host):
             return transport, (host, port)
-        try:
-            import gevent.socket as gsocket
-
-            infos = gsocket.getaddrinfo(host, port, 0, 0)
-        except OSError:
+        addresses = self.next_hops.resolve(uri.scheme, host, uri.port, transport)
+        if not addresses:
             return None
-        if not infos:
-            return None
-        sa = infos[0][4]
-        return transport, (sa[0], sa[1])
+        # The first address a listener can send to: an AAAA answer is of no use without
+        # an IPv6 listen address (RFC 3263 §4.3: try the next).
+        for addr in addresses:
+            if not self.transports.can_reach(transport, addr[0]):
+                return transport, addr
+        return transport, addresses[0]
 
     def _in_dialog(self, msg: SipMessage, via: Via, source: Source, key, top_via: bytes | None,
                    decision: routing.InDialog) -> ServerTransaction | None:

@@ -1,9 +1,11 @@
-"""Name resolution against a fake DNS server on 127.0.0.1 (no SIP traffic).
+"""Name resolution against a fake DNS server on 127.0.0.1 (SIP traffic only in the last
+test, a request inside a dialog sent by name through a gdispatch process).
 
 The server runs in a thread with plain sockets, outside the gevent hub, so a resolver
 that blocked the hub would show it: the other greenlets would stop while it waits. It
 answers from a small table, NXDOMAIN for other names, and can be told to fail, stay
-silent, delay, truncate (answering in full over TCP) or send decoy replies first.
+silent, delay, truncate (answering in full over TCP), send decoy replies first, or send
+a malformed reply.
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ import time
 
 import gevent
 import pytest
+from dns.message import from_wire as read_query  # not `import dns`: the fixture below is `dns`
 
 from gdispatch.dispatcher.listfile import parse_list
-from gdispatch.dns import DestinationResolver, DnsLookupError, NameNotFound, Resolver
-from gdispatch.dnswire import TYPE_A, TYPE_AAAA, TYPE_SRV, decode_message, encode_name
+from gdispatch.dns import DestinationResolver, DnsLookupError, NameNotFound, NextHopResolver, Resolver
+from gdispatch.dns.wire import TYPE_A, TYPE_AAAA, TYPE_SRV, name_text, to_name
+
+from . import harness
+from .harness import HOST
 
 SRV_GW = "_sip._udp.gw.test"
 
@@ -108,30 +114,36 @@ class FakeDns:
                 pass
 
     def _replies(self, query: bytes, proto: str) -> list[bytes]:
-        msg = decode_message(query)
-        q = msg.questions[0]
+        # The query is read with dnspython; the replies are written octet by octet, so
+        # what the resolver decodes does not come from the same encoder.
+        msg = read_query(query)
+        qname, qtype = name_text(msg.question[0].name), int(msg.question[0].rdtype)
         with self.lock:
-            self.queries.append((q.name, q.qtype, proto))
-            mode = "servfail" if self.fail_all else self.mode.get(q.name, "")
-            found = list(self.records.get((q.name, q.qtype), []))
-            exists = any(name == q.name for name, _ in self.records)
+            self.queries.append((qname, qtype, proto))
+            mode = "servfail" if self.fail_all else self.mode.get(qname, "")
+            found = list(self.records.get((qname, qtype), []))
+            exists = any(name == qname for name, _ in self.records)
         if mode == "drop":
             return []
-        echo = encode_name(q.name) + struct.pack("!HH", q.qtype, 1)
+        if mode == "malformed":
+            # Our id and question, then a record whose rdata is cut short.
+            return [struct.pack("!HHHHHH", msg.id, 0x8180, 1, 1, 0, 0) + to_name(qname).to_wire()
+                    + struct.pack("!HH", qtype, 1) + b"\xc0\x0c" + struct.pack("!HHIH", qtype, 1, 5, 40)]
+        echo = to_name(qname).to_wire() + struct.pack("!HH", qtype, 1)
         flags = 0x8180
         if mode == "servfail":
             return [struct.pack("!HHHHHH", msg.id, flags | 2, 1, 0, 0, 0) + echo]
         if mode == "truncate" and proto == "udp":
             return [struct.pack("!HHHHHH", msg.id, flags | 0x0200, 1, 0, 0, 0) + echo]
         rcode = 0 if found or exists else 3
-        answers = b"".join(b"\xc0\x0c" + struct.pack("!HHIH", q.qtype, 1, ttl, len(rd)) + rd
-                           for ttl, rd in ((ttl, _rdata(q.qtype, item)) for ttl, item in found))
+        answers = b"".join(b"\xc0\x0c" + struct.pack("!HHIH", qtype, 1, ttl, len(rd)) + rd
+                           for ttl, rd in ((ttl, _rdata(qtype, item)) for ttl, item in found))
         reply = struct.pack("!HHHHHH", msg.id, flags | rcode, 1, len(found), 0, 0) + echo + answers
         if mode == "decoy":
             # A reply with the wrong id and one for another question come first.
             wrong_id = struct.pack("!H", (msg.id + 1) & 0xFFFF) + reply[2:]
-            other_q = (struct.pack("!HHHHHH", msg.id, flags, 1, 0, 0, 0) + encode_name("evil.test")
-                       + struct.pack("!HH", q.qtype, 1))
+            other_q = (struct.pack("!HHHHHH", msg.id, flags, 1, 0, 0, 0) + to_name("evil.test").to_wire()
+                       + struct.pack("!HH", qtype, 1))
             return [wrong_id, other_q, b"\x00garbage", reply]
         return [reply]
 
@@ -142,7 +154,7 @@ def _rdata(qtype: int, item) -> bytes:
     if qtype == TYPE_AAAA:
         return socket.inet_pton(socket.AF_INET6, item)
     priority, weight, port, target = item
-    return struct.pack("!HHH", priority, weight, port) + encode_name(target)
+    return struct.pack("!HHH", priority, weight, port) + to_name(target).to_wire()
 
 
 @pytest.fixture
@@ -386,3 +398,58 @@ def test_many_destinations_resolve_in_parallel(dns, resolver):
     assert time.monotonic() - start < 0.8  # not 8 × 0.2 s
     assert all(d.address == ("127.0.0.1", 5071) for d in ds)
     assert dns.count(SRV_GW) == 1  # one question for the same name at the same time
+
+
+def test_malformed_replies_are_reported_as_such(dns, resolver):
+    dns.mode[SRV_GW] = "malformed"
+    with pytest.raises(DnsLookupError, match=f"127.0.0.1:{dns.port}: malformed DNS message"):
+        resolver.resolve_srv(SRV_GW)
+
+
+# -- next hops inside a dialog -----------------------------------------------------------
+
+
+def test_next_hop_by_name_follows_srv_and_is_cached(dns, resolver):
+    hops = NextHopResolver(resolver)
+    assert hops.resolve("sip", "gw.test", None, "udp") == [("127.0.0.1", 5071), ("127.0.0.1", 5072)]
+    queries = dns.count()
+    assert hops.resolve("sip", "GW.test", None, "udp")[0] == ("127.0.0.1", 5071)
+    assert dns.count() == queries  # cached for the SRV record's TTL
+
+
+def test_next_hop_lookup_that_gets_no_answer_lets_the_hub_run_and_ends_at_the_timeout(dns, hosts):
+    dns.mode["silent.test"] = "drop"
+    hops = NextHopResolver(Resolver([dns.address], timeout=0.3, attempts=2, hosts_file=hosts))
+    ticks = []
+
+    def ticker():
+        for _ in range(100):  # bounded: 1 s at most
+            ticks.append(time.monotonic())
+            gevent.sleep(0.01)
+
+    other = gevent.spawn(ticker)
+    start = time.monotonic()
+    assert hops.resolve("sip", "silent.test", 5060, "udp") == []
+    waited = time.monotonic() - start
+    other.kill()
+    assert 0.25 < waited < 0.5  # one try's timeout, not attempts × timeout
+    assert len([t for t in ticks if start <= t <= start + waited]) >= 10
+
+
+def test_the_proxy_sends_an_in_dialog_request_to_a_name_through_its_nameservers(dns, proxy, answerers, tmp_path):
+    gateway = answerers()
+    dns.add("uas.test", TYPE_A, "127.0.0.1")
+    dns.add("_sip._udp.bysrv.test", TYPE_SRV, (10, 0, gateway.port, "uas.test"))
+    p = proxy("1 sip:127.0.0.1:9 0 0\n",
+              config=f'[dns]\nnameservers = ["127.0.0.1:{dns.port}"]\n[probing]\ninterval = 0\n'
+                     + harness.key_config(tmp_path))
+    lp = harness.free_port("udp")
+    for n, ruri in enumerate((f"sip:gw@uas.test:{gateway.port}", "sip:gw@bysrv.test")):
+        route = f"Route: {harness.signed_route(p.port, f'byname-{n}', 'a', HOST)}"
+        bye = harness.build_request("BYE", ruri, local_port=lp, call_id=f"byname-{n}", from_tag="a",
+                                    to=f"<sip:b@{HOST}>;tag=b", cseq=2, headers=[route])
+        replies = p.send_udp(bye, timeout=3.0, local_port=lp)
+        assert harness.status_code(replies[-1]) == 200, (ruri, replies, p.log())
+    assert [m.split(b" ", 2)[:2] for m in gateway.received] == [
+        [b"BYE", f"sip:gw@uas.test:{gateway.port}".encode()], [b"BYE", b"sip:gw@bysrv.test"]]
+    assert dns.count("uas.test") >= 1 and dns.count("_sip._udp.bysrv.test") == 1
