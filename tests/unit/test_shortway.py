@@ -17,30 +17,21 @@ from proxy_fakes import UAC, FakeProxy, full_call, in_dialog, invite, signed_rou
 
 from gdispatch.sip import ParseError, build_response, forward_request, parse_message
 from gdispatch.sip.shortway import forward_in_dialog, read_in_dialog, read_response
+from tests.support import sipmsg
 
 OURS = signed_route("call-1@127.0.0.1", "uac1", "127.0.0.1").encode()
 OWN = frozenset({b"<sip:127.0.0.1:5060;lr;gds="})
 VIA = b"SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-test.1"
+# Call 1 as the caller sends its requests inside the dialog (sipmsg.request keywords).
+CALL_1 = dict(vias="SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-bye-1;rport", routes=[OURS.decode()],
+              from_="<sip:caller@127.0.0.1:6000>", from_tag="uac1", to="<sip:svc@127.0.0.1:5060>", to_tag="uas1",
+              call_id="call-1@127.0.0.1", cseq=2)
 RFC4475 = Path(__file__).resolve().parents[1] / "data" / "rfc4475"
 
 
-def request(method: str = "BYE", *, extra: str = "", route: str = OURS.decode(), mf: str = "Max-Forwards: 70\r\n",
-            to_tag: str = ";tag=uas1", cseq: str | None = None, body: str = "", length: str | None = None,
-            via: str = "SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-bye-1;rport") -> bytes:
-    cseq = cseq if cseq is not None else f"2 {method}"
-    length = length if length is not None else f"Content-Length: {len(body)}\r\n"
-    return (
-        f"{method} sip:svc@127.0.0.1:5071 SIP/2.0\r\n"
-        f"Via: {via}\r\n"
-        f"Route: {route}\r\n"
-        f"{mf}"
-        f"From: <sip:caller@127.0.0.1:6000>;tag=uac1\r\n"
-        f"To: <sip:svc@127.0.0.1:5060>{to_tag}\r\n"
-        f"Call-ID: call-1@127.0.0.1\r\n"
-        f"CSeq: {cseq}\r\n"
-        f"{extra}"
-        f"{length}\r\n{body}"
-    ).encode()
+def request(method: str = "BYE", **kw) -> bytes:
+    """A request of call 1 from the caller, with our Route (CSeq 2); `kw`: sipmsg.request's."""
+    return sipmsg.request(method, "sip:svc@127.0.0.1:5071", **{**CALL_1, **kw})
 
 
 def general(data: bytes, top_via: bytes | None = None) -> tuple:
@@ -69,62 +60,62 @@ def assert_same_as_general(data: bytes) -> None:
 
 VALID = {
     "BYE": request(),
-    "ACK without To tag": request("ACK", to_tag=""),
+    "ACK without To tag": request("ACK", to_tag=None),
     "ACK": request("ACK"),
     "INFO with a body": request("INFO", body="Signal=1\r\nDuration=100\r\n",
-                                extra="Content-Type: application/dtmf-relay\r\n"),
-    "no Max-Forwards": request(mf=""),
-    "Max-Forwards 1": request(mf="Max-Forwards: 1\r\n"),
-    "no Content-Length": request(length=""),
-    "body longer than Content-Length": request(body="xyz", length="Content-Length: 1\r\n"),
-    "two Via lines": request(extra="Via: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bK-up\r\n"),
+                                headers=["Content-Type: application/dtmf-relay"]),
+    "no Max-Forwards": request(max_forwards=None),
+    "Max-Forwards 1": request(max_forwards=1),
+    "no Content-Length": request(content_length=None),
+    "body longer than Content-Length": request(body="xyz", content_length=1),
+    "two Via lines": request(headers=["Via: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bK-up"]),
     "Via received, rport value": request(
-        via="SIP/2.0/UDP 10.0.0.1:6000;branch=z9hG4bK-x;rport=6000;received=127.0.0.1"),
-    "compact forms": request().replace(b"Call-ID:", b"i:").replace(b"\r\nFrom:", b"\r\nf:"),
-    "Contact": request(extra="Contact: <sip:caller@127.0.0.1:6000>\r\n"),
-    "display names": request().replace(b"From: <", b'From: "Alice" <').replace(b"To: <", b"To: Bob <"),
-    "extension headers": request(extra="X-Custom: a, b\r\nUser-Agent: phone/1.0 (x)\r\n"),
-    "Route after Max-Forwards": request(mf="").replace(b"Route:", b"Max-Forwards: 9\r\nRoute:"),
-    "Route and Max-Forwards above Via": request(via="SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-b").replace(
+        vias="SIP/2.0/UDP 10.0.0.1:6000;branch=z9hG4bK-x;rport=6000;received=127.0.0.1"),
+    "compact forms": request(compact=["Call-ID", "From"]),
+    "Contact": request(headers=["Contact: <sip:caller@127.0.0.1:6000>"]),
+    "display names": request(from_='"Alice" <sip:caller@127.0.0.1:6000>', to="Bob <sip:svc@127.0.0.1:5060>"),
+    "extension headers": request(headers=["X-Custom: a, b", "User-Agent: phone/1.0 (x)"]),
+    "Route after Max-Forwards": request(max_forwards=None).replace(b"Route:", b"Max-Forwards: 9\r\nRoute:"),
+    "Route and Max-Forwards above Via": request(vias="SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-b").replace(
         b"Via: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-b\r\n", b"").replace(
         b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\r\nVia: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-b\r\n"),
     "Max-Forwards above Route": request().replace(b"Max-Forwards: 70\r\n", b"").replace(
         b"Route:", b"Max-Forwards: 70\r\nRoute:"),
-    "header name never seen": request(extra="X-Never-Seen-Before-%d: 1\r\n" % id(object())),
+    "header name never seen": request(headers=["X-Never-Seen-Before-%d: 1" % id(object())]),
     "Request-URI with transport=UDP (SIPp)": request().replace(b"5071 SIP", b"5071;transport=UDP SIP"),
 }
 
 INVALID = {
     "INVITE": request("INVITE"),
     "CANCEL": request("CANCEL"),
-    "no To tag": request(to_tag=""),
-    "Max-Forwards 0": request(mf="Max-Forwards: 0\r\n"),
-    "Max-Forwards 256": request(mf="Max-Forwards: 256\r\n"),
-    "Max-Forwards not a number": request(mf="Max-Forwards: 7x\r\n"),
+    "no To tag": request(to_tag=None),
+    "Max-Forwards 0": request(max_forwards=0),
+    "Max-Forwards 256": request(max_forwards=256),
+    "Max-Forwards not a number": request(max_forwards="7x"),
     "CSeq method differs": request(cseq="2 INFO"),
     "CSeq number too large": request(cseq="4294967296 BYE"),
     "CSeq with two spaces": request(cseq="2  BYE"),
-    "two From": request(extra="From: <sip:x@127.0.0.1>;tag=2\r\n"),
-    "two Max-Forwards": request(extra="Max-Forwards: 70\r\n"),
+    "two From": request(headers=["From: <sip:x@127.0.0.1>;tag=2"]),
+    "two Max-Forwards": request(headers=["Max-Forwards: 70"]),
     "Call-ID with a space": request().replace(b"Call-ID: call-1@127.0.0.1", b"Call-ID: call 1"),
     "empty Call-ID": request().replace(b"Call-ID: call-1@127.0.0.1", b"Call-ID: "),
     "no Route": request().replace(b"Route: " + OURS + b"\r\n", b""),
     "Route in another case": request().replace(b"Route:", b"route:"),
-    "another proxy's Route": request(route="<sip:192.0.2.7;lr>"),
-    "our Route then another": request(route=OURS.decode() + ",<sip:192.0.2.7;lr>"),
-    "two Route lines": request(extra="Route: <sip:192.0.2.7;lr>\r\n"),
-    "Via list on one line": request(via="SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-a, SIP/2.0/UDP 192.0.2.1"),
-    "bad Via": request(via="SIP/2.0/UDP 127.0.0.1:6000;;branch=z9hG4bK-a"),
+    "another proxy's Route": request(routes=["<sip:192.0.2.7;lr>"]),
+    "our Route then another": request(routes=[OURS.decode() + ",<sip:192.0.2.7;lr>"]),
+    "two Route lines": request(headers=["Route: <sip:192.0.2.7;lr>"]),
+    "Via list on one line": request(vias="SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-a, SIP/2.0/UDP 192.0.2.1"),
+    "bad Via": request(vias="SIP/2.0/UDP 127.0.0.1:6000;;branch=z9hG4bK-a"),
     "Request-URI with transport": request().replace(b"127.0.0.1:5071 SIP", b"127.0.0.1:5071;transport=tcp SIP"),
     "Request-URI with maddr": request().replace(b"127.0.0.1:5071 SIP", b"127.0.0.1:5071;maddr=192.0.2.1 SIP"),
     "Request-URI with headers": request().replace(b"127.0.0.1:5071 SIP", b"127.0.0.1:5071?X=1 SIP"),
     "sips Request-URI": request().replace(b"BYE sip:", b"BYE sips:"),
     "version 2.1": request().replace(b" SIP/2.0\r\n", b" SIP/2.1\r\n", 1),
-    "folded line": request(extra="Subject: a\r\n b\r\n"),
-    "bare LF": request(extra="Subject: a\nX: b\r\n"),
-    "Content-Length larger than the body": request(body="x", length="Content-Length: 5\r\n"),
-    "two Content-Length": request(extra="Content-Length: 0\r\n"),
-    "Contact list": request(extra="Contact: <sip:a@127.0.0.1>, <sip:b@127.0.0.1>\r\n"),
+    "folded line": request(headers=["Subject: a\r\n b"]),
+    "bare LF": request(headers=["Subject: a\nX: b"]),
+    "Content-Length larger than the body": request(body="x", content_length=5),
+    "two Content-Length": request(headers=["Content-Length: 0"]),
+    "Contact list": request(headers=["Contact: <sip:a@127.0.0.1>, <sip:b@127.0.0.1>"]),
     "leading CRLF": b"\r\n" + request(),
     "double SP in the Request-Line": request().replace(b"BYE sip", b"BYE  sip"),
     "no blank line": request().rstrip(b"\r\n"),
@@ -339,7 +330,7 @@ def test_the_in_dialog_requests_sipp_sends_take_the_short_way(monkeypatch):
 def test_a_retransmitted_bye_is_absorbed_the_short_way():
     fp = FakeProxy()
     full_call(fp, 1)
-    bye = request(cseq="3 BYE", via="SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-again;rport")
+    bye = request(cseq=3, vias="SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-again;rport")
     first = fp.receive(bye, UAC)
     again = fp.receive(bye, UAC)
     assert len([d for _a, d in first if d.startswith(b"BYE")]) == 1
@@ -361,7 +352,7 @@ def test_the_bye_leaves_before_its_transactions_are_built():
         return original(transport, addr, data, on_error, listener)
 
     fp.transports.send = send
-    bye = request(cseq="3 BYE", via="SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-first;rport")
+    bye = request(cseq=3, vias="SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-first;rport")
     forwarded = [d for _a, d in fp.receive(bye, UAC) if d.startswith(b"BYE")]
     assert len(forwarded) == 1
     servers, clients = len(fp.proxy.server_txns), len(fp.proxy.client_txns)
@@ -370,7 +361,7 @@ def test_the_bye_leaves_before_its_transactions_are_built():
     assert [d.split(b"\r\n", 1)[0] for _a, d in ok] == [b"SIP/2.0 200 OK"]
     # Retransmissions of the request go on the transaction's timer (RFC 3261 §17.1.2.2).
     fp.transports.send = original
-    bye2 = request(cseq="4 BYE", via="SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-lost;rport")
+    bye2 = request(cseq=4, vias="SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-lost;rport")
     assert len([d for _a, d in fp.receive(bye2, UAC) if d.startswith(b"BYE")]) == 1
     fp.advance(0.6)
     assert len([d for _a, d in fp.transports.take() if d.startswith(b"BYE")]) == 1
@@ -395,7 +386,7 @@ def test_a_bye_that_cannot_be_sent_is_answered_as_the_general_way_answers(monkey
     fp.transports.send = send
     if not short_way:
         monkeypatch.setattr(proxy_module, "read_in_dialog", lambda data, own: None)
-    out = fp.receive(request(cseq="3 BYE", via="SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-fail;rport"), UAC)
+    out = fp.receive(request(cseq=3, vias="SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-fail;rport"), UAC)
     # As if a 503 came (RFC 3261 §16.9), which goes upstream as a 500 (§16.7 step 6).
     assert [d.split(b"\r\n", 1)[0] for _a, d in out] == [b"SIP/2.0 500 Server Internal Error"]
     assert len(tries) == (2 if short_way else 1)  # the short way's send, then the transaction's
