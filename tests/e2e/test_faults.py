@@ -10,13 +10,13 @@ timer shows as a call that does not complete in time (fr_timer is 10 s here)."""
 from __future__ import annotations
 
 import socket
-import time
 import uuid
 
 import pytest
 
 from gdispatch.sip import parse_message
 from tests.support import sipmsg
+from tests.support.wait import wait_for
 
 from . import harness
 from .harness import HOST
@@ -89,9 +89,7 @@ def test_a_caller_whose_port_is_closed_costs_nobody_else(proxy, answerers):
     s = caller()
     try:
         call(p, s, via_port=closed_port(), rport=False, timeout=0.5)
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline and not rings.cancels:
-            time.sleep(0.05)
+        wait_for(lambda: rings.cancels, 3, 0.05, message=lambda: p.log()[-2000:])
         assert len(rings.invites) == 1 and len(answers.invites) == 1
         assert len(rings.cancels) == 1, p.log()[-2000:]
         rings.rings = False
