@@ -31,6 +31,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support import sipmsg
+
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = REPO / "tests" / "scenarios"
@@ -109,23 +111,14 @@ def build_request(method: str, ruri: str, *, local_port: int, transport: str = "
                   call_id: str | None = None, branch: str | None = None, cseq: int = 1,
                   from_tag: str | None = None, to: str | None = None,
                   headers: Iterable[str] = (), body: bytes = b"") -> bytes:
-    """A minimal well-formed request from 127.0.0.1:local_port (Via has ;rport)."""
+    """A minimal well-formed request from 127.0.0.1:local_port (Via has ;rport), with a
+    new Call-ID, branch and From tag unless given (tests.support.sipmsg for others)."""
     call_id = call_id or uuid.uuid4().hex
     branch = branch or "z9hG4bK" + uuid.uuid4().hex[:16]
     from_tag = from_tag or uuid.uuid4().hex[:8]
-    to = to or f"<{ruri}>"
-    lines = [
-        f"{method} {ruri} SIP/2.0",
-        f"Via: SIP/2.0/{transport} {HOST}:{local_port};rport;branch={branch}",
-        "Max-Forwards: 70",
-        f"From: <sip:harness@{HOST}:{local_port}>;tag={from_tag}",
-        f"To: {to}",
-        f"Call-ID: {call_id}",
-        f"CSeq: {cseq} {method}",
-        *headers,
-        f"Content-Length: {len(body)}",
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+    return sipmsg.request(method, ruri, vias=f"SIP/2.0/{transport} {HOST}:{local_port};rport;branch={branch}",
+                          from_=f"<sip:harness@{HOST}:{local_port}>", from_tag=from_tag, to=to or f"<{ruri}>",
+                          call_id=call_id, cseq=cseq, headers=list(headers), body=body)
 
 
 def status_code(data: bytes) -> int | None:

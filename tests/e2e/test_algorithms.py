@@ -8,6 +8,7 @@ import time
 import pytest
 
 from gdispatch.dispatcher.hashing import kamailio_hash
+from tests.support.wait import wait_for
 
 from . import harness
 from .test_proxy_calls import UdpSink
@@ -80,9 +81,7 @@ def test_hash_of_call_id_is_sticky_and_kamailio_compatible(proxy):
             for cid in call_ids:
                 s.sendto(harness.build_request("INVITE", f"sip:svc@{HOST}:{p.port}", local_port=lp, call_id=cid),
                          (HOST, p.port))
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and sum(len(x.per_call()) for x in sinks) < 30:
-            time.sleep(0.05)
+        wait_for(lambda: sum(len(x.per_call()) for x in sinks) >= 30, 5, 0.05)
         s.close()
         for cid in call_ids:
             got = [i for i, x in enumerate(sinks) if x.per_call().get(cid.encode())]

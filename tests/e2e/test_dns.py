@@ -25,6 +25,7 @@ from dns.message import from_wire as read_query  # not `import dns`: the fixture
 from gdispatch.dispatcher.listfile import parse_list
 from gdispatch.dns import DestinationResolver, DnsLookupError, NameNotFound, NextHopResolver, Resolver
 from gdispatch.dns.wire import TYPE_A, TYPE_AAAA, TYPE_SRV, name_text, to_name
+from tests.support.wait import wait_for
 
 from . import harness
 from .harness import HOST
@@ -185,15 +186,6 @@ def started():
         r.stop()
 
 
-def wait_for(predicate, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        gevent.sleep(0.02)
-    return predicate()
-
-
 def one_list(text: str):
     dlist = parse_list(text, "d.list")
     return dlist, list(dlist.destinations())
@@ -326,9 +318,9 @@ def test_unresolvable_name_is_unusable_then_retried_until_it_resolves(dns, resol
     assert "d.list:2: destination sip:later.test: cannot resolve later.test" in caplog.text
     assert list(dlist.destinations()) == [good, later]
     r.start(lambda: dlist)
-    assert wait_for(lambda: dns.count("_sip._udp.later.test") >= 3)  # retried
+    wait_for(lambda: dns.count("_sip._udp.later.test") >= 3, 3, 0.02)  # retried
     dns.add("later.test", TYPE_A, "127.0.0.2")
-    assert wait_for(lambda: later.address == ("127.0.0.2", 5060))
+    wait_for(lambda: later.address == ("127.0.0.2", 5060), 3, 0.02)
     assert later.unusable == ""
 
 
@@ -342,7 +334,7 @@ def test_failed_refresh_keeps_the_last_good_address(dns, resolver, started, capl
     before = dns.count(SRV_GW)
     with caplog.at_level(logging.WARNING, "gdispatch.dns"):
         r.start(lambda: dlist)
-        assert wait_for(lambda: dns.count(SRV_GW) >= before + 3)
+        wait_for(lambda: dns.count(SRV_GW) >= before + 3, 3, 0.02)
     assert (d.address, d.unusable) == (("127.0.0.1", 5071), "")
     assert r.addresses(d) == [("127.0.0.1", 5071), ("127.0.0.1", 5072)]
     assert changes == []
@@ -359,12 +351,12 @@ def test_refresh_follows_a_changed_srv_answer(dns, resolver, started):
     r.start(lambda: dlist)
     with dns.lock:
         dns.records[(SRV_GW, TYPE_SRV)] = [(300, (10, 0, 5073, "localhost"))]
-    assert wait_for(lambda: d.address == ("127.0.0.1", 5073))
+    wait_for(lambda: d.address == ("127.0.0.1", 5073), 3, 0.02)
     assert changes and changes[0] is d
     r.stop()
-    gevent.sleep(0.05)
+    gevent.sleep(0.05)  # a query already on its way when it stopped may still be counted
     seen = dns.count()
-    gevent.sleep(0.3)
+    gevent.sleep(0.3)  # the scenario: 0.3 s (three refresh intervals) in which nothing is asked
     assert dns.count() == seen  # stopped means no more queries
 
 
@@ -384,7 +376,7 @@ def test_refresh_does_not_touch_flag_16_destinations(dns, resolver, started):
     started(r)
     r.resolve_all(dlist)
     r.start(lambda: dlist)
-    gevent.sleep(0.3)
+    gevent.sleep(0.3)  # the scenario: six refresh intervals in which nothing is asked
     assert dns.count() == 0
 
 

@@ -10,6 +10,8 @@ import socket
 
 import pytest
 
+from tests.support import sipmsg
+
 from . import harness
 
 TRANSPORTS = ["u1", "t1"]
@@ -83,20 +85,17 @@ def test_uas_ring_cancel_487_keeps_every_via(uas):
     s.bind(("127.0.0.1", 0))
     s.settimeout(3)
     lp = s.getsockname()[1]
-    top = f"Via: SIP/2.0/UDP 127.0.0.1:{lp};branch=z9hG4bKharness-top"
-    below = "Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKharness-below;received=127.0.0.1"
-    common = ["From: <sip:a@127.0.0.1>;tag=ht", "To: <sip:gw@127.0.0.1>", "Call-ID: harness-via-test",
-              "Max-Forwards: 70"]
-
-    def msg(first: str, vias: list[str], cseq: str, extra: list[str] = ()) -> bytes:
-        return ("\r\n".join([first, *vias, *common, *extra, f"CSeq: {cseq}", "Content-Length: 0"])
-                + "\r\n\r\n").encode()
+    top_via = f"SIP/2.0/UDP 127.0.0.1:{lp};branch=z9hG4bKharness-top"
+    below_via = "SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKharness-below;received=127.0.0.1"
+    top, below = f"Via: {top_via}", f"Via: {below_via}"
+    dialog = dict(from_="<sip:a@127.0.0.1>", from_tag="ht", to="<sip:gw@127.0.0.1>", call_id="harness-via-test",
+                  cseq=7)
 
     try:
         ruri = f"sip:gw@127.0.0.1:{gw.port}"
-        s.sendto(msg(f"INVITE {ruri} SIP/2.0", [top, below], "7 INVITE"), ("127.0.0.1", gw.port))
+        s.sendto(sipmsg.request("INVITE", ruri, vias=[top_via, below_via], **dialog), ("127.0.0.1", gw.port))
         assert s.recv(65535).startswith(b"SIP/2.0 180 ")
-        s.sendto(msg(f"CANCEL {ruri} SIP/2.0", [top], "7 CANCEL"), ("127.0.0.1", gw.port))
+        s.sendto(sipmsg.request("CANCEL", ruri, vias=[top_via], **dialog), ("127.0.0.1", gw.port))
         got = {}
         while len(got) < 2:
             r = s.recv(65535)
@@ -107,8 +106,7 @@ def test_uas_ring_cancel_487_keeps_every_via(uas):
         assert r487.index(top) < r487.index(below), r487
         assert "CSeq: 7 INVITE" in r487, r487
         tag = r487.split("To: <sip:gw@127.0.0.1>;tag=", 1)[1].split("\r\n", 1)[0]
-        ack = msg(f"ACK {ruri} SIP/2.0", [top], "7 ACK").replace(
-            b"To: <sip:gw@127.0.0.1>", f"To: <sip:gw@127.0.0.1>;tag={tag}".encode())
+        ack = sipmsg.request("ACK", ruri, vias=[top_via], **dialog, to_tag=tag)
         s.sendto(ack, ("127.0.0.1", gw.port))
     finally:
         s.close()

@@ -9,6 +9,8 @@ import re
 import socket
 import time
 
+from tests.support.wait import wait_for
+
 from . import harness
 
 HOST = "127.0.0.1"
@@ -50,17 +52,15 @@ def test_two_hundred_unframable_tcp_streams_cost_a_few_log_lines_and_one_summary
     assert stats["bad_stream"] == n
     # The first few are logged, the rest counted; the count is written when the period
     # (10 s) ends, with no further bad connection to bring it.
-    summed = 0
-    details: list[str] = []
-    limit = time.monotonic() + 15
-    while time.monotonic() < limit:
+    def logged() -> tuple[int, list[str]]:
+        """(the connections counted in summaries, the lines logged one by one)"""
         new = p.log().splitlines()[before:]
         details = [line for line in new if "closing tcp connection from" in line and "more like" not in line]
         summed = sum(int(m.group(1)) for line in new
                      for m in [re.search(r"(\d+) more like 'closing tcp connection from", line)] if m)
-        if summed + len(details) == n:
-            break
-        time.sleep(0.2)
-    assert summed + len(details) == n, p.log()[-3000:]
+        return summed, details
+
+    summed, details = wait_for(lambda: (lambda s, d: s + len(d) == n and (s, d))(*logged()), 15, 0.2,
+                               message=lambda: p.log()[-3000:])
     assert len(details) <= 10, details
     assert len(p.log().splitlines()) - before <= 15, p.log()[-3000:]

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.wait import wait_for
+
 from . import harness
 
 HOST = "127.0.0.1"
@@ -31,8 +33,9 @@ def test_every_rpc_method(proxy, uas):
     a, b = uas(), uas()
     p = proxy(f"1 {a.uri} 0 0 duid=a # Media Gateway 1\n1 {b.uri} 0 0 duid=b;maxload=9\n",
               config="[probing]\ninterval = 0.5\n")
-    time.sleep(1.2)
-    tree = call_ok(p, "dispatcher.list")
+    # The first pings answered: a destination active and probed, with its latency.
+    tree = wait_for(lambda: (lambda t: "FLAGS: AP" in t and "LATENCY" in t and t)(call_ok(p, "dispatcher.list")),
+                    5, 0.1)
     assert "URI: " + a.uri in tree and "FLAGS: AP" in tree and "DUID: a" in tree and "LATENCY" in tree
     full = json.loads(p.rpc("dispatcher.list", "full", json_out=True).stdout)
     dest = full["RECORDS"][0]["SET"]["TARGETS"][0]["DEST"]
@@ -69,10 +72,12 @@ def test_seed_set_state_dx_then_ap_moves_traffic_off_and_back(proxy, uas, uac):
     assert uac(target, calls=100, rate=100, timeout_s=30).successful == 100
     call_ok(p, "dispatcher.set_state", "dx", "1", mg1.uri)  # kamcmd dispatcher.set_state dx 1 sip:mg1:5060
     assert p.states()["mg1"] == "DX"
-    time.sleep(1.1)
+    # (the UAS rewrite their counts every second)
+    wait_for(lambda: mg1.counts()["INVITE"] + mg2.counts()["INVITE"] == 100, 5, 0.1,
+             message=lambda: (mg1.counts(), mg2.counts()))
     before = mg1.counts()["INVITE"]
     assert uac(target, calls=100, rate=100, timeout_s=30).successful == 100
-    time.sleep(1.1)
+    wait_for(lambda: mg2.counts()["INVITE"] == 200 - before, 5, 0.1, message=lambda: (mg1.counts(), mg2.counts()))
     assert mg1.counts()["INVITE"] == before  # maintenance: no new call
     call_ok(p, "dispatcher.set_state", "ap", "1", mg1.uri)
     assert uac(target, calls=100, rate=100, timeout_s=30).successful == 100
@@ -89,15 +94,13 @@ def test_state_survives_edits_under_load(proxy, uas, uac):
     t = threading.Thread(target=lambda: result.setdefault(
         "uac", harness.run_uac(f"{HOST}:{p.port}", calls=1600, rate=200, timeout_s=60, workdir=p.dir / "uac")))
     t.start()
-    time.sleep(2)
+    time.sleep(2)  # the scenario: the edits come with calls under way
     Path(p.list_path).write_text(f"1 {a.uri} 0 0 duid=a\n1 {d.uri} 0 0 duid=d\n")  # b removed
-    time.sleep(1)
-    assert p.states() == {"a": "AP", "d": "DX"}
+    wait_for(lambda: p.states() == {"a": "AP", "d": "DX"}, 5, 0.1, message=p.states)
     # A broken write: the running list does not change.
     Path(p.list_path).write_text(f"1 {a.uri} 0 0 duid=a\n1 {d.uri} zz\n")
-    time.sleep(1)
+    wait_for(lambda: ":2: bad flags 'zz'" in p.log(), 5, 0.1, message=lambda: p.log()[-2000:])
     assert p.states() == {"a": "AP", "d": "DX"}
-    assert ":2: bad flags 'zz'" in p.log()
     t.join(60)
     res = result["uac"]
     assert (res.successful, res.failed) == (1600, 0), res
@@ -147,12 +150,7 @@ def test_list_add_and_rm_are_picked_up_live(proxy, uas):
     assert out.returncode == 0, out
     text = Path(p.list_path).read_text()
     assert text.startswith("# gateways\n") and text.rstrip().endswith("# Media Gateway 3")
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline and c.uri not in p.states():
-        time.sleep(0.1)
-    assert c.uri in p.states()
+    wait_for(lambda: c.uri in p.states(), 3, 0.1, message=p.states)
     assert gd("rm", "1", c.uri).returncode == 0
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline and c.uri in p.states():
-        time.sleep(0.1)
+    wait_for(lambda: c.uri not in p.states(), 3, 0.1, message=p.states)
     assert set(p.states()) == {"a"}

@@ -142,9 +142,9 @@ def test_retransmitted_invite_is_absorbed(proxy, uas):
     invite = harness.build_request("INVITE", f"sip:service@{HOST}:{p.port}", local_port=port)
     try:
         s.sendto(invite, (HOST, p.port))
-        time.sleep(0.2)
+        statuses = harness.statuses_until(s, 100)  # the proxy has its transaction
         s.sendto(invite, (HOST, p.port))  # the same INVITE again (same branch)
-        statuses = harness.statuses_until(s)
+        statuses += harness.statuses_until(s)
     finally:
         s.close()
     assert 200 in statuses, statuses

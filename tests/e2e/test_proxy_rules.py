@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.wait import wait_for
+
 from . import harness
 from .test_proxy_calls import UdpSink
 
@@ -113,9 +115,7 @@ def test_in_dialog_requests_leave_in_arrival_order(proxy, tmp_path):
                      (HOST, p.port))
             s.sendto(harness.build_request("BYE", f"sip:b@{HOST}:{sink.port}", cseq=3, **common),
                      (HOST, p.port))
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and len(sink.per_call(b"BYE")) < 100:
-            time.sleep(0.05)
+        wait_for(lambda: len(sink.per_call(b"BYE")) >= 100, 5, 0.05)
         s.close()
         first_seen = []
         for m in sink.received:
@@ -152,7 +152,7 @@ def test_rfc4475_torture_messages_do_not_hurt(one_gw, transport):
         for m in messages:  # a connection each: a stream that cannot be framed is closed
             with socket.create_connection((HOST, p.port), timeout=2) as c:
                 c.sendall(m)
-    time.sleep(0.5)
+    time.sleep(0.5)  # the scenario: time for the messages to do harm, if they could
     assert p.alive()
     assert harness.sip_options(p.port) == 200 and harness.sip_options(p.port, transport="tcp") == 200
     assert "Traceback" not in p.log()

@@ -12,6 +12,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from tests.support.wait import wait_for
+
 from . import harness
 
 HOST = "127.0.0.1"
@@ -39,14 +41,16 @@ def test_edit_under_load_add_remove_reweight(proxy, uas, uac):
               config="[[route]]\nset = 1\nalgorithm = 9\n")
     lst = Path(p.list_path)
     t, result = background_load(uac, f"{HOST}:{p.port}", 2400, 200)
-    time.sleep(4)
+    time.sleep(4)  # the scenario: the edit comes in the middle of the load
     # b removed, c added, a and c at 25/75; written in place, in two writes.
     t_edit = time.time()
     with open(lst, "w") as f:
         f.write(f"# edited under load\n1 {a.uri} 0 0 duid=a;weight=25\n")
         f.flush()
         f.write(f"1 {c.uri} 0 0 duid=c;weight=75\n")
-    time.sleep(2.5)  # the reload, then SIPp's 1 s count dump
+    wait_for(lambda: reload_times(p.log()), 5, 0.05, message=lambda: p.log()[-2000:])
+    # SIPp writes its counts once a second, and nothing tells when: a dump after the reload.
+    time.sleep(1.5)
     mid = [g.counts()["INVITE"] for g in (a, b, c)]
     t.join(60)
     res = result["uac"]
@@ -68,9 +72,9 @@ def test_broken_write_keeps_old_list_then_recovers(proxy, uas, uac):
     p = proxy(f"1 {a.uri} 0 0 duid=a\n")
     lst = Path(p.list_path)
     t, result = background_load(uac, f"{HOST}:{p.port}", 1000, 200)
-    time.sleep(1.5)
+    time.sleep(1.5)  # the scenario: the broken write comes with calls under way
     lst.write_text(f"1 {a.uri} 0 0 duid=a\n1 {b.uri} 0 high duid=b\n")
-    time.sleep(1.0)
+    wait_for(lambda: "not reloaded" in p.log(), 5, 0.05, message=lambda: p.log()[-2000:])
     assert re.search(r"dispatcher\.list:2: bad priority 'high'", p.log()), p.log()
     assert "not reloaded" in p.log()
     lst.write_text(f"1 {a.uri} 0 0 duid=a\n1 {b.uri} 0 0 duid=b\n")
@@ -87,13 +91,10 @@ def test_sighup_reloads(proxy, uas):
     a, b = uas(), uas()
     p = proxy(f"1 {a.uri} 0 0 duid=a\n", config="[dispatcher]\nwatch = false\n")
     Path(p.list_path).write_text(f"1 {b.uri} 0 0 duid=b\n")
-    time.sleep(0.5)
+    time.sleep(0.5)  # the scenario: time for a watcher to see the write, were there one
     assert not reload_times(p.log())  # not watched
     os.kill(p.pid, signal.SIGHUP)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not reload_times(p.log()):
-        time.sleep(0.05)
-    assert reload_times(p.log())
+    wait_for(lambda: reload_times(p.log()), 5, 0.05, message=lambda: p.log()[-2000:])
     replies = p.send_udp(harness.build_request("INVITE", f"sip:svc@{HOST}:{p.port}", local_port=0), timeout=3)
     assert harness.status_code(replies[-1]) == 200
     b.stop()
@@ -111,9 +112,9 @@ def test_sigterm_drains_calls_in_flight(proxy, uas, uac):
     lp = s.getsockname()[1]
     s.sendto(harness.build_request("INVITE", f"sip:svc@{HOST}:{p.port}", local_port=lp, call_id="drain-1"),
              (HOST, p.port))
-    time.sleep(0.5)
+    harness.statuses_until(s, 180, timeout=3)  # the call rings: in progress
     os.kill(p.pid, signal.SIGTERM)
-    time.sleep(0.2)
+    wait_for(lambda: "draining" in p.log(), 3, 0.05, message=lambda: p.log()[-2000:])
     # A new call during the drain is refused with 503 and Retry-After.
     new = p.send_udp(harness.build_request("INVITE", f"sip:svc@{HOST}:{p.port}", local_port=0), timeout=2)
     assert harness.status_code(new[-1]) == 503 and b"Retry-After:" in new[-1], new
@@ -151,7 +152,7 @@ def test_sigterm_under_load_every_dispatched_call_completes(proxy, uas, uac):
     a, b = uas(), uas()
     p = proxy(harness.dispatcher_list(a, b))
     t, result = background_load(uac, f"{HOST}:{p.port}", 300, 100)
-    time.sleep(1.5)
+    time.sleep(1.5)  # the scenario: SIGTERM comes with calls under way
     os.kill(p.pid, signal.SIGTERM)
     assert p.proc.wait(15) == 0
     t.join(90)

@@ -9,6 +9,8 @@ import socket
 import time
 from pathlib import Path
 
+from tests.support.wait import wait_for
+
 from . import harness
 
 HOST = "127.0.0.1"
@@ -27,12 +29,9 @@ def _stats(p) -> dict:
 
 
 def _wait_stat(p, key: str, value: int, within: float = 5.0) -> dict:
-    deadline = time.monotonic() + within
-    while True:
-        st = _stats(p)
-        if st.get(key) == value or time.monotonic() > deadline:
-            return st
-        time.sleep(0.05)
+    """The stats once `key` is `value` (the test fails after `within` seconds)."""
+    return wait_for(lambda: (lambda st: st.get(key) == value and st)(_stats(p)), within, 0.05,
+                    message=lambda: _stats(p))
 
 
 def _connect(port: int, source_ip: str = HOST) -> socket.socket:
@@ -193,12 +192,9 @@ def test_with_two_workers_each_enforces_half_of_the_per_source_cap(proxy):
     p = proxy(LIST, config=_config(max_connections_per_source=4), listen=BOTH, args=["--workers", "2"])
     socks = [_connect(p.port) for _ in range(10)]
     try:
-        deadline = time.monotonic() + 6  # the other worker reports its counters every second
-        while True:
-            st = _stats(p)
-            if st["tcp_connections_open"] + st["tcp_refused_per_source"] == 10 or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+        # (the other worker reports its counters every second)
+        st = wait_for(lambda: (lambda x: x["tcp_connections_open"] + x["tcp_refused_per_source"] == 10 and x)(
+            _stats(p)), 6, 0.1, message=lambda: _stats(p))
         # Each worker holds at most 2 (the kernel spreads the 10 over both).
         assert 2 <= st["tcp_connections_open"] <= 4, st
         assert st["tcp_connections_open"] + st["tcp_refused_per_source"] == 10, st

@@ -22,6 +22,7 @@ import pytest
 
 from gdispatch.sip import build_response, parse_message
 from gdispatch.workers import call_id_owner
+from tests.support.wait import wait_for
 
 from . import harness
 
@@ -46,14 +47,9 @@ def udp_socket(timeout: float | None = None) -> socket.socket:
     return s
 
 
-def wait_for(cond, timeout: float, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(step)
-    return cond()
+def stats_when(p: harness.Proxy, cond, timeout: float) -> dict:
+    """The proxy's stats once `cond(stats)` holds (polled; the test fails after `timeout` s)."""
+    return wait_for(lambda: (lambda s: cond(s) and s)(stats(p)), timeout, 0.1, message=lambda: stats(p))
 
 
 def test_calls_spread_over_two_workers(proxy, uas, uac):
@@ -76,7 +72,7 @@ def test_calls_spread_over_two_workers(proxy, uas, uac):
         assert c["unexpected"] <= 10, counts
     # Round robin in each worker over its share: close to even overall.
     assert all(abs(c["INVITE"] - 1000) <= 10 for c in counts), counts
-    s = wait_for(lambda: (lambda x: x if x["dispatched"] == 2000 else None)(stats(p)), 5)
+    s = stats_when(p, lambda x: x["dispatched"] == 2000, 5)
     assert s["workers"] == 2 and s["workers_ready"] == 2, s
     # One caller's calls were owned by both workers, about half each...
     assert all(600 < n < 1400 for n in s["dispatched_by_worker"]), s
@@ -166,8 +162,8 @@ def test_the_ack_of_a_refused_invite_ends_the_transaction_of_its_owner(proxy, ro
         # The gateway got the proxy's ACK of its final (its own branch), nothing else.
         assert len(to_gw) == 1 and to_gw[0].startswith(b"ACK "), to_gw
         assert _header(to_gw[0], b"Via") == _header(fwd, b"Via"), (to_gw, fwd)
-        s = wait_for(lambda: (lambda x: x if x["relayed_to_other_workers"] else None)(stats(p)), 3) or stats(p)
-        if s["kernel_steering"]:
+        if stats(p)["kernel_steering"]:
+            s = stats_when(p, lambda x: x["relayed_to_other_workers"], 3)
             assert s["relayed_to_other_workers"] == 1, s  # that ACK, handed to the owner
     finally:
         gw.close()
@@ -191,14 +187,14 @@ def test_a_retransmission_from_other_ports_is_absorbed(proxy, uas, call_id_heade
         invite = invite.replace(b"\r\nCall-ID:", b"\r\n%s:" % call_id_header.encode())
         for s in socks:
             s.sendto(invite, (HOST, p.port))
-            time.sleep(0.05)
+            time.sleep(0.05)  # copies spaced as retransmissions are
         statuses = harness.statuses_until(socks[0])
     finally:
         for s in socks:
             s.close()
     assert 200 in statuses, statuses
     # (the other worker reports every second)
-    assert wait_for(lambda: stats(p)["retransmissions_absorbed"] == 15, 5), stats(p)
+    stats_when(p, lambda x: x["retransmissions_absorbed"] == 15, 5)
     gw.stop()
     assert gw.counts()["INVITE"] == 1, gw.counts()
     s = stats(p)
@@ -235,8 +231,7 @@ def test_a_response_sent_to_the_shared_port_reaches_the_owner(proxy, call_id_hea
         # The other worker reports every second; every copy met its transaction: none
         # was a stray in the other worker.
         relayed = call_id_header == "i"
-        s = wait_for(lambda: (lambda x: x if x["responses"] >= 20 and (
-            x["relayed_to_other_workers"] or not relayed) else None)(stats(p)), 5) or stats(p)
+        s = stats_when(p, lambda x: x["responses"] >= 20 and (x["relayed_to_other_workers"] or not relayed), 5)
         assert s["responses"] >= 20 and s["stray_responses"] == 0, s
         if relayed or not s["kernel_steering"]:
             assert s["relayed_to_other_workers"] > 0, s
@@ -257,13 +252,13 @@ def test_one_state_and_one_list_for_every_worker(proxy, uas, uac):
     res = uac(f"{HOST}:{p.port}", calls=200, rate=100, timeout_s=60)
     assert (res.successful, res.failed) == (200, 0), res
     # (the UAS rewrite their counts every second)
-    assert wait_for(lambda: b.counts()["INVITE"] == 200, 3), b.counts()
+    wait_for(lambda: b.counts()["INVITE"] == 200, 3, 0.1, message=b.counts)
     assert a.counts()["INVITE"] == 0, a.counts()
     # A reload reaches both workers too: a only, now (it keeps its state across the
     # reload, so it is made active first), and every call goes to it.
     assert p.rpc("dispatcher.set_state", "ap", "1", a.uri).returncode == 0
     p.list_path.write_text(harness.dispatcher_list(a))
-    assert wait_for(lambda: len(p.states()) == 1, 5), p.states()
+    wait_for(lambda: len(p.states()) == 1, 5, 0.1, message=p.states)
     res = uac(f"{HOST}:{p.port}", calls=200, rate=100, timeout_s=60)
     assert (res.successful, res.failed) == (200, 0), res
     a.stop()
@@ -293,7 +288,7 @@ def test_a_traffic_failure_marks_the_destination_down_for_every_worker(proxy, ua
 def test_sigterm_stops_every_worker(proxy, uas):
     gw = uas()
     p = proxy(harness.dispatcher_list(gw), args=["--workers", "3"])
-    kids = wait_for(lambda: (lambda k: k if len(k) == 2 else None)(workers_of(p)), 5)
+    kids = wait_for(lambda: (lambda k: len(k) == 2 and k)(workers_of(p)), 5, 0.1)
     assert kids and len(kids) == 2, kids
     os.kill(p.pid, signal.SIGTERM)
     assert p.proc.wait(timeout=15) == 0
@@ -309,7 +304,7 @@ def test_workers_exit_when_the_primary_dies(proxy, uas):
     p.proc.wait(timeout=5)
     # The worker sees its channel to the primary close, drains and exits: no orphan
     # keeps the port.
-    assert wait_for(lambda: not os.path.exists(f"/proc/{kid}") or _zombie(kid), 10), f"worker {kid} left behind"
+    wait_for(lambda: not os.path.exists(f"/proc/{kid}") or _zombie(kid), 10, 0.1, message=f"worker {kid} left behind")
 
 
 def _zombie(pid: int) -> bool:
@@ -325,16 +320,16 @@ def test_a_worker_that_dies_is_started_again(proxy, uas, uac):
     p = proxy(harness.dispatcher_list(gw), args=["--workers", "2"])
     (kid,) = workers_of(p)
     os.kill(kid, signal.SIGKILL)
-    new = wait_for(lambda: (lambda k: k if k and k != [kid] and len(k) == 1 else None)(workers_of(p)), 10)
-    assert new, workers_of(p)
-    assert wait_for(lambda: stats(p)["workers_ready"] == 2, 10)
+    wait_for(lambda: (lambda k: k and k != [kid] and len(k) == 1)(workers_of(p)), 10, 0.1,
+             message=lambda: workers_of(p))
+    stats_when(p, lambda x: x["workers_ready"] == 2, 10)
     res = uac(f"{HOST}:{p.port}", calls=200, rate=100, timeout_s=60)
     assert (res.successful, res.failed) == (200, 0), res
     assert "exited with status" in p.log()
     # The new worker took the old one's place: its share of the calls, and with the
     # kernel steering, every datagram straight to its owner.
-    s = wait_for(lambda: (lambda x: x if sum(x["dispatched_by_worker"]) == 200 else None)(stats(p)), 5)
-    assert s and all(40 < n < 160 for n in s["dispatched_by_worker"]), s or stats(p)
+    s = stats_when(p, lambda x: sum(x["dispatched_by_worker"]) == 200, 5)
+    assert all(40 < n < 160 for n in s["dispatched_by_worker"]), s
     if s["kernel_steering"]:
         assert s["relayed_to_other_workers"] == 0, s
 
@@ -352,7 +347,7 @@ def test_while_a_worker_is_down_the_others_answer_for_its_socket(proxy, uas):
         os.kill(kid, signal.SIGKILL)
         killed = time.monotonic()
         # The primary reads the dead worker's sockets before it logs the exit.
-        assert wait_for(lambda: "exited with status" in p.log(), 0.5), p.log()
+        wait_for(lambda: "exited with status" in p.log(), 0.5, 0.1, message=p.log)
         for n in range(16):
             s = udp_socket()
             socks.append(s)

@@ -17,6 +17,7 @@ from gdispatch.recordroute import Keyring, packed_address
 from gdispatch.sip import build_response, parse_message
 from gdispatch.transaction.timers import FakeClock, Scheduler
 from gdispatch.transport import Source
+from tests.support import sipmsg
 
 PROXY = ("127.0.0.1", 5060)
 UAC = ("127.0.0.1", 6000)
@@ -97,19 +98,16 @@ class FakeProxy:
         gevent.sleep(0)
 
 
+def caller(n: int) -> dict:
+    """The caller's side of call `n`: sipmsg.request keywords."""
+    return dict(from_="<sip:caller@127.0.0.1:6000>", from_tag=f"uac{n}", to="<sip:service@127.0.0.1:5060>",
+                call_id=f"call-{n}@127.0.0.1")
+
+
 def invite(n: int) -> bytes:
-    return (
-        f"INVITE sip:service@127.0.0.1:5060 SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-uac-{n};rport\r\n"
-        f"Max-Forwards: 70\r\n"
-        f"From: <sip:caller@127.0.0.1:6000>;tag=uac{n}\r\n"
-        f"To: <sip:service@127.0.0.1:5060>\r\n"
-        f"Call-ID: call-{n}@127.0.0.1\r\n"
-        f"CSeq: 1 INVITE\r\n"
-        f"Contact: <sip:caller@127.0.0.1:6000>\r\n"
-        f"Content-Type: application/sdp\r\n"
-        f"Content-Length: 4\r\n\r\nv=0\n"
-    ).encode()
+    return sipmsg.request("INVITE", "sip:service@127.0.0.1:5060",
+                          vias=f"SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-uac-{n};rport", **caller(n),
+                          contact="<sip:caller@127.0.0.1:6000>", content_type="application/sdp", body="v=0\n")
 
 
 def in_dialog(method: str, n: int, cseq: int, gateway: tuple[str, int], branch: str,
@@ -117,17 +115,9 @@ def in_dialog(method: str, n: int, cseq: int, gateway: tuple[str, int], branch: 
     """A request of call `n` from the caller; `route`: its Route (default: the one the
     fake proxy signed for the call, `signed_route`)."""
     route = route or signed_route(f"call-{n}@127.0.0.1", f"uac{n}", gateway[0])
-    return (
-        f"{method} sip:service@{gateway[0]}:{gateway[1]} SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP 127.0.0.1:6000;branch={branch};rport\r\n"
-        f"Route: {route}\r\n"
-        f"Max-Forwards: 70\r\n"
-        f"From: <sip:caller@127.0.0.1:6000>;tag=uac{n}\r\n"
-        f"To: <sip:service@127.0.0.1:5060>;tag=uas{n}\r\n"
-        f"Call-ID: call-{n}@127.0.0.1\r\n"
-        f"CSeq: {cseq} {method}\r\n"
-        f"Content-Length: 0\r\n\r\n"
-    ).encode()
+    return sipmsg.request(method, f"sip:service@{gateway[0]}:{gateway[1]}",
+                          vias=f"SIP/2.0/UDP 127.0.0.1:6000;branch={branch};rport", routes=[route],
+                          **caller(n), to_tag=f"uas{n}", cseq=cseq)
 
 
 def full_call(fp: FakeProxy, n: int) -> tuple[str, int]:

@@ -20,6 +20,7 @@ from gdispatch.dispatcher.hashing import kamailio_hash
 from gdispatch.dispatcher.keys import TemplateError
 from gdispatch.dispatcher.listfile import parse_list
 from gdispatch.sip import parse_message
+from tests.support import sipmsg
 
 COMPAT = SelectOptions(kamailio_compat=True)
 VECTORS = Path(__file__).parent.parent / "data" / "kamailio-hash-vectors.tsv"
@@ -28,20 +29,8 @@ VECTORS = Path(__file__).parent.parent / "data" / "kamailio-hash-vectors.tsv"
 def request(call_id="a84b4c76e66710@pc33.atlanta.com", from_uri="sip:alice@atlanta.example.com",
             to_uri="sip:bob@biloxi.example.com", ruri="sip:bob@biloxi.example.com", method="INVITE",
             headers=()):
-    lines = [
-        f"{method} {ruri} SIP/2.0",
-        "Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK776asdhds",
-        "Max-Forwards: 70",
-        f"From: Alice <{from_uri}>;tag=1928301774",
-        f"To: <{to_uri}>",
-        f"Call-ID: {call_id}",
-        f"CSeq: 1 {method}",
-        *headers,
-        "Content-Length: 0",
-        "",
-        "",
-    ]
-    return parse_message("\r\n".join(lines).encode())
+    return parse_message(sipmsg.request(method, ruri, from_=f"Alice <{from_uri}>", to=f"<{to_uri}>", call_id=call_id,
+                                        headers=headers))
 
 
 def make_set(text, setid=1, **kw):

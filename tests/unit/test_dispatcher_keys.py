@@ -4,12 +4,13 @@ import pytest
 
 from gdispatch.dispatcher.keys import TemplateError, auth_username, compile_template, uri_keys
 from gdispatch.sip import parse_message, parse_uri
+from tests.support import sipmsg
 
 
 def request(*headers, ruri="sip:bob@biloxi.example.com", from_uri="sip:alice@atlanta.example.com"):
-    lines = [f"INVITE {ruri} SIP/2.0", "Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1", f"From: <{from_uri}>;tag=1",
-             "To: <sip:bob@biloxi.example.com>", "Call-ID: c1", "CSeq: 1 INVITE", *headers, "", ""]
-    return parse_message("\r\n".join(lines).encode())
+    return parse_message(sipmsg.request("INVITE", ruri, vias="SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1", max_forwards=None,
+                                        from_=f"<{from_uri}>", from_tag="1", to="<sip:bob@biloxi.example.com>",
+                                        call_id="c1", headers=headers, content_length=None))
 
 
 @pytest.mark.parametrize("uri,keys", [

@@ -14,6 +14,7 @@ from gdispatch.dispatcher.listfile import parse_line, parse_list
 from gdispatch.message_api import Attempt, RequestView, RouteChoice
 from gdispatch.plugins import PluginHost
 from gdispatch.sip import forward_request, parse_message
+from tests.support import sipmsg
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,10 +26,9 @@ SOURCE = ("udp", "192.0.2.7", 5062)
 
 
 def request(ruri: str = "sip:0044123@example.com", *headers: str, method: str = "INVITE"):
-    lines = [f"{method} {ruri} SIP/2.0", "Via: SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK-1", "Max-Forwards: 70",
-             "From: <sip:alice@example.org>;tag=a1", "To: <sip:bob@example.com>", "Call-ID: c1@example.org",
-             f"CSeq: 1 {method}", *headers, "Content-Length: 0"]
-    return parse_message(("\r\n".join(lines) + "\r\n\r\n").encode())
+    return parse_message(sipmsg.request(method, ruri, vias="SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK-1",
+                                        from_="<sip:alice@example.org>", from_tag="a1", to="<sip:bob@example.com>",
+                                        call_id="c1@example.org", headers=headers))
 
 
 def dest(attrs: str = "", setid: int = 1, priority: int = 0):

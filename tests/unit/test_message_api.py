@@ -8,25 +8,17 @@ import pytest
 from gdispatch.dispatcher.listfile import parse_line
 from gdispatch.message_api import Attempt, EditError, FailureAction, RequestView, RouteChoice, is_valid_user
 from gdispatch.sip import forward_request, parse_message, parse_uri
+from tests.support import sipmsg
 
 SOURCE = ("udp", "192.0.2.7", 5062)
 
 
 def request(ruri: str = "sip:0044123@example.com", *headers: str) -> bytes:
-    lines = [
-        f"INVITE {ruri} SIP/2.0",
-        "v: SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK-1",
-        "Max-Forwards: 70",
-        "f: <sip:alice@example.org>;tag=a1",
-        "To: <sip:bob@example.com>",
-        "i: call-1@example.org",
-        "CSeq: 1 INVITE",
-        "Subject: first",
-        "X-Carrier: a, b",
-        *headers,
-        "l: 0",
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+    """Some headers in their compact forms, some not."""
+    return sipmsg.request("INVITE", ruri, vias="SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK-1",
+                          from_="<sip:alice@example.org>", from_tag="a1", to="<sip:bob@example.com>",
+                          call_id="call-1@example.org", headers=["Subject: first", "X-Carrier: a, b", *headers],
+                          compact=["Via", "From", "Call-ID", "Content-Length"])
 
 
 def attempt(ruri: str = "sip:0044123@example.com", *headers: str, attrs: str = "duid=gw1", number: int = 1):

@@ -11,6 +11,7 @@ from proxy_fakes import KEYS, UAC, FakeProxy, full_call, in_dialog, invite, sign
 from gdispatch.config import Config, Listen, Security
 from gdispatch.recordroute import Keyring
 from gdispatch.sip import build_response, parse_message
+from tests.support import sipmsg
 
 GW = ("127.0.0.1", 5071)
 ELSEWHERE = ("127.0.0.5", 5099)
@@ -39,6 +40,7 @@ def retarget(data: bytes, to: tuple[str, int]) -> bytes:
 
 
 def forged(method: str, route: str, *, to_tag: str = "zz", n: int = 1) -> bytes:
+    """The attacker's request, as written (tests/e2e/test_relay.py has its reproducer)."""
     return (
         f"{method} sip:x@{ELSEWHERE[0]}:{ELSEWHERE[1]} SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bK-dlg-{method};rport\r\n"
@@ -98,14 +100,10 @@ def test_a_genuine_dialog_cannot_steer_its_requests_elsewhere(fp, method):
 def test_the_callee_reaches_the_caller_wherever_it_is_the_caller_cannot_pose_as_callee(fp):
     gateway = established(fp, 1)
     route = signed_route("call-1@127.0.0.1", "uac1", gateway[0])
-    from_callee = (
-        f"BYE sip:caller@{ELSEWHERE[0]}:{ELSEWHERE[1]} SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP {gateway[0]}:{gateway[1]};branch=z9hG4bK-gwbye\r\n"
-        f"Route: {route}\r\n"
-        f"From: <sip:service@127.0.0.1:5060>;tag=uas1\r\n"
-        f"To: <sip:caller@127.0.0.1:6000>;tag=uac1\r\n"
-        f"Call-ID: call-1@127.0.0.1\r\nCSeq: 1 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-    ).encode()
+    from_callee = sipmsg.request("BYE", f"sip:caller@{ELSEWHERE[0]}:{ELSEWHERE[1]}",
+                                 vias=f"SIP/2.0/UDP {gateway[0]}:{gateway[1]};branch=z9hG4bK-gwbye", routes=[route],
+                                 from_="<sip:service@127.0.0.1:5060>", from_tag="uas1",
+                                 to="<sip:caller@127.0.0.1:6000>", to_tag="uac1", call_id="call-1@127.0.0.1")
     out = fp.receive(from_callee, gateway)
     assert [a for a, _ in out] == [ELSEWHERE]
     # The same request from another address: the caller posing as the callee.

@@ -12,33 +12,26 @@ from proxy_fakes import PROXY, FakeProxy, invite
 
 from gdispatch.config import Config, Listen, Overload, Route
 from gdispatch.sip import parse_message
+from tests.support import sipmsg
 
 SOURCE = ("127.0.0.1", 6000)
 FORGED = ("127.0.0.77", 7777)  # what the Via says and where the answers go (rport)
 
 
-def request(method: str = "INVITE", ruri: str = "sip:service@127.0.0.1:5060", *, extra: str = "",
-            mf: int = 70, via_host: str = "127.0.0.77:7777", cseq_method: str | None = None) -> bytes:
-    return (
-        f"{method} {ruri} SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP {via_host};branch=z9hG4bK-scan-{method};rport\r\n"
-        f"Max-Forwards: {mf}\r\n"
-        f"From: <sip:scanner@127.0.0.77>;tag=s1\r\n"
-        f"To: <{ruri}>\r\n"
-        f"Call-ID: scan-{method}@127.0.0.77\r\n"
-        f"CSeq: 1 {cseq_method or method}\r\n"
-        f"{extra}"
-        f"Content-Length: 0\r\n\r\n"
-    ).encode()
+def request(method: str = "INVITE", ruri: str = "sip:service@127.0.0.1:5060", *, via_host: str = "127.0.0.77:7777",
+            **kw) -> bytes:
+    """A scanner's request, answered at `via_host` (rport); `kw`: sipmsg.request's."""
+    return sipmsg.request(method, ruri, vias=f"SIP/2.0/UDP {via_host};branch=z9hG4bK-scan-{method};rport",
+                          from_="<sip:scanner@127.0.0.77>", from_tag="s1", call_id=f"scan-{method}@127.0.0.77", **kw)
 
 
 REFUSALS = {
     "403 relaying forbidden": (request(ruri="sip:x@example.org"), 403, {}),
     "404 no route": (request("REGISTER", "sip:127.0.0.1:5060"), 404, {}),
-    "483 too many hops": (request(mf=0), 483, {}),
+    "483 too many hops": (request(max_forwards=0), 483, {}),
     "400 bad request": (request(cseq_method="BYE"), 400, {}),
     "200 options to the proxy": (request("OPTIONS", "sip:127.0.0.1:5060"), 200, {}),
-    "403 preloaded route": (request(extra="Route: <sip:127.0.0.1:5060;lr>, <sip:192.0.2.1;lr>\r\n"), 403, {}),
+    "403 preloaded route": (request(routes=["<sip:127.0.0.1:5060;lr>, <sip:192.0.2.1;lr>"]), 403, {}),
     "481 cancel of nothing": (request("CANCEL"), 481, {}),
     "403 route reply": (request(ruri="sip:112@127.0.0.1:5060"), 403,
                         {"routes": (Route(methods=frozenset(), user_prefix=("112",), reply=403), Route())}),
@@ -93,8 +86,7 @@ def test_the_ack_of_a_stateless_refusal_ends_here():
     fp = proxy_for({})
     out = fp.receive(request(ruri="sip:x@example.org"), FORGED)
     tag = parse_message(out[0][1]).to_tag.decode()
-    ack = request("ACK", "sip:x@example.org").replace(b"To: <sip:x@example.org>",
-                                                       f"To: <sip:x@example.org>;tag={tag}".encode())
+    ack = request("ACK", "sip:x@example.org", to_tag=tag)
     assert fp.receive(ack, FORGED) == []
 
 

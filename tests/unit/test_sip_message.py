@@ -11,6 +11,7 @@ from gdispatch.sip import (
     parse_message,
     parse_via,
 )
+from tests.support import sipmsg
 
 
 def sip(*lines: str, body: bytes = b"", eol: bytes = b"\r\n") -> bytes:
@@ -18,32 +19,19 @@ def sip(*lines: str, body: bytes = b"", eol: bytes = b"\r\n") -> bytes:
     return eol.join(line.encode() for line in lines) + eol + eol + body
 
 
+# Alice's INVITE to Bob in RFC 3261's examples (§24.2), and its answer.
+ALICE_TO_BOB = dict(vias="SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK776asdhds",
+                    from_="Alice <sip:alice@atlanta.example.com>", to="Bob <sip:bob@biloxi.example.com>", cseq=314159)
+
+
 def request(*extra: str, method: str = "INVITE", body: bytes = b"") -> bytes:
-    return sip(
-        f"{method} sip:bob@biloxi.example.com SIP/2.0",
-        "Via: SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK776asdhds",
-        "Max-Forwards: 70",
-        "To: Bob <sip:bob@biloxi.example.com>",
-        "From: Alice <sip:alice@atlanta.example.com>;tag=1928301774",
-        "Call-ID: a84b4c76e66710@pc33.atlanta.example.com",
-        f"CSeq: 314159 {method}",
-        *extra,
-        f"Content-Length: {len(body)}",
-        body=body,
-    )
+    return sipmsg.request(method, "sip:bob@biloxi.example.com", **ALICE_TO_BOB, headers=extra, body=body)
 
 
 def response(*extra: str, status: str = "200 OK") -> bytes:
-    return sip(
-        f"SIP/2.0 {status}",
-        "Via: SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK776asdhds;received=192.0.2.1",
-        "To: Bob <sip:bob@biloxi.example.com>;tag=a6c85cf",
-        "From: Alice <sip:alice@atlanta.example.com>;tag=1928301774",
-        "Call-ID: a84b4c76e66710@pc33.atlanta.example.com",
-        "CSeq: 314159 INVITE",
-        *extra,
-        "Content-Length: 0",
-    )
+    code, reason = status.split(" ", 1)
+    return sipmsg.response(int(code), reason, **{**ALICE_TO_BOB, "vias": ALICE_TO_BOB["vias"] + ";received=192.0.2.1"},
+                           to_tag="a6c85cf", headers=extra)
 
 
 # -- start line and body -----------------------------------------------------------------
@@ -253,7 +241,17 @@ def test_malformed_header_lines_raise(line):
 
 
 def test_headers_list_keeps_order_names_values_and_raw_lines():
-    msg = parse_message(request("X-Custom:  padded value  "))
+    msg = parse_message(sip(
+        "INVITE sip:bob@biloxi.example.com SIP/2.0",
+        "Via: SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK776asdhds",
+        "Max-Forwards: 70",
+        "To: Bob <sip:bob@biloxi.example.com>",
+        "From: Alice <sip:alice@atlanta.example.com>;tag=1928301774",
+        "Call-ID: a84b4c76e66710@pc33.atlanta.example.com",
+        "CSeq: 314159 INVITE",
+        "X-Custom:  padded value  ",
+        "Content-Length: 0",
+    ))
     names = [h.name for h in msg.headers]
     assert names == [
         "via",

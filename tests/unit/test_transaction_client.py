@@ -1,12 +1,10 @@
 """Client transactions: RFC 3261 §17.1 with RFC 6026, driven by a fake clock."""
 
 import pytest
+from transaction_fakes import INVITE, OPTIONS, Harness
 
 from gdispatch.transaction.client import ClientTransaction
-from gdispatch.transaction.timers import FakeClock, Scheduler, TimerConfig
-
-INVITE = b"INVITE sip:bob@example.com SIP/2.0\r\n\r\n"
-OPTIONS = b"OPTIONS sip:bob@example.com SIP/2.0\r\n\r\n"
+from gdispatch.transaction.timers import TimerConfig
 
 
 class Response:
@@ -17,58 +15,6 @@ class Response:
 
     def __repr__(self):
         return f"<Response {self.status}>"
-
-
-class Harness:
-    """A fake clock, a scheduler, and lists capturing what a transaction does."""
-
-    def __init__(self, timers=None):
-        self.clock = FakeClock()
-        self.scheduler = Scheduler(self.clock)
-        self.timers = timers or TimerConfig()
-        self.sent = []  # (time, bytes)
-        self.events = []  # ("response", status) / ("timeout",) / ("transport_error",) ...
-        self.acks_built = []
-        self.fail_sends = False
-
-    def send(self, data):
-        if self.fail_sends:
-            raise OSError("network unreachable")
-        self.sent.append((self.clock(), data))
-
-    def make_ack(self, response):
-        self.acks_built.append(response)
-        return b"ACK for %d" % response.status
-
-    def client(self, method="INVITE", *, reliable=False, report_errors=True, **kwargs):
-        return ClientTransaction(
-            ("z9hG4bKbranch", method),
-            method,
-            INVITE if method == "INVITE" else OPTIONS,
-            reliable=reliable,
-            send=self.send,
-            scheduler=self.scheduler,
-            timers=self.timers,
-            on_response=lambda ct, status, resp: self.events.append(("response", status, resp)),
-            on_timeout=lambda ct: self.events.append(("timeout", ct.state)),
-            make_ack=self.make_ack if method == "INVITE" else None,
-            on_terminated=lambda ct: self.events.append(("terminated",)),
-            on_transport_error=(
-                (lambda ct: self.events.append(("transport_error", ct.state)))
-                if report_errors
-                else None
-            ),
-            **kwargs,
-        )
-
-    def run(self, seconds):
-        return self.clock.advance(seconds, self.scheduler)
-
-    def times(self, data=None):
-        return [t for t, d in self.sent if data is None or d == data]
-
-    def statuses(self):
-        return [e[1] for e in self.events if e[0] == "response"]
 
 
 @pytest.fixture

@@ -1,51 +1,15 @@
 """Server transactions: RFC 3261 §17.2 with RFC 6026, driven by a fake clock."""
 
 import pytest
+from transaction_fakes import Harness
 
-from gdispatch.transaction.server import ServerTransaction
-from gdispatch.transaction.timers import FakeClock, Scheduler, TimerConfig
+from gdispatch.transaction.timers import TimerConfig
 
 TRYING_100 = b"SIP/2.0 100 Trying\r\n\r\n"
 RINGING_180 = b"SIP/2.0 180 Ringing\r\n\r\n"
 OK_200 = b"SIP/2.0 200 OK\r\n\r\n"
 BUSY_486 = b"SIP/2.0 486 Busy Here\r\n\r\n"
 ERROR_503 = b"SIP/2.0 503 Service Unavailable\r\n\r\n"
-
-
-class Harness:
-    """A fake clock, a scheduler, and lists capturing what a transaction does."""
-
-    def __init__(self, timers=None):
-        self.clock = FakeClock()
-        self.scheduler = Scheduler(self.clock)
-        self.timers = timers or TimerConfig()
-        self.sent = []  # (time, bytes)
-        self.terminated = []
-        self.transport_errors = []
-        self.fail_sends = False
-
-    def send(self, data):
-        if self.fail_sends:
-            raise OSError("connection reset")
-        self.sent.append((self.clock(), data))
-
-    def server(self, method="INVITE", *, reliable=False, report_errors=True):
-        return ServerTransaction(
-            ("z9hG4bK1", method),
-            method,
-            reliable=reliable,
-            send=self.send,
-            scheduler=self.scheduler,
-            timers=self.timers,
-            on_terminated=self.terminated.append,
-            on_transport_error=self.transport_errors.append if report_errors else None,
-        )
-
-    def run(self, seconds):
-        return self.clock.advance(seconds, self.scheduler)
-
-    def times(self, data=None):
-        return [t for t, d in self.sent if data is None or d == data]
 
 
 @pytest.fixture

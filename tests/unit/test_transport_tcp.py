@@ -17,17 +17,11 @@ from gevent import socket as gsocket
 from gdispatch.config import Listen
 from gdispatch.tcplimits import TcpLimits
 from gdispatch.transport import TransportError, Transports
+from tests.support.wait import wait_for
 
 OPTIONS = (b"OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bKa\r\n"
            b"From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: c1\r\nCSeq: 1 OPTIONS\r\n"
            b"Content-Length: 0\r\n\r\n")
-
-
-def wait_until(check, within: float = 5.0) -> bool:
-    with gevent.Timeout(within, False):
-        while not check():
-            gevent.sleep(0.01)
-    return check()
 
 
 @pytest.fixture
@@ -59,9 +53,9 @@ def client(t: Transports) -> socket.socket:
 def test_opening_a_connection_when_the_table_is_full_closes_the_accepted_one_idle_longest(transports):
     t = transports(TcpLimits(max_connections=2, max_per_source=2, idle_timeout=60, message_timeout=10))
     first, second = client(t), client(t)
-    assert wait_until(lambda: t.table.open == 2)
+    wait_for(lambda: t.table.open == 2, 5, 0.01)
     second.sendall(OPTIONS)  # the second carried a message: the first is idle longest
-    assert wait_until(lambda: len(t.received) == 1)
+    wait_for(lambda: len(t.received) == 1, 5, 0.01)
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(4)
@@ -70,7 +64,7 @@ def test_opening_a_connection_when_the_table_is_full_closes_the_accepted_one_idl
         assert t.stats["tcp_evicted"] == 1 and t.table.open == 2
         assert first.recv(100) == b""  # closed to make room
         second.sendall(OPTIONS)
-        assert wait_until(lambda: len(t.received) == 2)  # still served
+        wait_for(lambda: len(t.received) == 2, 5, 0.01)  # still served
         peer, _ = server.accept()
         peer.settimeout(5)
         assert peer.recv(len(OPTIONS)) == OPTIONS
@@ -112,13 +106,13 @@ def test_an_accept_without_descriptors_backs_off_and_is_logged_once_until_it_wor
         os.close(free)
         resource.setrlimit(resource.RLIMIT_NOFILE, (free, hard))
         pending.connect_ex(("127.0.0.1", port_of(t)))
-        assert wait_until(lambda: t.stats["tcp_accept_failures"] >= 5)  # 0.05 + 0.1 + 0.2 + 0.4 s...
+        wait_for(lambda: t.stats["tcp_accept_failures"] >= 5, 5, 0.01)  # 0.05 + 0.1 + 0.2 + 0.4 s...
         gevent.sleep(0.5)
         failures = t.stats["tcp_accept_failures"]
         assert failures < 10  # waits that grow, not a try every few milliseconds
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    assert wait_until(lambda: t.table.open == 1)
+    wait_for(lambda: t.table.open == 1, 5, 0.01)
     pending.close()
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2, lines

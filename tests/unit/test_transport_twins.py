@@ -11,32 +11,26 @@ import socket
 
 import gevent
 import pytest
-from gevent.event import Event
 
 from gdispatch.config import Listen
 from gdispatch.transport import Transports
+from tests.support.wait import wait_for
 
 
 class Received:
-    """What a Transports hands to on_message, with a wait for the n-th datagram (an
-    event, not a poll)."""
+    """What a Transports hands to on_message, with a wait for the n-th datagram."""
 
     def __init__(self):
         self.seen = []
-        self.more = Event()
         self.then = None  # a test's extra step on each datagram
 
     def __call__(self, data, source):
         self.seen.append((data, source.listener))
         if self.then is not None:
             self.then(data)
-        self.more.set()
 
     def wait_for(self, n: int) -> list:
-        while len(self.seen) < n:
-            self.more.clear()
-            assert self.more.wait(5), self.seen
-        return self.seen
+        return wait_for(lambda: len(self.seen) >= n and self.seen, 5, 0.01, message=lambda: self.seen)
 
 
 @pytest.fixture
