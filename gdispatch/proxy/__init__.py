@@ -1,7 +1,9 @@
 """The stateful proxy (RFC 3261 §16), split by what each part decides.
 
-- core.py      `Proxy`: the entry for every message, the transaction tables, sending the
-               branches, our own requests (keepalive pings), ICMP errors
+- core.py      `Proxy`: the entry for every message, the transaction tables, what each
+               kind of request becomes (dispatched, inside a dialog, ACK, CANCEL)
+- branches.py  how a branch leaves: the forwarded copy (Via, Record-Route, Route popped,
+               plugins' edits) in a client transaction; CANCEL; our own requests (pings)
 - routing.py   where a new request goes: §16.3 checks, the Route set (§16.4), the route
                tables and plugins' choice; decision objects, no I/O
 - identity.py  who we are on the wire: our addresses, Via and branch (loop detection),
@@ -15,7 +17,8 @@ What lives elsewhere: messages (`gdispatch.sip`), transaction state machines
 sockets (`gdispatch.transport`), the dialogs' signatures (`gdispatch.recordroute`).
 """
 
-from .core import DIALOG_CREATING, Proxy, replace_hostport
+from .branches import replace_hostport
+from .core import DIALOG_CREATING, Proxy
 from .identity import STATELESS_TAG
 
 __all__ = ["DIALOG_CREATING", "STATELESS_TAG", "Proxy", "replace_hostport"]

@@ -34,28 +34,26 @@ from gdispatch.dispatcher.algorithms import SelectOptions, compile_template, sel
 from gdispatch.dispatcher.destination import Destination, DispatcherList
 from gdispatch.dispatcher.reload import identity as destination_identity
 from gdispatch.dns import NextHopResolver, Resolver
-from gdispatch.message_api import Attempt
 from gdispatch.overload import LoadGuard
 from gdispatch.plugins import PluginHost
-from gdispatch.recordroute import Keyring, check, packed_address
+from gdispatch.recordroute import Keyring, check
 from gdispatch.sip import (
     ParseError,
     SipMessage,
     SipUri,
     Via,
-    build_cancel,
     build_response,
-    forward_request,
     parse_message,
 )
 from gdispatch.transaction.client import ClientTransaction
 from gdispatch.transaction.server import ServerTransaction
 from gdispatch.transaction.timers import Scheduler, TimerConfig
-from gdispatch.transport import Source, TransportError, Transports
+from gdispatch.transport import Source, Transports
 
 from . import routing
-from .forking import LOCAL_TIMEOUT, Branch, Forker, ResponseContext, Walk
-from .identity import MAGIC_COOKIE, STATELESS_TAG, Identity, loop_hash, reply_addr, with_received
+from .branches import Branches
+from .forking import Branch, Forker, ResponseContext, Walk
+from .identity import MAGIC_COOKIE, STATELESS_TAG, Identity, reply_addr, with_received
 from .stateless import Stateless
 
 log = logging.getLogger("gdispatch.proxy")
@@ -98,15 +96,6 @@ class _NotingReplier(_Replier):
         super().__call__(data)
 
 
-class _Origin:
-    """The context of a request of our own: where it went, for ICMP errors."""
-
-    __slots__ = ("next_hop",)
-
-    def __init__(self, next_hop):
-        self.next_hop = next_hop
-
-
 class Proxy:
     def __init__(self, config: Config, transports: Transports, scheduler: Scheduler,
                  dispatcher_list: DispatcherList,
@@ -119,7 +108,7 @@ class Proxy:
         # The keys of our Record-Route signatures (gdispatch.recordroute); a reload may
         # give new ones.
         self.keyring = keyring or Keyring.ephemeral()
-        self._bind_next_hop = config.security.dialog_next_hop == "destination"
+        self.bind_next_hop = config.security.dialog_next_hop == "destination"
         self.transports = transports
         self.scheduler = scheduler
         self.dlist = dispatcher_list
@@ -159,16 +148,12 @@ class Proxy:
             b"Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY, SUBSCRIBE, MESSAGE",
             b"Accept: application/sdp",
         ) + ((b"Server: " + config.server_header.encode(),) if config.server_header else ())
-        # The transactions' callbacks, bound once: a bound method made per transaction
-        # would be one more object for each to hold while it lingers.
+        # Bound once: a bound method made per transaction would be one more object for
+        # each to hold while it lingers.
         self._on_server_terminated = self._server_terminated
-        self._on_client_terminated = self._client_terminated
-        self._on_branch_response = self.forker.branch_response
-        self._on_branch_timeout = self._branch_timeout
-        self._on_branch_transport_error = self._branch_transport_error
-        self._on_fr_timeout = self.forker.fr_timeout
         self._debug = log.isEnabledFor(logging.DEBUG)
         self.calls = CallLoad(scheduler, expire=config.call_expire, init_expire=config.call_init_expire)
+        self.branches = Branches(self)
         self._select_options = {
             id(r): SelectOptions(
                 hash_user_only=config.hash_user_only,
@@ -291,7 +276,7 @@ class Proxy:
         """'' when a request inside a dialog may go on to `next_hop_ip`, else why not
         (gdispatch.recordroute: our Route entry's signature, the dialog's destination)."""
         return check(self.keyring, token, msg.call_id, msg.from_tag, msg.to_tag, source.addr[0], next_hop_ip,
-                     self._bind_next_hop)
+                     self.bind_next_hop)
 
     def _is_ours(self, token: bytes) -> bool:
         return self.keyring.signer(token) is not None
@@ -465,7 +450,7 @@ class Proxy:
         branch = Branch(ctx, None, hop)
         ctx.branches.append(branch)
         ctx.outstanding = 1
-        self._send_branch(branch, source, top_via, decision.popped, record=False, new_ruri=decision.new_ruri,
+        self.branches.send(branch, source, top_via, decision.popped, record=False, new_ruri=decision.new_ruri,
                           add_headers=decision.add_headers, remove=decision.remove)
         return st
 
@@ -552,224 +537,17 @@ class Proxy:
         elif st.last_status < 200:
             self.local_reply(st, msg, 487, "Request Terminated", top_via=top_via)
 
-    # ----------------------------------------------------------------- branches
-
-    def start_branch(self, ctx: ResponseContext, dest: Destination) -> None:
-        """Send an attempt of dispatched request `ctx` to `dest` (RFC 3261 §16.6), with the
-        edits of its route's mode and of the plugins."""
-        walk = ctx.walk
-        request = ctx.request
-        assert walk is not None and request is not None and ctx.route is not None
-        source = walk.source
-        address = dest.address
-        if address is None and self.resolve_now is not None:
-            # Flag 16: the name is resolved now (RFC 3263); forking runs this in a
-            # greenlet of its own.
-            found = self.resolve_now(dest)
-            address = found[0] if found else None
-        branch = Branch(ctx, dest, (dest.transport, address))
-        ctx.branches.append(branch)
-        if address is None:
-            log.warning("cannot resolve %s: %s", dest.uri, dest.unusable or "no address")
-            self.forker.attempt_over(branch, 503, None, "could not be resolved")
-            return
-        new_ruri = None
-        add_headers: list[bytes] = []
-        remove: list[str] = []
-        if self.plugins.user_implemented("gdispatch_prepare_attempt"):
-            # A fresh view of the request as it arrived, for each attempt (kamailio#3388).
-            attempt = Attempt(request, dest, len(ctx.branches), (source.transport,) + source.addr)
-            if ctx.route.mode == "domain":
-                attempt.ruri_host = dest.sip_uri.hostport()
-            self.plugins.call("gdispatch_prepare_attempt", attempt=attempt)
-            try:
-                new_ruri = attempt.new_ruri()
-            except ParseError:
-                log.warning("a plugin's Request-URI edit for %s does not parse; sending it unchanged", dest.uri)
-                self.plugins.errors["(bad edit)"] += 1
-            add_headers = attempt.header_lines()
-            remove = attempt.removed_headers()
-        elif ctx.route.mode == "domain":
-            # Like ds_select_domain: the destination also becomes the Request-URI host.
-            new_ruri = replace_hostport(request.ruri, dest.sip_uri.hostport().encode())
-        if ctx.counts_load:
-            self.calls.attempt(request.call_id, dest)
-            self.counts(dest)[0] += 1
-        self._send_branch(branch, source, walk.top_via, walk.popped, walk.record, new_ruri=new_ruri,
-                          add_headers=add_headers, remove=remove)
-
-    def _send_branch(self, branch: Branch, source: Source, top_via: bytes | None, popped: int, record: bool,
-                     new_ruri: bytes | None = None, add_headers=(), remove=()) -> None:
-        ctx = branch.ctx
-        msg = ctx.request
-        assert msg is not None
-        transport, addr = branch.next_hop
-        listener = self.transports.listener_for(transport, addr[0])
-        if listener is None:
-            log.warning("cannot reach %s:%s:%s: %s", transport, addr[0], addr[1],
-                        self.transports.can_reach(transport, addr[0]))
-            self.forker.attempt_over(branch, 503, None, "has no listen address to be sent from")
-            return
-        identity = self.identity
-        branch_id = identity.new_branch_id(loop_hash(msg))
-        rr: tuple[bytes, ...] = ()
-        if record:
-            # Signed for this dialog and its destination (gdispatch.recordroute).
-            signature = self.keyring.token(msg.call_id, msg.from_tag or b"",
-                                           packed_address(addr[0]) if self._bind_next_hop else b"") + b">"
-            rr = (identity.rr_prefix(listener) + signature,)
-            if listener.public is not source.listener.public:
-                # Double record-routing: each side of the dialog needs the address it can
-                # reach us on (the two listeners differ in transport or address).
-                rr += (identity.rr_prefix(source.listener) + signature,)
-        mf = msg.max_forwards
-        data = forward_request(msg, via=identity.via_for(listener, branch_id), ruri=new_ruri,
-                               max_forwards=69 if mf is None else mf - 1, record_route=rr,
-                               pop_routes=popped, top_via=top_via, add_headers=add_headers,
-                               remove_headers=remove)
-        self._start_client_txn(branch, listener, branch_id, data)
-
-    def _start_client_txn(self, branch: Branch, listener, branch_id: str, data: bytes) -> None:
-        """Send `data`, the branch's request, from `listener` in a new client transaction
-        (RFC 3261 §16.6 step 10), with the branch's final-response timer (§16.8)."""
-        method = branch.ctx.st.method
-        transport, addr = branch.next_hop
-        branch.request = data
-        branch.listener = listener
-        key = (branch_id, method)
-        branch.key = key
-        ct = ClientTransaction(
-            key, method, data, reliable=transport != "udp", send=branch.send, scheduler=self.scheduler,
-            timers=self.timers, on_response=self._on_branch_response, on_timeout=self._on_branch_timeout,
-            make_ack=branch.make_ack if method == "INVITE" else None,
-            on_transport_error=self._on_branch_transport_error, on_terminated=self._on_client_terminated,
-        )
-        ct.context = branch
-        branch.ct = ct
-        self.client_txns[key] = ct
-        try:
-            ct.start()
-        except TransportError as e:
-            log.warning("cannot send to %s:%s:%s: %s", transport, addr[0], addr[1], e)
-            ct.on_transport_error()
-        if not branch.final:  # the request is on its way: now its timer
-            branch.timer = self.scheduler.call_later(self.fr_timer, self._on_fr_timeout, branch)
-
-    def _client_terminated(self, ct: ClientTransaction) -> None:
-        if self.client_txns.get(ct.key) is ct:
-            del self.client_txns[ct.key]
-        # Break the branch <-> transaction cycle so reference counting frees both at
-        # once, instead of leaving them to the cyclic collector.
-        branch = ct.context
-        ct.context = None
-        if isinstance(branch, Branch) and branch.ct is ct:
-            branch.ct = None
-
-    def traffic_failure(self, branch: Branch, reason: str) -> None:
-        if branch.dest is not None and self.on_traffic_failure is not None:
-            self.on_traffic_failure(branch.dest, reason)
-
-    def _branch_timeout(self, ct: ClientTransaction) -> None:
-        branch = ct.context
-        if branch is not None and not branch.final:
-            self.forker.attempt_over(branch, LOCAL_TIMEOUT, None, "did not answer (transaction timeout)")
-
-    def _branch_transport_error(self, ct: ClientTransaction) -> None:
-        branch = ct.context
-        if branch is not None and not branch.final:
-            dest = branch.dest
-            log.warning("transport error sending to %s", dest.uri if dest else branch.next_hop)
-            self.traffic_failure(branch, "transport error")
-            self.forker.attempt_over(branch, 503, None, "could not be reached (transport error)")
-
-    def send_cancel(self, branch: Branch) -> None:
-        """CANCEL `branch` (RFC 3261 §9.1): now if it had a provisional response, else as
-        soon as one comes."""
-        if branch.cancel_state == "sent" or not branch.request:
-            return
-        if not branch.provisional:
-            branch.cancel_state = "pending"
-            return
-        branch.cancel_state = "sent"
-        data = build_cancel(parse_message(branch.request))
-        transport, addr = branch.next_hop
-        transports = self.transports
-        assert branch.key is not None
-        key = (branch.key[0], "CANCEL")
-
-        def send(out: bytes) -> None:
-            transports.send(transport, addr, out)
-
-        ct = ClientTransaction(key, "CANCEL", data, reliable=transport != "udp", send=send,
-                               scheduler=self.scheduler, timers=self.timers,
-                               on_response=_ignore, on_timeout=_ignore,
-                               on_transport_error=_ignore, on_terminated=self._on_client_terminated)
-        self.client_txns[key] = ct
-        try:
-            ct.start()
-        except TransportError:
-            ct.terminate()
-
     # ----------------------------------------------------------------- our own requests
 
     def originate(self, transport: str, addr: tuple[str, int], method: str, build: Callable[[bytes], bytes],
                   on_final: Callable[[int, SipMessage | None], None],
                   socket_attr: str | None = None) -> ClientTransaction | None:
-        """Send a request of our own (a keepalive ping) as a client transaction.
-
-        `build(via)` returns the request given our Via value; `on_final(status, response)`
-        is called once with the final response, or (408, None) on timeout, or (503, None)
-        when it cannot be sent.
-        """
-        listener = None
-        if socket_attr:
-            listener = next((lst.private or lst for lst in self.transports.listeners
-                             if str(lst.listen) == socket_attr), None)
-        if listener is None:
-            listener = self.transports.listener_for(transport, addr[0]) if addr else None
-        if listener is None:
-            on_final(503, None)
-            return None
-        branch_id = self.identity.new_branch_id("00000000")
-        data = build(self.identity.via_for(listener, branch_id))
-        key = (branch_id, method)
-        transports = self.transports
-        client_txns = self.client_txns
-
-        def on_error() -> None:
-            # Found by key, not captured: a closure holding the transaction that holds
-            # the closure would be a reference cycle.
-            ct = client_txns.get(key)
-            if ct is not None and ct.state != "terminated":
-                ct.on_transport_error()
-
-        def send(out: bytes) -> None:
-            transports.send(transport, addr, out, on_error=on_error, listener=listener)
-
-        def on_response(_ct: ClientTransaction, status: int, resp: SipMessage) -> None:
-            if status >= 200:
-                on_final(status, resp)
-
-        ct = ClientTransaction(key, method, data, reliable=transport != "udp", send=send, scheduler=self.scheduler,
-                               timers=self.timers, on_response=on_response,
-                               on_timeout=lambda _ct: on_final(LOCAL_TIMEOUT, None),
-                               on_transport_error=lambda _ct: on_final(503, None),
-                               on_terminated=self._on_client_terminated)
-        ct.context = _Origin((transport, addr))
-        self.client_txns[key] = ct
-        ct.start()
-        return ct
+        """Send a request of our own (a keepalive ping): see `Branches.originate`."""
+        return self.branches.originate(transport, addr, method, build, on_final, socket_attr)
 
     def unreachable(self, addr: tuple[str, int]) -> None:
-        """An ICMP error: every transaction still waiting for its first answer from that
-        address fails now (RFC 3261 §17.1.1.2, §17.1.2.2: a transport error)."""
-        for ct in list(self.client_txns.values()):
-            ctx = ct.context
-            if ctx is None or ct.state not in ("calling", "trying"):
-                continue
-            hop = ctx.next_hop
-            if hop is not None and hop[1] == addr:
-                ct.on_transport_error()
+        """An ICMP error named `addr`: see `Branches.unreachable`."""
+        self.branches.unreachable(addr)
 
     # ----------------------------------------------------------------- responses
 
@@ -821,24 +599,6 @@ def _server_key(msg: SipMessage, via: Via, method: str):
         return (branch, via.host, via.port, method)
     # RFC 2543 peers: match on the request's identifying fields instead.
     return ("2543", msg.call_id, msg.cseq[0], msg.from_tag, via.raw, method)
-
-
-def replace_hostport(ruri: bytes, hostport: bytes) -> bytes:
-    """The Request-URI with its host[:port] replaced, user and parameters kept."""
-    colon = ruri.find(b":")
-    at = ruri.find(b"@", colon)
-    start = at + 1 if at >= 0 else colon + 1
-    scan = ruri.find(b"]", start) if ruri[start:start + 1] == b"[" else start
-    end = len(ruri)
-    for sep in (b";", b"?"):
-        j = ruri.find(sep, scan)
-        if 0 <= j < end:
-            end = j
-    return ruri[:start] + hostport + ruri[end:]
-
-
-def _ignore(*_args) -> None:
-    pass
 
 
 _IP_HOSTS: dict[str, bool] = {}  # host -> _is_ip(host), bounded: hosts repeat call after call

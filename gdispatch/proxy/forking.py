@@ -204,7 +204,7 @@ class Forker:
         if ctx.walk is None:
             return  # cancelled or answered while a name was resolved
         try:
-            self.proxy.start_branch(ctx, dest)
+            self.proxy.branches.start(ctx, dest)
         except Exception:
             # The caller gets its 500, the call leaves the count.
             log.exception("error while dispatching call-id %s", logsafe.text(ctx.request.call_id)
@@ -350,7 +350,7 @@ class Forker:
                 if not branch.final:
                     branch.timer = proxy.scheduler.call_later(proxy.fr_inv_timer, self.fr_timeout, branch)
                 if branch.cancel_state == "pending":
-                    proxy.send_cancel(branch)
+                    proxy.branches.cancel(branch)
             return
         if 200 <= status < 300:
             # Every 2xx goes upstream, retransmissions included (§16.7 step 5, RFC 6026).
@@ -365,7 +365,7 @@ class Forker:
             if first:
                 for other in ctx.branches:
                     if other is not branch and not other.final:
-                        proxy.send_cancel(other)
+                        proxy.branches.cancel(other)
             if not branch.final:
                 self.attempt_over(branch, status, resp)
             return
@@ -373,7 +373,7 @@ class Forker:
         if branch.final:
             return  # a late final after we gave up on this branch
         if status in proxy.mark_codes:
-            proxy.traffic_failure(branch, f"answered {status}")
+            proxy.branches.traffic_failure(branch, f"answered {status}")
         self.attempt_over(branch, status, resp)
 
     def fr_timeout(self, branch: Branch) -> None:
@@ -384,13 +384,13 @@ class Forker:
         ct = branch.ct
         if branch.provisional:
             # It rang too long (fr_inv_timer): cancel it (§16.8, §9.1).
-            self.proxy.send_cancel(branch)
+            self.proxy.branches.cancel(branch)
             why = "rang past fr_inv_timer"
         else:
             why = "did not answer within fr_timer"
             if ct is not None:
                 ct.stop_retransmissions()
-                self.proxy.traffic_failure(branch, "no response within fr_timer")
+                self.proxy.branches.traffic_failure(branch, "no response within fr_timer")
         self.attempt_over(branch, LOCAL_TIMEOUT, None, why)
 
     def finish(self, ctx: ResponseContext) -> None:
@@ -441,7 +441,7 @@ class Forker:
             if branch.final:
                 continue
             if branch.provisional:
-                self.proxy.send_cancel(branch)
+                self.proxy.branches.cancel(branch)
                 waiting = True
             else:
                 # RFC 3261 §9.1: no CANCEL before a provisional response; stop sending

@@ -52,7 +52,7 @@ def test_an_error_in_an_attempt_answers_500_and_frees_the_count(monkeypatch):
     def broken(*_args, **_kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(fp.proxy, "_send_branch", broken)
+    monkeypatch.setattr(fp.proxy.branches, "send", broken)
     out = fp.receive(invite(1), UAC)
     assert [d.split(b"\r\n", 1)[0] for _, d in out] == [b"SIP/2.0 500 Internal Server Error"]
     assert fp.proxy.calls_in_setup == 0
