@@ -3,8 +3,9 @@
 watchdog's observer runs in an OS thread; gevent objects must only be touched from the
 hub's thread. The bridge is a libev async watcher, whose `send()` is thread-safe: the
 observer thread only calls it, and the hub then wakes the debouncing greenlet. gdispatch
-does not monkey-patch, so watchdog's own threads and queues are real ones (DESIGN.md
-notes that under `patch_all()` watchdog needs `queue=False`).
+does not monkey-patch, so watchdog's own threads and queues are real ones (under
+gevent's `patch_all()` they would be greenlets, and watchdog's blocking queue would
+stall the hub).
 
 Editors save in many ways: in place (truncate + write, sometimes in several writes),
 write-and-rename, or delete-and-create. All of them end in exactly one load because
