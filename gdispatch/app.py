@@ -16,7 +16,7 @@ import time
 import gevent
 import gevent.event
 
-from gdispatch import __version__, acknotes, control, listedit, logsafe, sdnotify, tcplimits
+from gdispatch import __version__, control, listedit, logsafe, sdnotify, tcplimits
 from gdispatch.collector import CollectorPolicy
 from gdispatch.config import Config
 from gdispatch.control import ControlError, ControlServer
@@ -103,7 +103,6 @@ class App:
         self._by_key: dict = {}  # dest_key -> destination of the current list
         self._reports: dict[int, tuple] = {}  # worker index -> its last report
         self._relay_socks: list = []  # primary: every worker's relay socket (relay_sockets)
-        self._acks_fd = -1  # primary: the memory of the workers' ACK notes (gdispatch.acknotes)
         # primary: listen index -> every worker's socket on that UDP address, in worker
         # order (gdispatch.transport.shared_udp_sockets); it holds them all for its life,
         # so that a worker started again finds its place in the group unchanged.
@@ -178,9 +177,7 @@ class App:
         self._list_digest = file_digest(config.list_file)
         if several:
             self._relay_socks = relay_sockets(config.workers)
-            self._acks_fd = acknotes.shared_memory(config.workers)
-            self._start_relay(self._relay_socks[0], 0, [x.getsockname()[1] for x in self._relay_socks],
-                              self._acks_fd)
+            self._start_relay(self._relay_socks[0], 0, [x.getsockname()[1] for x in self._relay_socks])
         # With several workers the primary reads the shared port only once they all
         # listen: the calls it took meanwhile could not be handed to a worker not yet
         # there (their datagrams wait in the sockets meanwhile).
@@ -209,7 +206,7 @@ class App:
             return 1
         if several:
             self.supervisor = Supervisor(config.workers, self._hello, self._from_worker,
-                                         [[x.fileno(), self._acks_fd, *self._worker_listen_fds(i).values()]
+                                         [[x.fileno(), *self._worker_listen_fds(i).values()]
                                           for i, x in enumerate(self._relay_socks)], on_lost=self._cover)
             self.supervisor.start()
             self._greenlets.append(gevent.spawn(self._sync_loop))
@@ -281,14 +278,8 @@ class App:
             gevent.sleep(1.0)
             guard.tick()
 
-    def _start_relay(self, sock, index: int, ports: list[int], acks_fd: int) -> None:
-        self.relay = relay = Relay(sock, index, ports, self.transports.deliver)
-        proxy = self.proxy
-        timers = proxy.timers
-        proxy.acks = acknotes.AckNotes(acknotes.map_memory(acks_fd, len(ports)), index, len(ports),
-                                       timers.timer_h + timers.timer_i)
-        proxy.hand_over = lambda data, source, worker: relay.hand_over(data, source.addr, source.listener.public.index,
-                                                                       worker)
+    def _start_relay(self, sock, index: int, ports: list[int]) -> None:
+        self.relay = Relay(sock, index, ports, self.transports.deliver)
         self.transports.request_receivers.append(self.relay)
         for lst in self.transports.listeners:
             if lst.transport == "udp":
@@ -305,7 +296,7 @@ class App:
         dlist = self.proxy.dlist
         socks = self._relay_socks
         return ("hello", self.config, index, socks[index].fileno(), [x.getsockname()[1] for x in socks],
-                self._worker_listen_fds(index), dlist.text, self._states(dlist), self._acks_fd,
+                self._worker_listen_fds(index), dlist.text, self._states(dlist),
                 self.keyring.keys if self.keyring is not None else [])
 
     def _worker_listen_fds(self, index: int) -> dict[int, int]:
@@ -362,7 +353,7 @@ class App:
                 self.supervisor.broadcast(("latency", lat))
 
     def start_worker(self, index: int, relay_sock, relay_ports: list[int], text: str, states: dict,
-                     sock, udp_socks: dict | None, acks_fd: int, keys: list) -> int:
+                     sock, udp_socks: dict | None, keys: list) -> int:
         """Start as worker `index` of `n` (not the primary): the list, the states and the
         dialog keys come from the primary, which does the probing, watching and control;
         `udp_socks`, its sockets on the UDP listen addresses, too."""
@@ -378,7 +369,7 @@ class App:
         proxy = self.proxy
         self.channel = channel = Channel(sock, self._from_primary, self.stopping.set)
         proxy.on_traffic_failure = lambda dest, reason: channel.send(("failure", dest_key(dest), reason))
-        self._start_relay(relay_sock, index, relay_ports, acks_fd)
+        self._start_relay(relay_sock, index, relay_ports)
         self.transports.start()
         self.dns.start(lambda: proxy.dlist)
         self._greenlets.append(gevent.spawn(self._tick))
@@ -569,7 +560,6 @@ class App:
         if self.relay is not None:
             out["relayed_to_other_workers"] = self.relay.sent
             out["relay_dropped"] = self.relay.dropped
-            out["ack_notes_evicted"] = self.proxy.acks.evicted
         return out
 
     def stats(self) -> dict:
@@ -699,12 +689,12 @@ def run(config: Config) -> int:
 
 
 def run_worker(config: Config, index: int, relay_sock, relay_ports: list[int], text: str, states: dict,
-               sock, udp_socks: dict | None, acks_fd: int, keys: list) -> int:
+               sock, udp_socks: dict | None, keys: list) -> int:
     """A worker other than the primary (gdispatch.workers.child_main): serve until the
     primary says stop or goes away, then drain like the primary does."""
     log_summary = setup_logging(config.log_level, f"w{index}")
     app = App(config, log_summary)
-    code = app.start_worker(index, relay_sock, relay_ports, text, states, sock, udp_socks, acks_fd, keys)
+    code = app.start_worker(index, relay_sock, relay_ports, text, states, sock, udp_socks, keys)
     if code:
         return code
     app.collector.start()

@@ -15,13 +15,6 @@ call go straight to the worker that owns it; the relay is left for what the prog
 cannot read (see `program`). The primary binds the n sockets in worker order and hands
 socket i to worker i (gdispatch.transport: `shared_udp_sockets`).
 
-One kind of datagram goes elsewhere: an ACK goes to the worker after the owner
-(`worker_for`). The ACK of a 2xx is a request of its own, which any worker forwards
-statelessly (RFC 3261 §16.11); it comes right after the 2xx the owner has just relayed
-and often just before the BYE, and in the next worker it is read beside them instead of
-between them. The ACK of a non-2xx final belongs to the owner's INVITE transaction: the
-worker that gets it hands it over (gdispatch.acknotes says how it knows).
-
 Classic BPF has no loops and at most 4,096 instructions, so the program is unrolled: the
 first bytes of the payload are read a word at a time and each word compared with the
 four ways "Call-ID:" can cross it, then the name is checked whole and up to `HASHED`
@@ -71,7 +64,6 @@ SO_ATTACH_REUSEPORT_CBPF = 51  # Linux, include/uapi/asm-generic/socket.h
 SCANS = (1024, 512, 384, 256, 192, 128)  # payload bytes searched for "Call-ID:", longest first
 HASHED = 32  # bytes of the Call-ID value the owner is computed from
 NO_CHOICE = 0xFFFFFFFF  # an index past the group: the kernel falls back to its hash
-ACK = b"ACK "  # how an ACK starts: the request line (RFC 3261 §7.1)
 
 _GROUP = 8  # words searched after one check of the datagram's length
 _NAME = b"Call-ID:"
@@ -92,16 +84,10 @@ def call_owner(call_id: bytes, n: int) -> int:
     return (sum(map(operator.mul, head, _POWERS[len(head)])) & 0xFFFFFFFF) % n
 
 
-def worker_for(data: bytes, owner: int, n: int) -> int:
-    """The worker, of `n`, that a datagram of a call `owner` owns goes to: the owner, and
-    for an ACK the worker after it."""
-    return (owner + 1) % n if data[:4] == ACK else owner
-
-
 def program(n: int, scan: int = SCANS[0]) -> list[tuple[int, int, int, int]]:
     """The steering program for a group of `n` sockets, as (code, jt, jf, k) tuples.
 
-    It returns `worker_for()` the `call_owner()` of the value of the first "Call-ID:"
+    It returns the `call_owner()` of the value of the first "Call-ID:"
     that starts in the first `scan` bytes, read as the value after one optional space up
     to the CR that ends it. It returns NO_CHOICE (the kernel's own hash) when there is
     none there, when the first "Call" there is not "Call-ID:" (a compact "i:" form, a
@@ -110,11 +96,7 @@ def program(n: int, scan: int = SCANS[0]) -> list[tuple[int, int, int, int]]:
     for classic BPF). Either way the worker that gets the datagram relays it where it
     belongs (gdispatch.workers: `Relay.steer`), as without the program.
     """
-    # M[1] = 1 for an ACK, else 0: added to the owner at the end (`worker_for`).
-    prog: list = [(LD | IMM, 0, 0, 0), (ST, 0, 0, 1),
-                  (LD | W | LEN, 0, 0, 0), (JMP | JGE | K, 1, 0, 4), (RET | K, 0, 0, NO_CHOICE),
-                  (LD | W | ABS, 0, 0, 0), (JMP | JEQ | K, 0, 2, int.from_bytes(ACK, "big")),
-                  (LD | IMM, 0, 0, 1), (ST, 0, 0, 1)]
+    prog: list = []
     jumps: list[int] = []  # positions of the jumps to `found`, filled in below
     words = scan // 4
     for w in range(words):
@@ -158,8 +140,7 @@ def program(n: int, scan: int = SCANS[0]) -> list[tuple[int, int, int, int]]:
     done = len(prog)
     for j in ends:
         prog[j] = (JMP | JEQ | K, done - j - 1, 0, 0x0D)
-    prog += [(LD | MEM, 0, 0, 0), (ALU | MOD | K, 0, 0, n), (MISC | TAX, 0, 0, 0),
-             (LD | MEM, 0, 0, 1), (ALU | ADD | X, 0, 0, 0), (ALU | MOD | K, 0, 0, n), (RET | RET_A, 0, 0, 0)]
+    prog += [(LD | MEM, 0, 0, 0), (ALU | MOD | K, 0, 0, n), (RET | RET_A, 0, 0, 0)]
     assert len(prog) <= 4096 and all(jt <= 255 and jf <= 255 for _c, jt, jf, _k in prog)
     return prog
 

@@ -20,13 +20,6 @@ datagram of a call it does not own hands it, unparsed, to the owner over a loopb
 socket (`Relay`). Either way an INVITE, its retransmissions, its CANCEL, its responses
 and the BYE later all meet the transactions of one worker.
 
-An ACK goes to the worker after the owner (gdispatch.steering: `worker_for`). That one
-forwards the ACK of a 2xx, a request of its own, while the owner goes on with the rest
-of the call; it hands the ACK of a non-2xx final to the owner, whose INVITE transaction
-absorbs it: the owner noted that transaction, before its final left, in memory all the
-workers map (gdispatch.acknotes), and an ACK with no Route of ours goes to the owner of
-its call anyway.
-
 The primary keeps every worker's sockets open for its whole life: a worker that dies
 leaves its socket in the group, where the new one finds its place (the kernel's index of
 a socket changes when one leaves). Until then the primary reads that socket itself
@@ -45,7 +38,7 @@ Probing, the list watcher, SIGHUP, the control socket and sd_notify: one state p
 destination, as the operator sees it. It tells the others, over a socketpair per child
 (`Channel`, pickled tuples):
 
-- ``("hello", config, index, relay_fd, relay_ports, listen_fds, list_text, states, acks_fd, keys)``
+- ``("hello", config, index, relay_fd, relay_ports, listen_fds, list_text, states, keys)``
   once, at start (the file descriptors are inherited; `keys`, the dialog keys of
   gdispatch.recordroute, so that every worker signs and verifies alike);
 - ``("list", text, reason, states)``: the list it swapped in (start, reload, RPC add or
@@ -85,7 +78,7 @@ import gevent.socket
 import gevent.subprocess
 
 from gdispatch.sip import MAX_MESSAGE_SIZE
-from gdispatch.steering import ACK, call_owner, worker_for
+from gdispatch.steering import call_owner
 from gdispatch.transport import enable_timestamps, run_receiver
 
 log = logging.getLogger("gdispatch.workers")
@@ -179,31 +172,11 @@ class Relay:
         enable_timestamps(sock)
 
     def steer(self, data: bytes, addr: tuple[str, int], listener) -> bool:
-        """For `UdpListener.steer`: True when the datagram went to the owner of its call.
-        An ACK stays in the worker after the owner too, where the kernel's program puts
-        it (gdispatch.steering: `worker_for`): that one forwards the ACK of a 2xx and
-        hands the others to the owner (gdispatch.acknotes)."""
-        if data[:4] == ACK:
-            if self.n == 2:
-                return False  # every worker is the owner or the one after it
-            # Not remembered: the rest of the call goes to its owner, not here.
-            owner = call_id_owner(data, self.n)
-            if owner is None or owner == self.index or worker_for(data, owner, self.n) == self.index:
-                return False
-        else:
-            owner = call_id_owner(data, self.n, self.known)
-            if owner is None or owner == self.index:
-                return False
+        """For `UdpListener.steer`: True when the datagram went to the owner of its call."""
+        owner = call_id_owner(data, self.n, self.known)
+        if owner is None or owner == self.index:
+            return False
         return self._send(owner, data, addr, listener.index)
-
-    def hand_over(self, data: bytes, addr: tuple[str, int], listener_index: int, worker: int | None) -> bool:
-        """Hand a datagram to `worker`, or (None) to the owner of its call; False when
-        that is this worker or it could not go."""
-        if worker is None:
-            worker = call_id_owner(data, self.n, self.known)
-            if worker is None:
-                return False
-        return worker != self.index and self._send(worker, data, addr, listener_index)
 
     def _send(self, worker: int, data: bytes, addr: tuple[str, int], listener_index: int) -> bool:
         ip = addr[0].encode()
@@ -419,12 +392,12 @@ def child_main(argv: list[str]) -> int:
     if not hello or hello[0] != "hello":
         print("gdispatch worker: no hello from the primary", file=sys.stderr)
         return 2
-    _, config, index, relay_fd, relay_ports, listen_fds, list_text, states, acks_fd, keys = hello
+    _, config, index, relay_fd, relay_ports, listen_fds, list_text, states, keys = hello
     from gdispatch.app import run_worker
 
     udp_socks = {i: socket.socket(fileno=fd) for i, fd in listen_fds.items()}
     return run_worker(config, index, socket.socket(fileno=relay_fd), relay_ports, list_text, states, sock,
-                      udp_socks, acks_fd, keys)
+                      udp_socks, keys)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,8 @@ recognised by their bytes when they come back as a Route (identity.route_entry),
 response's top Via by comparison with the one we wrote (`_sent_with_this_via`), so the
 messages of the dialogs we route cost no parse of what we wrote ourselves.
 
-With several workers (gdispatch.workers) a datagram may belong to another worker's
-transaction; the proxy hands it over through `hand_over`, and the ACK of a non-2xx final
-finds its INVITE through `acks` (gdispatch.acknotes).
+With several workers (gdispatch.workers) every datagram of a call reaches the worker
+that owns it before it reaches a proxy: the proxy knows nothing of workers.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ import time
 from typing import Callable
 
 from gdispatch import logsafe
-from gdispatch.acknotes import AckNotes
 from gdispatch.builtin import Builtin
 from gdispatch.calls import CallLoad
 from gdispatch.config import Config
@@ -76,24 +74,6 @@ class _Replier:
 
     def __call__(self, data: bytes) -> None:
         self.transports.reply(self.source, self.addr, data)
-
-
-class _NotingReplier(_Replier):
-    """The replier of an INVITE that had a Route, with several workers: a non-2xx final
-    is noted for the other workers before it leaves, so that the one that gets its ACK
-    hands it back (gdispatch.acknotes)."""
-
-    __slots__ = ("acks", "key")
-
-    def __init__(self, transports: Transports, source: Source, addr: tuple[str, int], acks, key):
-        super().__init__(transports, source, addr)
-        self.acks = acks
-        self.key = key
-
-    def __call__(self, data: bytes) -> None:
-        if data[8:9] in b"3456":  # "SIP/2.0 " then the status's first digit
-            self.acks.note(self.key)
-        super().__call__(data)
 
 
 class Proxy:
@@ -171,12 +151,6 @@ class Proxy:
                                hold=ov.hold, retry_after=ov.retry_after)
         self._retry_after = (b"Retry-After: %d" % ov.retry_after,)
         self.calls_in_setup = 0  # dispatched requests whose walk goes on
-        # With several workers (gdispatch.workers): the notes of the INVITE transactions
-        # whose ACK must come back to them (gdispatch.acknotes), and how a datagram is
-        # handed to another worker: hand_over(data, source, worker or None for the
-        # owner of its call) -> True when it went.
-        self.acks: AckNotes | None = None
-        self.hand_over: Callable[[bytes, Source, int | None], bool] | None = None
         self._no_destination_log: dict[int, tuple[float, int]] = {}  # set -> (last warning, skipped)
 
     # ----------------------------------------------------------------- counters
@@ -292,11 +266,8 @@ class Proxy:
         return True
 
     def _new_server_txn(self, msg: SipMessage, via: Via, source: Source, key) -> ServerTransaction:
-        if self.acks is not None and msg.method == "INVITE" and source.transport == "udp" and "route" in msg._names:
-            send: _Replier = _NotingReplier(self.transports, source, reply_addr(source, via), self.acks, key)
-        else:
-            send = _Replier(self.transports, source, reply_addr(source, via))
-        st = ServerTransaction(key, msg.method, reliable=source.transport != "udp", send=send,
+        st = ServerTransaction(key, msg.method, reliable=source.transport != "udp",
+                               send=_Replier(self.transports, source, reply_addr(source, via)),
                                scheduler=self.scheduler, timers=self.timers,
                                on_terminated=self._on_server_terminated)
         self.server_txns[key] = st
@@ -464,8 +435,6 @@ class Proxy:
             tag = msg.to_tag
             if tag is not None and tag.startswith(_STATELESS_TAG):
                 return  # the ACK of a stateless answer of ours: it ends here
-            if self.acks is not None and self._ack_noted_elsewhere(key, msg, source):
-                return
         # The ACK of a 2xx is its own end-to-end request: route it statelessly (§16.11).
         try:
             ruri = msg.uri
@@ -474,11 +443,8 @@ class Proxy:
             return
         popped, signed, target = routing.ack_target(msg, ruri, self.identity)
         if popped == 0:
-            # Not for a dialog we record-routed: the ACK of a non-2xx final, which with
-            # several workers may have come to another worker than the INVITE's
-            # (gdispatch.steering: `worker_for`), or a stray.
-            if st is None and self._hand_over(msg, source, None):
-                return
+            # Not for a dialog we record-routed: the ACK of a final whose transaction is
+            # gone, or a stray.
             self.stats["bad_messages_dropped"] += 1
             return
         if target is None:
@@ -495,26 +461,6 @@ class Proxy:
             self._refuse_in_dialog(msg, source, why, None)
             return
         self.stateless.forward_ack(msg, via, source, hop, popped)
-
-    def _ack_noted_elsewhere(self, key, msg: SipMessage, source: Source) -> bool:
-        """An ACK this worker has no transaction for: True when another worker noted its
-        INVITE transaction (the ACK of a non-2xx final, gdispatch.acknotes) and it was
-        handed over. What another worker handed here stays here."""
-        acks = self.acks
-        if acks is None or not self._may_hand_over(source):
-            return False
-        worker = acks.noted_by(key)
-        return worker is not None and self._hand_over(msg, source, worker)
-
-    def _may_hand_over(self, source: Source) -> bool:
-        """With several workers, a datagram may go to another: one that came over UDP
-        and was not handed here by another worker already."""
-        return self.hand_over is not None and source.transport == "udp" and not source.relayed
-
-    def _hand_over(self, msg: SipMessage, source: Source, worker: int | None) -> bool:
-        """Hand `msg` to `worker` (None: the owner of its call); True when it went."""
-        hand_over = self.hand_over
-        return hand_over is not None and self._may_hand_over(source) and hand_over(msg.raw, source, worker)
 
     def _on_cancel(self, msg: SipMessage, via: Via, source: Source) -> None:
         key = _server_key(msg, via, "CANCEL")
