@@ -26,8 +26,8 @@ from gdispatch.dispatcher.reload import carry_state
 from gdispatch.dns import DestinationResolver, Resolver
 from gdispatch.flood import SourceGuard
 from gdispatch.plugins import PluginError, PluginHost
-from gdispatch.prober import Prober
-from gdispatch.probing import ProbeSettings
+from gdispatch.probing.pinger import Prober
+from gdispatch.probing.policy import ProbeSettings
 from gdispatch.proxy import Proxy
 from gdispatch.recordroute import KeyFileError, Keyring, default_key_path, ensure_key_file, load_keys
 from gdispatch.rpc import RpcError
