@@ -523,7 +523,7 @@ class App:
         if persist:
             try:
                 listedit.add_destination(self.config.list_file, setid, uri, flags, priority, attrs, description)
-            except listedit.EditError as e:
+            except listedit.ListEditError as e:
                 raise RpcError(500, "Adding dispatcher dst failed", data=str(e)) from None
             self.reload("dispatcher.add")
             return
@@ -539,7 +539,7 @@ class App:
         if persist:
             try:
                 listedit.remove_destination(self.config.list_file, setid, uri)
-            except listedit.EditError as e:
+            except listedit.ListEditError as e:
                 raise RpcError(500, "Removing dispatcher dst failed", data=str(e)) from None
             self.reload("dispatcher.remove")
             return count

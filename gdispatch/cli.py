@@ -197,7 +197,7 @@ def list_edit(args: argparse.Namespace) -> int:
         for lineno, line in removed:
             print(f"{path}:{lineno}: removed: {line}")
         return 0
-    except listedit.EditError as e:
+    except listedit.ListEditError as e:
         print(e, file=sys.stderr)
         return 1
 

@@ -74,7 +74,7 @@ from gdispatch.dispatcher.destination import (
 )
 from gdispatch.dispatcher.hashing import as_signed, kamailio_hash
 from gdispatch.dispatcher.listfile import ListError, parse_line
-from gdispatch.listedit import EditError
+from gdispatch.listedit import ListEditError
 
 
 class ControlApi(Protocol):
@@ -108,14 +108,14 @@ class ControlApi(Protocol):
         """Add a destination to the running list, keeping the state of the others.
         The arguments are already checked as one list-file line would be, and the
         destination is not in the list yet. `persist`: also append it to the list file
-        (listedit.add_destination). Raise RpcError when it cannot be done (an EditError
+        (listedit.add_destination). Raise RpcError when it cannot be done (an ListEditError
         from listedit is turned into "Adding dispatcher dst failed" with its text)."""
         ...
 
     def remove_destination(self, setid: int, uri: str, persist: bool) -> int:
         """Remove every destination of set `setid` with this URI (compared without
         regard to case) from the running list; `persist`: from the list file too
-        (listedit.remove_destination; an EditError becomes "Removing dispatcher dst
+        (listedit.remove_destination; an ListEditError becomes "Removing dispatcher dst
         failed"). Return how many were removed from the list."""
         ...
 
@@ -413,7 +413,7 @@ def dispatcher_add(api: ControlApi, group: int, address: str, flags: int = 0, pr
                                             "(give each a distinct duid= attr)")
     try:
         api.add_destination(group, dest.uri, flags, priority, attrs, description.strip(), keep)
-    except EditError as e:
+    except ListEditError as e:
         raise RpcError(500, failed, str(e)) from None
     return "Ok. Dispatcher destination added."
 
@@ -426,7 +426,7 @@ def dispatcher_remove(api: ControlApi, group: int, address: str, persist: int = 
     failed = "Removing dispatcher dst failed"
     try:
         removed = api.remove_destination(group, uri, keep)
-    except EditError as e:
+    except ListEditError as e:
         raise RpcError(500, failed, str(e)) from None
     if removed <= 0:
         raise RpcError(500, failed, f"no destination {uri} in set {group}")

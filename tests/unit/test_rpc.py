@@ -10,7 +10,7 @@ import pytest
 
 from gdispatch.dispatcher.destination import FLAG_DISABLED, FLAG_INACTIVE, FLAG_NOPING, FLAG_PROBING, FLAG_TRYING
 from gdispatch.dispatcher.listfile import ListError, parse_list
-from gdispatch.listedit import EditError
+from gdispatch.listedit import ListEditError
 from gdispatch.rpc import METHOD_NOT_FOUND, METHODS, RpcError, call, convert_arg, format_tree, parse_state
 
 DATA = Path(__file__).parent.parent / "data"
@@ -343,7 +343,7 @@ def test_add_of_the_same_uri_with_another_duid_is_fine(api):
 
 def test_a_list_file_that_cannot_be_edited_is_a_fault(api):
     def refuse(*args):
-        raise EditError("d.list: not changed: the file would not load after this edit")
+        raise ListEditError("d.list: not changed: the file would not load after this edit")
 
     api.add_destination = refuse
     api.remove_destination = refuse
