@@ -16,21 +16,21 @@ import time
 import gevent
 import gevent.event
 
-from gdispatch import __version__, control, listedit, logsafe, sdnotify, tcplimits
+from gdispatch import __version__, logsafe, sdnotify, tcplimits
 from gdispatch.collector import CollectorPolicy
 from gdispatch.config import Config
-from gdispatch.control import ControlError, ControlServer
+from gdispatch.control.server import MAX_CONNECTIONS as CONTROL_CONNECTIONS
+from gdispatch.control.server import ControlError, ControlServer
 from gdispatch.dispatcher.destination import state_letters
-from gdispatch.dispatcher.listfile import ListError, format_line, load_list, parse_list
+from gdispatch.dispatcher.listfile import ListError, load_list, parse_list
 from gdispatch.dispatcher.reload import carry_state
 from gdispatch.dns import DestinationResolver, NextHopResolver, Resolver
 from gdispatch.flood import SourceGuard
 from gdispatch.plugins import PluginError, PluginHost
-from gdispatch.prober import Prober
-from gdispatch.probing import ProbeSettings
+from gdispatch.probing.pinger import Prober
+from gdispatch.probing.policy import ProbeSettings
 from gdispatch.proxy import Proxy
 from gdispatch.recordroute import KeyFileError, Keyring, default_key_path, ensure_key_file, load_keys
-from gdispatch.rpc import RpcError
 from gdispatch.transaction.timers import Scheduler
 from gdispatch.transport import TransportError, Transports, UdpListener, ensure_free, shared_udp_sockets
 from gdispatch.watch import ListWatcher, file_digest
@@ -236,7 +236,7 @@ class App:
         config = self.config
         holder: dict = {}
         tcp_limits, lowered = tcplimits.fit_to_fds(tcplimits.share(config.tcp, config.workers), open_files_limit(),
-                                                   control.MAX_CONNECTIONS + tcplimits.RESERVED_FDS)
+                                                   CONTROL_CONNECTIONS + tcplimits.RESERVED_FDS)
         if lowered:
             log.warning("%s", lowered)
         try:
@@ -488,7 +488,7 @@ class App:
         log.warning("%s", msg, extra=logsafe.KEEP)
         return msg
 
-    # ------------------------------------------------------------- ControlApi (gdispatch.rpc)
+    # ------------------------------------------------------------- ControlApi (gdispatch.control.methods)
 
     version = __version__
 
@@ -503,41 +503,13 @@ class App:
     def current_list(self):
         return self.proxy.dlist
 
-    def _in_memory(self, lines: list[str], reason: str) -> None:
-        """Swap in the running list changed by hand (RPC add/remove without persist): like
-        Kamailio, such a change lasts until the next reload of the file."""
-        new = parse_list("".join(line + "\n" for line in lines), self.config.list_file,
-                         kamailio_order=self.config.kamailio_order)
+    @property
+    def list_file(self) -> str:
+        return self.config.list_file
+
+    def replace_list(self, text: str, reason: str) -> None:
+        new = parse_list(text, self.config.list_file, kamailio_order=self.config.kamailio_order)
         self._swap_in(new, reason)
-
-    def add_destination(self, setid: int, uri: str, flags: int, priority: int, attrs: str, description: str,
-                        persist: bool) -> None:
-        if persist:
-            try:
-                listedit.add_destination(self.config.list_file, setid, uri, flags, priority, attrs, description)
-            except listedit.EditError as e:
-                raise RpcError(500, "Adding dispatcher dst failed", data=str(e)) from None
-            self.reload("dispatcher.add")
-            return
-        lines = [format_line(d) for d in self.proxy.dlist.destinations()]
-        lines.append(listedit.new_line(setid, uri, flags, priority, attrs, description))
-        self._in_memory(lines, "dispatcher.add")
-
-    def remove_destination(self, setid: int, uri: str, persist: bool) -> int:
-        def same(d) -> bool:
-            return d.setid == setid and d.uri.lower() == uri.lower()
-
-        count = sum(1 for d in self.proxy.dlist.destinations() if same(d))
-        if persist:
-            try:
-                listedit.remove_destination(self.config.list_file, setid, uri)
-            except listedit.EditError as e:
-                raise RpcError(500, "Removing dispatcher dst failed", data=str(e)) from None
-            self.reload("dispatcher.remove")
-            return count
-        self._in_memory([format_line(d) for d in self.proxy.dlist.destinations() if not same(d)],
-                        "dispatcher.remove")
-        return count
 
     def state_changed(self, dest, old_flags: int, reason: str) -> None:
         old, new = state_letters(old_flags), dest.state_letters()

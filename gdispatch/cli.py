@@ -197,7 +197,7 @@ def list_edit(args: argparse.Namespace) -> int:
         for lineno, line in removed:
             print(f"{path}:{lineno}: removed: {line}")
         return 0
-    except listedit.EditError as e:
+    except listedit.ListEditError as e:
         print(e, file=sys.stderr)
         return 1
 
@@ -238,8 +238,9 @@ def plugins_command(args: argparse.Namespace) -> int:
 def rpc_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import json
 
-    from gdispatch.control import ENV_SOCKET, ENV_TOKEN, ConnectError, request
-    from gdispatch.rpc import RpcError, convert_arg, format_tree
+    from gdispatch.control.client import ENV_TOKEN, ConnectError, convert_arg, format_tree, request
+    from gdispatch.control.jsonrpc import RpcError
+    from gdispatch.control.paths import ENV_SOCKET
 
     try:
         params = [convert_arg(a) for a in args.args]

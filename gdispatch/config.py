@@ -114,7 +114,7 @@ class Route:
 
 @dataclass(frozen=True)
 class Probing:
-    """Keepalive settings; see gdispatch.probing.ProbeSettings for their meaning."""
+    """Keepalive settings; see gdispatch.probing.policy.ProbeSettings for their meaning."""
 
     interval: float = 10.0
     timeout: float = 2.0
@@ -348,7 +348,7 @@ def _probing(t: Any) -> Probing:
     mark = str(t.get("mark", d.mark))
     if mark not in ("threshold", "inactive", "off"):
         raise ConfigError(f"{where}.mark: expected \"threshold\", \"inactive\" or \"off\", got {mark!r}")
-    from gdispatch.probing import parse_reply_codes
+    from gdispatch.probing.policy import parse_reply_codes
 
     try:
         reply_codes = parse_reply_codes(_str_list(t, "reply_codes", where, '["code=405", "class=4"]'))

@@ -11,7 +11,7 @@ Rules of every edit:
   [# description]``), right after the last line of the same set, or at the end when the
   set is new; it uses the file's line ending.
 - The result must load (`listfile.parse_list`, strict) before it replaces the file;
-  otherwise nothing is written and `EditError` lists the problems. A file that did not
+  otherwise nothing is written and `ListEditError` lists the problems. A file that did not
   load before the edit therefore has to be fixed first.
 - Atomic: the new text goes to a temporary file in the same directory, is fsync'ed,
   gets the old file's mode (and owner, when permitted), and is renamed over the old one;
@@ -39,8 +39,10 @@ from gdispatch.dispatcher.listfile import ListError, format_line, parse_line, pa
 _BOM = b"\xef\xbb\xbf"
 
 
-class EditError(Exception):
-    """The edit was not made; the message says why (one problem a line)."""
+class ListEditError(Exception):
+    """The edit of the list file was not made; the message says why (one problem a
+    line). Not to be confused with `gdispatch.message_api.EditError`, a plugin's edit of
+    a SIP message refused."""
 
 
 @dataclass
@@ -60,7 +62,7 @@ def _decode_line(raw: bytes, first: bool, where: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise EditError(f"{where}: not UTF-8 text ({e.reason})") from None
+        raise ListEditError(f"{where}: not UTF-8 text ({e.reason})") from None
 
 
 def _lines(content: bytes) -> list[bytes]:
@@ -78,7 +80,7 @@ def _parse(raw: bytes, i: int, path: str) -> Destination | None:
 
 def show(path: str) -> tuple[list[Row], list[str]]:
     """The destinations of the file in file order, and the problems of its bad lines
-    ("file:line: what"). Raises EditError when the file cannot be read."""
+    ("file:line: what"). Raises ListEditError when the file cannot be read."""
     content = _read(path)
     rows = []
     problems = []
@@ -114,14 +116,14 @@ def _read(path: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
-        raise EditError(f"{path}: cannot read: {e.strerror or e}") from None
+        raise ListEditError(f"{path}: cannot read: {e.strerror or e}") from None
 
 
 def _text(content: bytes) -> str:
     try:
         return content.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise EditError(f"not UTF-8 text: {e}") from None
+        raise ListEditError(f"not UTF-8 text: {e}") from None
 
 
 # -- writing --------------------------------------------------------------------------------
@@ -135,9 +137,9 @@ def _locked(path: str) -> Iterator[tuple[str, bytes, os.stat_result]]:
         try:
             f = open(real, "rb")
         except FileNotFoundError:
-            raise EditError(f"{path}: no such file (create it first, e.g. touch {path})") from None
+            raise ListEditError(f"{path}: no such file (create it first, e.g. touch {path})") from None
         except OSError as e:
-            raise EditError(f"{path}: cannot open: {e.strerror or e}") from None
+            raise ListEditError(f"{path}: cannot open: {e.strerror or e}") from None
         with f:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             st = os.fstat(f.fileno())
@@ -182,7 +184,7 @@ def _check(path: str, data: bytes) -> None:
     try:
         parse_list(_text(data), path)
     except ListError as e:
-        raise EditError("\n".join([*e.problems, f"{path}: not changed: the file would not load after this edit"])) \
+        raise ListEditError("\n".join([*e.problems, f"{path}: not changed: the file would not load after this edit"])) \
             from None
 
 
@@ -198,28 +200,28 @@ def _eol(lines: list[bytes]) -> bytes:
 def new_line(setid: int, uri: str, flags: int = 0, priority: int = 0, attrs: str = "",
              description: str = "") -> str:
     """The list line for a destination, checked as the loader checks it. Raises
-    EditError saying what is wrong."""
+    ListEditError saying what is wrong."""
     for name, value in (("URI", uri), ("ATTRS", attrs)):
         if any(c in value for c in " \t\r\n") or (name == "URI" and "#" in value) or value.startswith("#"):
-            raise EditError(f"{name} {value!r}: one word, without white space or '#'")
+            raise ListEditError(f"{name} {value!r}: one word, without white space or '#'")
     if setid < 0 or flags < 0 or priority < 0:
-        raise EditError("SETID, FLAGS and PRIORITY are whole numbers >= 0")
+        raise ListEditError("SETID, FLAGS and PRIORITY are whole numbers >= 0")
     text = f"{setid} {uri} {flags} {priority}" + (f" {attrs}" if attrs else "")
     try:
         dest = parse_line(text, "new line")
     except ValueError as e:
-        raise EditError(str(e)) from None
+        raise ListEditError(str(e)) from None
     assert dest is not None
     dest.description = description
     try:
         return format_line(dest)
     except ValueError as e:
-        raise EditError(str(e)) from None
+        raise ListEditError(str(e)) from None
 
 
 def add_destination(path: str, setid: int, uri: str, flags: int = 0, priority: int = 0, attrs: str = "",
                     description: str = "") -> tuple[int, str]:
-    """Add one destination line; returns (its line number, the line). Raises EditError."""
+    """Add one destination line; returns (its line number, the line). Raises ListEditError."""
     line = new_line(setid, uri, flags, priority, attrs, description)
     with _locked(path) as (real, content, st):
         lines = _lines(content)
@@ -248,7 +250,7 @@ def _same_uri(a: str, b: str) -> bool:
 def remove_destination(path: str, setid: int, uri: str) -> list[tuple[int, str]]:
     """Remove every line of set `setid` with this URI (compared without regard to case;
     ``sip:`` assumed when missing); returns [(line number, line)] removed. Raises
-    EditError when there is none, or when the result would not load."""
+    ListEditError when there is none, or when the result would not load."""
     with _locked(path) as (real, content, st):
         lines = _lines(content)
         kept = []
@@ -260,7 +262,7 @@ def remove_destination(path: str, setid: int, uri: str) -> list[tuple[int, str]]
                 continue
             kept.append(raw)
         if not removed:
-            raise EditError(f"{path}: no destination {uri} in set {setid}")
+            raise ListEditError(f"{path}: no destination {uri} in set {setid}")
         if removed[0][0] == 1 and content.startswith(_BOM) and kept:
             kept[0] = _BOM + kept[0]  # the byte-order mark belongs to the file, not the line
         data = b"".join(kept)

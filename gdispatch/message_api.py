@@ -30,7 +30,8 @@ _HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-_.]+)(:[0-9]{1,5})?\Z")
 
 
 class EditError(ValueError):
-    """A plugin asked for an edit that would make the message invalid."""
+    """A plugin asked for an edit that would make the message invalid. (Editing the
+    dispatcher.list file fails with another exception, `gdispatch.listedit.ListEditError`.)"""
 
 
 def is_valid_user(user: str) -> bool:

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gdispatch.sip.uri import SipUri
+
+if TYPE_CHECKING:  # probing.policy imports this module
+    from gdispatch.probing.policy import ProbeState
 
 # Kamailio's destination flag bits (dispatcher.list column 3, `dispatcher.set_state`).
 FLAG_INACTIVE = 1
@@ -190,9 +193,9 @@ class Destination:
         self.load = load
         self.load_elsewhere = 0
         self.index = 0
-        # Keepalive state and latency statistics (gdispatch.probing.ProbeState), attached
+        # Keepalive state and latency statistics (gdispatch.probing.policy.ProbeState), attached
         # by the prober; None when the destination is not probed.
-        self.probe = None
+        self.probe: ProbeState | None = None
         m = self.attr_map
         self.duid = m.get("duid", "")
         self.weight = _int_attr(m.get("weight"), 1, 100)

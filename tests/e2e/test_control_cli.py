@@ -29,7 +29,7 @@ LIST = """\
 SERVER = r'''
 import json, signal, sys, time
 import gevent, gevent.event
-from gdispatch.control import ControlServer, default_socket_path
+from gdispatch.control.server import ControlServer
 from gdispatch.dispatcher.listfile import load_list
 
 path, list_file = sys.argv[1], sys.argv[2]
@@ -46,17 +46,16 @@ class App:
         self.started_at = time.time()
         self.ping_active = True
 
+    list_file = list_file
+
     def current_list(self):
         return self.dlist
 
-    def reload(self):
+    def reload(self, reason="reload requested"):
         self.dlist = load_list(list_file)
 
-    def add_destination(self, *args):
-        print("ADD", json.dumps(args), flush=True)
-
-    def remove_destination(self, setid, uri, persist):
-        return 0
+    def replace_list(self, text, reason):
+        print("REPLACE", json.dumps([text, reason]), flush=True)
 
     def state_changed(self, dest, old_flags, reason):
         print("CHANGED", dest.uri, old_flags, dest.flags, reason, flush=True)
@@ -178,10 +177,13 @@ def test_numbers_travel_as_numbers_and_text_stays_text(server):
     assert rpc(sock, "dispatcher.hash", "10", "s:5060").stdout == rpc(sock, "dispatcher.hash", "10", "5060").stdout
 
 
-def test_add_with_the_seeds_arguments_reaches_the_application(server):
+def test_add_with_the_seeds_arguments_reaches_the_list_file(server, run_dir):
     sock, _ = server()
     out = rpc(sock, "dispatcher.add", "1", "sip:mg3:5060", "0", "0", "", "Media Gateway 3", "1")
     assert (out.returncode, out.stdout) == (0, "Ok. Dispatcher destination added.\n")
+    assert (run_dir / "d.list").read_text() == LIST.replace(
+        "1 sip:127.0.0.1:5072 8 0 duid=gw2;weight=25\n",
+        "1 sip:127.0.0.1:5072 8 0 duid=gw2;weight=25\n1 sip:mg3:5060 0 0 # Media Gateway 3\n")
 
 
 def test_no_socket_exits_2_and_says_where_it_looked(run_dir):

@@ -4,7 +4,7 @@ changed the flags, new ones start from the file, Kamailio's reset on request."""
 from gdispatch.dispatcher.destination import FLAG_DISABLED, FLAG_INACTIVE, FLAG_PROBING
 from gdispatch.dispatcher.listfile import parse_list
 from gdispatch.dispatcher.reload import carry_state
-from gdispatch.probing import ProbeState
+from gdispatch.probing.policy import ProbeState
 
 OLD = "1 sip:10.0.0.1 0 0 duid=a\n1 sip:10.0.0.2 0 0 duid=b\n1 sip:10.0.0.3 0 0 duid=c\n"
 

@@ -12,7 +12,7 @@ import pytest
 from gdispatch import listedit
 from gdispatch.cli import main
 from gdispatch.dispatcher.listfile import load_list
-from gdispatch.listedit import EditError
+from gdispatch.listedit import ListEditError
 
 ORIGINAL = (
     b"# Media gateways\n"
@@ -111,7 +111,7 @@ def test_a_failed_replace_leaves_the_file_and_no_temp_file(listfile, monkeypatch
 ])
 def test_an_edit_that_would_not_load_is_refused_and_nothing_changes(listfile, args, message):
     before = os.stat(listfile)
-    with pytest.raises(EditError, match=message):
+    with pytest.raises(ListEditError, match=message):
         listedit.add_destination(str(listfile), *args)
     assert listfile.read_bytes() == ORIGINAL
     assert os.stat(listfile).st_ino == before.st_ino

@@ -4,7 +4,7 @@ statistics, with plain destinations and no network."""
 import pytest
 
 from gdispatch.dispatcher.listfile import parse_list
-from gdispatch.probing import (
+from gdispatch.probing.policy import (
     LatencyStats,
     ProbeSettings,
     ProbeState,

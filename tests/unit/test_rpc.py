@@ -1,5 +1,6 @@
 """The RPC methods against a fake application: Kamailio's names, arguments, structures and
-fault texts; gdispatch's stricter state strings; the kamcmd-like client helpers."""
+fault texts; gdispatch's stricter state strings; PERSIST of add and remove; the
+kamcmd-like client helpers."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from gdispatch.control.client import convert_arg, format_tree
+from gdispatch.control.jsonrpc import METHOD_NOT_FOUND, RpcError
+from gdispatch.control.methods import METHODS, call, parse_state
 from gdispatch.dispatcher.destination import FLAG_DISABLED, FLAG_INACTIVE, FLAG_NOPING, FLAG_PROBING, FLAG_TRYING
-from gdispatch.dispatcher.listfile import ListError, parse_list
-from gdispatch.listedit import EditError
-from gdispatch.rpc import METHOD_NOT_FOUND, METHODS, RpcError, call, convert_arg, format_tree, parse_state
+from gdispatch.dispatcher.listfile import ListError, load_list, parse_list
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -38,38 +40,40 @@ class FakeProbe:
         self.latency = FakeLatency()
 
 
+def resolved(dlist):
+    for d in dlist.destinations():  # resolved, as the application leaves them
+        d.address = (d.sip_uri.host, d.sip_uri.port or 5060)
+    return dlist
+
+
 class FakeApi:
-    """A ControlApi over a parsed list; records what the methods asked of it."""
+    """A ControlApi over a parsed list (and `list_file`, which reload reads); records
+    what the methods asked of it."""
 
     version = "9.8.7"
 
-    def __init__(self, text: str = EXAMPLE):
-        self.dlist = parse_list(text, "test.list")
-        for d in self.dlist.destinations():  # resolved, as the application leaves them
-            d.address = (d.sip_uri.host, d.sip_uri.port or 5060)
+    def __init__(self, text: str = EXAMPLE, list_file: str = "test.list"):
+        self.list_file = list_file
+        self.dlist = resolved(parse_list(text, list_file))
         self.started_at = time.time() - 42
         self.ping_active = True
         self.changes: list[tuple] = []
-        self.added: list[tuple] = []
-        self.removed: list[tuple] = []
+        self.replaced: list[tuple[str, str]] = []  # (text, reason)
         self.reload_error: Exception | None = None
-        self.reloads = 0
+        self.reloads: list[str] = []  # their reasons
 
     def current_list(self):
         return self.dlist
 
-    def reload(self):
+    def reload(self, reason="reload requested"):
         if self.reload_error is not None:
             raise self.reload_error
-        self.reloads += 1
+        self.reloads.append(reason)
+        self.dlist = resolved(load_list(self.list_file))
 
-    def add_destination(self, setid, uri, flags, priority, attrs, description, persist):
-        self.added.append((setid, uri, flags, priority, attrs, description, persist))
-
-    def remove_destination(self, setid, uri, persist):
-        self.removed.append((setid, uri, persist))
-        dset = self.dlist.get(setid)
-        return sum(1 for d in dset.destinations if d.uri.lower() == uri.lower()) if dset else 0
+    def replace_list(self, text, reason):
+        self.replaced.append((text, reason))
+        self.dlist = resolved(parse_list(text, self.list_file))
 
     def state_changed(self, dest, old_flags, reason):
         self.changes.append((dest.uri, old_flags, dest.flags, reason))
@@ -79,8 +83,16 @@ class FakeApi:
 
 
 @pytest.fixture
-def api():
-    return FakeApi()
+def api(tmp_path):
+    path = tmp_path / "d.list"
+    path.write_text(EXAMPLE)
+    return FakeApi(EXAMPLE, str(path))
+
+
+def rows(api, setid):
+    """Set `setid` of the running list as (uri, flags, priority, attrs, description)."""
+    dset = api.dlist.get(setid)
+    return sorted((d.uri, d.flags, d.priority, d.attrs, d.description) for d in dset.destinations) if dset else []
 
 
 def fault(api, method, *params):
@@ -286,7 +298,7 @@ def test_ping_active_reads_and_sets(api):
 
 def test_reload(api):
     assert call(api, "dispatcher.reload") == "Ok. Dispatcher successfully reloaded."
-    assert api.reloads == 1
+    assert len(api.reloads) == 1
 
 
 def test_reload_of_a_bad_file_names_file_and_line(api):
@@ -299,22 +311,27 @@ def test_reload_of_a_bad_file_names_file_and_line(api):
     assert fault(api, "dispatcher.reload").message == "Reload Failed: d.list:4: bad priority"
 
 
-def test_add_with_kamailios_arguments(api):
+def test_add_with_kamailios_arguments_goes_to_the_running_list_only(api):
     assert call(api, "dispatcher.add", [3, "sip:mg3:5060"]) == "Ok. Dispatcher destination added."
     call(api, "dispatcher.add", [3, "mg4:5060", 8, 5, "duid=mg4;weight=50"])
-    assert api.added == [(3, "sip:mg3:5060", 0, 0, "", "", False),
-                         (3, "sip:mg4:5060", 8, 5, "duid=mg4;weight=50", "", False)]
+    assert rows(api, 3) == [("sip:mg3:5060", 0, 0, "", ""), ("sip:mg4:5060", 8, 5, "duid=mg4;weight=50", "")]
+    assert [reason for _, reason in api.replaced] == ["dispatcher.add", "dispatcher.add"]
+    assert len(rows(api, 1)) == 3 and len(rows(api, 2)) == 2  # the others kept
+    assert api.reloads == []
+    assert open(api.list_file).read() == EXAMPLE
 
 
-def test_add_with_description_and_persist(api):
+def test_add_with_description_and_persist_edits_the_file_and_reloads_it(api):
     # The seed's kamctl line, as an RPC: empty attrs, a description; then PERSIST=1.
     call(api, "dispatcher.add", [1, "sip:mg3:5060", 0, 0, "", "Media Gateway 3", 1])
-    assert api.added == [(1, "sip:mg3:5060", 0, 0, "", "Media Gateway 3", True)]
+    assert "1 sip:mg3:5060 0 0 # Media Gateway 3\n" in open(api.list_file).read()
+    assert (api.reloads, api.replaced) == (["dispatcher.add"], [])
+    assert ("sip:mg3:5060", 0, 0, "", "Media Gateway 3") in rows(api, 1)
 
 
 def test_add_by_name(api):
     call(api, "dispatcher.add", {"group": 4, "address": "sip:a", "flags": "0x8"})
-    assert api.added == [(4, "sip:a", 8, 0, "", "", False)]
+    assert rows(api, 4) == [("sip:a", 8, 0, "", "")]
     assert fault(api, "dispatcher.add", *[]).message == "Invalid Parameters"
     with pytest.raises(RpcError, match="Invalid Parameters"):
         call(api, "dispatcher.add", {"group": 4, "address": "sip:a", "priority": 1})  # FLAGS left out
@@ -333,30 +350,36 @@ def test_add_refuses_what_the_list_file_would_refuse(api, params, detail):
     err = fault(api, "dispatcher.add", *params)
     assert err.message in ("Adding dispatcher dst failed", "Invalid Parameters")
     assert detail in err.data
-    assert api.added == []
+    assert (api.replaced, api.reloads) == ([], [])
 
 
 def test_add_of_the_same_uri_with_another_duid_is_fine(api):
     call(api, "dispatcher.add", [1, "sip:127.0.0.1:7070", 0, 0, "duid=other"])
-    assert len(api.added) == 1
+    assert len(api.replaced) == 1
+    assert [r[0] for r in rows(api, 1)].count("sip:127.0.0.1:7070") == 2
 
 
 def test_a_list_file_that_cannot_be_edited_is_a_fault(api):
-    def refuse(*args):
-        raise EditError("d.list: not changed: the file would not load after this edit")
-
-    api.add_destination = refuse
-    api.remove_destination = refuse
+    with open(api.list_file, "a") as f:
+        f.write("1 sip:127.0.0.1:7076 x\n")  # the file does not load: listedit leaves it alone
     err = fault(api, "dispatcher.add", 1, "sip:mg9", 0, 0, "", "", 1)
-    assert (err.message, err.data) == ("Adding dispatcher dst failed",
-                                       "d.list: not changed: the file would not load after this edit")
-    assert fault(api, "dispatcher.remove", 1, "sip:127.0.0.1:7072", 1).message == "Removing dispatcher dst failed"
+    assert err.message == "Adding dispatcher dst failed"
+    assert err.data.endswith("d.list: not changed: the file would not load after this edit")
+    err = fault(api, "dispatcher.remove", 1, "sip:127.0.0.1:7072", 1)
+    assert err.message == "Removing dispatcher dst failed"
+    assert err.data.endswith("d.list: not changed: the file would not load after this edit")
+    assert (api.replaced, api.reloads) == ([], [])
 
 
-def test_remove(api):
+def test_remove_from_the_running_list_and_with_persist_from_the_file(api):
     assert call(api, "dispatcher.remove", [1, "sip:127.0.0.1:7072"]) == "Ok. Dispatcher destination removed."
+    assert [r[0] for r in rows(api, 1)] == ["sip:127.0.0.1:7070", "sip:127.0.0.1:7074"]
+    assert [reason for _, reason in api.replaced] == ["dispatcher.remove"]
+    assert open(api.list_file).read() == EXAMPLE
     call(api, "dispatcher.remove", [1, "127.0.0.1:7074", 1])
-    assert api.removed == [(1, "sip:127.0.0.1:7072", False), (1, "sip:127.0.0.1:7074", True)]
+    assert "7074" not in open(api.list_file).read()
+    assert api.reloads == ["dispatcher.remove"]
+    assert [r[0] for r in rows(api, 1)] == ["sip:127.0.0.1:7070", "sip:127.0.0.1:7072"]  # as the file says
     err = fault(api, "dispatcher.remove", 1, "sip:nowhere")
     assert (err.message, err.data) == ("Removing dispatcher dst failed", "no destination sip:nowhere in set 1")
 

@@ -11,15 +11,19 @@ import socket
 import stat
 import tempfile
 import time
+from functools import partial
 
 import gevent
 import pytest
 from gevent import socket as gsocket
 
-from gdispatch import control
-from gdispatch.control import ConnectError, ControlError, ControlServer, handle_line, request
+from gdispatch.control import paths
+from gdispatch.control import server as control_server
+from gdispatch.control.client import ConnectError, request
+from gdispatch.control.jsonrpc import RpcError, handle_line
+from gdispatch.control.methods import call
+from gdispatch.control.server import ControlError, ControlServer
 from gdispatch.dispatcher.listfile import parse_list
-from gdispatch.rpc import RpcError
 
 TOKEN = "s3cret-token-0123456789"
 
@@ -36,14 +40,13 @@ class Api:
     def current_list(self):
         return self.dlist
 
-    def reload(self):
+    list_file = "t.list"
+
+    def reload(self, reason="reload requested"):
         raise RuntimeError("disk on fire")  # a bug in the application: must not kill the server
 
-    def add_destination(self, *args):
+    def replace_list(self, text, reason):
         pass
-
-    def remove_destination(self, *args):
-        return 0
 
     def state_changed(self, dest, old_flags, reason):
         self.changes.append((dest.uri, reason))
@@ -319,7 +322,7 @@ def test_when_every_slot_is_taken_the_connection_idle_longest_makes_room(short_d
 
 
 class SlowApi(Api):
-    def reload(self):
+    def reload(self, reason="reload requested"):
         gevent.sleep(0.5)
 
 
@@ -341,7 +344,7 @@ class BigApi(Api):
 
 
 def test_a_client_that_does_not_read_its_answer_loses_its_connection(short_dir, servers, monkeypatch):
-    monkeypatch.setattr(control, "ANSWER_TIMEOUT", 0.3)
+    monkeypatch.setattr(control_server, "ANSWER_TIMEOUT", 0.3)
     path = os.path.join(short_dir, "c.sock")
     server = servers(path, api=BigApi())
     c = Conn(path)
@@ -362,28 +365,33 @@ def test_a_client_that_does_not_read_its_answer_loses_its_connection(short_dir, 
     assert "1.2.3" in Conn(path).call("core.version")["result"]
 
 
+def handle(api, line: bytes):
+    """A request line as the server hands it over, on the Unix socket (no token)."""
+    return handle_line(line, partial(call, api))
+
+
 def test_handle_line_notifications_batches_and_invalid_requests():
     api = Api()
-    assert handle_line(api, b'{"jsonrpc":"2.0","method":"dispatcher.ping_active","params":[0]}') == (None, False)
+    assert handle(api, b'{"jsonrpc":"2.0","method":"dispatcher.ping_active","params":[0]}') == (None, False)
     assert api.ping_active is False  # a notification runs, unanswered
-    assert handle_line(api, b"   ") == (None, False)
-    out, close = handle_line(api, b'[{"jsonrpc":"2.0","method":"stats","id":1},'
+    assert handle(api, b"   ") == (None, False)
+    out, close = handle(api, b'[{"jsonrpc":"2.0","method":"stats","id":1},'
                                   b'{"jsonrpc":"2.0","method":"stats"},'
                                   b'{"jsonrpc":"2.0","method":"nope","id":2}]')
     answers = json.loads(out)
     assert [a["id"] for a in answers] == [1, 2]
     assert answers[1]["error"] == {"code": -32601, "message": "command nope not found"}
-    assert json.loads(handle_line(api, b"[]")[0])["error"]["code"] == -32600
+    assert json.loads(handle(api, b"[]")[0])["error"]["code"] == -32600
     for bad in (b'{"jsonrpc":"1.0","method":"stats","id":1}', b'{"method":5,"id":1}',
                 b'{"jsonrpc":"2.0","method":"stats","id":{"x":1}}',
                 b'{"jsonrpc":"2.0","method":"stats","params":"x","id":1}'):
-        assert json.loads(handle_line(api, bad)[0])["error"]["code"] == -32600, bad
+        assert json.loads(handle(api, bad)[0])["error"]["code"] == -32600, bad
     # jsonrpc may be left out (typed by hand into socat); the answer says 2.0.
-    assert json.loads(handle_line(api, b'{"method":"stats","id":1}')[0])["result"] == {"calls": 1}
+    assert json.loads(handle(api, b'{"method":"stats","id":1}')[0])["result"] == {"calls": 1}
 
 
 def test_faults_carry_kamailios_message_and_the_details():
-    out, _ = handle_line(Api(), b'{"jsonrpc":"2.0","method":"dispatcher.set_state","params":["dx",1,"sip:x"],"id":1}')
+    out, _ = handle(Api(), b'{"jsonrpc":"2.0","method":"dispatcher.set_state","params":["dx",1,"sip:x"],"id":1}')
     assert json.loads(out)["error"] == {"code": 500, "message": "State Update Failed",
                                         "data": "no destination sip:x in set 1"}
 
@@ -444,8 +452,8 @@ def test_client_over_tcp_sends_the_token(short_dir, servers):
 def test_client_tries_the_default_places_and_says_where(short_dir, servers, monkeypatch):
     monkeypatch.delenv("GDISPATCH_SOCKET", raising=False)
     monkeypatch.setenv("RUNTIME_DIRECTORY", os.path.join(short_dir, "rt"))
-    monkeypatch.setattr(control, "SYSTEM_RUN_DIR", os.path.join(short_dir, "system"))
-    monkeypatch.setattr(control, "TMP_RUN_DIR", os.path.join(short_dir, "tmp-{uid}"))
+    monkeypatch.setattr(paths, "SYSTEM_RUN_DIR", os.path.join(short_dir, "system"))
+    monkeypatch.setattr(paths, "TMP_RUN_DIR", os.path.join(short_dir, "tmp-{uid}"))
     with pytest.raises(ConnectError) as info:
         in_thread(request, "stats")
     assert [where for where, _ in info.value.tried] == [
@@ -472,25 +480,25 @@ def test_client_reports_a_stale_socket(short_dir):
 
 def test_runtime_directory_from_systemd_wins(monkeypatch):
     env = {"RUNTIME_DIRECTORY": "/run/gd-a:/run/gd-b"}
-    assert control.runtime_dir(env) == "/run/gd-a"
-    assert control.default_socket_path(env) == "/run/gd-a/control.sock"
-    assert control.default_socket_path({**env, "GDISPATCH_SOCKET": "/x/y.sock"}) == "/x/y.sock"
-    assert control.socket_candidates({**env, "GDISPATCH_SOCKET": "/x/y.sock"}) == ["/x/y.sock"]
+    assert paths.runtime_dir(env) == "/run/gd-a"
+    assert paths.default_socket_path(env) == "/run/gd-a/control.sock"
+    assert paths.default_socket_path({**env, "GDISPATCH_SOCKET": "/x/y.sock"}) == "/x/y.sock"
+    assert paths.socket_candidates({**env, "GDISPATCH_SOCKET": "/x/y.sock"}) == ["/x/y.sock"]
 
 
 def test_run_directory_when_writable_else_tmp(short_dir, monkeypatch):
-    monkeypatch.setattr(control, "SYSTEM_RUN_DIR", os.path.join(short_dir, "gdispatch"))
-    assert control.runtime_dir({}) == os.path.join(short_dir, "gdispatch")  # can be created
+    monkeypatch.setattr(paths, "SYSTEM_RUN_DIR", os.path.join(short_dir, "gdispatch"))
+    assert paths.runtime_dir({}) == os.path.join(short_dir, "gdispatch")  # can be created
     os.mkdir(os.path.join(short_dir, "gdispatch"))
-    assert control.runtime_dir({}) == os.path.join(short_dir, "gdispatch")  # exists, writable
-    monkeypatch.setattr(control, "SYSTEM_RUN_DIR", "/nonexistent-parent/gdispatch")
-    assert control.runtime_dir({}) == f"/tmp/gdispatch-{os.getuid()}"
-    assert control.default_socket_path({}) == f"/tmp/gdispatch-{os.getuid()}/control.sock"
+    assert paths.runtime_dir({}) == os.path.join(short_dir, "gdispatch")  # exists, writable
+    monkeypatch.setattr(paths, "SYSTEM_RUN_DIR", "/nonexistent-parent/gdispatch")
+    assert paths.runtime_dir({}) == f"/tmp/gdispatch-{os.getuid()}"
+    assert paths.default_socket_path({}) == f"/tmp/gdispatch-{os.getuid()}/control.sock"
 
 
 def test_candidates_follow_the_servers_order(monkeypatch):
-    monkeypatch.setattr(control, "SYSTEM_RUN_DIR", "/run/gdispatch")
-    assert control.socket_candidates({}) == ["/run/gdispatch/control.sock",
+    monkeypatch.setattr(paths, "SYSTEM_RUN_DIR", "/run/gdispatch")
+    assert paths.socket_candidates({}) == ["/run/gdispatch/control.sock",
                                              f"/tmp/gdispatch-{os.getuid()}/control.sock"]
-    assert control.socket_candidates({"RUNTIME_DIRECTORY": "/run/gdispatch"}) == [
+    assert paths.socket_candidates({"RUNTIME_DIRECTORY": "/run/gdispatch"}) == [
         "/run/gdispatch/control.sock", f"/tmp/gdispatch-{os.getuid()}/control.sock"]

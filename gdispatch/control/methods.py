@@ -1,12 +1,12 @@
 """The control commands: Kamailio's dispatcher RPC methods, by Kamailio's names and
-arguments, as plain functions over the running application.
+arguments, and ours, as plain functions over the running application.
 
 What lives here: the `ControlApi` protocol (all the methods need from the application),
 the methods themselves (`call` runs one by name), the structure of ``dispatcher.list``,
-and the two presentation helpers of the ``gdispatch rpc`` client: `convert_arg` (command
-line words → JSON values, as kamcmd converts them) and `format_tree` (a result → kamcmd's
-braces-and-tabs text). What does not: sockets and JSON-RPC framing (control.py), the
-state machine of probing (probing.py), editing the list file (listedit.py).
+and what PERSIST means to ``dispatcher.add``/``dispatcher.remove``. What does not:
+JSON-RPC framing (jsonrpc.py), sockets (server.py, client.py), kamcmd's presentation
+(client.py), the state machine of probing (gdispatch.probing.policy), editing the list
+file (gdispatch.listedit).
 
 Faults are `RpcError(code, message, data)`. `message` is Kamailio's text where Kamailio
 has one ("Invalid Parameters", "Unknown State Value", "State Update Failed", ...), so
@@ -58,12 +58,13 @@ Where gdispatch differs from Kamailio, on purpose:
 from __future__ import annotations
 
 import platform
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gdispatch import listedit
+from gdispatch.control.jsonrpc import INVALID_REQUEST, METHOD_NOT_FOUND, RpcError
 from gdispatch.dispatcher.destination import (
     FLAG_DISABLED,
     FLAG_INACTIVE,
@@ -73,8 +74,7 @@ from gdispatch.dispatcher.destination import (
     DispatcherList,
 )
 from gdispatch.dispatcher.hashing import as_signed, kamailio_hash
-from gdispatch.dispatcher.listfile import ListError, parse_line
-from gdispatch.listedit import EditError
+from gdispatch.dispatcher.listfile import ListError, format_line, parse_line
 
 
 class ControlApi(Protocol):
@@ -97,26 +97,23 @@ class ControlApi(Protocol):
         it and ``set_state`` assigns `Destination.flags` on its destinations."""
         ...
 
-    def reload(self) -> None:
-        """Reload the list file. On a bad file, keep the current list and raise
-        RpcError(500, "Reload Failed: <file:line: what>", data=[every problem]) (a
-        ListError is turned into exactly that)."""
+    @property
+    def list_file(self) -> str:
+        """The list file's path, which PERSIST=1 edits (gdispatch.listedit)."""
         ...
 
-    def add_destination(self, setid: int, uri: str, flags: int, priority: int, attrs: str,
-                        description: str, persist: bool) -> None:
-        """Add a destination to the running list, keeping the state of the others.
-        The arguments are already checked as one list-file line would be, and the
-        destination is not in the list yet. `persist`: also append it to the list file
-        (listedit.add_destination). Raise RpcError when it cannot be done (an EditError
-        from listedit is turned into "Adding dispatcher dst failed" with its text)."""
+    def reload(self, reason: str = ...) -> object:
+        """Load the list file again and swap it in, keeping the state of the
+        destinations that stay; `reason` is for the log and the hooks. On a bad file,
+        keep the current list and raise ListError (`call` turns it into RpcError(500,
+        "Reload Failed: <file:line: what>", data=[every problem])) or that RpcError."""
         ...
 
-    def remove_destination(self, setid: int, uri: str, persist: bool) -> int:
-        """Remove every destination of set `setid` with this URI (compared without
-        regard to case) from the running list; `persist`: from the list file too
-        (listedit.remove_destination; an EditError becomes "Removing dispatcher dst
-        failed"). Return how many were removed from the list."""
+    def replace_list(self, text: str, reason: str) -> None:
+        """Swap in the running list changed by hand (``dispatcher.add``/``remove``
+        without PERSIST), given as list-file text, keeping the state of the destinations
+        that stay as a reload does. Like Kamailio, such a change lasts until the next
+        reload of the file."""
         ...
 
     def state_changed(self, dest: Destination, old_flags: int, reason: str) -> None:
@@ -129,37 +126,6 @@ class ControlApi(Protocol):
         """Counters and gauges for the ``stats`` method, as JSON-ready values."""
         ...
 
-
-class RpcError(Exception):
-    """A fault: `code` (Kamailio's, usually 500; JSON-RPC's own codes are negative),
-    `message` (Kamailio's text where it has one), `data` (details, or None)."""
-
-    def __init__(self, code: int, message: str, data: Any = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
-
-    def as_error(self) -> dict:
-        """The JSON-RPC 2.0 error object."""
-        err: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.data is not None:
-            err["data"] = self.data
-        return err
-
-    def __str__(self) -> str:
-        detail = self.data
-        if isinstance(detail, list):
-            detail = "; ".join(str(x) for x in detail)
-        return f"{self.code} - {self.message}" + (f" ({detail})" if detail not in (None, "") else "")
-
-
-# JSON-RPC 2.0 §5.1 error codes.
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INTERNAL_ERROR = -32603
-UNAUTHORIZED = -32001  # server-defined range: a TCP request without the right token
 
 # Kamailio's fault texts.
 INVALID_PARAMETERS = "Invalid Parameters"
@@ -294,7 +260,7 @@ def _int_attr(dest: Destination, name: str, default: int) -> int:
 
 
 def _dest_structure(dest: Destination, mode: str) -> dict[str, Any]:
-    probe = getattr(dest, "probe", None)  # gdispatch.probing.ProbeState, when probed
+    probe = getattr(dest, "probe", None)  # gdispatch.probing.policy.ProbeState, when probed
     d: dict[str, Any] = {
         "IDX": dest.index,
         "URI": dest.uri,
@@ -384,6 +350,41 @@ def _zero_or_one(value: int, name: str) -> bool:
     return bool(value)
 
 
+def _list_text(lines: list[str]) -> str:
+    return "".join(line + "\n" for line in lines)
+
+
+def _add(api: ControlApi, setid: int, uri: str, flags: int, priority: int, attrs: str, description: str,
+         persist: bool) -> None:
+    """Add a destination, already checked as one list-file line would be and not in the
+    list yet: to the running list, or with `persist` to the list file, which is then
+    reloaded so that the running list is what the file says. Raises ListEditError."""
+    if persist:
+        listedit.add_destination(api.list_file, setid, uri, flags, priority, attrs, description)
+        api.reload("dispatcher.add")
+        return
+    lines = [format_line(d) for d in api.current_list().destinations()]
+    lines.append(listedit.new_line(setid, uri, flags, priority, attrs, description))
+    api.replace_list(_list_text(lines), "dispatcher.add")
+
+
+def _remove(api: ControlApi, setid: int, uri: str, persist: bool) -> int:
+    """Remove every destination of set `setid` with this URI (compared without regard
+    to case) from the running list, or with `persist` from the list file, then reloaded
+    from it. Returns how many the running list had. Raises ListEditError."""
+    def same(d: Destination) -> bool:
+        return d.setid == setid and d.uri.lower() == uri.lower()
+
+    dlist = api.current_list()
+    count = sum(1 for d in dlist.destinations() if same(d))
+    if persist:
+        listedit.remove_destination(api.list_file, setid, uri)
+        api.reload("dispatcher.remove")
+        return count
+    api.replace_list(_list_text([format_line(d) for d in dlist.destinations() if not same(d)]), "dispatcher.remove")
+    return count
+
+
 @_method("dispatcher.add", "Add a destination address in memory (PERSIST=1: and in the list file)",
          Param("GROUP", int), Param("ADDRESS", str), Param("FLAGS", int, False), Param("PRIORITY", int, False),
          Param("ATTRS", str, False), Param("DESCRIPTION", str, False), Param("PERSIST", int, False))
@@ -412,8 +413,8 @@ def dispatcher_add(api: ControlApi, group: int, address: str, flags: int = 0, pr
                 raise RpcError(500, failed, f"{dest.uri} is already in set {group} with the same duid and socket "
                                             "(give each a distinct duid= attr)")
     try:
-        api.add_destination(group, dest.uri, flags, priority, attrs, description.strip(), keep)
-    except EditError as e:
+        _add(api, group, dest.uri, flags, priority, attrs, description.strip(), keep)
+    except listedit.ListEditError as e:
         raise RpcError(500, failed, str(e)) from None
     return "Ok. Dispatcher destination added."
 
@@ -425,8 +426,8 @@ def dispatcher_remove(api: ControlApi, group: int, address: str, persist: int = 
     uri = _with_scheme(address)
     failed = "Removing dispatcher dst failed"
     try:
-        removed = api.remove_destination(group, uri, keep)
-    except EditError as e:
+        removed = _remove(api, group, uri, keep)
+    except listedit.ListEditError as e:
         raise RpcError(500, failed, str(e)) from None
     if removed <= 0:
         raise RpcError(500, failed, f"no destination {uri} in set {group}")
@@ -568,76 +569,3 @@ def system_method_help(api: ControlApi, name: str) -> str:
     if m is None:
         raise RpcError(METHOD_NOT_FOUND, f"command {name} not found")
     return f"{m.usage}\n{m.doc}"
-
-
-# -- the client side: arguments in, text out ----------------------------------------------------------
-
-
-_INT_WORD = re.compile(r"-?[0-9]+")
-
-
-def convert_arg(word: str) -> Any:
-    """A command-line word → a JSON value, as kamcmd sends it: a number when the word is
-    a whole number that reads back the same ("5060" → 5060; "007" and "+5" stay text),
-    else text. Prefixes force a type: ``s:`` text, ``i:`` number (kamcmd's)."""
-    if word.startswith("s:"):
-        return word[2:]
-    if word.startswith("i:"):
-        return int(word[2:], 0)
-    if _INT_WORD.fullmatch(word) and str(int(word)) == word:
-        return int(word)
-    return word
-
-
-def _scalar(value: Any) -> str:
-    if value is None:
-        return "<null string>"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    return str(value)
-
-
-def _tree_lines(value: Any, indent: int, out: list[str]) -> None:
-    """Members of a struct or elements of an array, one level in."""
-    tab = "\t" * indent
-    if isinstance(value, dict):
-        for key, v in value.items():
-            if isinstance(v, (dict, list)):
-                out.append(f"{tab}{key}: {{")
-                _tree_lines(v, indent + 1, out)
-                out.append(f"{tab}}}")
-            else:
-                out.append(f"{tab}{key}: {_scalar(v)}")
-        return
-    for item in value:
-        if isinstance(item, dict) and len(item) == 1:
-            _tree_lines(item, indent, out)  # {"SET": {...}} prints as "SET: {", as kamcmd does
-        elif isinstance(item, (dict, list)):
-            out.append(tab + "{")
-            _tree_lines(item, indent + 1, out)
-            out.append(tab + "}")
-        else:
-            out.append(tab + _scalar(item))
-
-
-def format_tree(result: Any) -> str:
-    """A result as kamcmd prints it: a struct in braces with one member a line, "KEY:
-    value", tabs for depth; arrays as their elements (a one-member struct shows as its
-    member, so arrays of {"SET": ...} read as repeated keys); text as it is; null as
-    ``<null string>``. Ends without a newline."""
-    if isinstance(result, dict):
-        out = ["{"]
-        _tree_lines(result, 1, out)
-        out.append("}")
-        return "\n".join(out)
-    if isinstance(result, list):
-        out = []
-        for item in result:
-            if isinstance(item, (dict, list)):
-                out.append(format_tree(item))
-            else:
-                out.append(_scalar(item))
-        return "\n".join(out)
-    return _scalar(result)

@@ -1,6 +1,7 @@
-"""Keepalive probing as Kamailio's dispatcher does it: which destinations to ping, what a
-ping's result does to a destination's state, and latency statistics. Sans-IO: the gevent
-shell that sends the pings is `gdispatch.prober`.
+"""The probing policy, as Kamailio's dispatcher decides it: which destinations to ping,
+what a ping's result (or a failure seen in live traffic) does to a destination's state,
+and latency statistics. Sans-IO: the greenlet that sends the pings is
+`gdispatch.probing.pinger`.
 
 State lives in the destination's flag bits, Kamailio's: 1 inactive, 2 trying, 4 disabled,
 8 probing, 16 no DNS, 32 no ping; `Destination.state_letters()` prints them as

@@ -1,6 +1,6 @@
 """The keepalive pinger: one greenlet that sends SIP OPTIONS to every destination due a
 ping, spread evenly over the interval so that hundreds of destinations never fire at
-once, and applies each result (`gdispatch.probing`) to the destination's state.
+once, and applies each result (`gdispatch.probing.policy`) to the destination's state.
 
 Pings are ordinary client transactions of the proxy (their responses are matched by
 branch, whatever the Via or NAT in between), with a timeout of their own. The From tag
@@ -22,7 +22,7 @@ import gevent
 
 from gdispatch import logsafe
 from gdispatch.dispatcher.destination import Destination, DispatcherList, state_letters
-from gdispatch.probing import (
+from gdispatch.probing.policy import (
     PING_TIMEOUT_STATUS,
     ProbeSettings,
     ProbeState,
@@ -33,6 +33,8 @@ from gdispatch.probing import (
 )
 from gdispatch.sip import ParseError, parse_uri
 
+# The logger keeps the name of the module this was before the probing package, so that
+# log filters and greps written against it keep matching.
 log = logging.getLogger("gdispatch.prober")
 
 StateCallback = Callable[[Destination, "str | None", str, str], None]
@@ -122,7 +124,9 @@ class Prober:
             rest = start + interval - self.clock()
             gevent.sleep(rest if rest > 0 else 0)
 
-    def _target(self, dest: Destination) -> tuple[str, tuple[str, int]] | None:
+    def _target(self, dest: Destination, address: tuple[str, int]) -> tuple[str, tuple[str, int]]:
+        """Where a ping goes: to the host of the destination's ``obproxy`` attr (its
+        outbound proxy) when it has one, else to `address`."""
         obproxy = dest.attr_map.get("obproxy")
         if obproxy:
             try:
@@ -130,14 +134,15 @@ class Prober:
                 return u.transport, (u.host, u.port or 5060)
             except ParseError:
                 log.warning("%s: bad obproxy attr %r; pinging %s directly", dest.where, obproxy, dest.uri)
-        return dest.transport, dest.address
+        return dest.transport, address
 
     def ping(self, dest: Destination) -> None:
         state = dest.probe
-        if state is None or state.pending or dest.address is None:
+        address = dest.address
+        if state is None or state.pending or address is None:
             return
         settings = self.settings
-        transport, addr = self._target(dest)
+        transport, addr = self._target(dest, address)
         from_uri = dest.attr_map.get("ping_from") or settings.from_uri
         tag = f"{state.iuid}-{os.urandom(2).hex()}"
         call_id = f"gdp{self._salt}-{next(self._calls):x}@gdispatch"
@@ -165,7 +170,7 @@ class Prober:
                 timer.cancel()
             if ct is not None and status == PING_TIMEOUT_STATUS and ct.state != "terminated":
                 ct.terminate()
-            self._result(dest, status, reason, self.clock() - sent_at)
+            self._result(dest, state, status, reason, self.clock() - sent_at)
 
         def on_final(status: int, resp) -> None:
             if resp is None:
@@ -178,8 +183,7 @@ class Prober:
         if not done[0]:
             timer = self.proxy.scheduler.call_later(settings.timeout, finish, PING_TIMEOUT_STATUS, "ping timeout")
 
-    def _result(self, dest: Destination, status: int, reason: str, rtt: float) -> None:
-        state = dest.probe
+    def _result(self, dest: Destination, state: ProbeState, status: int, reason: str, rtt: float) -> None:
         settings = self.settings
         ok = settings.accepts(status)
         state.last_status = status

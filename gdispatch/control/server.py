@@ -1,21 +1,6 @@
-"""The control socket: JSON-RPC 2.0 over a Unix domain socket (and, when configured, a
-token-protected TCP port on the loopback), serving the methods of rpc.py; and the client
-the ``gdispatch rpc`` command uses.
-
-Framing: line-delimited JSON. Each request is one JSON-RPC 2.0 object (or a batch array)
-on one line ending with ``\\n``; each answer is one line. A connection may carry any
-number of requests, one after another; the client sends one and reads one line. A
-request with no ``id`` is a notification and gets no answer (JSON-RPC 2.0 §4.1). A line
-that is not JSON gets a parse error (-32700) and the connection stays usable; a line
-longer than `MAX_REQUEST_BYTES` gets an error (-32600) and the connection is closed (the
-rest of the line cannot be told from the next request). An exception inside a method
-becomes an error object (-32603); the server keeps serving.
-
-Where the socket lives (`default_socket_path`): ``$GDISPATCH_SOCKET`` when set; else
-``control.sock`` in the runtime directory: ``$RUNTIME_DIRECTORY`` (the first one, when
-systemd's ``RuntimeDirectory=`` gives it), else ``/run/gdispatch`` when it is writable
-(or can be created), else ``/tmp/gdispatch-$UID``. The client tries the same places in
-the same order (`socket_candidates`) and uses the first that answers.
+"""The control socket's server: JSON-RPC 2.0 (framing: jsonrpc.py) over a Unix domain
+socket and, when configured, a token-protected TCP port on the loopback, serving the
+methods of methods.py inside the proxy's hub.
 
 Who may connect: the socket is created with mode 0600 (umask around bind, then chmod, so
 it is never wider), in a directory created 0700; a directory owned by another user, or
@@ -23,114 +8,64 @@ writable by others without the sticky bit, is refused. The server also checks th
 uid (SO_PEERCRED): only its own user and root are served. A stale socket file is removed
 at start; a live one (something accepts a connection there) makes `start` fail, so two
 proxies cannot steal each other's socket. The TCP listener binds only to a loopback
-address and only with a token; every request on it carries ``"token": "..."`` as a member
-of the request object, compared in constant time; a request without it is refused and
-the connection closed.
+address and only with a token of at least `MIN_TOKEN_LENGTH` characters, which every
+request on it carries.
 
-gevent: the server runs inside the proxy's hub, one greenlet per connection. An idle
+gevent: each listener is a gevent `StreamServer`, one greenlet per connection. An idle
 connection cannot hold the socket: each connection has `REQUEST_TIMEOUT` seconds for a
 complete request line (from its accept, then from its last answer; bytes trickled in do
 not extend it) and `ANSWER_TIMEOUT` for its answer to be taken; at most
 `MAX_CONNECTIONS` are served at once, and when all are taken a new one closes the
 connection that has waited longest for a request, so it never waits itself (a
 connection whose request is being answered is not closed; when every one is, the new
-one is). The client is plain blocking sockets: it runs in the short-lived
-``gdispatch rpc`` process.
+one is). A line longer than `MAX_REQUEST_BYTES` gets an error (-32600) and the
+connection is closed (the rest of the line cannot be told from the next request).
 """
 
 from __future__ import annotations
 
 import errno
-import hmac
 import ipaddress
-import json
 import logging
 import os
 import socket
 import stat
 import struct
 import time
-from collections.abc import Mapping
-from typing import Any
+from functools import partial
+from typing import cast
 
 import gevent
 import gevent.server
 from gevent import socket as gsocket
 
-from gdispatch.rpc import (
-    INTERNAL_ERROR,
-    INVALID_REQUEST,
-    PARSE_ERROR,
-    UNAUTHORIZED,
-    ControlApi,
-    RpcError,
-    call,
-)
+from gdispatch.control.jsonrpc import INVALID_REQUEST, RpcError, encode, error_answer, handle_line
+from gdispatch.control.methods import ControlApi, call
+from gdispatch.control.paths import default_socket_path
 
+# The logger keeps the name of the module this was split from, so that log filters and
+# greps written against it keep matching.
 log = logging.getLogger("gdispatch.control")
 
-SOCKET_NAME = "control.sock"
-SYSTEM_RUN_DIR = "/run/gdispatch"
-TMP_RUN_DIR = "/tmp/gdispatch-{uid}"
 MAX_REQUEST_BYTES = 64 * 1024
-MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # what the client accepts: a list of many thousand destinations
 MAX_CONNECTIONS = 64  # connections served at once (gdispatch.tcplimits keeps file descriptors for them)
 REQUEST_TIMEOUT = 5.0  # seconds a connection has to send a complete request line
 ANSWER_TIMEOUT = 10.0  # seconds an answer may take to be written (a client that does not read)
 BACKLOG = 128  # connections the kernel queues while the server accepts
 MIN_TOKEN_LENGTH = 16
 
-ENV_SOCKET = "GDISPATCH_SOCKET"
-ENV_TOKEN = "GDISPATCH_RPC_TOKEN"
-
 
 class ControlError(Exception):
     """The control server cannot start (socket path in use, unsafe directory, ...)."""
 
 
-# -- where the socket lives ---------------------------------------------------------------
+def _expiring(seconds: float) -> gevent.Timeout:
+    """A timeout that ends its ``with`` block silently: gevent's documented
+    ``Timeout(seconds, False)``, a form its type stubs do not know."""
+    return gevent.Timeout(seconds, False)  # type: ignore[arg-type]
 
 
-def runtime_dir(env: Mapping[str, str] | None = None) -> str:
-    """The directory for runtime files: ``$RUNTIME_DIRECTORY`` (systemd; the first of a
-    colon-separated list), else /run/gdispatch when writable or creatable, else
-    /tmp/gdispatch-$UID."""
-    env = os.environ if env is None else env
-    given = env.get("RUNTIME_DIRECTORY", "")
-    if given:
-        return given.split(":")[0]
-    if os.path.isdir(SYSTEM_RUN_DIR):
-        if os.access(SYSTEM_RUN_DIR, os.W_OK | os.X_OK):
-            return SYSTEM_RUN_DIR
-    elif os.access(os.path.dirname(SYSTEM_RUN_DIR), os.W_OK | os.X_OK):
-        return SYSTEM_RUN_DIR
-    return TMP_RUN_DIR.format(uid=os.getuid())
-
-
-def default_socket_path(env: Mapping[str, str] | None = None) -> str:
-    """Where the server listens unless told otherwise: ``$GDISPATCH_SOCKET``, else
-    ``control.sock`` in `runtime_dir`."""
-    env = os.environ if env is None else env
-    return env.get(ENV_SOCKET) or os.path.join(runtime_dir(env), SOCKET_NAME)
-
-
-def socket_candidates(env: Mapping[str, str] | None = None) -> list[str]:
-    """Where the client looks, in order: ``$GDISPATCH_SOCKET`` alone when set; else every
-    place `default_socket_path` could have chosen (the server's choice depends on what
-    was writable for *its* user, so the client cannot just recompute it)."""
-    env = os.environ if env is None else env
-    if env.get(ENV_SOCKET):
-        return [env[ENV_SOCKET]]
-    dirs = []
-    if env.get("RUNTIME_DIRECTORY"):
-        dirs.append(env["RUNTIME_DIRECTORY"].split(":")[0])
-    dirs += [SYSTEM_RUN_DIR, TMP_RUN_DIR.format(uid=os.getuid())]
-    out: list[str] = []
-    for d in dirs:
-        path = os.path.join(d, SOCKET_NAME)
-        if path not in out:
-            out.append(path)
-    return out
+# -- the socket's directory and file ----------------------------------------------------------
 
 
 def _prepare_dir(path: str) -> None:
@@ -183,80 +118,11 @@ def _clear_stale(path: str) -> None:
                        "one another control socket path")
 
 
-# -- the protocol, without I/O ---------------------------------------------------------------------
-
-
-def _error(req_id: Any, err: RpcError) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": req_id, "error": err.as_error()}
-
-
-def _handle_one(api: ControlApi, req: Any, token: str | None) -> tuple[dict[str, Any] | None, bool]:
-    """One request object → (answer or None for a notification, close the connection)."""
-    if not isinstance(req, dict):
-        return _error(None, RpcError(INVALID_REQUEST, "Invalid Request", "a request is a JSON object")), False
-    req_id = req.get("id")
-    if token is not None:
-        given = req.get("token")
-        if not isinstance(given, str) or not hmac.compare_digest(given.encode("utf-8", "surrogatepass"),
-                                                                 token.encode()):
-            refused = RpcError(UNAUTHORIZED, "Unauthorized", 'this listener needs the right "token"')
-            return _error(req_id, refused), True
-    method = req.get("method")
-    if req.get("jsonrpc", "2.0") != "2.0" or not isinstance(method, str) or (
-            req_id is not None and not isinstance(req_id, (str, int, float))):
-        return _error(req_id if isinstance(req_id, (str, int, float)) else None,
-                      RpcError(INVALID_REQUEST, "Invalid Request",
-                               'expected {"jsonrpc": "2.0", "method": "...", "params": [...], "id": ...}')), False
-    log.debug("control: %s %s", method, req.get("params"))
-    try:
-        result = call(api, method, req.get("params"))
-    except RpcError as e:
-        answer = _error(req_id, e)
-    except Exception as e:
-        log.exception("control: %s failed", method)
-        answer = _error(req_id, RpcError(INTERNAL_ERROR, "Internal error", f"{type(e).__name__}: {e}"))
-    else:
-        answer = {"jsonrpc": "2.0", "id": req_id, "result": result}
-    if "id" not in req:
-        return None, False
-    return answer, False
-
-
-def handle_line(api: ControlApi, line: bytes, token: str | None = None) -> tuple[bytes | None, bool]:
-    """One request line → (the answer line with its ``\\n``, or None when nothing is to
-    be sent; whether to close the connection). `token`: the token every request must
-    carry (TCP), or None (Unix socket)."""
-    if not line.strip():
-        return None, False
-    try:
-        req = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as e:
-        return _encode(_error(None, RpcError(PARSE_ERROR, "Parse error", str(e)))), False
-    if isinstance(req, list):
-        if not req:
-            return _encode(_error(None, RpcError(INVALID_REQUEST, "Invalid Request", "an empty batch"))), False
-        answers = []
-        close = False
-        for item in req:
-            answer, close = _handle_one(api, item, token)
-            if answer is not None:
-                answers.append(answer)
-            if close:
-                break
-        return (_encode(answers) if answers else None), close
-    answer, close = _handle_one(api, req, token)
-    return (_encode(answer) if answer is not None else None), close
-
-
-def _encode(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n"
-
-
 # -- the server ----------------------------------------------------------------------------------
 
 
 class ControlServer:
-    """Serves rpc.py's methods over `path` (a Unix socket) and, when `tcp_port` is
+    """Serves methods.py's methods over `path` (a Unix socket) and, when `tcp_port` is
     given, over `tcp_host:tcp_port` (loopback only, `token` required). `start()` binds
     and returns; the connections are served by greenlets until `stop()`."""
 
@@ -273,6 +139,7 @@ class ControlServer:
         max_connections: int = MAX_CONNECTIONS,
     ):
         self.api = api
+        self._dispatch = partial(call, api)  # what a request line runs (jsonrpc.handle_line)
         self.path = path or default_socket_path()
         self.tcp_port = tcp_port
         self.tcp_host = tcp_host
@@ -375,7 +242,7 @@ class ControlServer:
         self._serve(conn, self.token)
 
     def _serve(self, conn, token: str | None) -> None:
-        me = gevent.getcurrent()
+        me = cast(gevent.Greenlet, gevent.getcurrent())  # StreamServer runs each handler in a Greenlet
         if len(self._waiting) >= self.max_connections and not self._make_room():
             log.warning("control: %d connections are all answering requests; closing a new one",
                         self.max_connections)
@@ -393,7 +260,7 @@ class ControlServer:
                         self._too_large(conn)
                         return
                     data = None
-                    with gevent.Timeout(max(0.0, since + self.request_timeout - clock()), False):
+                    with _expiring(max(0.0, since + self.request_timeout - clock())):
                         data = conn.recv(65536)
                     if data is None:
                         return  # no complete request in time
@@ -402,7 +269,7 @@ class ControlServer:
                         # shut its side down after writing).
                         if buf.strip() and len(buf) <= limit:
                             self._waiting[me] = None
-                            answer, _ = handle_line(self.api, bytes(buf), token)
+                            answer, _ = handle_line(bytes(buf), self._dispatch, token)
                             if answer:
                                 self._send(conn, answer)
                         return
@@ -414,7 +281,7 @@ class ControlServer:
                     self._too_large(conn)
                     return
                 self._waiting[me] = None
-                answer, close = handle_line(self.api, line, token)
+                answer, close = handle_line(line, self._dispatch, token)
                 if answer:
                     self._send(conn, answer)
                 if close:
@@ -446,13 +313,13 @@ class ControlServer:
     def _too_large(self, conn) -> None:
         err = RpcError(INVALID_REQUEST, "Request too large", f"at most {self.max_request_bytes} bytes per request line")
         try:
-            conn.sendall(_encode(_error(None, err)))
+            conn.sendall(encode(error_answer(None, err)))
             # Close cleanly: stop writing, then read what the client is still sending, so
             # closing with unread input does not reset the connection before it reads
             # the answer.
             conn.shutdown(socket.SHUT_WR)
             drained = 0
-            with gevent.Timeout(1.0, False):
+            with _expiring(1.0):
                 while drained < 16 * self.max_request_bytes:
                     data = conn.recv(65536)
                     if not data:
@@ -460,93 +327,3 @@ class ControlServer:
                     drained += len(data)
         except OSError:
             pass
-
-
-# -- the client ------------------------------------------------------------------------------------
-
-
-class ConnectError(Exception):
-    """No control socket answered; `tried` lists (where, why)."""
-
-    def __init__(self, tried: list[tuple[str, str]]):
-        self.tried = tried
-        super().__init__("; ".join(f"{where}: {why}" for where, why in tried))
-
-
-def _why(e: OSError) -> str:
-    if isinstance(e, FileNotFoundError):
-        return "no such socket"
-    if isinstance(e, ConnectionRefusedError):
-        return "nobody listens there (a stale socket?)"
-    if isinstance(e, PermissionError):
-        return "permission denied (the socket is private to the user gdispatch runs as, and root)"
-    return e.strerror or str(e)
-
-
-def _read_line(sock: socket.socket) -> bytes:
-    buf = bytearray()
-    while b"\n" not in buf:
-        data = sock.recv(65536)
-        if not data:
-            break
-        buf += data
-        if len(buf) > MAX_RESPONSE_BYTES:
-            raise RpcError(INTERNAL_ERROR, "Response too large", f"more than {MAX_RESPONSE_BYTES} bytes")
-    return bytes(buf).split(b"\n", 1)[0]
-
-
-def request(
-    method: str,
-    params: list[Any] | dict[str, Any] | None = None,
-    *,
-    socket_path: str | None = None,
-    tcp: tuple[str, int] | None = None,
-    token: str | None = None,
-    timeout: float = 10.0,
-) -> Any:
-    """Call one method and return its result. Raises RpcError for a fault (or a broken
-    answer), ConnectError when no socket answered. Without `socket_path` and `tcp`, tries
-    `socket_candidates()` in order."""
-    req: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "params": params or [], "id": 1}
-    tried: list[tuple[str, str]] = []
-    sock: socket.socket | None = None
-    if tcp is not None:
-        req["token"] = token or ""
-        try:
-            sock = socket.create_connection(tcp, timeout=timeout)
-        except OSError as e:
-            raise ConnectError([(f"{tcp[0]}:{tcp[1]}", _why(e))]) from None
-    else:
-        for path in [socket_path] if socket_path else socket_candidates():
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.settimeout(timeout)
-            try:
-                s.connect(path)
-            except OSError as e:
-                s.close()
-                tried.append((path, _why(e)))
-                continue
-            sock = s
-            break
-        if sock is None:
-            raise ConnectError(tried)
-    with sock:
-        try:
-            sock.sendall(_encode(req))
-            line = _read_line(sock)
-        except socket.timeout:
-            raise RpcError(INTERNAL_ERROR, "Timeout", f"no answer within {timeout:g} s") from None
-        except OSError as e:
-            raise RpcError(INTERNAL_ERROR, "Connection lost", e.strerror or str(e)) from None
-    if not line:
-        raise RpcError(INTERNAL_ERROR, "No answer", "the server closed the connection")
-    try:
-        answer = json.loads(line)
-    except ValueError as e:
-        raise RpcError(PARSE_ERROR, "Bad answer", str(e)) from None
-    if not isinstance(answer, dict):
-        raise RpcError(INTERNAL_ERROR, "Bad answer", "not a JSON-RPC response object")
-    if "error" in answer:
-        err = answer["error"] if isinstance(answer["error"], dict) else {}
-        raise RpcError(int(err.get("code", INTERNAL_ERROR)), str(err.get("message", "error")), err.get("data"))
-    return answer.get("result")
