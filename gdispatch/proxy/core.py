@@ -35,6 +35,7 @@ from gdispatch.dispatcher.destination import Destination, DispatcherList
 from gdispatch.dispatcher.reload import identity as destination_identity
 from gdispatch.dns import NextHopResolver, Resolver
 from gdispatch.message_api import Attempt
+from gdispatch.net import Source, TransportError, Transports
 from gdispatch.overload import LoadGuard
 from gdispatch.plugins import PluginHost
 from gdispatch.recordroute import Keyring, check, packed_address
@@ -51,7 +52,6 @@ from gdispatch.sip import (
 from gdispatch.transaction.client import ClientTransaction
 from gdispatch.transaction.server import ServerTransaction
 from gdispatch.transaction.timers import Scheduler, TimerConfig
-from gdispatch.transport import Source, TransportError, Transports
 
 from . import routing
 from .forking import LOCAL_TIMEOUT, Branch, Forker, ResponseContext, Walk

@@ -9,9 +9,9 @@ from __future__ import annotations
 from proxy_fakes import UAC, FakeProxy, in_dialog, invite
 
 from gdispatch import acknotes
+from gdispatch.net import Relayed
 from gdispatch.proxy import STATELESS_TAG
 from gdispatch.sip import build_response, parse_message
-from gdispatch.transport import Relayed
 
 
 def workers() -> tuple[FakeProxy, FakeProxy, list]:
