@@ -26,13 +26,13 @@ from gdispatch.dispatcher.listfile import ListError, load_list, parse_list
 from gdispatch.dispatcher.reload import carry_state
 from gdispatch.dns import DestinationResolver, NextHopResolver, Resolver
 from gdispatch.flood import SourceGuard
+from gdispatch.net import TransportError, Transports, UdpListener, ensure_free, shared_udp_sockets
 from gdispatch.plugins import PluginError, PluginHost
 from gdispatch.probing.pinger import Prober
 from gdispatch.probing.policy import ProbeSettings
 from gdispatch.proxy import Proxy
 from gdispatch.recordroute import KeyFileError, Keyring, default_key_path, ensure_key_file, load_keys
 from gdispatch.transaction.timers import Scheduler
-from gdispatch.transport import TransportError, Transports, UdpListener, ensure_free, shared_udp_sockets
 from gdispatch.watch import ListWatcher, file_digest
 from gdispatch.workers import Channel, Relay, Supervisor, dest_key, keyed, relay_sockets
 

@@ -77,9 +77,9 @@ import gevent.event
 import gevent.socket
 import gevent.subprocess
 
+from gdispatch.net import enable_timestamps, run_receiver
 from gdispatch.sip import MAX_MESSAGE_SIZE
 from gdispatch.steering import call_owner
-from gdispatch.transport import enable_timestamps, run_receiver
 
 log = logging.getLogger("gdispatch.workers")
 

@@ -28,8 +28,8 @@ import gevent  # noqa: E402
 from proxy_fakes import UAC, FakeProxy, in_dialog, invite  # noqa: E402
 
 from gdispatch.collector import CollectorPolicy  # noqa: E402
+from gdispatch.net import Source  # noqa: E402
 from gdispatch.sip import parse_message  # noqa: E402
-from gdispatch.transport import Source  # noqa: E402
 
 SHAPES = ("own", "builtin", "compact", "phone")
 KINDS = ("INVITE", "180", "200", "ACK", "BYE", "200 (BYE)")

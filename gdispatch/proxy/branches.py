@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Callable
 
 from gdispatch.dispatcher.destination import Destination
 from gdispatch.message_api import Attempt
+from gdispatch.net import Source, TransportError
 from gdispatch.recordroute import packed_address
 from gdispatch.sip import ParseError, SipMessage, build_cancel, forward_request, parse_message
 from gdispatch.transaction.client import ClientTransaction
-from gdispatch.transport import Source, TransportError
 
 from .forking import LOCAL_TIMEOUT, Branch, ResponseContext
 from .identity import loop_hash

@@ -32,6 +32,7 @@ from gdispatch.dispatcher.algorithms import SelectOptions, compile_template, sel
 from gdispatch.dispatcher.destination import Destination, DispatcherList
 from gdispatch.dispatcher.reload import identity as destination_identity
 from gdispatch.dns import NextHopResolver, Resolver
+from gdispatch.net import Source, Transports
 from gdispatch.overload import LoadGuard
 from gdispatch.plugins import PluginHost
 from gdispatch.recordroute import Keyring, check
@@ -46,7 +47,6 @@ from gdispatch.sip import (
 from gdispatch.transaction.client import ClientTransaction
 from gdispatch.transaction.server import ServerTransaction
 from gdispatch.transaction.timers import Scheduler, TimerConfig
-from gdispatch.transport import Source, Transports
 
 from . import routing
 from .branches import Branches

@@ -33,12 +33,12 @@ from gdispatch.config import Route
 from gdispatch.dispatcher.algorithms import ALG_PARALLEL, select
 from gdispatch.dispatcher.destination import Destination
 from gdispatch.message_api import FailureAction, RequestView
+from gdispatch.net import Source
 from gdispatch.sip import SipMessage, build_ack, parse_message, strip_top_via
 from gdispatch.transaction.client import ClientTransaction
 from gdispatch.transaction.server import ServerTransaction
 from gdispatch.transaction.states import COMPLETED, TERMINATED
 from gdispatch.transaction.timers import TimerHandle
-from gdispatch.transport import Source
 
 if TYPE_CHECKING:
     from .core import Proxy

@@ -16,9 +16,9 @@ import os
 import re
 import zlib
 
+from gdispatch.net import Source
 from gdispatch.recordroute import PARAM as SIGNATURE_PARAM
 from gdispatch.sip import ParseError, SipMessage, SipUri, Via, format_hostport, parse_name_addr
-from gdispatch.transport import Source
 
 MAGIC_COOKIE = "z9hG4bK"
 # The To tag of what we answer without a transaction starts so in every worker (the

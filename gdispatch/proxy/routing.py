@@ -21,9 +21,9 @@ from typing import NamedTuple, Union
 from gdispatch.config import Route
 from gdispatch.dispatcher.destination import DispatcherList
 from gdispatch.message_api import RequestView, RouteChoice
+from gdispatch.net import Source
 from gdispatch.recordroute import PARAM as SIGNATURE_PARAM
 from gdispatch.sip import ParseError, SipMessage, SipUri, parse_name_addr
-from gdispatch.transport import Source
 
 from .identity import Identity
 

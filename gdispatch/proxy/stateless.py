@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import zlib
 
+from gdispatch.net import Source, TransportError, Transports
 from gdispatch.sip import ParseError, SipMessage, Via, build_response, forward_request, strip_top_via
-from gdispatch.transport import Source, TransportError, Transports
 
 from .identity import MAGIC_COOKIE, Identity, reply_addr, stateless_tag, with_received
 

@@ -12,11 +12,11 @@ import gevent
 
 from gdispatch.config import Config, Listen
 from gdispatch.dispatcher.listfile import parse_list
+from gdispatch.net import Source
 from gdispatch.proxy import Proxy
 from gdispatch.recordroute import Keyring, packed_address
 from gdispatch.sip import build_response, parse_message
 from gdispatch.transaction.timers import FakeClock, Scheduler
-from gdispatch.transport import Source
 from tests.support import sipmsg
 
 PROXY = ("127.0.0.1", 5060)

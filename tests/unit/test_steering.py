@@ -198,7 +198,7 @@ def test_shared_sockets_are_bound_in_worker_order_and_steered():
     for all): a datagram reaches socket i when its call is worker i's, so worker i must
     get socket i."""
     from gdispatch.config import Listen
-    from gdispatch.transport import shared_udp_sockets
+    from gdispatch.net import shared_udp_sockets
 
     groups, steered, refused = shared_udp_sockets(
         (Listen("tcp", "127.0.0.1", 0), Listen("udp", "127.0.0.1", 0)), 3)

@@ -15,8 +15,8 @@ import pytest
 from gevent import socket as gsocket
 
 from gdispatch.config import Listen
+from gdispatch.net import TransportError, Transports
 from gdispatch.tcplimits import TcpLimits
-from gdispatch.transport import TransportError, Transports
 from tests.support.wait import wait_for
 
 OPTIONS = (b"OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bKa\r\n"

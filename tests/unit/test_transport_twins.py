@@ -13,7 +13,7 @@ import gevent
 import pytest
 
 from gdispatch.config import Listen
-from gdispatch.transport import Transports
+from gdispatch.net import Transports
 from tests.support.wait import wait_for
 
 

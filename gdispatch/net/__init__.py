@@ -1,0 +1,39 @@
+"""The transport layer of gdispatch (RFC 3261 §18): UDP and TCP sockets on gevent.
+
+The modules, from the bottom up (each imports only those above it at run time):
+
+- `source`: what every transport shares: `Source` (where a received message came from
+  and how to answer it, §18.2.1), `Relayed` (a datagram another worker received),
+  `TransportError` (a message that could not be sent, §18.4).
+- `udp`: `UdpListener`, a UDP socket and its receiver greenlet (`run_receiver`, with
+  the sampling of how long datagrams waited in the kernel), ICMP errors read from the
+  socket's error queue (§18.4), and the SO_REUSEPORT sockets workers share
+  (`udp_socket`, `shared_udp_sockets`).
+- `tcp`: `TcpConnection`, a connection framed by Content-Length (§18.3) under the
+  [tcp] limits (gdispatch.tcplimits), and `TcpListener`, which accepts through gevent's
+  StreamServer and refuses what is over a cap or banned.
+- `transports`: `Transports`, the facade the proxy uses (listeners, the connection
+  table, `send` §18.1 and `reply` §18.2.2), and `ensure_free`.
+
+What other modules use is imported from here.
+"""
+
+from gdispatch.net.source import Relayed, Source, TransportError
+from gdispatch.net.tcp import TcpConnection, TcpListener
+from gdispatch.net.transports import Transports, ensure_free
+from gdispatch.net.udp import UdpListener, enable_timestamps, run_receiver, shared_udp_sockets, udp_socket
+
+__all__ = [
+    "Relayed",
+    "Source",
+    "TcpConnection",
+    "TcpListener",
+    "TransportError",
+    "Transports",
+    "UdpListener",
+    "enable_timestamps",
+    "ensure_free",
+    "run_receiver",
+    "shared_udp_sockets",
+    "udp_socket",
+]

@@ -1,0 +1,239 @@
+"""The transport layer as the proxy sees it (RFC 3261 §18): `Transports`, every
+listener of the process, the table of TCP connections, and sending.
+
+The client side of the layer (§18.1) is `send`: a request or a forwarded response
+leaves from the listener of its transport and address family (which the proxy writes in
+its Via), over UDP at once, over TCP on the connection to that peer, opened when there
+is none (a full table makes room by closing the accepted connection idle longest). The
+server side (§18.2) is `on_message`, called with each message received and its `Source`,
+and `reply`, which sends a response back where its request came from (§18.2.2: on the
+request's connection while it is open, else on one to the sent-by address).
+
+`ensure_free` checks, before workers bind with SO_REUSEPORT, that no other process holds
+a listen address.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from typing import cast
+
+import gevent
+
+from gdispatch import sockfilter
+from gdispatch.config import Listen
+from gdispatch.net.source import Relayed, Source, TransportError, address_family
+from gdispatch.net.tcp import TCP_COUNTERS, TcpConnection, TcpListener
+from gdispatch.net.udp import UdpListener
+from gdispatch.tcplimits import ConnectionTable, TcpLimits
+
+# The name the transport's log lines have always carried, whichever module logs them.
+log = logging.getLogger("gdispatch.transport")
+
+
+def ensure_free(listens: tuple[Listen, ...]) -> None:
+    """Raise TransportError when a listen address is already taken. Workers bind with
+    SO_REUSEPORT, which another process of the same user could share unnoticed; a
+    plain bind first makes sure nobody else holds the port."""
+    for listen in listens:
+        kind = socket.SOCK_DGRAM if listen.transport == "udp" else socket.SOCK_STREAM
+        with socket.socket(address_family(listen.host), kind) as sock:
+            if kind == socket.SOCK_STREAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+            try:
+                sock.bind((listen.host, listen.port))
+            except OSError as e:
+                raise TransportError(e.errno, f"cannot listen on {listen}: {e.strerror}") from None
+
+
+class Transports:
+    """All listeners, the TCP connection table, and sending."""
+
+    def __init__(self, listens: tuple[Listen, ...], on_message: Callable[[bytes, Source], None], *,
+                 shared: bool = False, udp_socks: dict[int, socket.socket] | None = None,
+                 tcp_limits: TcpLimits | None = None, kernel_filter: bool = False):
+        """`shared`: one of several workers on the same listen addresses (SO_REUSEPORT);
+        each UDP listener then gets a private twin on an ephemeral port of the same IP,
+        which sends this worker's requests and receives their responses. `udp_socks`:
+        this worker's sockets of `shared_udp_sockets`, by position in `listens`.
+        `tcp_limits`: this process's TCP caps and timeouts (gdispatch.tcplimits; the
+        `[tcp]` defaults when None). `kernel_filter`: the kernel drops what cannot be SIP
+        (gdispatch.sockfilter)."""
+        self.on_message = on_message
+        # Whether a datagram from an IP address may be read (gdispatch.flood), or None.
+        self.admit: Callable[[str], bool] | None = None
+        self.kernel_filter = kernel_filter
+        self.filter_error: OSError | None = None  # the kernel's refusal of the filter
+        self.banned: frozenset[str] = frozenset()  # sources banned as floods (`set_banned`)
+        # Called with (ip, port) when an ICMP error says a datagram could not reach it.
+        self.on_unreachable: Callable[[tuple[str, int]], None] | None = None
+        self.stats: dict[str, int] = dict.fromkeys(TCP_COUNTERS, 0)
+        self.listeners: list[UdpListener | TcpListener] = []
+        self.connections: dict[tuple[str, int], TcpConnection] = {}
+        self.tcp_limits = tcp_limits or TcpLimits()
+        self.table = ConnectionTable(self.tcp_limits)
+        for listen in listens:
+            try:
+                lst: UdpListener | TcpListener
+                if listen.transport == "udp":
+                    given = (udp_socks or {}).get(len(self.listeners))
+                    lst = UdpListener(listen, self, reuseport=shared, sock=given)
+                    if shared:
+                        lst.private = UdpListener(Listen("udp", listen.host, 0), self, public=lst)
+                else:
+                    lst = TcpListener(listen, self, reuseport=shared)
+            except OSError as e:
+                self.close()
+                raise TransportError(e.errno, f"cannot listen on {listen}: {e.strerror}") from None
+            lst.index = len(self.listeners)
+            self.listeners.append(lst)
+        # Where new requests queue up: the UDP listen sockets (gdispatch.workers adds its
+        # relay). Each has `queue_delay`.
+        self.request_receivers: list = [lst for lst in self.listeners if lst.transport == "udp"]
+        if kernel_filter:
+            self.set_banned([])
+
+    def set_banned(self, sources: list[str]) -> None:
+        """The sources gdispatch.flood banned: their TCP connections are refused, and every
+        UDP socket's kernel filter (gdispatch.sockfilter, with `kernel_filter`) drops junk
+        and what they send."""
+        self.banned = frozenset(sources)
+        if not self.kernel_filter:
+            return
+        for lst in self._sockets():
+            if lst.transport == "udp":
+                error = sockfilter.attach(lst.sock, lst.listen.family_v6, sources)
+                if error is not None and self.filter_error is None:
+                    self.filter_error = error
+                    log.warning("the kernel does not take the socket filter (%s): junk and banned sources "
+                                "are dropped after they are read", error.strerror or error)
+
+    def _sockets(self) -> list[UdpListener | TcpListener]:
+        return [x for lst in self.listeners for x in (lst, lst.private) if x is not None]
+
+    def start(self, listen: bool = True) -> None:
+        """Start receiving; `listen=False` starts only the workers' private sockets (the
+        listen sockets queue what arrives until `start_listening()`)."""
+        for lst in self._sockets():
+            if listen or lst.public is not lst:
+                lst.start()
+
+    def start_listening(self) -> None:
+        for lst in self.listeners:
+            if not lst.started:
+                lst.start()
+
+    def close(self) -> None:
+        for lst in self._sockets():
+            lst.close()
+        for conn in list(self.connections.values()):
+            conn.close()
+
+    def backlog(self) -> float:
+        """How long requests wait in the kernel before they are read, in seconds: the
+        largest `queue_delay` of the request receivers (listen sockets, and the relay
+        from other workers)."""
+        return max(r.queue_delay for r in self.request_receivers) if self.request_receivers else 0.0
+
+    def deliver(self, listener_index: int, data: bytes, addr: tuple[str, int]) -> None:
+        """A datagram another worker received on listener `listener_index` and handed
+        to this one (gdispatch.workers): handle it as if it had arrived here."""
+        self.on_message(data, Relayed("udp", addr, self.listeners[listener_index]))
+
+    def unreachable(self, addr: tuple[str, int]) -> None:
+        if self.on_unreachable is not None:
+            self.on_unreachable(addr)
+
+    def remember(self, conn: TcpConnection) -> None:
+        self.connections[conn.addr] = conn
+        if conn.source is not None:
+            self.table.accepted(conn, conn.source)
+        else:
+            self.table.opened(conn)
+        self.stats["tcp_connections_open"] = self.table.open
+
+    def forget(self, conn: TcpConnection) -> None:
+        if self.connections.get(conn.addr) is conn:
+            del self.connections[conn.addr]
+        self.table.closed(conn)
+        self.stats["tcp_connections_open"] = self.table.open
+
+    def _open(self, listener: TcpListener, addr: tuple[str, int]) -> TcpConnection:
+        """A new connection towards `addr`. When the table is full the accepted
+        connection idle longest makes room: callers filling the table must not cut the
+        proxy off from its destinations."""
+        if self.table.full():
+            victim = self.table.idlest()
+            if isinstance(victim, TcpConnection) and victim.greenlet is gevent.getcurrent():
+                victim = self.table.idlest(spare=victim)  # not the connection whose message this is
+            if victim is None:
+                raise TransportError(errno.EMFILE, f"tcp connect to {addr[0]}:{addr[1]}: [tcp].max_connections "
+                                                   f"({self.tcp_limits.max_connections}) reached")
+            assert isinstance(victim, TcpConnection)
+            self.stats["tcp_evicted"] += 1
+            log.warning("closing tcp connection from %s:%s to open one to %s:%s: [tcp].max_connections reached",
+                        victim.addr[0], victim.addr[1], addr[0], addr[1])
+            victim.abort()
+        conn = TcpConnection(self, listener, addr, None)
+        self.remember(conn)
+        return conn
+
+    def listener_for(self, transport: str, host: str) -> UdpListener | TcpListener | None:
+        """The listener that sends to `host` over `transport` (same address family)."""
+        v6 = ":" in host
+        for lst in self.listeners:
+            if lst.transport == transport and lst.listen.family_v6 == v6:
+                return lst.private or lst
+        return None
+
+    def can_reach(self, transport: str, host: str) -> str:
+        """'' when a message can be sent there, else why not, for the operator."""
+        if transport not in ("udp", "tcp"):
+            return f"transport {transport!r} is not supported (udp and tcp are)"
+        if self.listener_for(transport, host) is None:
+            fam = "IPv6" if ":" in host else "IPv4"
+            return f"no {transport.upper()} {fam} listen address to send from (add one to [server].listen)"
+        return ""
+
+    def send(self, transport: str, addr: tuple[str, int], data: bytes,
+             on_error: Callable[[], None] | None = None,
+             listener: UdpListener | TcpListener | None = None) -> UdpListener | TcpListener:
+        """Send a message; returns the listener it leaves from (for Via). Errors known at
+        once raise TransportError; a TCP connect that fails later calls `on_error`."""
+        if listener is None:
+            listener = self.listener_for(transport, addr[0])
+            if listener is None:
+                raise TransportError(errno.ENETUNREACH, self.can_reach(transport, addr[0]))
+        if transport == "udp":
+            try:
+                cast(UdpListener, listener).sendto(data, addr)
+            except OSError as e:
+                raise TransportError(e.errno, f"udp send to {addr[0]}:{addr[1]}: {e.strerror}") from None
+            return listener
+        conn = self.connections.get(addr)
+        if conn is None or conn.closed:
+            conn = self._open(cast(TcpListener, listener), addr)
+        conn.send(data, on_error)
+        return listener
+
+    def reply(self, source: Source, addr: tuple[str, int], data: bytes) -> None:
+        """Send a response back towards where a request came from (RFC 3261 §18.2.2)."""
+        if source.transport == "udp":
+            try:
+                cast(UdpListener, source.listener).sendto(data, addr)
+            except OSError as e:
+                log.debug("udp reply to %s failed: %s", addr, e)
+            return
+        conn = source.conn
+        if conn is None or conn.closed:
+            # The connection is gone: open a new one to the sent-by address.
+            conn = self.connections.get(addr)
+        try:
+            if conn is None or conn.closed:
+                conn = self._open(cast(TcpListener, source.listener), addr)
+            conn.send(data)
+        except TransportError as e:
+            log.debug("tcp reply to %s failed: %s", addr, e)
