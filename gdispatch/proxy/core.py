@@ -388,7 +388,7 @@ class Proxy:
         transport = uri.transport
         port = uri.port or (5061 if uri.scheme == "sips" else 5060)
         host = uri.host
-        if _is_ip(host):
+        if routing.is_ip(host):
             return transport, (host, port)
         addresses = self.next_hops.resolve(uri.scheme, host, uri.port, transport)
         if not addresses:
@@ -450,7 +450,7 @@ class Proxy:
         if target is None:
             self.stats["bad_messages_dropped"] += 1
             return
-        if signed is None or not self._is_ours(signed):
+        if signed is None or (not routing.is_ip(target.host) and not self._is_ours(signed)):
             self._refuse_in_dialog(msg, source, "no signature of ours in the Route entry", None)
             return  # before any name in it is looked up
         hop = self._next_hop(target)
@@ -545,20 +545,3 @@ def _server_key(msg: SipMessage, via: Via, method: str):
         return (branch, via.host, via.port, method)
     # RFC 2543 peers: match on the request's identifying fields instead.
     return ("2543", msg.call_id, msg.cseq[0], msg.from_tag, via.raw, method)
-
-
-_IP_HOSTS: dict[str, bool] = {}  # host -> _is_ip(host), bounded: hosts repeat call after call
-
-
-def _is_ip(host: str) -> bool:
-    known = _IP_HOSTS.get(host)
-    if known is not None:
-        return known
-    if ":" in host:
-        known = True
-    else:
-        parts = host.split(".")
-        known = len(parts) == 4 and all(p.isdigit() for p in parts)
-    if len(_IP_HOSTS) < 1024:
-        _IP_HOSTS[host] = known
-    return known

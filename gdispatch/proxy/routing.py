@@ -85,9 +85,9 @@ def route_request(msg: SipMessage, ruri: SipUri, identity: Identity, is_ours, ch
         return AnswerOptions() if method == "OPTIONS" else Refuse(483, "Too Many Hops")
     if identity.is_loop(msg):
         return Refuse(482, "Loop Detected")
-    routes = msg.get_all("route") if "route" in msg._names else []
+    routes = msg.values("route")
     # RFC 3261 §16.4: a strict router put our Record-Route URI in the Request-URI.
-    strict = bool(routes) and identity.is_local_uri(ruri) and "lr" in ruri.params
+    strict = bool(routes) and "lr" in ruri.params and identity.is_local_uri(ruri)
     popped, token = (0, None) if strict else identity.own_entries(routes)
     if msg.to_tag is not None:
         return _in_dialog(msg, ruri, routes, popped, token, strict, is_ours)
@@ -142,18 +142,37 @@ def _in_dialog(msg: SipMessage, ruri: SipUri, routes: list[bytes], popped: int, 
             target = ruri
     except ParseError:
         return Refuse(400, "Bad Route")
-    if token is None or not is_ours(token):
+    if token is None or (not is_ip(target.host) and not is_ours(token)):
         # Refused before a host name in it is looked up: a forged request must not make
-        # the proxy query DNS for names an attacker chose.
+        # the proxy query DNS for names an attacker chose. (An IP address is checked with
+        # the whole signature, gdispatch.recordroute.check.)
         return RefuseInDialog("no signature of ours in the Route entry")
     return InDialog(target, token, popped, new_ruri, tuple(add_headers), remove)
+
+
+_IP_HOSTS: dict[str, bool] = {}  # host -> is_ip(host), bounded: hosts repeat call after call
+
+
+def is_ip(host: str) -> bool:
+    """Whether `host` (as SipUri gives it: IPv6 without brackets) is an IP address."""
+    known = _IP_HOSTS.get(host)
+    if known is not None:
+        return known
+    if ":" in host:
+        known = True
+    else:
+        parts = host.split(".")
+        known = len(parts) == 4 and all(p.isdigit() for p in parts)
+    if len(_IP_HOSTS) < 1024:
+        _IP_HOSTS[host] = known
+    return known
 
 
 def ack_target(msg: SipMessage, ruri: SipUri, identity: Identity) -> tuple[int, bytes | None, SipUri | None]:
     """For the ACK of a 2xx, routed statelessly (RFC 3261 §16.11): how many Route values at
     the top are ours, the signature among them, and where it goes next (None when a
     Route value there does not parse)."""
-    routes = msg.get_all("route") if "route" in msg._names else []
+    routes = msg.values("route")
     popped, token = identity.own_entries(routes)
     if popped == 0 or popped == len(routes):
         return popped, token, ruri

@@ -22,7 +22,7 @@ def _replace_first_value(line: bytes, value: bytes) -> bytes:
     written and the other values' bytes are kept."""
     colon = line.find(b":") + 1
     rest = line[colon:]
-    separators = separator_positions(rest)
+    separators = separator_positions(rest) if b"," in rest else None
     if separators:
         return line[:colon] + b" " + value + rest[separators[0] :]
     return line[:colon] + b" " + value
@@ -35,6 +35,8 @@ def _drop_first_values(line: bytes, count: int) -> tuple[bytes | None, int]:
     """
     colon = line.find(b":") + 1
     rest = line[colon:]
+    if b"," not in rest:
+        return None, 1  # a single value
     separators = separator_positions(rest)
     if count > len(separators):
         return None, len(separators) + 1

@@ -72,6 +72,9 @@ _VERSION = re.compile(rb"[Ss][Ii][Pp]/[0-9]+\.[0-9]+\Z")
 _EOL = re.compile(rb"\r?\n")
 # RFC 3261 §8.1.1: the headers every request (and so every response) carries.
 _MANDATORY = ("via", "from", "to", "call-id", "cseq")
+# The method names of KNOWN_METHODS as they come on the wire, and as text: a start line
+# or CSeq with one of them needs no token check and no decoding.
+_METHOD_NAMES = {m.encode(): m for m in KNOWN_METHODS}
 # Single-valued headers that may appear once at most (RFC 4475 §3.3.8).
 _SINGLE = ("from", "to", "call-id", "cseq", "max-forwards")
 _TOKEN = rb"[A-Za-z0-9\-.!%*_+`'~]+"
@@ -200,6 +203,18 @@ class SipMessage:
         """Value of the first header called `name` (any case, full or compact form)."""
         return self._first(canonical_name(name))
 
+    def values(self, canonical: str) -> list[bytes]:
+        """`get_all()` for a canonical name: what the hot paths call (a single line
+        without a comma, the usual Route, is taken as it is)."""
+        names = self._names
+        count = names.count(canonical)
+        if count == 0:
+            return []
+        if count == 1 and canonical not in NOT_LISTS:
+            value = self._value(names.index(canonical))
+            return [value] if b"," not in value else split_list(value)
+        return self.get_all(canonical)
+
     def get_all(self, name: str) -> list[bytes]:
         """Values of every header called `name`, in order. List headers (all but those in
         headers.NOT_LISTS) are split on commas outside quotes and `<>`, so that
@@ -246,29 +261,14 @@ class SipMessage:
         value = self._first("cseq")
         if value is None:
             raise ParseError("Missing CSeq")
-        parts = value.split()
-        if (
-            len(parts) != 2
-            or not parts[0].isdigit()
-            or len(parts[0]) > 10
-            or not is_token(parts[1])
-        ):
-            raise ParseError("Bad CSeq")
-        number = int(parts[0])
-        if number > 0xFFFFFFFF:
-            raise ParseError("Bad CSeq")
-        return number, parts[1].decode("ascii")
+        return _parse_cseq(value)
 
     @cached_property
     def max_forwards(self) -> int | None:
         """None when absent; ParseError when not a number (range is checked by
         validate_request)."""
         value = self._first("max-forwards")
-        if value is None:
-            return None
-        if not value.isdigit() or len(value) > 9:
-            raise ParseError("Bad Max-Forwards")
-        return int(value)
+        return None if value is None else _parse_max_forwards(value)
 
     @cached_property
     def top_via(self) -> Via:
@@ -357,9 +357,10 @@ class SipMessage:
         """
         if not self.is_request:
             raise ParseError("Not a request")
-        self._check_version()
+        if self.version != "SIP/2.0":
+            raise ParseError("Version Not Supported", 505)
         try:
-            uri = self.uri
+            uri = self.__dict__.get("uri") or self.uri
         except ParseError:
             raise ParseError("Bad Request-URI") from None
         if uri.scheme not in ("sip", "sips", "tel"):
@@ -369,18 +370,24 @@ class SipMessage:
             # RFC 4475 §3.1.2.11 lets us reject rather than strip them.
             raise ParseError("Bad Request-URI")
         self._check_common()
-        if self.cseq[1] != self.method:
+        cache = self.__dict__
+        if cache["cseq"][1] != self.method:
             # RFC 3261 §8.1.1.5: the CSeq method MUST match the request's (ACK and
             # CANCEL included: they carry their own method in CSeq).
             status = 400 if self.method in KNOWN_METHODS else 501
             raise ParseError("CSeq method mismatch", status)
-        max_forwards = self.max_forwards
-        if max_forwards is not None and max_forwards > 255:
-            raise ParseError("Bad Max-Forwards")
         names = self._names
+        if "max-forwards" in names:
+            max_forwards = cache.get("max_forwards")
+            if max_forwards is None:
+                max_forwards = cache["max_forwards"] = _parse_max_forwards(self._value(names.index("max-forwards")))
+            if max_forwards > 255:
+                raise ParseError("Bad Max-Forwards")
+        else:
+            cache["max_forwards"] = None
         if "contact" in names:
             if names.count("contact") == 1:
-                contacts = split_list(self._first("contact") or b"")
+                contacts = split_list(self._value(names.index("contact")))
             else:
                 contacts = self.get_all("contact")
             for contact in contacts:
@@ -412,16 +419,22 @@ class SipMessage:
         for name in _SINGLE:
             if names.count(name) > 1:
                 raise ParseError(f"Multiple {DISPLAY_NAMES[name]} headers")
-        # Reading a cached property parses it: a malformed value raises here.
-        _ = self.top_via
+        # The headers every message has, there once each as just checked: read in one
+        # pass and cached for the properties, rather than found again one by one.
+        lines = self._lines
+        values = [line[line.find(b":") + 1:].strip() for line in [lines[names.index(n)] for n in _MANDATORY]]
+        if self._folded:
+            values = [unfold(v) if b"\n" in v else v for v in values]
+        via, from_, to, call_id, cseq = values
+        cache = self.__dict__
+        if "top_via" not in cache:
+            cache["top_via"] = parse_via(split_list(via)[0] if b"," in via else via)
         # The name-addr syntax of From and To is checked (RFC 4475 §3.1.2.6, .14, .15);
         # their URIs are not parsed: a proxy copies them untouched, and a URI of any
-        # scheme is legal there (RFC 4475 §3.3.4).
-        # A value of the common shape is valid and gives its tag at once: the cached
-        # from_tag / to_tag are filled in here rather than found again later.
-        cache = self.__dict__
-        for name, addr, tag, reason in _NAME_ADDR_HEADERS:
-            m = _NAME_ADDR_FAST.match(self._first(name) or b"")  # present: checked above
+        # scheme is legal there (RFC 4475 §3.3.4). A value of the common shape is valid
+        # and gives its tag at once.
+        for value, (_name, addr, tag, reason) in zip((from_, to), _NAME_ADDR_HEADERS):
+            m = _NAME_ADDR_FAST.match(value)
             if m is None:
                 try:
                     getattr(self, addr)
@@ -429,10 +442,35 @@ class SipMessage:
                     raise ParseError(reason) from None
             elif tag not in cache:
                 cache[tag] = _last_tag(m.group(1))
-        call_id = self.call_id
         if not call_id or len(call_id.split()) != 1:
             raise ParseError("Bad Call-ID")
-        _ = self.cseq
+        cache["call_id"] = call_id
+        if "cseq" not in cache:
+            cache["cseq"] = _parse_cseq(cseq)
+
+
+def _parse_cseq(value: bytes) -> tuple[int, str]:
+    """CSeq's (sequence number, method); ParseError when malformed, including a number
+    beyond 2**32-1 (RFC 3261 §8.1.1.5, RFC 4475 §3.1.2.4)."""
+    parts = value.split()
+    if len(parts) != 2 or not parts[0].isdigit() or len(parts[0]) > 10:
+        raise ParseError("Bad CSeq")
+    method = _METHOD_NAMES.get(parts[1])
+    if method is None:
+        if not is_token(parts[1]):
+            raise ParseError("Bad CSeq")
+        method = parts[1].decode("ascii")
+    number = int(parts[0])
+    if number > 0xFFFFFFFF:
+        raise ParseError("Bad CSeq")
+    return number, method
+
+
+def _parse_max_forwards(value: bytes) -> int:
+    """Max-Forwards as a number; its range is for `validate_request` to check."""
+    if not value.isdigit() or len(value) > 9:
+        raise ParseError("Bad Max-Forwards")
+    return int(value)
 
 
 def _last_tag(params: bytes) -> bytes | None:
@@ -562,10 +600,15 @@ def _parse_start_line(msg: SipMessage, line: bytes) -> None:
         # RFC 3261 §7.1: Request-Line = Method SP Request-URI SP SIP-Version, single SPs
         # only (RFC 4475 §3.1.2.8-10: LWS in the URI, doubled or trailing SP).
         parts = line.split(b" ")
-        if len(parts) != 3 or not parts[1] or not is_token(parts[0]):
+        if len(parts) != 3 or not parts[1]:
             raise ParseError("Bad Request-Line")
+        method = _METHOD_NAMES.get(parts[0])
+        if method is None:
+            if not is_token(parts[0]):
+                raise ParseError("Bad Request-Line")
+            method = parts[0].decode("ascii")
         version = parts[2]
-        msg.method = parts[0].decode("ascii")
+        msg.method = method
         msg.ruri = parts[1]
     if version != b"SIP/2.0":
         if not _VERSION.match(version):
