@@ -104,7 +104,7 @@ class App:
         self._reports: dict[int, tuple] = {}  # worker index -> its last report
         self._relay_socks: list = []  # primary: every worker's relay socket (relay_sockets)
         # primary: listen index -> every worker's socket on that UDP address, in worker
-        # order (gdispatch.transport.shared_udp_sockets); it holds them all for its life,
+        # order (gdispatch.net.udp.shared_udp_sockets); it holds them all for its life,
         # so that a worker started again finds its place in the group unchanged.
         self._listen_socks: dict[int, list] = {}
         self._steered = 0  # primary: bytes the kernel searches for the Call-ID (0: no steering)

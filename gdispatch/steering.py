@@ -13,7 +13,7 @@ the order the sockets were bound in. `program(n)` finds the Call-ID header and r
 `call_owner()` of its value, the same function the workers use, so the datagrams of a
 call go straight to the worker that owns it; the relay is left for what the program
 cannot read (see `program`). The primary binds the n sockets in worker order and hands
-socket i to worker i (gdispatch.transport: `shared_udp_sockets`).
+socket i to worker i (gdispatch.net.udp: `shared_udp_sockets`).
 
 Classic BPF has no loops and at most 4,096 instructions, so the program is unrolled: the
 first bytes of the payload are read a word at a time and each word compared with the

@@ -1,5 +1,5 @@
 """How many TCP connections the proxy keeps, from whom, and for how long: the decisions
-behind the TCP side of gdispatch.transport, without I/O (`[tcp]` in gdispatch.toml,
+behind the TCP side of gdispatch.net (tcp.py), without I/O (`[tcp]` in gdispatch.toml,
 Kamailio's tcp_max_connections and tcp_connection_lifetime).
 
 - `share`: the caps one process enforces. With N workers (gdispatch.workers) each

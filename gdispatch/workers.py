@@ -7,7 +7,7 @@ The process ``gdispatch run`` starts is worker 0, the *primary*. It starts worke
 as child processes (``python -m gdispatch.workers``), each a complete proxy with its own
 transactions. On each UDP listen address the primary binds one socket per worker, in
 worker order, in one SO_REUSEPORT group, and hands worker i its socket i
-(gdispatch.transport: `shared_udp_sockets`); TCP listen addresses each worker binds
+(gdispatch.net.udp: `shared_udp_sockets`); TCP listen addresses each worker binds
 itself with SO_REUSEPORT.
 
 A call belongs to one worker: the one `call_id_owner()` picks from its Call-ID. The
@@ -28,7 +28,7 @@ what was the dead worker's waits in its relay socket.
 
 Each worker sends its requests from a UDP socket of its own, an ephemeral port on the
 listen IP that goes into its Via, so their responses come straight back to it;
-Record-Route names the shared address (gdispatch.transport: `UdpListener.private`). A
+Record-Route names the shared address (gdispatch.net.udp: `UdpListener.private`). A
 TCP connection stays with the worker that accepted or opened it.
 
 What only the primary does
@@ -87,17 +87,11 @@ _CALL_ID = re.compile(rb"\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
 _FRAME = struct.Struct("!I")
 _RELAY_HEADER = struct.Struct("!BHB")  # listener index, source port, length of the source IP
 RESTART_DELAY = 1.0  # seconds before a worker that died is started again
-# Call-IDs whose owner a worker's relay remembers: the ACK and the BYE of a call arrive
-# moments after its INVITE, at low load with cold caches, and a dict lookup fetches less
-# than the hash of 32 bytes does (bench/PROFILE.md, seventh pass).
-OWNERS_KNOWN = 4096
 
 
-def call_id_owner(data: bytes, n: int, known: dict[bytes, int] | None = None) -> int | None:
+def call_id_owner(data: bytes, n: int) -> int | None:
     """The worker (0..n-1) that owns the call this datagram belongs to, from its
-    Call-ID; None when there is no Call-ID to read (whoever received it answers).
-    `known`: the owners of the Call-IDs seen before, as read (see `Relay`), filled in
-    here and emptied when it holds OWNERS_KNOWN of them."""
+    Call-ID; None when there is no Call-ID to read (whoever received it answers)."""
     i = data.find(b"\nCall-ID:")  # the spelling nearly everyone sends
     if i >= 0:
         end = data.find(b"\r", i + 9)
@@ -107,15 +101,7 @@ def call_id_owner(data: bytes, n: int, known: dict[bytes, int] | None = None) ->
         if m is None:
             return None
         value = m.group(1)
-    if known is None:
-        return call_owner(value.strip(), n)
-    owner = known.get(value)
-    if owner is None:
-        owner = call_owner(value.strip(), n)
-        if len(known) >= OWNERS_KNOWN:
-            known.clear()
-        known[value] = owner
-    return owner
+    return call_owner(value.strip(), n)
 
 
 def dest_key(dest) -> tuple[int, int, str]:
@@ -164,7 +150,6 @@ class Relay:
         self.peers = frozenset(self.names)
         self.sent = 0
         self.dropped = 0
-        self.known: dict[bytes, int] = {}  # Call-ID as read -> owner (call_id_owner)
         sock.setblocking(False)
         self.sock = sock
         self.greenlet: gevent.Greenlet | None = None
@@ -173,7 +158,7 @@ class Relay:
 
     def steer(self, data: bytes, addr: tuple[str, int], listener) -> bool:
         """For `UdpListener.steer`: True when the datagram went to the owner of its call."""
-        owner = call_id_owner(data, self.n, self.known)
+        owner = call_id_owner(data, self.n)
         if owner is None or owner == self.index:
             return False
         return self._send(owner, data, addr, listener.index)

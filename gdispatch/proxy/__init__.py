@@ -14,7 +14,7 @@
 
 What lives elsewhere: messages (`gdispatch.sip`), transaction state machines
 (`gdispatch.transaction`), the list and the algorithms (`gdispatch.dispatcher`),
-sockets (`gdispatch.transport`), the dialogs' signatures (`gdispatch.recordroute`).
+sockets (`gdispatch.net`), the dialogs' signatures (`gdispatch.recordroute`).
 """
 
 from .branches import replace_hostport

@@ -32,7 +32,7 @@ _SIGNATURE = re.compile(rb"[A-Za-z0-9._-]+")
 
 class Identity:
     """The proxy's addresses and the marks it puts on what it sends, for `listeners`
-    (gdispatch.transport listeners) and the domains of `domains`."""
+    (gdispatch.net listeners) and the domains of `domains`."""
 
     def __init__(self, domains, listeners) -> None:
         self.domains = frozenset(domains)

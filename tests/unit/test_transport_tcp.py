@@ -1,4 +1,4 @@
-"""The TCP side of gdispatch.transport under its limits, in process: real sockets on
+"""The TCP side of gdispatch.net (tcp.py) under its limits, in process: real sockets on
 127.0.0.1 and the real gevent hub. A connection the proxy opens when the table is full
 makes room by closing the accepted one idle longest; an accept that fails for want of
 descriptors backs off and is logged once, not once per try."""

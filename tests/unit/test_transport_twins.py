@@ -1,4 +1,4 @@
-"""A worker's two UDP sockets (gdispatch.transport): the shared listen socket and the
+"""A worker's two UDP sockets (gdispatch.net.udp): the shared listen socket and the
 worker's own, whose receivers read each other's waiting datagrams before they sleep.
 
 Real sockets on 127.0.0.1 and the real gevent hub, in process.
