@@ -21,7 +21,7 @@ DS_LIST, DS_ALG, CHILDREN and RUN_DIR in its environment; ready once it answers 
 with 200; stopped with SIGTERM by PID (SIGKILL for its process tree 5 s later).
 
 result.txt: max_cps, proxy_cpu_us_per_call, first_failing_rate and the overload step are
-those of the first shape (the keys bench.sh always printed); each shape has its own
+those of the first shape (the figures bench.sh ends with); each shape has its own
 shape_<name>_max_cps, shape_<name>_first_failing_rate, shape_<name>_cpu_us_per_call (at
 its max_cps) and shape_<name>_cpu_us_at_<rate> for every rate it passed.
 
@@ -68,7 +68,7 @@ HZ = os.sysconf("SC_CLK_TCK")
 SIPP_BUFFERS = ("-buff_size", str(4 * 1024 * 1024))
 
 # The callers' shapes: how each writes the same dialog (see the comment at the top of each
-# scenario). "own" is the project's UAC, the one bench.sh always used.
+# scenario). "own" is the project's UAC, tests/scenarios/uac.xml.
 SHAPE_SCENARIOS = {
     "own": "uac.xml",
     "builtin": "uac_sipp_builtin.xml",
