@@ -23,7 +23,8 @@ with 200; stopped with SIGTERM by PID (SIGKILL for its process tree 5 s later).
 result.txt: max_cps, proxy_cpu_us_per_call, first_failing_rate and the overload step are
 those of the first shape (the figures bench.sh ends with); each shape has its own
 shape_<name>_max_cps, shape_<name>_first_failing_rate, shape_<name>_cpu_us_per_call (at
-its max_cps) and shape_<name>_cpu_us_at_<rate> for every rate it passed.
+its max_cps), shape_<name>_cpu_us_at_<rate> for every rate it passed and
+shape_<name>_cpu_us_failed_at_<rate> for the one it failed at.
 
 The latency probe runs twice: straight to the first gateway, then through the proxy; the
 difference of the medians is the latency the proxy adds (`idle_added_*`).
@@ -352,8 +353,10 @@ def main() -> int:
             per_shape[f"shape_{shape}_first_failing_rate"] = shape_fail or "none"
             per_shape[f"shape_{shape}_cpu_us_per_call"] = shape_best["proxy_cpu_us_per_call"] if shape_best else "NA"
             for r in rows:
-                if r["shape"] == shape and r["pass"] and r["kind"] != "overload":
-                    per_shape[f"shape_{shape}_cpu_us_at_{r['rate']}"] = r["proxy_cpu_us_per_call"]
+                if r["shape"] == shape and r["kind"] != "overload":
+                    # a failing step's figure is kept apart: calls that failed cost too
+                    key = "cpu_us_at" if r["pass"] else "cpu_us_failed_at"
+                    per_shape[f"shape_{shape}_{key}_{r['rate']}"] = r["proxy_cpu_us_per_call"]
             if i == 0:
                 best, first_fail = shape_best, shape_fail
                 if factor > 0 and best is not None and proxy is not None:

@@ -9,9 +9,10 @@ its CPU µs per call at the common rate (the highest rate every shape and proxy 
 per call falls as the rate rises, so only figures at one rate compare), the ratio to
 Kamailio with the same number of workers on the same shape (`vs_kamailio`), to the same
 proxy's cheapest shape (`vs_best_shape`) and, with base-wN in the run, gdispatch-wN's
-ratio to it (`vs_base`); then the CPU µs per call of each shape and proxy at every rate it
-passed. When no rate was passed by all, each ratio is taken at the highest rate both of
-its sides passed (marked `*`).
+ratio to it (`vs_base`). When no rate was passed by all, each ratio is taken at the highest
+rate both of its sides passed (marked `*`). Then the CPU µs per call of each shape and proxy
+at every rate it passed, and in parentheses at the rate it failed (failed calls cost too:
+only a hint).
 
     python bench/lib/summary.py bench-results/bench_<stamp>
 """
@@ -61,7 +62,8 @@ def shapes_table(rows: list[dict[str, str]]) -> list[str]:
     shapes: list[str] = []
     for r in runs:
         shapes += [x for x in r["shapes"].split() if x not in shapes]
-    rates = sorted({int(k.rsplit("_", 1)[1]) for r in runs for k in r if k.startswith("shape_") and "_cpu_us_at_" in k})
+    rates = sorted({int(k.rsplit("_", 1)[1]) for r in runs for k in r
+                    if k.startswith("shape_") and ("_cpu_us_at_" in k or "_cpu_us_failed_at_" in k)})
     if not runs or not shapes:
         return []
     cells = [(r, sh) for sh in shapes for r in runs if sh in r["shapes"].split()]
@@ -112,11 +114,17 @@ def shapes_table(rows: list[dict[str, str]]) -> list[str]:
     widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
     out += ["  ".join(str(c).rjust(w) for c, w in zip(row, widths)) for row in table]
     per_rate = [["shape", "proxy", *map(str, rates)]]
+    def cell(r: dict[str, str], sh: str, rate: int) -> str:
+        v = cpu_at(r, sh, rate)
+        if v is not None:
+            return f"{v:.0f}"
+        failed = r.get(f"shape_{sh}_cpu_us_failed_at_{rate}", "")
+        return f"({failed})" if failed.replace(".", "").isdigit() else "-"
+
     for r, sh in cells:
-        per_rate.append([sh, r.get("mode", ""), *("-" if cpu_at(r, sh, x) is None else f"{cpu_at(r, sh, x):.0f}"
-                                                 for x in rates)])
+        per_rate.append([sh, r.get("mode", ""), *(cell(r, sh, x) for x in rates)])
     widths = [max(len(row[i]) for row in per_rate) for i in range(len(per_rate[0]))]
-    out.append("# CPU us per call at each rate (passing steps only; -: failed or not reached)")
+    out.append("# CPU us per call at each rate ((N): the step failed, twice with CONFIRM=1; -: not reached)")
     out += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in per_rate]
     return out
 
