@@ -75,10 +75,10 @@ def shapes_table(rows: list[dict[str, str]]) -> list[str]:
     everywhere = common(cells)
     by_name = {r.get("mode", ""): r for r in runs}
 
-    def ratio_of(a: tuple[dict[str, str], str], b: tuple[dict[str, str], str] | None) -> str:
+    def ratio_of(a: tuple[dict[str, str], str], b: tuple[dict[str, str], str] | None, at: int | None = None) -> str:
         if b is None:
             return "-"
-        rate = everywhere or common([a, b])
+        rate = everywhere or at or common([a, b])
         if rate is None:
             return "NA"
         x, y = cpu_at(*a, rate), cpu_at(*b, rate)
@@ -96,14 +96,19 @@ def shapes_table(rows: list[dict[str, str]]) -> list[str]:
         n = workers(name)
         kam = by_name.get(f"kamailio-c{n}")
         to_kam = None if name.startswith("kamailio") or kam is None or sh not in kam["shapes"].split() else (kam, sh)
-        own = [x for x in r["shapes"].split()]
-        rate = everywhere or common([(r, x) for x in own])
-        best = None
-        if rate is not None:
-            best = min(own, key=lambda x: cpu_at(r, x, rate) if cpu_at(r, x, rate) is not None else float("inf"))
+        own = r["shapes"].split()
+
+        def passed_at(rate: int, r=r, own=own) -> list[str]:
+            return [x for x in own if cpu_at(r, x, rate) is not None]
+
+        # The cheapest shape at the common rate; failing that, at the rate (of those this
+        # shape passed) where most of this proxy's shapes passed.
+        at = everywhere or max((x for x in rates if cpu_at(r, sh, x) is not None),
+                               key=lambda x: (len(passed_at(x)), x), default=None)
+        best = min(passed_at(at), key=lambda x, at=at, r=r: cpu_at(r, x, at)) if at else None
         row = [sh, name, r.get(f"shape_{sh}_max_cps", "NA"), r.get(f"shape_{sh}_first_failing_rate", "NA"),
                f"{cpu_at(r, sh, everywhere):.0f}" if everywhere else "NA",
-               ratio_of((r, sh), to_kam), ratio_of((r, sh), (r, best) if best else None)]
+               ratio_of((r, sh), to_kam), ratio_of((r, sh), (r, best) if best else None, at)]
         if has_base:
             base = by_name.get(f"base-w{n}")
             row.append(ratio_of((r, sh), (base, sh)) if name.startswith("gdispatch-w") and base else "-")
