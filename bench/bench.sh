@@ -20,6 +20,7 @@
 #   SHAPES         "own builtin compact phone"   the callers' shapes, each with its own rate search
 #                                          (own: tests/scenarios/uac.xml, builtin: uac_sipp_builtin.xml,
 #                                          compact: uac_compact.xml, phone: uac_phone.xml; or a .xml file)
+#   SHAPE_PAUSE_S  3                       idle seconds between two shapes
 #   GDISPATCH_BASE ""                      another checkout: base-wN run its gdispatch package
 #                                          (PYTHONPATH=that checkout, this venv), for a before/after run
 #   KAMAILIO_START ../shared/bench/kamailio/start.sh   starts Kamailio (PROXY_ADDR, DS_LIST,
