@@ -39,10 +39,10 @@ def read(path: Path) -> dict[str, str]:
     return out
 
 
-def ratio(a: str, b: str) -> str:
+def ratio(a: str | None, b: str | None) -> str:
     try:
         return f"{float(a) / float(b):.2f}"
-    except (ValueError, ZeroDivisionError):
+    except (TypeError, ValueError, ZeroDivisionError):  # TypeError: a figure not measured (LAT_CALLS=0)
         return "NA"
 
 
