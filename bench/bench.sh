@@ -7,13 +7,22 @@
 # bounded in calls (-m) and time (-timeout plus a hard limit).
 #
 #   bench/bench.sh                         # every proxy available, the summary at the end
-#   PROXIES="gdispatch-w1" bench/bench.sh  # one of: gdispatch-wN, kamailio-cN (N workers)
+#   PROXIES="gdispatch-w1" bench/bench.sh  # one of: gdispatch-wN, kamailio-cN, base-wN (N workers)
+#   SHAPES="own phone" bench/bench.sh      # only these callers' shapes
+#   GDISPATCH_BASE=../main bench/bench.sh  # also base-w1, base-w2: that checkout's code, same run
 #   RATES="500 1000" STEP_S=3 bench/bench.sh
 #   DIRECT=1 bench/bench.sh                # no proxy: UAC -> UAS, the harness ceiling
 #
 # Environment (defaults):
 #   PY             .venv/bin/python        the Python that runs gdispatch and this benchmark
-#   PROXIES        kamailio-c1 gdispatch-w1 kamailio-c2 gdispatch-w2 (Kamailio's when available)
+#   PROXIES        kamailio-c1 gdispatch-w1 kamailio-c2 gdispatch-w2 (Kamailio's when available;
+#                                          with GDISPATCH_BASE, base-w1 and base-w2 next to gdispatch's)
+#   SHAPES         "own builtin compact phone"   the callers' shapes, each with its own rate search
+#                                          (own: tests/scenarios/uac.xml, builtin: uac_sipp_builtin.xml,
+#                                          compact: uac_compact.xml, phone: uac_phone.xml; or a .xml file)
+#   SHAPE_PAUSE_S  3                       idle seconds between two shapes
+#   GDISPATCH_BASE ""                      another checkout: base-wN run its gdispatch package
+#                                          (PYTHONPATH=that checkout, this venv), for a before/after run
 #   KAMAILIO_START ../shared/bench/kamailio/start.sh   starts Kamailio (PROXY_ADDR, DS_LIST,
 #                                          DS_ALG, CHILDREN, RUN_DIR in its environment)
 #   GD_CONFIG      bench/compare.toml      gdispatch's settings: Kamailio's keepalive settings
@@ -33,7 +42,10 @@
 #   OUT            bench-results/bench_<stamp>   where the results go (one folder per proxy)
 #
 # Prints each proxy's steps, then a summary: max_cps, proxy CPU µs per call, INVITE->200 and
-# BYE->200 at low load, and gdispatch's ratios to Kamailio with the same number of workers.
+# BYE->200 at low load (of the first shape), gdispatch's ratios to Kamailio with the same
+# number of workers, then the shapes: shape x proxy -> max cps, CPU µs per call at the
+# highest rate every shape and proxy passed and at each rate, the ratio to Kamailio on the
+# same shape and to the same proxy's cheapest shape.
 # The last lines are `max_cps=N` and `proxy_cpu_us_per_call=N` of the first gdispatch run.
 # Exit status: 0 measured, 1 a proxy did not start or answer.
 set -euo pipefail
@@ -48,6 +60,7 @@ command -v sipp >/dev/null 2>&1 || die "SIPp is not installed (apt-get install -
 [ -r /proc/stat ] || die "Linux only: the CPU accounting reads /proc"
 export OVERLOAD_X="${OVERLOAD_X:-2}"
 export PY RATES="${RATES:-500 1000 1500 2000 2500 3000 3500 4000 4500 5000 6000}" STEP_S="${STEP_S:-4}"
+export SHAPES="${SHAPES:-own builtin compact phone}"
 if [ "${DIRECT:-0}" = 1 ]; then
   exec "$PY" "$ROOT/bench/lib/maxcps.py"
 fi
@@ -57,12 +70,21 @@ if ! err="$("$PY" -c "import gdispatch.cli" 2>&1)"; then
 fi
 
 KAMAILIO_START="${KAMAILIO_START:-$ROOT/../shared/bench/kamailio/start.sh}"
+BASE=""
+if [ -n "${GDISPATCH_BASE:-}" ]; then
+  BASE="$(realpath -e "$GDISPATCH_BASE")" || die "GDISPATCH_BASE=$GDISPATCH_BASE does not exist"
+  [ -f "$BASE/gdispatch/__init__.py" ] || die "no gdispatch package in $BASE"
+  # The base proxies must run that checkout's code, not this venv's installed package.
+  where="$(cd /tmp && PYTHONPATH="$BASE" PYTHONDONTWRITEBYTECODE=1 "$PY" -c "import gdispatch.cli, os; print(os.path.dirname(gdispatch.__file__))")" \
+    || die "gdispatch from $BASE cannot be imported by $PY"
+  [ "$where" = "$BASE/gdispatch" ] || die "PYTHONPATH=$BASE imports gdispatch from $where"
+fi
 if [ -z "${PROXIES:-}" ]; then
   if command -v kamailio >/dev/null 2>&1 && [ -f "$KAMAILIO_START" ]; then
-    PROXIES="kamailio-c1 gdispatch-w1 kamailio-c2 gdispatch-w2"
+    PROXIES="kamailio-c1 ${BASE:+base-w1 }gdispatch-w1 kamailio-c2 ${BASE:+base-w2 }gdispatch-w2"
   else
     echo "bench.sh: Kamailio or its start script ($KAMAILIO_START) is missing: measuring gdispatch alone" >&2
-    PROXIES="gdispatch-w1 gdispatch-w2"
+    PROXIES="${BASE:+base-w1 }gdispatch-w1 ${BASE:+base-w2 }gdispatch-w2"
   fi
 fi
 GD_CONFIG="${GD_CONFIG:-$ROOT/bench/compare.toml}"
@@ -73,14 +95,19 @@ for p in $PROXIES; do
   n="${p##*[!0-9]}"
   case "$p" in
     gdispatch-w*)
-      NAME="$p" OUT="$RUN/$p" PROXY_CMD="" \
+      NAME="$p" OUT="$RUN/$p" PROXY_CMD="" GD_PYTHONPATH="" \
+        PROXY_ARGS="--config $GD_CONFIG --workers $n ${PROXY_ARGS:-}" \
+        "$PY" "$ROOT/bench/lib/maxcps.py" || status=1 ;;
+    base-w*)
+      [ -n "$BASE" ] || die "$p needs GDISPATCH_BASE (another checkout of gdispatch)"
+      NAME="$p" OUT="$RUN/$p" PROXY_CMD="" GD_PYTHONPATH="$BASE" \
         PROXY_ARGS="--config $GD_CONFIG --workers $n ${PROXY_ARGS:-}" \
         "$PY" "$ROOT/bench/lib/maxcps.py" || status=1 ;;
     kamailio-c*)
       [ -f "$KAMAILIO_START" ] || die "no $KAMAILIO_START"
       NAME="$p" OUT="$RUN/$p" PROXY_CMD="$KAMAILIO_START" CHILDREN="$n" \
         "$PY" "$ROOT/bench/lib/maxcps.py" || status=1 ;;
-    *) die "unknown proxy $p (gdispatch-wN or kamailio-cN)" ;;
+    *) die "unknown proxy $p (gdispatch-wN, kamailio-cN or base-wN)" ;;
   esac
   echo
 done

@@ -1,12 +1,14 @@
 """gdispatch's maximum sustainable call rate, on 127.0.0.1. Run through bench/bench.sh.
 
-Starts 2 SIPp UAS (tests/scenarios/uas_ok.xml) and gdispatch in front of them (round robin,
-``--algorithm 4``), waits for the proxy's OPTIONS 200, measures unloaded latency with
-bench/lib/probe.py, then runs one bounded SIPp UAC load per rate in RATES (full calls:
-INVITE, 200, ACK, BYE, 200; tests/scenarios/uac.xml). A step passes when failed plus
-unfinished calls are < MAX_FAIL_PCT % of the calls, UAC retransmissions <= MAX_RETRANS_PCT %
-of the calls, and the achieved rate (successful calls / elapsed time) >= MIN_RATE_FRAC x the
-target. A failing step is run once more (CONFIRM=1) before the search stops.
+Starts 2 SIPp UAS (bench/scenarios/uas_shapes.xml: tests/scenarios/uas_ok.xml that also
+copies compact Vias) and gdispatch in front of them (round robin, ``--algorithm 4``), waits
+for the proxy's OPTIONS 200, measures unloaded latency with bench/lib/probe.py, then, for
+each caller shape in SHAPES, runs one bounded SIPp UAC load per rate in RATES (full calls:
+INVITE, 200, ACK, BYE, 200; the shape's scenario, see SHAPE_SCENARIOS). A step passes when
+failed plus unfinished calls are < MAX_FAIL_PCT % of the calls, UAC retransmissions <=
+MAX_RETRANS_PCT % of the calls, and the achieved rate (successful calls / elapsed time) >=
+MIN_RATE_FRAC x the target. A failing step is run once more (CONFIRM=1) before the search
+of that shape stops. The shapes share the proxy and the gateways, one after another.
 
 Proxy CPU is utime+stime of the proxy and all its descendants, from /proc, over the step;
 divided by the successful calls it gives the proxy's CPU cost of one call.
@@ -18,10 +20,17 @@ bench.sh), started as ``bash -c "exec $PROXY_CMD"`` with PROXY_ADDR (127.0.0.1:P
 DS_LIST, DS_ALG, CHILDREN and RUN_DIR in its environment; ready once it answers OPTIONS
 with 200; stopped with SIGTERM by PID (SIGKILL for its process tree 5 s later).
 
+result.txt: max_cps, proxy_cpu_us_per_call, first_failing_rate and the overload step are
+those of the first shape (the figures bench.sh ends with); each shape has its own
+shape_<name>_max_cps, shape_<name>_first_failing_rate, shape_<name>_cpu_us_per_call (at
+its max_cps), shape_<name>_cpu_us_at_<rate> for every rate it passed and
+shape_<name>_cpu_us_failed_at_<rate> for the one it failed at.
+
 The latency probe runs twice: straight to the first gateway, then through the proxy; the
 difference of the medians is the latency the proxy adds (`idle_added_*`).
 
-Environment: PY (set by bench.sh), NAME, RATES, STEP_S, LAT_CALLS, LAT_RATE,
+Environment: PY (set by bench.sh), NAME, SHAPES ("own"; names of SHAPE_SCENARIOS, or
+scenario files), GD_PYTHONPATH (gdispatch from another checkout), RATES, STEP_S, LAT_CALLS, LAT_RATE,
 LAT_BYE_AFTER_MS (the probe's pause between ACK and BYE, 0), ALG, PROXY_ARGS,
 PROXY_CMD, CHILDREN, OVERLOAD_X (after the search, one step at OVERLOAD_X times the
 highest passing rate: the calls completed per second past capacity),
@@ -58,6 +67,29 @@ HZ = os.sysconf("SC_CLK_TCK")
 # dropped in one step, counted by the kernel in /proc/net/udp), and the lost 200s came
 # back as BYE retransmissions charged to the proxy under test.
 SIPP_BUFFERS = ("-buff_size", str(4 * 1024 * 1024))
+
+# The callers' shapes: how each writes the same dialog (see the comment at the top of each
+# scenario). "own" is the project's UAC, tests/scenarios/uac.xml.
+SHAPE_SCENARIOS = {
+    "own": "uac.xml",
+    "builtin": "uac_sipp_builtin.xml",
+    "compact": "uac_compact.xml",
+    "phone": "uac_phone.xml",
+}
+# The gateways answer every shape: uas_ok.xml, also copying Vias written as v:.
+GATEWAY_SCENARIO = str(ROOT / "bench" / "scenarios" / "uas_shapes.xml")
+
+
+def shape_scenario(shape: str) -> tuple[str, str]:
+    """(name, scenario) of a SHAPES entry: a name of SHAPE_SCENARIOS, or a scenario file
+    (tests/scenarios/uac_NAME.xml, or a path) named after its file."""
+    if shape in SHAPE_SCENARIOS:
+        return shape, SHAPE_SCENARIOS[shape]
+    if shape.endswith(".xml"):
+        name = Path(shape).stem
+        return (name[4:] if name.startswith("uac_") else name), shape
+    raise SystemExit(f"maxcps.py: unknown shape {shape!r} (one of {' '.join(SHAPE_SCENARIOS)}, or a .xml file)")
+
 
 def env(name: str, default: str) -> str:
     return os.environ.get(name, "").strip() or default
@@ -111,8 +143,8 @@ def elapsed_s(stat: dict[str, str]) -> float:
     return int(p[0]) * 3600 + int(p[1]) * 60 + int(p[2]) + (int(p[3]) / 1e6 if len(p) > 3 else 0.0)
 
 
-COLS = ["rate", "calls", "ok", "failed", "unfinished", "fail_pct", "retrans_pct", "achieved_cps",
-        "proxy_cpu_pct", "proxy_cpu_us_per_call", "uas_cpu_pct", "uac_cpu_pct", "box_cpu_pct", "pass"]
+COLS = ["shape", "rate", "calls", "ok", "failed", "unfinished", "fail_pct", "retrans_pct", "achieved_cps",
+        "proxy_cpu_pct", "proxy_cpu_us_per_call", "uas_cpu_pct", "uac_cpu_pct", "box_cpu_pct", "pass", "kind"]
 
 
 class ExternalProxy:
@@ -195,9 +227,13 @@ def main() -> int:
     stamp = time.strftime("bench_%Y%m%d_%H%M%S") + ("_direct" if direct else "")
     out = Path(env("OUT", str(ROOT / "bench-results" / stamp))).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    shapes = [shape_scenario(x) for x in env("SHAPES", "own").split()]
+    shape_pause_s = float(env("SHAPE_PAUSE_S", "3"))
+    gd_pythonpath = os.environ.get("GD_PYTHONPATH", "").strip()
     harness.require_sipp()
     # every UAS exits by itself once the whole run should be over
-    uas_limit = 120 + 2 * lat_calls / lat_rate + 2 * len(rates) * (step_s + grace_s + 20)
+    uas_limit = (120 + 2 * lat_calls / lat_rate
+                 + len(shapes) * (2 * len(rates) * (step_s + grace_s + 20) + shape_pause_s))
 
     gateways: list[harness.Uas] = []
     proxy: harness.Proxy | ExternalProxy | None = None
@@ -205,7 +241,7 @@ def main() -> int:
     name = env("NAME", "direct" if direct else ("proxy" if external else "gdispatch"))
     try:
         for i in range(1 if direct else 2):
-            gateways.append(harness.Uas(out, "uas_ok.xml", time_limit_s=uas_limit, name=f"uas{i + 1}",
+            gateways.append(harness.Uas(out, GATEWAY_SCENARIO, time_limit_s=uas_limit, name=f"uas{i + 1}",
                                         extra_args=SIPP_BUFFERS).start())
         log("UAS on " + ", ".join(f"127.0.0.1:{g.port} (pid {g.pid})" for g in gateways))
         if direct:
@@ -228,9 +264,14 @@ def main() -> int:
                 proxy = ExternalProxy(out / "proxy", external, ds, alg, int(env("CHILDREN", "1")))
                 log(f"starting {name}: {external} (CHILDREN={env('CHILDREN', '1')})")
             else:
+                # GD_PYTHONPATH: another checkout's gdispatch in this venv (bench.sh's base-wN),
+                # which is only read: no bytecode cache is written into it.
                 proxy = harness.Proxy(out / "proxy", ds, config=config, listen=["udp:127.0.0.1:{port}"],
-                                      args=["--algorithm", alg, *proxy_args], ready_timeout=30)
-                log(f"starting {name}: " + " ".join(proxy.cmd))
+                                      args=["--algorithm", alg, *proxy_args], ready_timeout=30,
+                                      env={"PYTHONPATH": gd_pythonpath, "PYTHONDONTWRITEBYTECODE": "1"}
+                                      if gd_pythonpath else None)
+                log(f"starting {name}: " + " ".join(proxy.cmd)
+                    + (f" (PYTHONPATH={gd_pythonpath})" if gd_pythonpath else ""))
             try:
                 proxy.start()
             except RuntimeError as e:
@@ -250,13 +291,13 @@ def main() -> int:
         rows: list[dict[str, object]] = []
         uas_pids = [g.pid for g in gateways]
 
-        def step(rate: int) -> bool:
+        def step(shape: str, scenario: str, rate: int, kind: str) -> bool:
             calls = max(1, int(rate * step_s))
-            log(f"step {rate} cps x {step_s:g} s = {calls} calls")
+            log(f"{shape}: step {rate} cps x {step_s:g} s = {calls} calls")
             p0 = tree_cpu_s([proxy.pid]) if proxy else 0.0
             u0, c0, b0, w0 = tree_cpu_s(uas_pids), children_cpu_s(), box_busy_s(), time.monotonic()
-            res = harness.run_uac(target, "uac.xml", calls=calls, rate=rate, timeout_s=step_s + grace_s,
-                                  workdir=out / f"step_{rate}_{int(time.time())}", extra_args=SIPP_BUFFERS)
+            res = harness.run_uac(target, scenario, calls=calls, rate=rate, timeout_s=step_s + grace_s,
+                                  workdir=out / f"step_{shape}_{rate}_{int(time.time())}", extra_args=SIPP_BUFFERS)
             wall = max(1e-3, time.monotonic() - w0)
             p1 = tree_cpu_s([proxy.pid]) if proxy else 0.0
             u1, c1, b1 = tree_cpu_s(uas_pids), children_cpu_s(), box_busy_s()
@@ -269,7 +310,7 @@ def main() -> int:
                 log("the proxy died")
                 ok = False
             row = {
-                "rate": rate, "calls": calls, "ok": res.successful, "failed": res.failed,
+                "shape": shape, "rate": rate, "calls": calls, "ok": res.successful, "failed": res.failed,
                 "unfinished": res.unfinished, "fail_pct": round(fail_pct, 3),
                 "retrans_pct": round(retrans_pct, 3), "achieved_cps": round(achieved, 1),
                 "proxy_cpu_pct": round(100 * (p1 - p0) / wall, 1) if proxy else "NA",
@@ -278,32 +319,52 @@ def main() -> int:
                 "uas_cpu_pct": round(100 * (u1 - u0) / wall, 1),
                 "uac_cpu_pct": round(100 * (c1 - c0) / wall, 1),
                 "box_cpu_pct": round(100 * (b1 - b0) / wall, 1),
-                "pass": int(ok),
+                "pass": int(ok), "kind": kind,
             }
             rows.append(row)
             log(" ".join(f"{k}={v}" for k, v in row.items()))
             time.sleep(1)  # let the UAS finish their timewait of the last calls
             return ok
 
+        def search(shape: str, scenario: str) -> tuple[dict[str, object] | None, int | None]:
+            """The last passing step of the rate search, and the first failing rate."""
+            best = None
+            for rate in rates:
+                passed = step(shape, scenario, rate, "search")
+                if not passed and confirm:
+                    log(f"{shape}: step {rate} failed; running it once more")
+                    passed = step(shape, scenario, rate, "confirm")
+                if not passed:
+                    return best, rate
+                best = rows[-1]
+            return best, None
+
+        per_shape: dict[str, object] = {}
         best: dict[str, object] | None = None
         first_fail = None
-        for rate in rates:
-            passed = step(rate)
-            if not passed and confirm:
-                log(f"step {rate} failed; running it once more")
-                passed = step(rate)
-            if not passed:
-                first_fail = rate
-                break
-            best = rows[-1]
         overload = None
         factor = float(env("OVERLOAD_X", "0"))
-        if factor > 0 and best is not None and proxy is not None:
-            # Past capacity: does the proxy keep carrying calls, or collapse?
-            time.sleep(2)
-            log(f"overload step: {factor:g} x {best['rate']} cps")
-            step(int(factor * int(best["rate"])))
-            overload = rows[-1]
+        for i, (shape, scenario) in enumerate(shapes):
+            if i:
+                time.sleep(shape_pause_s)  # the last shape's transactions end (wt_timer)
+            log(f"shape {shape}: {scenario}")
+            shape_best, shape_fail = search(shape, scenario)
+            per_shape[f"shape_{shape}_max_cps"] = shape_best["rate"] if shape_best else 0
+            per_shape[f"shape_{shape}_first_failing_rate"] = shape_fail or "none"
+            per_shape[f"shape_{shape}_cpu_us_per_call"] = shape_best["proxy_cpu_us_per_call"] if shape_best else "NA"
+            for r in rows:
+                if r["shape"] == shape and r["kind"] != "overload":
+                    # a failing step's figure is kept apart: calls that failed cost too
+                    key = "cpu_us_at" if r["pass"] else "cpu_us_failed_at"
+                    per_shape[f"shape_{shape}_{key}_{r['rate']}"] = r["proxy_cpu_us_per_call"]
+            if i == 0:
+                best, first_fail = shape_best, shape_fail
+                if factor > 0 and best is not None and proxy is not None:
+                    # Past capacity: does the proxy keep carrying calls, or collapse?
+                    time.sleep(2)
+                    log(f"{shape}: overload step: {factor:g} x {best['rate']} cps")
+                    step(shape, scenario, int(factor * int(best["rate"])), "overload")
+                    overload = rows[-1]
 
         with open(out / "steps.tsv", "w") as f:
             f.write("\t".join(COLS) + "\n")
@@ -324,8 +385,10 @@ def main() -> int:
         cpu = best["proxy_cpu_us_per_call"] if best else "NA"
         result = {"mode": "direct" if direct else name, "max_cps": max_cps,
                   "first_failing_rate": first_fail or "none", "proxy_cpu_us_per_call": cpu,
-                  "step_s": step_s, "rates": " ".join(map(str, rates)), "out": out}
+                  "step_s": step_s, "rates": " ".join(map(str, rates)), "out": out,
+                  "shapes": " ".join(n for n, _ in shapes), "code": gd_pythonpath or ("NA" if external else ROOT)}
         result.update({f"idle_{k}": v for k, v in lat.items()})
+        result.update(per_shape)
         if overload is not None:
             # achieved_cps divides by SIPp's elapsed time, which past capacity includes the
             # wait of the calls turned away (the scenario's receive timeout after a 503):
@@ -334,6 +397,10 @@ def main() -> int:
                            "overload_ok_per_s": round(overload["ok"] / step_s, 1),
                            "overload_fail_pct": overload["fail_pct"], "overload_retrans_pct": overload["retrans_pct"]})
         (out / "result.txt").write_text("".join(f"{k}={v}\n" for k, v in result.items()))
+        for shape, _ in shapes:
+            print(f"# shape {shape}: max_cps {per_shape[f'shape_{shape}_max_cps']}, first failing "
+                  f"{per_shape[f'shape_{shape}_first_failing_rate']}, proxy CPU us per call there "
+                  f"{per_shape[f'shape_{shape}_cpu_us_per_call']}")
         print(f"results: {out}")
         print(f"max_cps={max_cps}")
         print(f"proxy_cpu_us_per_call={cpu}")
