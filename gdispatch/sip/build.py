@@ -107,19 +107,20 @@ def forward_request(
     The body and Content-Length are unchanged; untouched lines are byte-identical.
     """
     lines = msg._lines
+    names = msg._names
     replace: dict[int, bytes | None] = {}
     insert: dict[int, list[bytes]] = {}
     append: list[bytes] = []
 
     if remove_headers:
         dropped = {canonical_name(name) for name in remove_headers}
-        for i, name in enumerate(msg._names):
+        for i, name in enumerate(names):
             if name in dropped:
                 replace[i] = None
 
     if pop_routes > 0:
         remaining = pop_routes
-        for i in msg._indexes("route"):
+        for i in ([names.index("route")] if names.count("route") == 1 else msg._indexes("route")):
             replace[i], removed = _drop_first_values(lines[i], remaining)
             remaining -= removed
             if remaining == 0:
@@ -129,7 +130,7 @@ def forward_request(
                 f"pop_routes={pop_routes} but the request has fewer Route values"
             )
 
-    via_index = msg._index("via")
+    via_index = names.index("via") if "via" in names else None
     if top_via is not None:
         if via_index is None:
             raise ValueError("top_via given but the request has no Via")
@@ -139,10 +140,10 @@ def forward_request(
     insert[via_index] = [b"Via: " + via]
 
     if max_forwards is not None:
-        mf_index = msg._index("max-forwards")
-        if mf_index is None:
+        if "max-forwards" not in names:
             append.append(b"Max-Forwards: %d" % max_forwards)
         else:
+            mf_index = names.index("max-forwards")
             line = lines[mf_index]
             replace[mf_index] = line[: line.find(b":") + 1] + b" %d" % max_forwards
 

@@ -359,10 +359,13 @@ class SipMessage:
             raise ParseError("Not a request")
         if self.version != "SIP/2.0":
             raise ParseError("Version Not Supported", 505)
-        try:
-            uri = self.__dict__.get("uri") or self.uri
-        except ParseError:
-            raise ParseError("Bad Request-URI") from None
+        cache = self.__dict__
+        uri = cache.get("uri")
+        if uri is None:
+            try:
+                uri = cache["uri"] = parse_uri(self.ruri)
+            except ParseError:
+                raise ParseError("Bad Request-URI") from None
         if uri.scheme not in ("sip", "sips", "tel"):
             raise ParseError("Unsupported URI Scheme", 416)
         if uri.headers is not None:
@@ -370,7 +373,6 @@ class SipMessage:
             # RFC 4475 §3.1.2.11 lets us reject rather than strip them.
             raise ParseError("Bad Request-URI")
         self._check_common()
-        cache = self.__dict__
         if cache["cseq"][1] != self.method:
             # RFC 3261 §8.1.1.5: the CSeq method MUST match the request's (ACK and
             # CANCEL included: they carry their own method in CSeq).
@@ -521,15 +523,14 @@ def parse_message(data: bytes, *, stream: bool = False, head_only: bool = False)
         msg.body = b""
         return msg
 
-    length_index = msg._index("content-length")
     available = len(data) - body_start
-    if length_index is None:
+    if "content-length" not in names:
         if stream:
             # RFC 3261 §18.3: Content-Length MUST be used with stream transports.
             raise ParseError("Missing Content-Length")
         msg.body = data[body_start:]
     else:
-        value = msg._value(length_index)
+        value = msg._value(names.index("content-length"))
         if not value.isdigit() or len(value) > 9:
             raise ParseError("Bad Content-Length")
         length = int(value)
@@ -593,9 +594,15 @@ def _parse_start_line(msg: SipMessage, line: bytes) -> None:
         msg.reason = parts[2] if len(parts) == 3 else b""
         cseq = msg._first("cseq")
         if cseq is not None:
-            words = cseq.split()
-            if len(words) == 2:
-                msg.method = words[1].decode("utf-8", "surrogateescape")
+            # The CSeq method names the transaction a response belongs to (RFC 3261
+            # §17.1.3): read, and kept for `cseq`, when the value is valid.
+            try:
+                parsed = msg.__dict__["cseq"] = _parse_cseq(cseq)
+                msg.method = parsed[1]
+            except ParseError:
+                words = cseq.split()
+                if len(words) == 2:
+                    msg.method = words[1].decode("utf-8", "surrogateescape")
     else:
         # RFC 3261 §7.1: Request-Line = Method SP Request-URI SP SIP-Version, single SPs
         # only (RFC 4475 §3.1.2.8-10: LWS in the URI, doubled or trailing SP).
