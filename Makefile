@@ -63,11 +63,14 @@ bench-memory: $(VENV)/.installed install-sipp
 bench-compare: $(VENV)/.installed
 	PY=$(PY) bench/compare.sh
 
-# ruff is a development tool, not a dependency: installed into the venv on first use.
-# Target Python 3.9, the oldest version the package supports.
+# ruff and mypy are development tools, not dependencies: installed into the venv on first
+# use. ruff targets Python 3.9, the oldest version the package supports; mypy checks the
+# package with the settings in setup.cfg ([mypy]) and must find nothing.
 lint: $(VENV)/.installed
 	@[ -x $(VENV)/bin/ruff ] || $(PY) -m pip install -q ruff
+	@[ -x $(VENV)/bin/mypy ] || $(PY) -m pip install -q mypy
 	$(VENV)/bin/ruff check --target-version py39 .
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

@@ -12,6 +12,7 @@ import resource
 import signal
 import sys
 import time
+from typing import Any
 
 import gevent
 import gevent.event
@@ -112,6 +113,23 @@ class App:
 
     # ------------------------------------------------------------- events
 
+    # What `_start_proxy` and `start` build: there from then on.
+    def _proxy(self) -> Proxy:
+        assert self.proxy is not None, "the proxy is built by _start_proxy"
+        return self.proxy
+
+    def _transports(self) -> Transports:
+        assert self.transports is not None, "the transports are built by _start_proxy"
+        return self.transports
+
+    def _dns(self) -> DestinationResolver:
+        assert self.dns is not None, "the resolver is built by _start_proxy"
+        return self.dns
+
+    def _prober(self) -> Prober:
+        assert self.prober is not None, "the prober is built by start"
+        return self.prober
+
     def destination_state_changed(self, dest, old_state, new_state, reason: str) -> None:
         if self.supervisor is not None:
             self.supervisor.broadcast(("state", dest_key(dest), dest.flags))
@@ -163,17 +181,18 @@ class App:
         code = self._start_proxy(dlist, shared=several, udp_socks=udp_socks)
         if code:
             return code
-        proxy = self.proxy
-        transports = self.transports
-        p = config.probing
+        proxy = self._proxy()
+        transports = self._transports()
+        probing = config.probing
         self.prober = Prober(proxy, ProbeSettings(
-            interval=p.interval, timeout=p.timeout, method=p.method, from_uri=p.from_uri,
-            probing_threshold=p.probing_threshold, inactive_threshold=p.inactive_threshold, mode=p.mode,
-            reply_codes=p.reply_codes, latency_alpha=p.latency_alpha, mark=p.mark,
+            interval=probing.interval, timeout=probing.timeout, method=probing.method, from_uri=probing.from_uri,
+            probing_threshold=probing.probing_threshold, inactive_threshold=probing.inactive_threshold,
+            mode=probing.mode, reply_codes=probing.reply_codes, latency_alpha=probing.latency_alpha,
+            mark=probing.mark,
             user_agent=config.user_agent_header,
         ), lambda: proxy.dlist, on_change=self.destination_state_changed)
-        proxy.on_traffic_failure = self.prober.traffic_failure
-        self.prober.attach(dlist)
+        proxy.on_traffic_failure = self._prober().traffic_failure
+        self._prober().attach(dlist)
         self._list_digest = file_digest(config.list_file)
         if several:
             self._relay_socks = relay_sockets(config.workers)
@@ -182,8 +201,8 @@ class App:
         # listen: the calls it took meanwhile could not be handed to a worker not yet
         # there (their datagrams wait in the sockets meanwhile).
         transports.start(listen=not several)
-        self.dns.start(lambda: proxy.dlist)
-        self.prober.start()
+        self._dns().start(lambda: proxy.dlist)
+        self._prober().start()
         self._greenlets.append(gevent.spawn(self._tick))
         if config.watch:
             self.watcher = ListWatcher(config.list_file, self._file_changed)
@@ -248,10 +267,10 @@ class App:
             return 1
         self.dns = DestinationResolver(Resolver(list(config.dns_nameservers) or None),
                                        refresh_interval=config.dns_refresh, retry_interval=config.dns_retry)
-        self.dns.resolve_all(dlist, self._reachable)
-        self.proxy = proxy = Proxy(config, transports, self.scheduler, dlist, resolve_now=self.dns.resolve_now,
+        self._dns().resolve_all(dlist, self._reachable)
+        self.proxy = proxy = Proxy(config, transports, self.scheduler, dlist, resolve_now=self._dns().resolve_now,
                                    plugins=self.plugins, keyring=self.keyring,
-                                   next_hops=NextHopResolver(self.dns.resolver))
+                                   next_hops=NextHopResolver(self._dns().resolver))
         holder["proxy"] = proxy
         transports.on_unreachable = proxy.unreachable
         fl = config.flood
@@ -279,10 +298,10 @@ class App:
             guard.tick()
 
     def _start_relay(self, sock, index: int, ports: list[int]) -> None:
-        self.relay = Relay(sock, index, ports, self.transports.deliver)
-        self.transports.request_receivers.append(self.relay)
-        for lst in self.transports.listeners:
-            if lst.transport == "udp":
+        self.relay = Relay(sock, index, ports, self._transports().deliver)
+        self._transports().request_receivers.append(self.relay)
+        for lst in self._transports().listeners:
+            if isinstance(lst, UdpListener):
                 lst.steer = self.relay.steer
         self.relay.start()
 
@@ -293,7 +312,7 @@ class App:
 
     def _hello(self, index: int) -> tuple:
         """What a new worker starts from (gdispatch.workers)."""
-        dlist = self.proxy.dlist
+        dlist = self._proxy().dlist
         socks = self._relay_socks
         return ("hello", self.config, index, socks[index].fileno(), [x.getsockname()[1] for x in socks],
                 self._worker_listen_fds(index), dlist.text, self._states(dlist),
@@ -308,7 +327,7 @@ class App:
         if kind == "failure":
             dest = self._by_key.get(msg[1])
             if dest is not None and self.prober is not None:
-                self.prober.traffic_failure(dest, f"{msg[2]} (worker {index})")
+                self._prober().traffic_failure(dest, f"{msg[2]} (worker {index})")
         elif kind == "report":
             self._reports[index] = msg[1:]
             elsewhere: dict = {}
@@ -330,7 +349,7 @@ class App:
             return
         covers = []
         for i, socks in self._listen_socks.items():
-            lst = UdpListener(self.config.listen[i], self.transports, sock=socks[index])
+            lst = UdpListener(self.config.listen[i], self._transports(), sock=socks[index])
             lst.index = i
             lst.steer = self.relay.steer
             lst.start()
@@ -347,9 +366,9 @@ class App:
         """Primary: the latency estimates (algorithm 11 reads them) to every worker."""
         while True:
             gevent.sleep(SYNC_INTERVAL)
-            lat = {dest_key(d): d.latency_est_ms for d in self.proxy.dlist.destinations()
+            lat = {dest_key(d): d.latency_est_ms for d in self._proxy().dlist.destinations()
                    if d.latency_est_ms is not None}
-            if lat:
+            if lat and self.supervisor is not None:
                 self.supervisor.broadcast(("latency", lat))
 
     def start_worker(self, index: int, relay_sock, relay_ports: list[int], text: str, states: dict,
@@ -366,12 +385,12 @@ class App:
         code = self._start_proxy(dlist, shared=True, udp_socks=udp_socks)
         if code:
             return code
-        proxy = self.proxy
+        proxy = self._proxy()
         self.channel = channel = Channel(sock, self._from_primary, self.stopping.set)
         proxy.on_traffic_failure = lambda dest, reason: channel.send(("failure", dest_key(dest), reason))
         self._start_relay(relay_sock, index, relay_ports)
-        self.transports.start()
-        self.dns.start(lambda: proxy.dlist)
+        self._transports().start()
+        self._dns().start(lambda: proxy.dlist)
         self._greenlets.append(gevent.spawn(self._tick))
         self._greenlets.append(gevent.spawn(self._report_loop))
         channel.start()
@@ -388,7 +407,7 @@ class App:
 
     def _from_primary(self, msg: tuple) -> None:
         kind = msg[0]
-        proxy = self.proxy
+        proxy = self._proxy()
         if kind == "state":
             dest = self._by_key.get(msg[1])
             if dest is not None:
@@ -402,7 +421,7 @@ class App:
             _, text, reason, states = msg
             config = self.config
             new = parse_list(text, config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order)
-            self.dns.resolve_all(new, self._reachable)
+            self._dns().resolve_all(new, self._reachable)
             summary = carry_state(proxy.dlist, new, keep_state=config.reload_keeps_state)
             if config.reload_keeps_state:
                 proxy.calls.rebind(summary.replaced)
@@ -419,8 +438,9 @@ class App:
         """A worker's call loads, counters and statistics, for the primary to show."""
         while True:
             gevent.sleep(SYNC_INTERVAL)
-            loads = {dest_key(d): d.load for d in self.proxy.dlist.destinations() if d.load}
-            self.channel.send(("report", loads, dict(self.proxy.dest_counts), self._local_stats()))
+            loads = {dest_key(d): d.load for d in self._proxy().dlist.destinations() if d.load}
+            if self.channel is not None:
+                self.channel.send(("report", loads, dict(self._proxy().dest_counts), self._local_stats()))
 
     # ------------------------------------------------------------- reload
 
@@ -440,7 +460,7 @@ class App:
             return ""
         self.keyring = ring
         if self.proxy is not None:
-            self.proxy.keyring = ring
+            self._proxy().keyring = ring
         if self.supervisor is not None:
             self.supervisor.broadcast(("keys", ring.keys))
         msg = f"dialog keys reloaded: {len(ring.keys)} key(s), new dialogs signed with {ring.signing_id.decode()}"
@@ -472,8 +492,8 @@ class App:
 
     def _swap_in(self, new, reason: str) -> str:
         config = self.config
-        proxy = self.proxy
-        self.dns.resolve_all(new, self._reachable)
+        proxy = self._proxy()
+        self._dns().resolve_all(new, self._reachable)
         summary = carry_state(proxy.dlist, new, keep_state=config.reload_keeps_state)
         if config.reload_keeps_state:
             proxy.calls.rebind(summary.replaced)
@@ -482,7 +502,7 @@ class App:
         if self.supervisor is not None:
             # Before attach(): the states it reports name destinations of the new list.
             self.supervisor.broadcast(("list", new.text, reason, self._states(new)))
-        self.prober.attach(new)
+        self._prober().attach(new)
         self.plugins.call("gdispatch_list_loaded", dispatcher_list=new, reason=reason)
         msg = f"{config.list_file} reloaded ({reason}): {summary.describe()}"
         log.warning("%s", msg, extra=logsafe.KEEP)
@@ -494,14 +514,14 @@ class App:
 
     @property
     def ping_active(self) -> bool:
-        return self.prober.active
+        return self._prober().active
 
     @ping_active.setter
     def ping_active(self, value: bool) -> None:
-        self.prober.active = bool(value)
+        self._prober().active = bool(value)
 
     def current_list(self):
-        return self.proxy.dlist
+        return self._proxy().dlist
 
     @property
     def list_file(self) -> str:
@@ -518,9 +538,9 @@ class App:
         self.destination_state_changed(dest, old, new, reason)
 
     def _local_stats(self) -> dict[str, int]:
-        proxy = self.proxy
+        proxy = self._proxy()
         out = dict(proxy.stats)
-        out.update(self.transports.stats)
+        out.update(self._transports().stats)
         out["server_transactions"] = len(proxy.server_txns)
         out["client_transactions"] = len(proxy.client_txns)
         out["calls_in_progress"] = proxy.calls_in_progress()
@@ -536,8 +556,8 @@ class App:
 
     def stats(self) -> dict:
         """Every worker's counters summed (the others report every SYNC_INTERVAL)."""
-        proxy = self.proxy
-        out = self._local_stats()
+        proxy = self._proxy()
+        out: dict[str, Any] = dict(self._local_stats())
         others = []
         for _loads, child_counts, child_stats in self._reports.values():
             others.append(child_counts)
@@ -570,7 +590,7 @@ class App:
             self._list_digest = digest  # tried; the next good write recovers
 
     def _reachable(self, dest, ip: str) -> str:
-        return self.transports.can_reach(dest.transport, ip)
+        return self._transports().can_reach(dest.transport, ip)
 
     def _tick(self) -> None:
         scheduler = self.scheduler
@@ -587,7 +607,7 @@ class App:
 
     def drain(self) -> None:
         """SIGTERM: stop taking new calls, let the ones being set up finish (bounded)."""
-        proxy = self.proxy
+        proxy = self._proxy()
         proxy.draining = True
         now = time.monotonic()
         proxy.last_message_at = now
@@ -612,9 +632,9 @@ class App:
         for g in self._greenlets:
             g.kill(block=False)
         if self.prober is not None:
-            self.prober.stop()
+            self._prober().stop()
         if self.dns is not None:
-            self.dns.stop()
+            self._dns().stop()
         if self.relay is not None:
             self.relay.close()
         for index in list(self._covers):
@@ -623,7 +643,7 @@ class App:
             for sock in socks[1:]:  # the first is the primary's own, closed with its listener
                 sock.close()
         if self.transports is not None:
-            self.transports.close()
+            self._transports().close()
         if self.log_summary is not None:
             self.log_summary.close()
 
