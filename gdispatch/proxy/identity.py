@@ -80,11 +80,12 @@ class Identity:
 
     def is_loop(self, msg: SipMessage) -> bool:
         """RFC 3261 §16.3 step 4: a Via of ours whose branch carries this request's hash."""
-        if msg._names.count("via") < 2 and b"," not in (msg._first("via") or b""):
+        names = msg._names
+        if names.count("via") < 2 and b"," not in (msg._first("via") or b""):
             return False  # a single Via is the sender's own: no spiral through us yet
         markers = self._via_markers
-        if not any(m in v for v in msg.get_all("via") for m in markers):
-            return False
+        if not any(m in line for name, line in zip(names, msg._lines) if name == "via" for m in markers):
+            return False  # none of ours: read the Via lines as they are, parse none
         expect = MAGIC_COOKIE + loop_hash(msg) + "."
         for v in msg.vias:
             if (v.host, v.port or 5060) in self.local_hostports and v.branch and v.branch.startswith(expect):
