@@ -8,7 +8,8 @@ No sockets and no gevent here: pure functions and small classes, tested with pla
 - headers.py  header names: compact forms, canonical names, list headers
 - uri.py      `SipUri`, `parse_uri`, `format_hostport`, `NameAddr`, `parse_name_addr`
 - via.py      `Via`, `parse_via`
-- message.py  `parse_message`, `SipMessage`, `Header`, request/response validation
+- parse.py    `parse_message`: start line, header lines and their names, body framing
+- message.py  `SipMessage`, `Header`, request/response validation
 - build.py    `forward_request`, `strip_top_via`, `build_response`, `build_ack`,
               `build_cancel`
 - framing.py  `frame_stream` for TCP/TLS receive buffers
@@ -24,7 +25,8 @@ from .build import (
 from .errors import ParseError
 from .framing import frame_stream
 from .headers import COMPACT_FORMS, canonical_name
-from .message import MAX_MESSAGE_SIZE, Header, SipMessage, parse_message
+from .message import MAX_MESSAGE_SIZE, Header, SipMessage
+from .parse import parse_message
 from .uri import NameAddr, SipUri, format_hostport, parse_name_addr, parse_uri
 from .via import Via, parse_via
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import timeit
 
 from .build import forward_request
-from .message import parse_message
+from .parse import parse_message
 
 INVITE = (
     b"INVITE sip:+15551234567@gw1.example.net;user=phone SIP/2.0\r\n"
