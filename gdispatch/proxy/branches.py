@@ -15,7 +15,7 @@ waits on an address an ICMP error named.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from gdispatch.dispatcher.destination import Destination
 from gdispatch.message_api import Attempt
@@ -108,17 +108,52 @@ class Branches:
                           add_headers=add_headers, remove=remove)
 
     def send(self, branch: Branch, source: Source, top_via: bytes | None, popped: int, record: bool,
-                     new_ruri: bytes | None = None, add_headers=(), remove=()) -> None:
-        ctx = branch.ctx
-        msg = ctx.request
+             new_ruri: bytes | None = None, add_headers=(), remove=()) -> None:
+        """Send the branch's copy of its request in a new client transaction."""
+        msg = branch.ctx.request
         assert msg is not None
+        copy = self.copy(msg, branch.next_hop, source, top_via, popped, record, new_ruri, add_headers, remove)
+        if copy is None:
+            self.no_listener(branch)
+        else:
+            self.start_client_txn(branch, *copy)
+
+    def send_first(self, msg: SipMessage, next_hop, source: Source, top_via: bytes | None, popped: int,
+                   new_ruri: bytes | None, add_headers, remove) -> tuple[Any, str, bytes, bool] | None:
+        """The copy of a request inside a dialog, sent over UDP before its transactions
+        exist: at low load every step before the sendto adds its cold-cache cost to the
+        latency (bench/PROFILE.md). Nothing between this and `start_client_txn` yields,
+        so no response can come before the transactions exist; a send that fails is
+        left to the client transaction, which tries once more. None when no listener
+        can send it (`no_listener`)."""
+        copy = self.copy(msg, next_hop, source, top_via, popped, False, new_ruri, add_headers, remove)
+        if copy is None:
+            return None
+        listener, branch_id, data = copy
+        transport, addr = next_hop
+        sent = False
+        if transport == "udp":
+            try:
+                self.transports.send(transport, addr, data, listener=listener)
+                sent = True
+            except OSError:
+                pass
+        return listener, branch_id, data, sent
+
+    def no_listener(self, branch: Branch) -> None:
         transport, addr = branch.next_hop
+        log.warning("cannot reach %s:%s:%s: %s", transport, addr[0], addr[1],
+                    self.transports.can_reach(transport, addr[0]))
+        self.proxy.forker.attempt_over(branch, 503, None, "has no listen address to be sent from")
+
+    def copy(self, msg: SipMessage, next_hop, source: Source, top_via: bytes | None, popped: int, record: bool,
+             new_ruri: bytes | None = None, add_headers=(), remove=()) -> tuple[Any, str, bytes] | None:
+        """What an attempt sends to `next_hop` (RFC 3261 §16.6): the listener it leaves
+        from, its branch id and the request's bytes; None when no listener can send it."""
+        transport, addr = next_hop
         listener = self.transports.listener_for(transport, addr[0])
         if listener is None:
-            log.warning("cannot reach %s:%s:%s: %s", transport, addr[0], addr[1],
-                        self.transports.can_reach(transport, addr[0]))
-            self.proxy.forker.attempt_over(branch, 503, None, "has no listen address to be sent from")
-            return
+            return None
         identity = self.identity
         branch_id = identity.new_branch_id(loop_hash(msg))
         rr: tuple[bytes, ...] = ()
@@ -136,11 +171,12 @@ class Branches:
                                max_forwards=69 if mf is None else mf - 1, record_route=rr,
                                pop_routes=popped, top_via=top_via, add_headers=add_headers,
                                remove_headers=remove)
-        self._start_client_txn(branch, listener, branch_id, data)
+        return listener, branch_id, data
 
-    def _start_client_txn(self, branch: Branch, listener, branch_id: str, data: bytes) -> None:
+    def start_client_txn(self, branch: Branch, listener, branch_id: str, data: bytes, sent: bool = False) -> None:
         """Send `data`, the branch's request, from `listener` in a new client transaction
-        (RFC 3261 §16.6 step 10), with the branch's final-response timer (§16.8)."""
+        (RFC 3261 §16.6 step 10), with the branch's final-response timer (§16.8); if
+        `sent`, it has left already (`send_first`)."""
         method = branch.ctx.st.method
         transport, addr = branch.next_hop
         branch.request = data
@@ -157,7 +193,7 @@ class Branches:
         branch.ct = ct
         self.client_txns[key] = ct
         try:
-            ct.start()
+            ct.start(sent)
         except TransportError as e:
             log.warning("cannot send to %s:%s:%s: %s", transport, addr[0], addr[1], e)
             ct.on_transport_error()

@@ -412,6 +412,8 @@ class Proxy:
         if why:
             self._refuse_in_dialog(msg, source, why, top_via)
             return None
+        copy = self.branches.send_first(msg, hop, source, top_via, decision.popped, decision.new_ruri,
+                                        decision.add_headers, decision.remove)
         st = self._new_server_txn(msg, via, source, key)
         if msg.method == "BYE":
             self.calls.ended(msg.call_id)
@@ -421,8 +423,10 @@ class Proxy:
         branch = Branch(ctx, None, hop)
         ctx.branches.append(branch)
         ctx.outstanding = 1
-        self.branches.send(branch, source, top_via, decision.popped, record=False, new_ruri=decision.new_ruri,
-                          add_headers=decision.add_headers, remove=decision.remove)
+        if copy is None:
+            self.branches.no_listener(branch)
+        else:
+            self.branches.start_client_txn(branch, *copy)
         return st
 
     def _on_ack(self, msg: SipMessage, via: Via, source: Source) -> None:
