@@ -138,7 +138,7 @@ def relay_sockets(n: int) -> list[socket.socket]:
 class Relay:
     """Hands datagrams to the worker that owns their call, over the loopback sockets of
     `relay_sockets()`; `ports[i]` is worker i's. A datagram is taken only from another
-    worker's relay port, and handled where it is delivered (`transport.Relayed`): it is
+    worker's relay port, and handled where it is delivered (`Transports.deliver`): it is
     never handed on again."""
 
     def __init__(self, sock: socket.socket, index: int, ports: list[int],

@@ -3,8 +3,7 @@
 The modules, from the bottom up (each imports only those above it at run time):
 
 - `source`: what every transport shares: `Source` (where a received message came from
-  and how to answer it, §18.2.1), `Relayed` (a datagram another worker received),
-  `TransportError` (a message that could not be sent, §18.4).
+  and how to answer it, §18.2.1), `TransportError` (a message that could not be sent, §18.4).
 - `udp`: `UdpListener`, a UDP socket and its receiver greenlet (`run_receiver`, with
   the sampling of how long datagrams waited in the kernel), ICMP errors read from the
   socket's error queue (§18.4), and the SO_REUSEPORT sockets workers share
@@ -18,13 +17,12 @@ The modules, from the bottom up (each imports only those above it at run time):
 What other modules use is imported from here.
 """
 
-from gdispatch.net.source import Relayed, Source, TransportError
+from gdispatch.net.source import Source, TransportError
 from gdispatch.net.tcp import TcpConnection, TcpListener
 from gdispatch.net.transports import Transports, ensure_free
 from gdispatch.net.udp import UdpListener, enable_timestamps, run_receiver, shared_udp_sockets, udp_socket
 
 __all__ = [
-    "Relayed",
     "Source",
     "TcpConnection",
     "TcpListener",

@@ -27,7 +27,6 @@ class Source:
     """Where a message came from: its transport, address and the socket to answer on."""
 
     __slots__ = ("addr", "conn", "listener", "transport")
-    relayed = False  # handed over by another worker (`Relayed`)
 
     def __init__(self, transport: str, addr: tuple[str, int], listener: UdpListener | TcpListener,
                  conn: TcpConnection | None = None):
@@ -38,14 +37,6 @@ class Source:
 
     def __repr__(self) -> str:
         return f"{self.transport}:{self.addr[0]}:{self.addr[1]}"
-
-
-class Relayed(Source):
-    """A datagram another worker received and handed to this one (gdispatch.workers):
-    it is not handed on again."""
-
-    __slots__ = ()
-    relayed = True
 
 
 def address_family(host: str) -> int:

@@ -25,7 +25,7 @@ import gevent
 
 from gdispatch import sockfilter
 from gdispatch.config import Listen
-from gdispatch.net.source import Relayed, Source, TransportError, address_family
+from gdispatch.net.source import Source, TransportError, address_family
 from gdispatch.net.tcp import TCP_COUNTERS, TcpConnection, TcpListener
 from gdispatch.net.udp import UdpListener
 from gdispatch.tcplimits import ConnectionTable, TcpLimits
@@ -141,7 +141,7 @@ class Transports:
     def deliver(self, listener_index: int, data: bytes, addr: tuple[str, int]) -> None:
         """A datagram another worker received on listener `listener_index` and handed
         to this one (gdispatch.workers): handle it as if it had arrived here."""
-        self.on_message(data, Relayed("udp", addr, self.listeners[listener_index]))
+        self.on_message(data, Source("udp", addr, self.listeners[listener_index]))
 
     def unreachable(self, addr: tuple[str, int]) -> None:
         if self.on_unreachable is not None:

@@ -322,7 +322,7 @@ class Proxy:
             self._refuse(msg, source, e.status, e.reason, top_via=top_via)
             return None
         decision = routing.route_request(
-            msg, ruri, self.identity, self._is_ours, lambda: self.routes.match(msg, ruri, source),
+            msg, ruri, source, self.identity, self._is_ours, self.routes,
             draining=self.draining, no_route_reply=self.config.no_route_reply)
         if isinstance(decision, routing.Dispatch):
             return self._dispatch(msg, via, source, key, top_via, decision)

@@ -73,11 +73,11 @@ Decision = Union[Refuse, AnswerOptions, RefuseInDialog, InDialog, Dispatch]
 FORBIDDEN = Refuse(403, "Relaying Forbidden")
 
 
-def route_request(msg: SipMessage, ruri: SipUri, identity: Identity, is_ours, choose_route, *,
-                  draining: bool, no_route_reply: int) -> Decision:
-    """What to do with new request `msg` (its Request-URI parsed as `ruri`). `is_ours(token)`:
-    whether a signature was made with one of our keys; `choose_route()`: the route of an
-    out-of-dialog request (`RouteMatcher.match`), called only when one is needed."""
+def route_request(msg: SipMessage, ruri: SipUri, source: Source, identity: Identity, is_ours,
+                  matcher: RouteMatcher, *, draining: bool, no_route_reply: int) -> Decision:
+    """What to do with new request `msg` (its Request-URI parsed as `ruri`) from `source`.
+    `is_ours(token)`: whether a signature was made with one of our keys; `matcher` chooses
+    the route of an out-of-dialog request, asked only when one is needed."""
     method = msg.method
     mf = msg.max_forwards
     if mf is not None and mf <= 0:
@@ -96,7 +96,7 @@ def route_request(msg: SipMessage, ruri: SipUri, identity: Identity, is_ours, ch
     local = identity.is_local_uri(ruri)
     if local and method == "OPTIONS" and ruri.user is None:
         return AnswerOptions()
-    route = choose_route()
+    route = matcher.match(msg, ruri, source)
     if route is None or not (local or route.domains or route.relay):
         # No open relay: a request for a domain that is neither ours nor named by a
         # route is refused.
