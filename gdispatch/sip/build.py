@@ -54,23 +54,19 @@ def _splice(
 ) -> bytes:
     """Join the header lines with edits: `insert[i]` goes before line i (i may be
     len(lines)), `replace[i]` replaces line i (None removes it), `append` follows."""
-    out = [start_line]
-    previous = 0
-    count = len(lines)
-    for i in sorted(replace.keys() | insert.keys()):
-        out.extend(lines[previous:i])
+    out = [start_line, *lines]
+    # From the last edit up, so that the positions of those still to come hold
+    # (out[i + 1] is lines[i]).
+    for i in sorted(replace.keys() | insert.keys(), reverse=True):
+        if i in replace:
+            line = replace[i]
+            if line is None:
+                del out[i + 1]
+            else:
+                out[i + 1] = line
         added = insert.get(i)
         if added:
-            out.extend(added)
-        if i < count:
-            if i in replace:
-                line = replace[i]
-                if line is not None:
-                    out.append(line)
-            else:
-                out.append(lines[i])
-        previous = i + 1
-    out.extend(lines[previous:])
+            out[i + 1:i + 1] = added
     out.extend(append)
     out.append(b"")
     out.append(body)
@@ -177,7 +173,8 @@ def strip_top_via(msg: SipMessage) -> bytes:
         # The usual case, one value on the line: the line goes.
         return b"\r\n".join((msg.start_line, *lines[:i], *lines[i + 1 :], b"", msg.body))
     remaining, _ = _drop_first_values(line, 1)
-    return _splice(msg.start_line, lines, {i: remaining}, {}, (), msg.body)
+    return b"\r\n".join((msg.start_line, *lines[:i], *((remaining,) if remaining else ()), *lines[i + 1 :],
+                          b"", msg.body))
 
 
 def _line(msg: SipMessage, name: str) -> bytes:

@@ -70,6 +70,9 @@ _MANDATORY = ("via", "from", "to", "call-id", "cseq")
 _METHOD_NAMES = {m.encode(): m for m in KNOWN_METHODS}
 # Single-valued headers that may appear once at most (RFC 4475 §3.3.8).
 _SINGLE = ("from", "to", "call-id", "cseq", "max-forwards")
+# The mandatory ones among them, each there exactly once in a valid message.
+_ONCE = ("from", "to", "call-id", "cseq")
+_ONCE_EACH = [1, 1, 1, 1]
 _TOKEN = rb"[A-Za-z0-9\-.!%*_+`'~]+"
 # The two shapes nearly every From, To and Contact value has (RFC 3261 §20.10): token
 # words or a quoted string without escapes then <URI> without white space, or a bare URI
@@ -408,16 +411,19 @@ class SipMessage:
 
     def _check_common(self) -> None:
         names = self._names
-        for name in _MANDATORY:
-            if name not in names:
-                raise ParseError(f"Missing {DISPLAY_NAMES[name]}")
-        for name in _SINGLE:
-            if names.count(name) > 1:
-                raise ParseError(f"Multiple {DISPLAY_NAMES[name]} headers")
+        if ("via" not in names or list(map(names.count, _ONCE)) != _ONCE_EACH
+                or names.count("max-forwards") > 1):
+            # Which rule is broken, for the 400's reason.
+            for name in _MANDATORY:
+                if name not in names:
+                    raise ParseError(f"Missing {DISPLAY_NAMES[name]}")
+            for name in _SINGLE:
+                if names.count(name) > 1:
+                    raise ParseError(f"Multiple {DISPLAY_NAMES[name]} headers")
         # The headers every message has, there once each as just checked: read in one
         # pass and cached for the properties, rather than found again one by one.
         lines = self._lines
-        values = [line[line.find(b":") + 1:].strip() for line in [lines[names.index(n)] for n in _MANDATORY]]
+        values = [line[line.find(b":") + 1:].strip() for line in map(lines.__getitem__, map(names.index, _MANDATORY))]
         if self._folded:
             values = [unfold(v) if b"\n" in v else v for v in values]
         via, from_, to, call_id, cseq = values
