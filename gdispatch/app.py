@@ -10,6 +10,7 @@ import errno
 import logging
 import resource
 import signal
+import socket
 import sys
 import time
 from typing import Any
@@ -18,6 +19,26 @@ import gevent
 import gevent.event
 
 from gdispatch import __version__, logsafe, sdnotify, tcplimits
+from gdispatch.cluster.channel import (
+    Channel,
+    Hello,
+    KeysChanged,
+    Latencies,
+    ListSwapped,
+    Message,
+    Ready,
+    Report,
+    StateChanged,
+    Stop,
+    TrafficFailure,
+    apply_states,
+    dest_key,
+    keyed,
+    states_of,
+)
+from gdispatch.cluster.relay import Relay, relay_sockets
+from gdispatch.cluster.steering import shared_udp_sockets
+from gdispatch.cluster.supervisor import Supervisor
 from gdispatch.collector import CollectorPolicy
 from gdispatch.config import Config
 from gdispatch.control.server import MAX_CONNECTIONS as CONTROL_CONNECTIONS
@@ -27,7 +48,7 @@ from gdispatch.dispatcher.listfile import ListError, load_list, parse_list
 from gdispatch.dispatcher.reload import carry_state
 from gdispatch.dns import DestinationResolver, NextHopResolver, Resolver
 from gdispatch.flood import SourceGuard
-from gdispatch.net import TransportError, Transports, UdpListener, ensure_free, shared_udp_sockets
+from gdispatch.net import TransportError, Transports, UdpListener, ensure_free
 from gdispatch.plugins import PluginError, PluginHost
 from gdispatch.probing.pinger import Prober
 from gdispatch.probing.policy import ProbeSettings
@@ -35,7 +56,6 @@ from gdispatch.proxy import Proxy
 from gdispatch.recordroute import KeyFileError, Keyring, default_key_path, ensure_key_file, load_keys
 from gdispatch.transaction.timers import Scheduler
 from gdispatch.watch import ListWatcher, file_digest
-from gdispatch.workers import Channel, Relay, Supervisor, dest_key, keyed, relay_sockets
 
 log = logging.getLogger("gdispatch")
 
@@ -96,13 +116,13 @@ class App:
         self.watcher: ListWatcher | None = None
         self.control: ControlServer | None = None
         self._list_digest: str | None = None
-        # Several workers (gdispatch.workers): the primary has a supervisor, every worker
+        # Several workers (gdispatch.cluster): the primary has a supervisor, every worker
         # a relay, the others a channel to the primary.
         self.supervisor: Supervisor | None = None
         self.relay: Relay | None = None
         self.channel: Channel | None = None
         self._by_key: dict = {}  # dest_key -> destination of the current list
-        self._reports: dict[int, tuple] = {}  # worker index -> its last report
+        self._reports: dict[int, Report] = {}  # worker index -> its last report
         self._relay_socks: list = []  # primary: every worker's relay socket (relay_sockets)
         # primary: listen index -> every worker's socket on that UDP address, in worker
         # order (gdispatch.net.udp.shared_udp_sockets); it holds them all for its life,
@@ -132,7 +152,7 @@ class App:
 
     def destination_state_changed(self, dest, old_state, new_state, reason: str) -> None:
         if self.supervisor is not None:
-            self.supervisor.broadcast(("state", dest_key(dest), dest.flags))
+            self.supervisor.broadcast(StateChanged(dest_key(dest), dest.flags))
         self.plugins.call("gdispatch_destination_state_changed", destination=dest, old_state=old_state,
                           new_state=new_state, reason=reason)
 
@@ -140,7 +160,7 @@ class App:
 
     def start(self) -> int:
         """Load everything and start serving; a non-zero exit status when it cannot.
-        With several workers this process is the primary (gdispatch.workers)."""
+        With several workers this process is the primary (gdispatch.cluster)."""
         config = self.config
         if not self._load_plugins():
             return 1
@@ -298,45 +318,41 @@ class App:
             guard.tick()
 
     def _start_relay(self, sock, index: int, ports: list[int]) -> None:
-        self.relay = Relay(sock, index, ports, self._transports().deliver)
+        self.relay = Relay(sock, index, ports)
         self._transports().request_receivers.append(self.relay)
         for lst in self._transports().listeners:
             if isinstance(lst, UdpListener):
                 lst.steer = self.relay.steer
-        self.relay.start()
+        self.relay.start(self._transports().deliver)
 
     # ------------------------------------------------------------- several workers
 
-    def _states(self, dlist) -> dict:
-        return {dest_key(d): d.flags for d in dlist.destinations()}
-
-    def _hello(self, index: int) -> tuple:
-        """What a new worker starts from (gdispatch.workers)."""
+    def _hello(self, index: int) -> Hello:
+        """What a new worker starts from (gdispatch.cluster)."""
         dlist = self._proxy().dlist
         socks = self._relay_socks
-        return ("hello", self.config, index, socks[index].fileno(), [x.getsockname()[1] for x in socks],
-                self._worker_listen_fds(index), dlist.text, self._states(dlist),
-                self.keyring.keys if self.keyring is not None else [])
+        return Hello(self.config, index, socks[index].fileno(), [x.getsockname()[1] for x in socks],
+                     self._worker_listen_fds(index), dlist.text, states_of(dlist),
+                     self.keyring.keys if self.keyring is not None else [])
 
     def _worker_listen_fds(self, index: int) -> dict[int, int]:
         """Worker `index`'s sockets on the UDP listen addresses: listen index -> fd."""
         return {i: socks[index].fileno() for i, socks in self._listen_socks.items()}
 
-    def _from_worker(self, index: int, msg: tuple) -> None:
-        kind = msg[0]
-        if kind == "failure":
-            dest = self._by_key.get(msg[1])
+    def _from_worker(self, index: int, msg: Message) -> None:
+        if isinstance(msg, TrafficFailure):
+            dest = self._by_key.get(msg.key)
             if dest is not None and self.prober is not None:
-                self._prober().traffic_failure(dest, f"{msg[2]} (worker {index})")
-        elif kind == "report":
-            self._reports[index] = msg[1:]
+                self._prober().traffic_failure(dest, f"{msg.reason} (worker {index})")
+        elif isinstance(msg, Report):
+            self._reports[index] = msg
             elsewhere: dict = {}
-            for loads, _counters, _stats in self._reports.values():
-                for key, n in loads.items():
+            for report in self._reports.values():
+                for key, n in report.loads.items():
                     elsewhere[key] = elsewhere.get(key, 0) + n
             for key, dest in self._by_key.items():
                 dest.load_elsewhere = elsewhere.get(key, 0)
-        elif kind == "ready":
+        elif isinstance(msg, Ready):
             log.info("worker %d listens", index)
             self._uncover(index)
 
@@ -369,69 +385,64 @@ class App:
             lat = {dest_key(d): d.latency_est_ms for d in self._proxy().dlist.destinations()
                    if d.latency_est_ms is not None}
             if lat and self.supervisor is not None:
-                self.supervisor.broadcast(("latency", lat))
+                self.supervisor.broadcast(Latencies(lat))
 
-    def start_worker(self, index: int, relay_sock, relay_ports: list[int], text: str, states: dict,
-                     sock, udp_socks: dict | None, keys: list) -> int:
-        """Start as worker `index` of `n` (not the primary): the list, the states and the
+    def start_worker(self, hello: Hello, sock) -> int:
+        """Start as worker `hello.index` (not the primary): the list, the states and the
         dialog keys come from the primary, which does the probing, watching and control;
-        `udp_socks`, its sockets on the UDP listen addresses, too."""
+        its sockets on the UDP listen addresses, too."""
         config = self.config
-        self.keyring = Keyring(keys)
+        self.keyring = Keyring(hello.keys)
         if not self._load_plugins():
             return 1
-        dlist = parse_list(text, config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order)
-        self._apply(dlist, states)
+        dlist = parse_list(hello.list_text, config.list_file, mode=config.load_mode,
+                           kamailio_order=config.kamailio_order)
+        apply_states(dlist, hello.states)
+        udp_socks = {i: socket.socket(fileno=fd) for i, fd in hello.listen_fds.items()}
         code = self._start_proxy(dlist, shared=True, udp_socks=udp_socks)
         if code:
             return code
         proxy = self._proxy()
-        self.channel = channel = Channel(sock, self._from_primary, self.stopping.set)
-        proxy.on_traffic_failure = lambda dest, reason: channel.send(("failure", dest_key(dest), reason))
-        self._start_relay(relay_sock, index, relay_ports)
+        self.channel = channel = Channel(sock)
+        proxy.on_traffic_failure = lambda dest, reason: channel.send(TrafficFailure(dest_key(dest), reason))
+        self._start_relay(socket.socket(fileno=hello.relay_fd), hello.index, hello.relay_ports)
         self._transports().start()
         self._dns().start(lambda: proxy.dlist)
         self._greenlets.append(gevent.spawn(self._tick))
         self._greenlets.append(gevent.spawn(self._report_loop))
-        channel.start()
+        channel.start(self._from_primary, self.stopping.set)
         self.plugins.call("gdispatch_list_loaded", dispatcher_list=dlist, reason="start")
         self.plugins.call("gdispatch_startup", config=config)
-        channel.send(("ready",))
+        channel.send(Ready())
         return 0
 
-    def _apply(self, dlist, states: dict) -> None:
-        for key, dest in keyed(dlist).items():
-            flags = states.get(key)
-            if flags is not None:
-                dest.flags = flags
-
-    def _from_primary(self, msg: tuple) -> None:
-        kind = msg[0]
+    def _from_primary(self, msg: Message) -> None:
         proxy = self._proxy()
-        if kind == "state":
-            dest = self._by_key.get(msg[1])
+        if isinstance(msg, StateChanged):
+            dest = self._by_key.get(msg.key)
             if dest is not None:
-                dest.flags = msg[2]
-        elif kind == "latency":
-            for key, ms in msg[1].items():
+                dest.flags = msg.flags
+        elif isinstance(msg, Latencies):
+            for key, ms in msg.ms.items():
                 dest = self._by_key.get(key)
                 if dest is not None:
                     dest.latency_est_ms = ms
-        elif kind == "list":
-            _, text, reason, states = msg
+        elif isinstance(msg, ListSwapped):
+            reason = msg.reason
             config = self.config
-            new = parse_list(text, config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order)
+            new = parse_list(msg.text, config.list_file, mode=config.load_mode,
+                             kamailio_order=config.kamailio_order)
             self._dns().resolve_all(new, self._reachable)
             summary = carry_state(proxy.dlist, new, keep_state=config.reload_keeps_state)
             if config.reload_keeps_state:
                 proxy.calls.rebind(summary.replaced)
-            self._apply(new, states)  # the primary's states win
+            apply_states(new, msg.states)  # the primary's states win
             proxy.set_list(new)
             self._took_list(new)
             self.plugins.call("gdispatch_list_loaded", dispatcher_list=new, reason=reason)
-        elif kind == "keys" and proxy is not None:
-            self.keyring = proxy.keyring = Keyring(msg[1])
-        elif kind == "stop":
+        elif isinstance(msg, KeysChanged):
+            self.keyring = proxy.keyring = Keyring(msg.keys)
+        elif isinstance(msg, Stop):
             self.stopping.set()
 
     def _report_loop(self) -> None:
@@ -440,7 +451,7 @@ class App:
             gevent.sleep(SYNC_INTERVAL)
             loads = {dest_key(d): d.load for d in self._proxy().dlist.destinations() if d.load}
             if self.channel is not None:
-                self.channel.send(("report", loads, dict(self._proxy().dest_counts), self._local_stats()))
+                self.channel.send(Report(loads, dict(self._proxy().dest_counts), self._local_stats()))
 
     # ------------------------------------------------------------- reload
 
@@ -462,7 +473,7 @@ class App:
         if self.proxy is not None:
             self._proxy().keyring = ring
         if self.supervisor is not None:
-            self.supervisor.broadcast(("keys", ring.keys))
+            self.supervisor.broadcast(KeysChanged(ring.keys))
         msg = f"dialog keys reloaded: {len(ring.keys)} key(s), new dialogs signed with {ring.signing_id.decode()}"
         log.warning("%s", msg, extra=logsafe.KEEP)
         return msg
@@ -501,7 +512,7 @@ class App:
         self._took_list(new)
         if self.supervisor is not None:
             # Before attach(): the states it reports name destinations of the new list.
-            self.supervisor.broadcast(("list", new.text, reason, self._states(new)))
+            self.supervisor.broadcast(ListSwapped(new.text, reason, states_of(new)))
         self._prober().attach(new)
         self.plugins.call("gdispatch_list_loaded", dispatcher_list=new, reason=reason)
         msg = f"{config.list_file} reloaded ({reason}): {summary.describe()}"
@@ -559,9 +570,9 @@ class App:
         proxy = self._proxy()
         out: dict[str, Any] = dict(self._local_stats())
         others = []
-        for _loads, child_counts, child_stats in self._reports.values():
-            others.append(child_counts)
-            for k, v in child_stats.items():
+        for report in self._reports.values():
+            others.append(report.counters)
+            for k, v in report.stats.items():
                 out[k] = out.get(k, 0) + v
         if self.config.workers > 1:
             out["workers"] = self.config.workers
@@ -569,7 +580,7 @@ class App:
             out["kernel_steering"] = int(bool(self._steered))
             # How the calls are spread: what each worker dispatched, in worker order.
             out["dispatched_by_worker"] = [proxy.stats["dispatched"]] + [
-                self._reports[i][2].get("dispatched", 0) if i in self._reports else 0
+                self._reports[i].stats.get("dispatched", 0) if i in self._reports else 0
                 for i in range(1, self.config.workers)]
         out["plugin_errors"] = dict(self.plugins.errors)
         out["plugin_slow_calls"] = dict(self.plugins.slow)
@@ -680,13 +691,14 @@ def run(config: Config) -> int:
     return 0
 
 
-def run_worker(config: Config, index: int, relay_sock, relay_ports: list[int], text: str, states: dict,
-               sock, udp_socks: dict | None, keys: list) -> int:
-    """A worker other than the primary (gdispatch.workers.child_main): serve until the
-    primary says stop or goes away, then drain like the primary does."""
-    log_summary = setup_logging(config.log_level, f"w{index}")
+def run_worker(hello: Hello, sock) -> int:
+    """A worker other than the primary (``python -m gdispatch.cluster``): serve until
+    the primary says stop or goes away, then drain like the primary does. `sock`: its
+    end of the channel, on which `hello` came."""
+    config = hello.config
+    log_summary = setup_logging(config.log_level, f"w{hello.index}")
     app = App(config, log_summary)
-    code = app.start_worker(index, relay_sock, relay_ports, text, states, sock, udp_socks, keys)
+    code = app.start_worker(hello, sock)
     if code:
         return code
     app.collector.start()

@@ -58,7 +58,7 @@ class Transports:
         """`shared`: one of several workers on the same listen addresses (SO_REUSEPORT);
         each UDP listener then gets a private twin on an ephemeral port of the same IP,
         which sends this worker's requests and receives their responses. `udp_socks`:
-        this worker's sockets of `shared_udp_sockets`, by position in `listens`.
+        this worker's sockets of the group the primary bound, by position in `listens`.
         `tcp_limits`: this process's TCP caps and timeouts (gdispatch.tcplimits; the
         `[tcp]` defaults when None). `kernel_filter`: the kernel drops what cannot be SIP
         (gdispatch.sockfilter)."""
@@ -90,7 +90,7 @@ class Transports:
                 raise TransportError(e.errno, f"cannot listen on {listen}: {e.strerror}") from None
             lst.index = len(self.listeners)
             self.listeners.append(lst)
-        # Where new requests queue up: the UDP listen sockets (gdispatch.workers adds its
+        # Where new requests queue up: the UDP listen sockets (gdispatch.cluster adds its
         # relay). Each has `queue_delay`.
         self.request_receivers: list = [lst for lst in self.listeners if lst.transport == "udp"]
         if kernel_filter:
@@ -140,7 +140,7 @@ class Transports:
 
     def deliver(self, listener_index: int, data: bytes, addr: tuple[str, int]) -> None:
         """A datagram another worker received on listener `listener_index` and handed
-        to this one (gdispatch.workers): handle it as if it had arrived here."""
+        to this one (gdispatch.cluster.relay): handle it as if it had arrived here."""
         self.on_message(data, Source("udp", addr, self.listeners[listener_index]))
 
     def unreachable(self, addr: tuple[str, int]) -> None:

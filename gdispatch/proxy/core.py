@@ -14,7 +14,7 @@ recognised by their bytes when they come back as a Route (identity.route_entry),
 response's top Via by comparison with the one we wrote (`_sent_with_this_via`), so the
 messages of the dialogs we route cost no parse of what we wrote ourselves.
 
-With several workers (gdispatch.workers) every datagram of a call reaches the worker
+With several workers (gdispatch.cluster) every datagram of a call reaches the worker
 that owns it before it reaches a proxy: the proxy knows nothing of workers.
 """
 
