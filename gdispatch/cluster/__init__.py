@@ -10,6 +10,8 @@ The modules, from the bottom up:
 - `channel`: `Channel`, the primary's socketpair to each worker, and the messages over
   it (dataclasses);
 - `supervisor`: `Supervisor`, the primary's hold on the other workers as processes;
+- `roles`: what each process does among the workers (`Single`, `Primary`, `Worker`),
+  behind the one seam the application calls (`Role`);
 - `__main__`: ``python -m gdispatch.cluster FD``, a worker the primary started.
 
 How the work is split
@@ -35,7 +37,7 @@ and the BYE later all meet the transactions of one worker (RFC 3261 §17.1.3, §
 The primary keeps every worker's sockets open for its whole life: a worker that dies
 leaves its socket in the group, where the new one finds its place (the kernel's index of
 a socket changes when one leaves). Until then the primary reads that socket itself
-(`Supervisor.on_lost`, App._cover): what belongs to a live worker goes to it at
+(`Supervisor.on_lost`, `Primary._cover`): what belongs to a live worker goes to it at
 once, what was the dead worker's waits in its relay socket.
 
 Each worker sends its requests from a UDP socket of its own, an ephemeral port on the
@@ -73,5 +75,5 @@ A destination is named by `channel.dest_key`: (set id, position in its set, URI)
 worker parses the same text, so the positions agree.
 
 gdispatch.net knows nothing of this package: the transports are given the sockets to
-use; gdispatch.app builds the primary and the workers from these parts.
+use and a `Handoff` (the relay); gdispatch.app builds one process around a `Role`.
 """

@@ -10,6 +10,7 @@ import sys
 
 from gdispatch.app import run_worker
 from gdispatch.cluster.channel import Hello, read_message
+from gdispatch.cluster.roles import Worker
 
 
 def main(argv: list[str]) -> int:
@@ -18,7 +19,7 @@ def main(argv: list[str]) -> int:
     if not isinstance(hello, Hello):
         print("gdispatch worker: no hello from the primary", file=sys.stderr)
         return 2
-    return run_worker(hello, sock)
+    return run_worker(Worker(hello, sock))
 
 
 if __name__ == "__main__":

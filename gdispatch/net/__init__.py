@@ -12,17 +12,20 @@ The modules, from the bottom up (each imports only those above it at run time):
   [tcp] limits (gdispatch.tcplimits), and `TcpListener`, which accepts through gevent's
   StreamServer and refuses what is over a cap or banned.
 - `transports`: `Transports`, the facade the proxy uses (listeners, the connection
-  table, `send` §18.1 and `reply` §18.2.2), and `ensure_free`.
+  table, `send` §18.1 and `reply` §18.2.2), `Handoff` (what it hands other workers'
+  datagrams to), and `ensure_free`.
 
-What other modules use is imported from here. Nothing here imports gdispatch.cluster.
+What other modules use is imported from here. Nothing here imports gdispatch.cluster:
+the transports know of other workers only through `Handoff` and the sockets given.
 """
 
 from gdispatch.net.source import Source, TransportError
 from gdispatch.net.tcp import TcpConnection, TcpListener
-from gdispatch.net.transports import Transports, ensure_free
+from gdispatch.net.transports import Handoff, Transports, ensure_free
 from gdispatch.net.udp import UdpListener, enable_timestamps, run_receiver, udp_socket
 
 __all__ = [
+    "Handoff",
     "Source",
     "TcpConnection",
     "TcpListener",

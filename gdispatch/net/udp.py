@@ -138,20 +138,22 @@ class UdpListener:
     transport = "udp"
 
     def __init__(self, listen: Listen, owner: Transports, *, reuseport: bool = False,
-                 public: UdpListener | None = None, sock: socket.socket | None = None):
+                 public: UdpListener | None = None, sock: socket.socket | None = None, index: int = 0,
+                 steer: Callable[[bytes, tuple[str, int], UdpListener], bool] | None = None):
         """`sock`: the socket, already bound (a worker's socket of the group the primary
-        bound, gdispatch.cluster.steering), else one is made and bound here."""
+        bound, gdispatch.cluster.steering), else one is made and bound here. `index`:
+        its position in Transports.listeners, the same in every worker. `steer`: with
+        several workers, (data, addr, listener) -> True when the datagram was handed to
+        the worker that owns its call (gdispatch.cluster.relay), False to handle it here."""
         self.owner = owner
         self.public = public or self  # the address Record-Route names
         self.private: UdpListener | None = None  # where this worker's requests leave from
-        self.index = 0  # position in Transports.listeners: the same in every worker
+        self.index = index
         # How long the last sampled datagram waited in the kernel before it was read
         # (0.0 once the socket is found empty): how far behind this receiver is
         # (gdispatch.overload).
         self.queue_delay = 0.0
-        # With several workers: (data, addr, listener) -> True when the datagram was
-        # handed to the worker that owns it (gdispatch.cluster.relay), False to handle it here.
-        self.steer: Callable[[bytes, tuple[str, int], UdpListener], bool] | None = None
+        self.steer = steer
         if sock is None:
             sock = udp_socket(listen, reuseport)
         try:
