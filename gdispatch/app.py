@@ -6,7 +6,6 @@ logging set-up, signals, and resolving destination addresses when the list is lo
 
 from __future__ import annotations
 
-import errno
 import logging
 import resource
 import signal
@@ -18,16 +17,18 @@ import gevent
 import gevent.event
 
 from gdispatch import __version__, logsafe, sdnotify, tcplimits
+from gdispatch.cluster.channel import Hello, apply_states
+from gdispatch.cluster.roles import Primary, Role, Single, Worker
 from gdispatch.collector import CollectorPolicy
 from gdispatch.config import Config
 from gdispatch.control.server import MAX_CONNECTIONS as CONTROL_CONNECTIONS
 from gdispatch.control.server import ControlError, ControlServer
 from gdispatch.dispatcher.destination import state_letters
 from gdispatch.dispatcher.listfile import ListError, load_list, parse_list
-from gdispatch.dispatcher.reload import carry_state
+from gdispatch.dispatcher.reload import ReloadSummary, carry_state
 from gdispatch.dns import DestinationResolver, NextHopResolver, Resolver
 from gdispatch.flood import SourceGuard
-from gdispatch.net import TransportError, Transports, UdpListener, ensure_free, shared_udp_sockets
+from gdispatch.net import TransportError, Transports
 from gdispatch.plugins import PluginError, PluginHost
 from gdispatch.probing.pinger import Prober
 from gdispatch.probing.policy import ProbeSettings
@@ -35,14 +36,11 @@ from gdispatch.proxy import Proxy
 from gdispatch.recordroute import KeyFileError, Keyring, default_key_path, ensure_key_file, load_keys
 from gdispatch.transaction.timers import Scheduler
 from gdispatch.watch import ListWatcher, file_digest
-from gdispatch.workers import Channel, Relay, Supervisor, dest_key, keyed, relay_sockets
 
 log = logging.getLogger("gdispatch")
 
 TIMER_TICK = 0.02  # the scheduler's granularity, seconds
 DRAIN_QUIET = 1.0  # on SIGTERM, stop once no message arrived for this long (or drain_time)
-WORKER_START_TIMEOUT = 15.0  # how long the primary waits for the other workers to listen
-SYNC_INTERVAL = 1.0  # seconds between latency broadcasts (primary) and reports (workers)
 
 
 def setup_logging(level: str, tag: str = "") -> logsafe.Summariser:
@@ -75,11 +73,15 @@ def open_files_limit() -> int:
 
 
 class App:
-    """The running proxy and everything around it."""
+    """The running proxy and everything around it, in one process. What the process does
+    among several workers is its `cluster` role (gdispatch.cluster.roles), called the
+    same way whatever the number of workers."""
 
-    def __init__(self, config: Config, log_summary: logsafe.Summariser | None = None):
-        """`log_summary`: the log's Summariser (setup_logging), flushed by the timer greenlet."""
+    def __init__(self, config: Config, cluster: Role, log_summary: logsafe.Summariser | None = None):
+        """`cluster`: this process's role (`Single` with one worker). `log_summary`: the
+        log's Summariser (setup_logging), flushed by the timer greenlet."""
         self.config = config
+        self.cluster = cluster
         self.log_summary = log_summary
         self.started_at = time.time()
         self.plugins = PluginHost()
@@ -96,20 +98,6 @@ class App:
         self.watcher: ListWatcher | None = None
         self.control: ControlServer | None = None
         self._list_digest: str | None = None
-        # Several workers (gdispatch.workers): the primary has a supervisor, every worker
-        # a relay, the others a channel to the primary.
-        self.supervisor: Supervisor | None = None
-        self.relay: Relay | None = None
-        self.channel: Channel | None = None
-        self._by_key: dict = {}  # dest_key -> destination of the current list
-        self._reports: dict[int, tuple] = {}  # worker index -> its last report
-        self._relay_socks: list = []  # primary: every worker's relay socket (relay_sockets)
-        # primary: listen index -> every worker's socket on that UDP address, in worker
-        # order (gdispatch.net.udp.shared_udp_sockets); it holds them all for its life,
-        # so that a worker started again finds its place in the group unchanged.
-        self._listen_socks: dict[int, list] = {}
-        self._steered = 0  # primary: bytes the kernel searches for the Call-ID (0: no steering)
-        self._covers: dict[int, list[UdpListener]] = {}  # primary: a dead worker's sockets it reads
 
     # ------------------------------------------------------------- events
 
@@ -131,8 +119,7 @@ class App:
         return self.prober
 
     def destination_state_changed(self, dest, old_state, new_state, reason: str) -> None:
-        if self.supervisor is not None:
-            self.supervisor.broadcast(("state", dest_key(dest), dest.flags))
+        self.cluster.state_changed(dest)
         self.plugins.call("gdispatch_destination_state_changed", destination=dest, old_state=old_state,
                           new_state=new_state, reason=reason)
 
@@ -140,7 +127,7 @@ class App:
 
     def start(self) -> int:
         """Load everything and start serving; a non-zero exit status when it cannot.
-        With several workers this process is the primary (gdispatch.workers)."""
+        With several workers this process is the primary (gdispatch.cluster.roles)."""
         config = self.config
         if not self._load_plugins():
             return 1
@@ -159,50 +146,28 @@ class App:
             log.error("%s", e)
             return 1
         log.info("dialogs are signed with key %s of %s", self.keyring.signing_id.decode(), self.key_path)
-        several = config.workers > 1
-        udp_socks = None
-        if several:
-            try:
-                ensure_free(config.listen)
-                self._listen_socks, self._steered, refused = shared_udp_sockets(config.listen, config.workers)
-            except TransportError as e:
-                log.error("%s", e.strerror or e)
-                return 1
-            if not self._steered and self._listen_socks:
-                hint = (" (raise sysctl net.core.optmem_max to 65536 or more)"
-                        if refused is not None and refused.errno == errno.ENOMEM else "")
-                log.warning("the kernel does not take the program that steers datagrams by Call-ID: %s%s; "
-                            "the workers relay each other's datagrams instead, one more hop for about half "
-                            "of them", refused.strerror if refused else "refused", hint)
-            elif self._steered:
-                log.info("the kernel steers datagrams to their worker by the Call-ID in their first %d bytes",
-                         self._steered)
-            udp_socks = {i: socks[0] for i, socks in self._listen_socks.items()}
-        code = self._start_proxy(dlist, shared=several, udp_socks=udp_socks)
+        code = self._start_proxy(dlist)
         if code:
             return code
         proxy = self._proxy()
         transports = self._transports()
         probing = config.probing
-        self.prober = Prober(proxy, ProbeSettings(
+        self.prober = prober = Prober(proxy, ProbeSettings(
             interval=probing.interval, timeout=probing.timeout, method=probing.method, from_uri=probing.from_uri,
             probing_threshold=probing.probing_threshold, inactive_threshold=probing.inactive_threshold,
             mode=probing.mode, reply_codes=probing.reply_codes, latency_alpha=probing.latency_alpha,
             mark=probing.mark,
             user_agent=config.user_agent_header,
         ), lambda: proxy.dlist, on_change=self.destination_state_changed)
-        proxy.on_traffic_failure = self._prober().traffic_failure
-        self._prober().attach(dlist)
+        prober.attach(dlist)
         self._list_digest = file_digest(config.list_file)
-        if several:
-            self._relay_socks = relay_sockets(config.workers)
-            self._start_relay(self._relay_socks[0], 0, [x.getsockname()[1] for x in self._relay_socks])
-        # With several workers the primary reads the shared port only once they all
-        # listen: the calls it took meanwhile could not be handed to a worker not yet
-        # there (their datagrams wait in the sockets meanwhile).
-        transports.start(listen=not several)
+        # The listen sockets are read once the cluster is ready (`start_listening` below):
+        # with several workers, the calls the primary took before the others listen
+        # could not be handed to them (their datagrams wait in the sockets meanwhile).
+        self._receive(listen=False)
+        self.cluster.start(self, proxy, transports, prober)
         self._dns().start(lambda: proxy.dlist)
-        self._prober().start()
+        prober.start()
         self._greenlets.append(gevent.spawn(self._tick))
         if config.watch:
             self.watcher = ListWatcher(config.list_file, self._file_changed)
@@ -223,23 +188,39 @@ class App:
         except (ControlError, ValueError, OSError) as e:
             log.error("control socket: %s", e)
             return 1
-        if several:
-            self.supervisor = Supervisor(config.workers, self._hello, self._from_worker,
-                                         [[x.fileno(), *self._worker_listen_fds(i).values()]
-                                          for i, x in enumerate(self._relay_socks)], on_lost=self._cover)
-            self.supervisor.start()
-            self._greenlets.append(gevent.spawn(self._sync_loop))
-            if not self.supervisor.wait_ready(WORKER_START_TIMEOUT, abort=self.stopping):
-                log.warning("only %d of %d workers listen after %.0f s", len(self.supervisor.ready) + 1,
-                            config.workers, WORKER_START_TIMEOUT)
-            transports.start_listening()
+        self.cluster.ready(self.stopping)
+        transports.start_listening()
         self.plugins.call("gdispatch_list_loaded", dispatcher_list=dlist, reason="start")
         self.plugins.call("gdispatch_startup", config=config)
         nsets = len(dlist.sets)
         ndest = sum(len(s.destinations) for s in dlist.sets.values())
         log.info("gdispatch listening on %s%s; %d set(s), %d destination(s) from %s",
                  ", ".join(str(x) for x in config.listen),
-                 f" with {config.workers} workers" if several else "", nsets, ndest, config.list_file)
+                 f" with {config.workers} workers" if config.workers > 1 else "", nsets, ndest, config.list_file)
+        return 0
+
+    def start_worker(self, hello: Hello) -> int:
+        """Start as worker `hello.index` of several (not the primary): the list, the
+        states and the dialog keys come from the primary, which does the probing,
+        watching and control; so do the sockets (the `cluster` role's)."""
+        config = self.config
+        self.keyring = Keyring(hello.keys)
+        if not self._load_plugins():
+            return 1
+        dlist = parse_list(hello.list_text, config.list_file, mode=config.load_mode,
+                           kamailio_order=config.kamailio_order)
+        apply_states(dlist, hello.states)
+        code = self._start_proxy(dlist)
+        if code:
+            return code
+        proxy = self._proxy()
+        self._receive(listen=True)
+        self._dns().start(lambda: proxy.dlist)
+        self._greenlets.append(gevent.spawn(self._tick))
+        self.cluster.start(self, proxy, self._transports(), None)
+        self.plugins.call("gdispatch_list_loaded", dispatcher_list=dlist, reason="start")
+        self.plugins.call("gdispatch_startup", config=config)
+        self.cluster.ready(self.stopping)
         return 0
 
     def _load_plugins(self) -> bool:
@@ -250,44 +231,51 @@ class App:
             return False
         return True
 
-    def _start_proxy(self, dlist, *, shared: bool, udp_socks: dict | None = None) -> int:
+    def _start_proxy(self, dlist) -> int:
         """Sockets, name resolution and the proxy, for the primary and the workers alike."""
         config = self.config
-        holder: dict = {}
         tcp_limits, lowered = tcplimits.fit_to_fds(tcplimits.share(config.tcp, config.workers), open_files_limit(),
                                                    CONTROL_CONNECTIONS + tcplimits.RESERVED_FDS)
         if lowered:
             log.warning("%s", lowered)
         try:
+            socks = self.cluster.sockets()
             self.transports = transports = Transports(
-                config.listen, lambda data, src: holder["proxy"].on_message(data, src), shared=shared,
-                udp_socks=udp_socks, tcp_limits=tcp_limits, kernel_filter=config.flood.kernel_filter)
+                config.listen, shared=socks.shared, udp_socks=socks.udp, handoff=socks.relay,
+                tcp_limits=tcp_limits, kernel_filter=config.flood.kernel_filter)
         except TransportError as e:
             log.error("%s", e.strerror or e)
             return 1
         self.dns = DestinationResolver(Resolver(list(config.dns_nameservers) or None),
                                        refresh_interval=config.dns_refresh, retry_interval=config.dns_retry)
         self._dns().resolve_all(dlist, self._reachable)
-        self.proxy = proxy = Proxy(config, transports, self.scheduler, dlist, resolve_now=self._dns().resolve_now,
-                                   plugins=self.plugins, keyring=self.keyring,
-                                   next_hops=NextHopResolver(self._dns().resolver))
-        holder["proxy"] = proxy
-        transports.on_unreachable = proxy.unreachable
+        # The transports come first (the proxy sends through them and names their
+        # listeners); what they read goes to the proxy from `_receive`, at their start.
+        self.proxy = Proxy(config, transports, self.scheduler, dlist, resolve_now=self._dns().resolve_now,
+                           plugins=self.plugins, keyring=self.keyring,
+                           next_hops=NextHopResolver(self._dns().resolver),
+                           on_traffic_failure=self.cluster.traffic_failure)
         fl = config.flood
         if fl.source_rate:
             # Each worker counts what it reads: datagrams of one source are spread over
             # the workers by their Call-ID, so each takes its share of the rate.
             self.flood = SourceGuard(-(-fl.source_rate // config.workers), fl.ban_time, time.monotonic,
                                      trusted=fl.trusted, on_change=transports.set_banned)
-            transports.admit = self.flood.admit
             self._greenlets.append(gevent.spawn(self._flood_tick, self.flood))
-        self._took_list(dlist)
+        self._took_list(dlist, "start")
         return 0
 
-    def _took_list(self, dlist) -> None:
-        """A list is in use (start, reload, from the primary): its destinations by key, and
-        their addresses, which are never banned as floods."""
-        self._by_key = keyed(dlist)
+    def _receive(self, *, listen: bool) -> None:
+        """Start the transports: what they read goes to the proxy, once the flood guard
+        admits it."""
+        proxy = self._proxy()
+        self._transports().start(proxy.on_message, on_unreachable=proxy.unreachable,
+                                 admit=self.flood.admit if self.flood is not None else None, listen=listen)
+
+    def _took_list(self, dlist, reason: str) -> None:
+        """A list is in use (start, reload, from the primary): the cluster hears of it,
+        and its destinations' addresses are never banned as floods."""
+        self.cluster.list_loaded(dlist, reason)
         if self.flood is not None:
             self.flood.set_exempt(d.address[0] for d in dlist.destinations() if d.address is not None)
 
@@ -297,150 +285,18 @@ class App:
             gevent.sleep(1.0)
             guard.tick()
 
-    def _start_relay(self, sock, index: int, ports: list[int]) -> None:
-        self.relay = Relay(sock, index, ports, self._transports().deliver)
-        self._transports().request_receivers.append(self.relay)
-        for lst in self._transports().listeners:
-            if isinstance(lst, UdpListener):
-                lst.steer = self.relay.steer
-        self.relay.start()
+    # ------------------------------------------------------------- Host (gdispatch.cluster.roles)
 
-    # ------------------------------------------------------------- several workers
-
-    def _states(self, dlist) -> dict:
-        return {dest_key(d): d.flags for d in dlist.destinations()}
-
-    def _hello(self, index: int) -> tuple:
-        """What a new worker starts from (gdispatch.workers)."""
-        dlist = self._proxy().dlist
-        socks = self._relay_socks
-        return ("hello", self.config, index, socks[index].fileno(), [x.getsockname()[1] for x in socks],
-                self._worker_listen_fds(index), dlist.text, self._states(dlist),
-                self.keyring.keys if self.keyring is not None else [])
-
-    def _worker_listen_fds(self, index: int) -> dict[int, int]:
-        """Worker `index`'s sockets on the UDP listen addresses: listen index -> fd."""
-        return {i: socks[index].fileno() for i, socks in self._listen_socks.items()}
-
-    def _from_worker(self, index: int, msg: tuple) -> None:
-        kind = msg[0]
-        if kind == "failure":
-            dest = self._by_key.get(msg[1])
-            if dest is not None and self.prober is not None:
-                self._prober().traffic_failure(dest, f"{msg[2]} (worker {index})")
-        elif kind == "report":
-            self._reports[index] = msg[1:]
-            elsewhere: dict = {}
-            for loads, _counters, _stats in self._reports.values():
-                for key, n in loads.items():
-                    elsewhere[key] = elsewhere.get(key, 0) + n
-            for key, dest in self._by_key.items():
-                dest.load_elsewhere = elsewhere.get(key, 0)
-        elif kind == "ready":
-            log.info("worker %d listens", index)
-            self._uncover(index)
-
-    def _cover(self, index: int) -> None:
-        """Worker `index` died: until it is back, read its sockets on the UDP listen
-        addresses, which the kernel goes on giving datagrams (the primary holds them so
-        that the worker finds its place in the group again). What belongs to another
-        worker goes to it at once; what was the dead worker's waits in its relay socket."""
-        if index in self._covers or self.relay is None:
-            return
-        covers = []
-        for i, socks in self._listen_socks.items():
-            lst = UdpListener(self.config.listen[i], self._transports(), sock=socks[index])
-            lst.index = i
-            lst.steer = self.relay.steer
-            lst.start()
-            covers.append(lst)
-        self._covers[index] = covers
-
-    def _uncover(self, index: int) -> None:
-        """Stop reading worker `index`'s sockets; they stay open: they are the worker's."""
-        for lst in self._covers.pop(index, ()):
-            if lst.greenlet is not None:
-                lst.greenlet.kill(block=False)
-
-    def _sync_loop(self) -> None:
-        """Primary: the latency estimates (algorithm 11 reads them) to every worker."""
-        while True:
-            gevent.sleep(SYNC_INTERVAL)
-            lat = {dest_key(d): d.latency_est_ms for d in self._proxy().dlist.destinations()
-                   if d.latency_est_ms is not None}
-            if lat and self.supervisor is not None:
-                self.supervisor.broadcast(("latency", lat))
-
-    def start_worker(self, index: int, relay_sock, relay_ports: list[int], text: str, states: dict,
-                     sock, udp_socks: dict | None, keys: list) -> int:
-        """Start as worker `index` of `n` (not the primary): the list, the states and the
-        dialog keys come from the primary, which does the probing, watching and control;
-        `udp_socks`, its sockets on the UDP listen addresses, too."""
+    def take_list(self, text: str, reason: str, states: dict) -> None:
+        """A worker: swap in the list the primary swapped in, with the primary's states."""
         config = self.config
-        self.keyring = Keyring(keys)
-        if not self._load_plugins():
-            return 1
-        dlist = parse_list(text, config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order)
-        self._apply(dlist, states)
-        code = self._start_proxy(dlist, shared=True, udp_socks=udp_socks)
-        if code:
-            return code
-        proxy = self._proxy()
-        self.channel = channel = Channel(sock, self._from_primary, self.stopping.set)
-        proxy.on_traffic_failure = lambda dest, reason: channel.send(("failure", dest_key(dest), reason))
-        self._start_relay(relay_sock, index, relay_ports)
-        self._transports().start()
-        self._dns().start(lambda: proxy.dlist)
-        self._greenlets.append(gevent.spawn(self._tick))
-        self._greenlets.append(gevent.spawn(self._report_loop))
-        channel.start()
-        self.plugins.call("gdispatch_list_loaded", dispatcher_list=dlist, reason="start")
-        self.plugins.call("gdispatch_startup", config=config)
-        channel.send(("ready",))
-        return 0
+        new = parse_list(text, config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order)
+        self._install(new, reason, states)
+        self.plugins.call("gdispatch_list_loaded", dispatcher_list=new, reason=reason)
 
-    def _apply(self, dlist, states: dict) -> None:
-        for key, dest in keyed(dlist).items():
-            flags = states.get(key)
-            if flags is not None:
-                dest.flags = flags
-
-    def _from_primary(self, msg: tuple) -> None:
-        kind = msg[0]
-        proxy = self._proxy()
-        if kind == "state":
-            dest = self._by_key.get(msg[1])
-            if dest is not None:
-                dest.flags = msg[2]
-        elif kind == "latency":
-            for key, ms in msg[1].items():
-                dest = self._by_key.get(key)
-                if dest is not None:
-                    dest.latency_est_ms = ms
-        elif kind == "list":
-            _, text, reason, states = msg
-            config = self.config
-            new = parse_list(text, config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order)
-            self._dns().resolve_all(new, self._reachable)
-            summary = carry_state(proxy.dlist, new, keep_state=config.reload_keeps_state)
-            if config.reload_keeps_state:
-                proxy.calls.rebind(summary.replaced)
-            self._apply(new, states)  # the primary's states win
-            proxy.set_list(new)
-            self._took_list(new)
-            self.plugins.call("gdispatch_list_loaded", dispatcher_list=new, reason=reason)
-        elif kind == "keys" and proxy is not None:
-            self.keyring = proxy.keyring = Keyring(msg[1])
-        elif kind == "stop":
-            self.stopping.set()
-
-    def _report_loop(self) -> None:
-        """A worker's call loads, counters and statistics, for the primary to show."""
-        while True:
-            gevent.sleep(SYNC_INTERVAL)
-            loads = {dest_key(d): d.load for d in self._proxy().dlist.destinations() if d.load}
-            if self.channel is not None:
-                self.channel.send(("report", loads, dict(self._proxy().dest_counts), self._local_stats()))
+    def use_keys(self, keys: list) -> None:
+        """A worker: the dialog keys the primary read again."""
+        self.keyring = self._proxy().keyring = Keyring(keys)
 
     # ------------------------------------------------------------- reload
 
@@ -461,8 +317,7 @@ class App:
         self.keyring = ring
         if self.proxy is not None:
             self._proxy().keyring = ring
-        if self.supervisor is not None:
-            self.supervisor.broadcast(("keys", ring.keys))
+        self.cluster.keys_changed(ring.keys)
         msg = f"dialog keys reloaded: {len(ring.keys)} key(s), new dialogs signed with {ring.signing_id.decode()}"
         log.warning("%s", msg, extra=logsafe.KEEP)
         return msg
@@ -490,18 +345,26 @@ class App:
         finally:
             sdnotify.ready()
 
-    def _swap_in(self, new, reason: str) -> str:
+    def _install(self, new, reason: str, states: dict | None = None) -> ReloadSummary:
+        """Put `new` in the place of the running list, each unchanged destination keeping
+        its state (or taking the primary's `states`)."""
         config = self.config
         proxy = self._proxy()
         self._dns().resolve_all(new, self._reachable)
         summary = carry_state(proxy.dlist, new, keep_state=config.reload_keeps_state)
         if config.reload_keeps_state:
             proxy.calls.rebind(summary.replaced)
+        if states is not None:
+            apply_states(new, states)  # the primary's states win
         proxy.set_list(new)
-        self._took_list(new)
-        if self.supervisor is not None:
-            # Before attach(): the states it reports name destinations of the new list.
-            self.supervisor.broadcast(("list", new.text, reason, self._states(new)))
+        self._took_list(new, reason)
+        return summary
+
+    def _swap_in(self, new, reason: str) -> str:
+        config = self.config
+        summary = self._install(new, reason)
+        # After the cluster heard of the new list (in _install): the initial states
+        # attach() reports name its destinations, which the workers must have by then.
         self._prober().attach(new)
         self.plugins.call("gdispatch_list_loaded", dispatcher_list=new, reason=reason)
         msg = f"{config.list_file} reloaded ({reason}): {summary.describe()}"
@@ -537,7 +400,8 @@ class App:
                     extra=logsafe.KEEP)
         self.destination_state_changed(dest, old, new, reason)
 
-    def _local_stats(self) -> dict[str, int]:
+    def local_stats(self) -> dict[str, int]:
+        """This process's counters (a worker's `Report` carries them to the primary)."""
         proxy = self._proxy()
         out = dict(proxy.stats)
         out.update(self._transports().stats)
@@ -549,28 +413,14 @@ class App:
             out["flood_dropped"] = self.flood.dropped
             out["flood_bans"] = self.flood.bans
             out["banned_sources"] = len(self.flood.banned)
-        if self.relay is not None:
-            out["relayed_to_other_workers"] = self.relay.sent
-            out["relay_dropped"] = self.relay.dropped
+        out.update(self.cluster.counters())
         return out
 
     def stats(self) -> dict:
-        """Every worker's counters summed (the others report every SYNC_INTERVAL)."""
+        """This process's counters, and the other workers' added in by the cluster."""
         proxy = self._proxy()
-        out: dict[str, Any] = dict(self._local_stats())
-        others = []
-        for _loads, child_counts, child_stats in self._reports.values():
-            others.append(child_counts)
-            for k, v in child_stats.items():
-                out[k] = out.get(k, 0) + v
-        if self.config.workers > 1:
-            out["workers"] = self.config.workers
-            out["workers_ready"] = 1 + len(self.supervisor.ready) if self.supervisor else 1
-            out["kernel_steering"] = int(bool(self._steered))
-            # How the calls are spread: what each worker dispatched, in worker order.
-            out["dispatched_by_worker"] = [proxy.stats["dispatched"]] + [
-                self._reports[i][2].get("dispatched", 0) if i in self._reports else 0
-                for i in range(1, self.config.workers)]
+        out: dict[str, Any] = dict(self.local_stats())
+        others = self.cluster.merge_stats(out)
         out["plugin_errors"] = dict(self.plugins.errors)
         out["plugin_slow_calls"] = dict(self.plugins.slow)
         out["destinations"] = [
@@ -606,7 +456,9 @@ class App:
             gevent.sleep(TIMER_TICK if nd is None else min(max(nd - clock(), 0.001), TIMER_TICK))
 
     def drain(self) -> None:
-        """SIGTERM: stop taking new calls, let the ones being set up finish (bounded)."""
+        """SIGTERM: stop taking new calls, let the ones being set up finish (bounded).
+        The other workers drain at the same time."""
+        self.cluster.drain()
         proxy = self._proxy()
         proxy.draining = True
         now = time.monotonic()
@@ -622,6 +474,7 @@ class App:
             log.warning("drain time over with %d request(s) still in progress", left)
 
     def stop(self) -> None:
+        self.cluster.stop()  # the other workers first: they drained meanwhile
         log.info("stopping")
         sdnotify.stopping()
         if self.watcher is not None:
@@ -635,13 +488,6 @@ class App:
             self._prober().stop()
         if self.dns is not None:
             self._dns().stop()
-        if self.relay is not None:
-            self.relay.close()
-        for index in list(self._covers):
-            self._uncover(index)
-        for socks in self._listen_socks.values():
-            for sock in socks[1:]:  # the first is the primary's own, closed with its listener
-                sock.close()
         if self.transports is not None:
             self._transports().close()
         if self.log_summary is not None:
@@ -649,8 +495,10 @@ class App:
 
 
 def run(config: Config) -> int:
-    log_summary = setup_logging(config.log_level, "w0" if config.workers > 1 else "")
-    app = App(config, log_summary)
+    """``gdispatch run``: the proxy, the primary of `config.workers` when there are several."""
+    cluster: Role = Primary(config) if config.workers > 1 else Single()
+    log_summary = setup_logging(config.log_level, cluster.tag)
+    app = App(config, cluster, log_summary)
     # Before start(): a SIGTERM while the workers start must still end in a drain.
     for sig in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(sig, app.stopping.set)
@@ -671,22 +519,18 @@ def run(config: Config) -> int:
     sdnotify.ready()
     app.stopping.wait()
     log.info("stopping: no new calls; draining for up to %.1f s", config.drain_time)
-    if app.supervisor is not None:
-        app.supervisor.drain()  # every worker drains at the same time
     app.drain()
-    if app.supervisor is not None:
-        app.supervisor.stop(config.drain_time + 3.0)
     app.stop()
     return 0
 
 
-def run_worker(config: Config, index: int, relay_sock, relay_ports: list[int], text: str, states: dict,
-               sock, udp_socks: dict | None, keys: list) -> int:
-    """A worker other than the primary (gdispatch.workers.child_main): serve until the
-    primary says stop or goes away, then drain like the primary does."""
-    log_summary = setup_logging(config.log_level, f"w{index}")
-    app = App(config, log_summary)
-    code = app.start_worker(index, relay_sock, relay_ports, text, states, sock, udp_socks, keys)
+def run_worker(worker: Worker) -> int:
+    """A worker other than the primary (``python -m gdispatch.cluster``): serve until
+    the primary says stop or goes away, then drain like the primary does."""
+    config = worker.hello.config
+    log_summary = setup_logging(config.log_level, worker.tag)
+    app = App(config, worker, log_summary)
+    code = app.start_worker(worker.hello)
     if code:
         return code
     app.collector.start()

@@ -1,6 +1,6 @@
 """Classic BPF, as the Linux socket options take it: the opcodes, and handing a program
 to the kernel. The programs themselves live with what they decide: which worker a
-datagram goes to (gdispatch.steering), which datagrams are dropped before the proxy
+datagram goes to (gdispatch.cluster.steering), which datagrams are dropped before the proxy
 reads them (gdispatch.sockfilter)."""
 
 from __future__ import annotations

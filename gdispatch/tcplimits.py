@@ -2,7 +2,7 @@
 behind the TCP side of gdispatch.net (tcp.py), without I/O (`[tcp]` in gdispatch.toml,
 Kamailio's tcp_max_connections and tcp_connection_lifetime).
 
-- `share`: the caps one process enforces. With N workers (gdispatch.workers) each
+- `share`: the caps one process enforces. With N workers (gdispatch.cluster) each
   accepts on a SO_REUSEPORT listener of its own and keeps its own connections, so each
   enforces 1/N of every cap, rounded up. The kernel spreads connections over the
   workers by their addresses and ports, so one source reaches its cap in one worker a

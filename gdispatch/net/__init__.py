@@ -6,23 +6,26 @@ The modules, from the bottom up (each imports only those above it at run time):
   and how to answer it, §18.2.1), `TransportError` (a message that could not be sent, §18.4).
 - `udp`: `UdpListener`, a UDP socket and its receiver greenlet (`run_receiver`, with
   the sampling of how long datagrams waited in the kernel), ICMP errors read from the
-  socket's error queue (§18.4), and the SO_REUSEPORT sockets workers share
-  (`udp_socket`, `shared_udp_sockets`).
+  socket's error queue (§18.4), the private twin socket a worker's requests leave from,
+  and `udp_socket` (which gdispatch.cluster binds its SO_REUSEPORT groups with).
 - `tcp`: `TcpConnection`, a connection framed by Content-Length (§18.3) under the
   [tcp] limits (gdispatch.tcplimits), and `TcpListener`, which accepts through gevent's
   StreamServer and refuses what is over a cap or banned.
 - `transports`: `Transports`, the facade the proxy uses (listeners, the connection
-  table, `send` §18.1 and `reply` §18.2.2), and `ensure_free`.
+  table, `send` §18.1 and `reply` §18.2.2), `Handoff` (what it hands other workers'
+  datagrams to), and `ensure_free`.
 
-What other modules use is imported from here.
+What other modules use is imported from here. Nothing here imports gdispatch.cluster:
+the transports know of other workers only through `Handoff` and the sockets given.
 """
 
 from gdispatch.net.source import Source, TransportError
 from gdispatch.net.tcp import TcpConnection, TcpListener
-from gdispatch.net.transports import Transports, ensure_free
-from gdispatch.net.udp import UdpListener, enable_timestamps, run_receiver, shared_udp_sockets, udp_socket
+from gdispatch.net.transports import Handoff, Transports, ensure_free
+from gdispatch.net.udp import UdpListener, enable_timestamps, run_receiver, udp_socket
 
 __all__ = [
+    "Handoff",
     "Source",
     "TcpConnection",
     "TcpListener",
@@ -32,6 +35,5 @@ __all__ = [
     "enable_timestamps",
     "ensure_free",
     "run_receiver",
-    "shared_udp_sockets",
     "udp_socket",
 ]

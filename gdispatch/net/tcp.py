@@ -300,12 +300,13 @@ class TcpListener:
 
     transport = "tcp"
 
-    def __init__(self, listen: Listen, owner: Transports, *, reuseport: bool = False):
+    def __init__(self, listen: Listen, owner: Transports, *, reuseport: bool = False, index: int = 0):
+        """`index`: its position in Transports.listeners, the same in every worker."""
         self.listen = listen
         self.owner = owner
         self.public = self
         self.private = None
-        self.index = 0
+        self.index = index
         sock = socket.socket(address_family(listen.host), socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuseport:

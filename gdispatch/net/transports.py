@@ -9,6 +9,10 @@ server side (§18.2) is `on_message`, called with each message received and its 
 and `reply`, which sends a response back where its request came from (§18.2.2: on the
 request's connection while it is open, else on one to the sent-by address).
 
+What the received messages go to is given to `start`, not to the constructor: the proxy
+is built on the transports (it sends through them and names their listeners in its Via
+and Record-Route), so it exists only once they do, and nothing is read before `start`.
+
 `ensure_free` checks, before workers bind with SO_REUSEPORT, that no other process holds
 a listen address.
 """
@@ -19,7 +23,7 @@ import errno
 import logging
 import socket
 from collections.abc import Callable
-from typing import cast
+from typing import Protocol, cast
 
 import gevent
 
@@ -32,6 +36,24 @@ from gdispatch.tcplimits import ConnectionTable, TcpLimits
 
 # The name the transport's log lines have always carried, whichever module logs them.
 log = logging.getLogger("gdispatch.transport")
+
+
+class Handoff(Protocol):
+    """What hands a datagram of a call another worker owns to that worker, and receives
+    those the other workers hand to this one (gdispatch.cluster.relay.Relay)."""
+
+    #: How long the datagrams handed over waited before they were read (as
+    #: UdpListener.queue_delay): they are requests waiting too.
+    queue_delay: float
+
+    def steer(self, data: bytes, addr: tuple[str, int], listener: UdpListener) -> bool:
+        """True when the datagram went to the worker that owns its call; False to
+        handle it here."""
+        ...
+
+
+def _not_started(data: bytes, source: Source) -> None:
+    raise RuntimeError("a message was read before Transports.start")
 
 
 def ensure_free(listens: tuple[Listen, ...]) -> None:
@@ -52,24 +74,27 @@ def ensure_free(listens: tuple[Listen, ...]) -> None:
 class Transports:
     """All listeners, the TCP connection table, and sending."""
 
-    def __init__(self, listens: tuple[Listen, ...], on_message: Callable[[bytes, Source], None], *,
-                 shared: bool = False, udp_socks: dict[int, socket.socket] | None = None,
+    def __init__(self, listens: tuple[Listen, ...], *, shared: bool = False,
+                 udp_socks: dict[int, socket.socket] | None = None, handoff: Handoff | None = None,
                  tcp_limits: TcpLimits | None = None, kernel_filter: bool = False):
         """`shared`: one of several workers on the same listen addresses (SO_REUSEPORT);
         each UDP listener then gets a private twin on an ephemeral port of the same IP,
         which sends this worker's requests and receives their responses. `udp_socks`:
-        this worker's sockets of `shared_udp_sockets`, by position in `listens`.
+        this worker's sockets of the group the primary bound, by position in `listens`.
+        `handoff`: with several workers, the relay: the UDP listen sockets hand it the
+        datagrams of calls another worker owns, and it hands this worker theirs
+        (`deliver`).
         `tcp_limits`: this process's TCP caps and timeouts (gdispatch.tcplimits; the
         `[tcp]` defaults when None). `kernel_filter`: the kernel drops what cannot be SIP
         (gdispatch.sockfilter)."""
-        self.on_message = on_message
-        # Whether a datagram from an IP address may be read (gdispatch.flood), or None.
+        # What `start` gives: where received messages go, whether a datagram from an IP
+        # address may be read (gdispatch.flood) and who hears of ICMP errors.
+        self.on_message: Callable[[bytes, Source], None] = _not_started
         self.admit: Callable[[str], bool] | None = None
+        self.on_unreachable: Callable[[tuple[str, int]], None] | None = None
         self.kernel_filter = kernel_filter
         self.filter_error: OSError | None = None  # the kernel's refusal of the filter
         self.banned: frozenset[str] = frozenset()  # sources banned as floods (`set_banned`)
-        # Called with (ip, port) when an ICMP error says a datagram could not reach it.
-        self.on_unreachable: Callable[[tuple[str, int]], None] | None = None
         self.stats: dict[str, int] = dict.fromkeys(TCP_COUNTERS, 0)
         self.listeners: list[UdpListener | TcpListener] = []
         self.connections: dict[tuple[str, int], TcpConnection] = {}
@@ -78,21 +103,24 @@ class Transports:
         for listen in listens:
             try:
                 lst: UdpListener | TcpListener
+                index = len(self.listeners)
                 if listen.transport == "udp":
-                    given = (udp_socks or {}).get(len(self.listeners))
-                    lst = UdpListener(listen, self, reuseport=shared, sock=given)
+                    given = (udp_socks or {}).get(index)
+                    lst = UdpListener(listen, self, reuseport=shared, sock=given, index=index,
+                                      steer=handoff.steer if handoff is not None else None)
                     if shared:
                         lst.private = UdpListener(Listen("udp", listen.host, 0), self, public=lst)
                 else:
-                    lst = TcpListener(listen, self, reuseport=shared)
+                    lst = TcpListener(listen, self, reuseport=shared, index=index)
             except OSError as e:
                 self.close()
                 raise TransportError(e.errno, f"cannot listen on {listen}: {e.strerror}") from None
-            lst.index = len(self.listeners)
             self.listeners.append(lst)
-        # Where new requests queue up: the UDP listen sockets (gdispatch.workers adds its
-        # relay). Each has `queue_delay`.
+        # Where new requests queue up: the UDP listen sockets and the handoff from other
+        # workers. Each has `queue_delay`.
         self.request_receivers: list = [lst for lst in self.listeners if lst.transport == "udp"]
+        if handoff is not None:
+            self.request_receivers.append(handoff)
         if kernel_filter:
             self.set_banned([])
 
@@ -114,9 +142,17 @@ class Transports:
     def _sockets(self) -> list[UdpListener | TcpListener]:
         return [x for lst in self.listeners for x in (lst, lst.private) if x is not None]
 
-    def start(self, listen: bool = True) -> None:
-        """Start receiving; `listen=False` starts only the workers' private sockets (the
-        listen sockets queue what arrives until `start_listening()`)."""
+    def start(self, on_message: Callable[[bytes, Source], None], *,
+              on_unreachable: Callable[[tuple[str, int]], None] | None = None,
+              admit: Callable[[str], bool] | None = None, listen: bool = True) -> None:
+        """Start receiving: every message goes to `on_message(data, source)` (§18.2.1),
+        each (ip, port) an ICMP error names to `on_unreachable` (§18.4), and a datagram
+        is read only when `admit(ip)` says so (gdispatch.flood). `listen=False` starts
+        only the workers' private sockets (the listen sockets queue what arrives until
+        `start_listening()`)."""
+        self.on_message = on_message
+        self.on_unreachable = on_unreachable
+        self.admit = admit
         for lst in self._sockets():
             if listen or lst.public is not lst:
                 lst.start()
@@ -140,7 +176,7 @@ class Transports:
 
     def deliver(self, listener_index: int, data: bytes, addr: tuple[str, int]) -> None:
         """A datagram another worker received on listener `listener_index` and handed
-        to this one (gdispatch.workers): handle it as if it had arrived here."""
+        to this one (the `handoff`): handle it as if it had arrived here."""
         self.on_message(data, Source("udp", addr, self.listeners[listener_index]))
 
     def unreachable(self, addr: tuple[str, int]) -> None:

@@ -1,5 +1,5 @@
-"""The UDP transport (RFC 3261 §18): a listener's socket, the receiver loop that drains
-it, and the sockets that several workers share.
+"""The UDP transport (RFC 3261 §18): a listener's socket and the receiver loop that
+drains it.
 
 UDP is unreliable and message-oriented: one datagram is one message (§18.3), what is
 lost is retransmitted by the transactions (§17), and a datagram that does not fit the
@@ -12,8 +12,9 @@ A transport error (§18.4) comes back as an ICMP error: the sockets ask for them
 (IP_RECVERR) and read their error queue, each error naming the address one of our
 datagrams could not reach, which the owner is told of.
 
-With several workers the listen sockets are one SO_REUSEPORT group per address
-(`shared_udp_sockets`, steered by Call-ID, gdispatch.steering), and each worker has a
+With several workers (gdispatch.cluster) the listen sockets are one SO_REUSEPORT group
+per address, bound by the primary and handed to each worker (`UdpListener(sock=)`); a
+datagram of a call another worker owns is handed to it (`steer`), and each worker has a
 private twin socket its requests leave from, so that their responses come back to it.
 """
 
@@ -30,9 +31,8 @@ from typing import TYPE_CHECKING
 import gevent
 from gevent import get_hub
 
-from gdispatch import steering
 from gdispatch.config import Listen
-from gdispatch.net.source import Source, TransportError, address_family
+from gdispatch.net.source import Source, address_family
 from gdispatch.sip import MAX_MESSAGE_SIZE
 
 if TYPE_CHECKING:
@@ -138,20 +138,22 @@ class UdpListener:
     transport = "udp"
 
     def __init__(self, listen: Listen, owner: Transports, *, reuseport: bool = False,
-                 public: UdpListener | None = None, sock: socket.socket | None = None):
-        """`sock`: the socket, already bound (one of `shared_udp_sockets`), else one is
-        made and bound here."""
+                 public: UdpListener | None = None, sock: socket.socket | None = None, index: int = 0,
+                 steer: Callable[[bytes, tuple[str, int], UdpListener], bool] | None = None):
+        """`sock`: the socket, already bound (a worker's socket of the group the primary
+        bound, gdispatch.cluster.steering), else one is made and bound here. `index`:
+        its position in Transports.listeners, the same in every worker. `steer`: with
+        several workers, (data, addr, listener) -> True when the datagram was handed to
+        the worker that owns its call (gdispatch.cluster.relay), False to handle it here."""
         self.owner = owner
         self.public = public or self  # the address Record-Route names
         self.private: UdpListener | None = None  # where this worker's requests leave from
-        self.index = 0  # position in Transports.listeners: the same in every worker
+        self.index = index
         # How long the last sampled datagram waited in the kernel before it was read
         # (0.0 once the socket is found empty): how far behind this receiver is
         # (gdispatch.overload).
         self.queue_delay = 0.0
-        # With several workers: (data, addr, listener) -> True when the datagram was
-        # handed to the worker that owns it (gdispatch.workers), False to handle it here.
-        self.steer: Callable[[bytes, tuple[str, int], UdpListener], bool] | None = None
+        self.steer = steer
         if sock is None:
             sock = udp_socket(listen, reuseport)
         try:
@@ -292,33 +294,3 @@ def udp_socket(listen: Listen, reuseport: bool = False) -> socket.socket:
         raise
     return sock
 
-
-def shared_udp_sockets(listens: tuple[Listen, ...], n: int
-                       ) -> tuple[dict[int, list[socket.socket]], int, OSError | None]:
-    """For n workers: for each UDP listen address (by its position in `listens`), n
-    sockets in one SO_REUSEPORT group, bound in worker order so that the kernel's index
-    of socket i in the group is i, and the group steered by Call-ID (gdispatch.steering).
-    Returns the sockets, the bytes the kernel searches for the Call-ID (the least over
-    the groups; 0 when a group is not steered) and the kernel's refusal if there was one.
-    Raises TransportError when an address cannot be bound."""
-    out: dict[int, list[socket.socket]] = {}
-    scan = steering.SCANS[0]
-    refused: OSError | None = None
-    try:
-        for i, listen in enumerate(listens):
-            if listen.transport != "udp":
-                continue
-            socks = out[i] = []
-            for _ in range(n):
-                socks.append(udp_socket(listen, reuseport=True))
-                if listen.port == 0:
-                    listen = Listen(listen.transport, listen.host, socks[0].getsockname()[1])
-            searched, error = steering.attach(socks[0], n)
-            scan = min(scan, searched)
-            refused = refused or error
-    except OSError as e:
-        for socks in out.values():
-            for sock in socks:
-                sock.close()
-        raise TransportError(e.errno, f"cannot listen on {listen}: {e.strerror}") from None
-    return out, scan, refused

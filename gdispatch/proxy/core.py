@@ -14,7 +14,7 @@ recognised by their bytes when they come back as a Route (identity.route_entry),
 response's top Via by comparison with the one we wrote (`_sent_with_this_via`), so the
 messages of the dialogs we route cost no parse of what we wrote ourselves.
 
-With several workers (gdispatch.workers) every datagram of a call reaches the worker
+With several workers (gdispatch.cluster) every datagram of a call reaches the worker
 that owns it before it reaches a proxy: the proxy knows nothing of workers.
 """
 
@@ -81,7 +81,8 @@ class Proxy:
                  dispatcher_list: DispatcherList,
                  resolve_now: Callable[[Destination], list[tuple[str, int]]] | None = None,
                  plugins: PluginHost | None = None, keyring: Keyring | None = None,
-                 next_hops: NextHopResolver | None = None):
+                 next_hops: NextHopResolver | None = None,
+                 on_traffic_failure: Callable[[Destination, str], None] | None = None):
         self.config = config
         # Resolves the host name of a next hop inside a dialog (`_next_hop`).
         self.next_hops = next_hops if next_hops is not None else NextHopResolver(Resolver())
@@ -103,8 +104,9 @@ class Proxy:
         self.routes = routing.RouteMatcher(config.routes, self.plugins, self.builtin)
         self.routes.set_list(dispatcher_list)
         # Told when a request to a destination timed out or could not be sent, or got one
-        # of `mark_codes` (the prober then counts it against the destination).
-        self.on_traffic_failure: Callable[[Destination, str], None] | None = None
+        # of `mark_codes` (the prober then counts it against the destination): the one
+        # seam of the proxy to the rest of the process (gdispatch.cluster.roles).
+        self.on_traffic_failure = on_traffic_failure
         self.mark_codes: frozenset[int] = config.probing.mark_codes
         # Set on SIGTERM: new dialogs are refused (503 with Retry-After), requests inside
         # dialogs and transactions in progress carry on.

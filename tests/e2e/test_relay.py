@@ -162,7 +162,7 @@ def test_a_dialog_from_before_a_restart_goes_on(proxy, answerers, tmp_path):
 
 
 def test_two_workers_verify_each_others_dialogs(proxy, answerers):
-    """The ACK of a 2xx goes to the worker after the call's owner (gdispatch.steering):
+    """The ACK of a 2xx goes to the worker after the call's owner (gdispatch.cluster.steering):
     that worker verifies a signature the owner wrote."""
     gw = answerers()
     p = proxy(f"1 {gw.uri} 0 0\n", args=("--workers", "2"))

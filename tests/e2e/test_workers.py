@@ -1,4 +1,4 @@
-"""Several worker processes on one port (`--workers N`, gdispatch.workers), end to end.
+"""Several worker processes on one port (`--workers N`, gdispatch.cluster), end to end.
 
 What each test proves: calls of one SIPp caller are spread over the workers and every
 message of a call (INVITE, retransmission, CANCEL, ACK, BYE) meets the worker that owns
@@ -20,8 +20,8 @@ import time
 
 import pytest
 
+from gdispatch.cluster.relay import call_id_owner
 from gdispatch.sip import build_response, parse_message
-from gdispatch.workers import call_id_owner
 from tests.support.wait import wait_for
 
 from . import harness
@@ -64,7 +64,7 @@ def test_calls_spread_over_two_workers(proxy, uas, uac):
     assert sum(c["INVITE"] for c in counts) == 2000, counts
     for c in counts:
         # Each ACK and BYE found its way, in the order the caller sent them: the worker
-        # that owns the call forwards both (gdispatch.steering).
+        # that owns the call forwards both (gdispatch.cluster.steering).
         assert c["BYE"] == c["INVITE"] == c["ACK"] and c["unexpected"] == 0, counts
     # Round robin in each worker over its share: close to even overall.
     assert all(abs(c["INVITE"] - 1000) <= 10 for c in counts), counts
@@ -73,7 +73,7 @@ def test_calls_spread_over_two_workers(proxy, uas, uac):
     # One caller's calls were owned by both workers, about half each...
     assert all(600 < n < 1400 for n in s["dispatched_by_worker"]), s
     if s["kernel_steering"]:
-        # ... and the kernel gave every datagram to its owner at once (gdispatch.steering).
+        # ... and the kernel gave every datagram to its owner at once (gdispatch.cluster.steering).
         assert s["relayed_to_other_workers"] == 0, s
     else:
         # ... and about half of them went over the relay.
@@ -114,7 +114,7 @@ def _header(data: bytes, name: bytes) -> str:
 @pytest.mark.parametrize("routed", [False, True], ids=["initial-invite", "re-invite"])
 def test_the_ack_of_a_refused_invite_ends_the_transaction_of_its_owner(proxy, routed):
     """The ACK of a non-2xx final reaches the INVITE transaction in the worker that owns
-    the call (gdispatch.steering), which absorbs it: the caller gets the final once (no
+    the call (gdispatch.cluster.steering), which absorbs it: the caller gets the final once (no
     Timer G resends) and the gateway gets only the proxy's own ACK of it; without a
     Route, and with one (a re-INVITE refused with 488)."""
     gw, uac = udp_socket(3), udp_socket(3)

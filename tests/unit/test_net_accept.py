@@ -24,8 +24,8 @@ def transports():
     made = []
 
     def make(limits: TcpLimits) -> Transports:
-        t = Transports((Listen("tcp", "127.0.0.1", 0),), lambda data, source: None, tcp_limits=limits)
-        t.start()
+        t = Transports((Listen("tcp", "127.0.0.1", 0),), tcp_limits=limits)
+        t.start(lambda data, source: None)
         made.append(t)
         return t
 

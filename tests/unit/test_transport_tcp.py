@@ -30,10 +30,9 @@ def transports():
 
     def make(limits: TcpLimits) -> Transports:
         received = []
-        t = Transports((Listen("tcp", "127.0.0.1", 0),), lambda data, source: received.append((data, source)),
-                       tcp_limits=limits)
+        t = Transports((Listen("tcp", "127.0.0.1", 0),), tcp_limits=limits)
         t.received = received
-        t.start()
+        t.start(lambda data, source: received.append((data, source)))
         made.append(t)
         return t
 

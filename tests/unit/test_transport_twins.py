@@ -36,8 +36,8 @@ class Received:
 @pytest.fixture
 def worker():
     received = Received()
-    transports = Transports((Listen("udp", "127.0.0.1", 0),), received, shared=True)
-    transports.start()
+    transports = Transports((Listen("udp", "127.0.0.1", 0),), shared=True)
+    transports.start(received)
     gevent.sleep(0)
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     peer.bind(("127.0.0.1", 0))
@@ -81,10 +81,10 @@ def test_a_listen_socket_not_started_yet_is_left_alone():
     """A worker starts its own socket first and reads the listen socket only once every
     worker is up (`start_listening`): its own socket's receiver leaves it alone until then."""
     received = Received()
-    transports = Transports((Listen("udp", "127.0.0.1", 0),), received, shared=True)
+    transports = Transports((Listen("udp", "127.0.0.1", 0),), shared=True)
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        transports.start(listen=False)
+        transports.start(received, listen=False)
         public = transports.listeners[0]
         peer.sendto(b"early", (public.listen.host, public.listen.port))
         assert select.select([public.sock], [], [], 5)[0]  # queued before the response comes

@@ -1,4 +1,4 @@
-"""The kernel's choice of worker (gdispatch.steering): the BPF program agrees with the
+"""The kernel's choice of worker (gdispatch.cluster.steering): the BPF program agrees with the
 workers' own `call_id_owner` for every message of a call, the ACK included, checked on
 an interpreter of the classic BPF it uses and, on Linux, by the
 kernel on real sockets."""
@@ -12,8 +12,8 @@ import socket
 
 import pytest
 
-from gdispatch import steering
-from gdispatch.workers import call_id_owner
+from gdispatch.cluster import steering
+from gdispatch.cluster.relay import call_id_owner
 
 MSG = (b"BYE sip:svc@127.0.0.1:5070 SIP/2.0\r\n%sFrom: <sip:a@127.0.0.1>;tag=1\r\n"
        b"To: <sip:b@127.0.0.1>;tag=2\r\n%s\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n")
@@ -198,9 +198,8 @@ def test_shared_sockets_are_bound_in_worker_order_and_steered():
     for all): a datagram reaches socket i when its call is worker i's, so worker i must
     get socket i."""
     from gdispatch.config import Listen
-    from gdispatch.net import shared_udp_sockets
 
-    groups, steered, refused = shared_udp_sockets(
+    groups, steered, refused = steering.shared_udp_sockets(
         (Listen("tcp", "127.0.0.1", 0), Listen("udp", "127.0.0.1", 0)), 3)
     try:
         assert list(groups) == [1]  # only the UDP address, by its position

@@ -1,6 +1,7 @@
-"""Which worker a datagram belongs to, decided by the kernel as it arrives.
+"""Which worker a datagram belongs to, decided by the kernel as it arrives: the BPF
+program of the SO_REUSEPORT group, and the group's sockets (`shared_udp_sockets`).
 
-With several workers (gdispatch.workers) every worker has a UDP socket on the shared SIP
+With several workers (gdispatch.cluster) every worker has a UDP socket on the shared SIP
 address, all in one SO_REUSEPORT group. Left alone, the kernel picks the socket by a hash
 of the sender's address, so one trunk's datagrams all reach one worker, which hands half
 of them (those of calls it does not own) to the owner over the relay: one more process
@@ -13,7 +14,7 @@ the order the sockets were bound in. `program(n)` finds the Call-ID header and r
 `call_owner()` of its value, the same function the workers use, so the datagrams of a
 call go straight to the worker that owns it; the relay is left for what the program
 cannot read (see `program`). The primary binds the n sockets in worker order and hands
-socket i to worker i (gdispatch.net.udp: `shared_udp_sockets`).
+socket i to worker i (`shared_udp_sockets`).
 
 Classic BPF has no loops and at most 4,096 instructions, so the program is unrolled: the
 first bytes of the payload are read a word at a time and each word compared with the
@@ -59,6 +60,8 @@ from gdispatch.bpf import (
     X,
     setsockopt_program,
 )
+from gdispatch.config import Listen
+from gdispatch.net import TransportError, udp_socket
 
 SO_ATTACH_REUSEPORT_CBPF = 51  # Linux, include/uapi/asm-generic/socket.h
 SCANS = (1024, 512, 384, 256, 192, 128)  # payload bytes searched for "Call-ID:", longest first
@@ -94,7 +97,7 @@ def program(n: int, scan: int = SCANS[0]) -> list[tuple[int, int, int, int]]:
     Call-Info header first), or in the last bytes of a short datagram; and 0 when the
     datagram ends within the value's first bytes (a load past the end: the kernel's rule
     for classic BPF). Either way the worker that gets the datagram relays it where it
-    belongs (gdispatch.workers: `Relay.steer`), as without the program.
+    belongs (gdispatch.cluster.relay: `Relay.steer`), as without the program.
     """
     prog: list = []
     jumps: list[int] = []  # positions of the jumps to `found`, filled in below
@@ -161,3 +164,34 @@ def attach(sock: socket.socket, n: int) -> tuple[int, OSError | None]:
             continue
         return scan, None
     return 0, error
+
+
+def shared_udp_sockets(listens: tuple[Listen, ...], n: int
+                       ) -> tuple[dict[int, list[socket.socket]], int, OSError | None]:
+    """For n workers: for each UDP listen address (by its position in `listens`), n
+    sockets in one SO_REUSEPORT group, bound in worker order so that the kernel's index
+    of socket i in the group is i, and the group steered by Call-ID (`attach`).
+    Returns the sockets, the bytes the kernel searches for the Call-ID (the least over
+    the groups; 0 when a group is not steered) and the kernel's refusal if there was one.
+    Raises TransportError when an address cannot be bound."""
+    out: dict[int, list[socket.socket]] = {}
+    scan = SCANS[0]
+    refused: OSError | None = None
+    try:
+        for i, listen in enumerate(listens):
+            if listen.transport != "udp":
+                continue
+            socks = out[i] = []
+            for _ in range(n):
+                socks.append(udp_socket(listen, reuseport=True))
+                if listen.port == 0:
+                    listen = Listen(listen.transport, listen.host, socks[0].getsockname()[1])
+            searched, error = attach(socks[0], n)
+            scan = min(scan, searched)
+            refused = refused or error
+    except OSError as e:
+        for socks in out.values():
+            for sock in socks:
+                sock.close()
+        raise TransportError(e.errno, f"cannot listen on {listen}: {e.strerror}") from None
+    return out, scan, refused

@@ -1,7 +1,8 @@
-"""Which worker owns a datagram (gdispatch.workers.call_id_owner): every message of a call
-must name the same worker, however its Call-ID header is spelled."""
+"""Which worker owns a datagram (gdispatch.cluster.relay.call_id_owner): every message of
+a call must name the same worker, however its Call-ID header is spelled; and the relay
+hands it to that worker."""
 
-from gdispatch.workers import call_id_owner
+from gdispatch.cluster.relay import Relay, call_id_owner, relay_sockets
 
 INVITE = (b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n"
           b"Call-ID: abc-123@host\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
@@ -43,29 +44,6 @@ def test_calls_spread_over_the_workers():
     assert all(900 < c < 1100 for c in counts), counts
 
 
-def test_a_worker_that_exits_while_draining_is_not_started_again(monkeypatch):
-    # SIGTERM: the primary tells the workers to drain, then drains itself; a worker done
-    # first exits 0, which is no crash to recover from.
-    import gevent
-
-    from gdispatch.workers import Supervisor
-
-    class Proc:
-        pid = 4242
-
-        def wait(self, timeout=None):
-            return 0
-
-    later = []
-    monkeypatch.setattr(gevent, "spawn_later", lambda *a: later.append(a))
-    sup = Supervisor(2, hello=lambda i: ("hello",), on_message=lambda i, m: None, fds=[])
-    sup._lost(1, Proc())
-    assert len(later) == 1  # a crash before: started again
-    sup.drain()
-    sup._lost(1, Proc())
-    assert len(later) == 1
-
-
 def test_the_owner_is_the_same_whatever_the_call_id_header_looks_like():
     forms = [INVITE, INVITE.replace(b"Call-ID: ", b"i: "), INVITE.replace(b"Call-ID: ", b"call-id:  "),
              INVITE.replace(b"Call-ID: abc-123@host", b"Call-ID: abc-123@host  ")]
@@ -79,14 +57,12 @@ def test_a_relay_sends_every_datagram_of_a_call_to_its_owner():
     worker, an ACK as any other, goes to the owner of its call; the owner keeps it."""
     import select
 
-    from gdispatch.workers import Relay, relay_sockets
-
     class Listener:
         index = 0
 
     socks = relay_sockets(3)
     ports = [s.getsockname()[1] for s in socks]
-    relays = [Relay(s, i, ports, deliver=None) for i, s in enumerate(socks)]
+    relays = [Relay(s, i, ports) for i, s in enumerate(socks)]
 
     def arrived() -> int:
         ready, _, _ = select.select(socks, [], [], 2.0)
@@ -107,3 +83,34 @@ def test_a_relay_sends_every_datagram_of_a_call_to_its_owner():
     finally:
         for s in socks:
             s.close()
+
+
+def test_the_owner_handles_what_another_worker_handed_over_as_if_it_arrived_there():
+    """The owner delivers the datagram with the listener it came in on and the caller's
+    address (its Via received/rport, its responses' way back); a datagram from a socket
+    that is no worker's relay is ignored."""
+    import socket
+
+    import gevent
+
+    from tests.support.wait import wait_for
+
+    class Listener:
+        index = 3
+
+    socks = relay_sockets(2)
+    ports = [s.getsockname()[1] for s in socks]
+    relays = [Relay(s, i, ports) for i, s in enumerate(socks)]
+    got = []
+    data = next(d for d in (INVITE.replace(b"abc-123", b"c%d" % n) for n in range(20)) if call_id_owner(d, 2) == 1)
+    try:
+        relays[1].start(lambda index, msg, addr: got.append((index, msg, addr)))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+            stranger.sendto(b"\x00\x13\x89\x09192.0.2.9" + data, ("127.0.0.1", ports[1]))
+        assert relays[0].steer(data, ("192.0.2.7", 5099), Listener)
+        wait_for(lambda: got, 2, 0.01)
+        gevent.sleep(0.05)
+        assert got == [(3, data, ("192.0.2.7", 5099))]
+    finally:
+        for r in relays:
+            r.close()
