@@ -191,7 +191,7 @@ class UdpListener:
         # A worker's two sockets read each other's waiting datagrams before they sleep:
         # the ACK the caller sends on a 200 that came in on the worker's own socket is
         # read at once, not after a round through the hub (a switch to it, a poll, a
-        # switch back: some 70 µs with cold caches, bench/PROFILE.md, sixth pass).
+        # switch back). What that saves is measured in bench/PROFILE.md.
         twin = self.private if self.private is not None else (self.public if self.public is not self else None)
         run_receiver(self, self.sock, MAX_MESSAGE_SIZE + 1, self._handle, on_unreachable=self._drain_errors,
                      sample=self.public is self, take_twin=twin.take_one if twin is not None else None)
