@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from gdispatch.probing.pinger import Prober
     from gdispatch.proxy import Proxy
 
-# The name these lines carried when the application logged them.
+# The application's logger: an operator filters one name for everything the proxy decides.
 log = logging.getLogger("gdispatch")
 
 WORKER_START_TIMEOUT = 15.0  # how long the primary waits for the other workers to listen
