@@ -456,15 +456,19 @@ def _parse_cseq(value: bytes) -> tuple[int, str]:
     parts = value.split()
     if len(parts) != 2 or not parts[0].isdigit() or len(parts[0]) > 10:
         raise ParseError("Bad CSeq")
-    method = _METHOD_NAMES.get(parts[1])
-    if method is None:
-        if not is_token(parts[1]):
-            raise ParseError("Bad CSeq")
-        method = parts[1].decode("ascii")
+    method = _METHOD_NAMES.get(parts[1]) or extension_method(parts[1], "Bad CSeq")
     number = int(parts[0])
     if number > 0xFFFFFFFF:
         raise ParseError("Bad CSeq")
     return number, method
+
+
+def extension_method(word: bytes, error: str) -> str:
+    """A method name other than KNOWN_METHODS (RFC 3261 §7.1: Method = INVITEm / ... /
+    extension-method, a token), as text; ParseError(`error`) when it is not a token."""
+    if not is_token(word):
+        raise ParseError(error)
+    return word.decode("ascii")
 
 
 def _parse_max_forwards(value: bytes) -> int:

@@ -13,9 +13,9 @@ import re
 from typing import cast
 
 from .errors import ParseError
-from .grammar import BLANK_LINE, is_token
+from .grammar import BLANK_LINE
 from .headers import WIRE_NAMES, learn_wire_name
-from .message import _METHOD_NAMES, MAX_MESSAGE_SIZE, SipMessage, _parse_cseq
+from .message import _METHOD_NAMES, MAX_MESSAGE_SIZE, SipMessage, _parse_cseq, extension_method
 
 # The name part of each header line: what follows a line end up to the first colon.
 _HEADER_KEY = re.compile(rb"\n([^:\r\n]*:)")
@@ -148,11 +148,7 @@ def _parse_start_line(msg: SipMessage, line: bytes) -> None:
         parts = line.split(b" ")
         if len(parts) != 3 or not parts[1]:
             raise ParseError("Bad Request-Line")
-        method = _METHOD_NAMES.get(parts[0])
-        if method is None:
-            if not is_token(parts[0]):
-                raise ParseError("Bad Request-Line")
-            method = parts[0].decode("ascii")
+        method = _METHOD_NAMES.get(parts[0]) or extension_method(parts[0], "Bad Request-Line")
         version = parts[2]
         msg.method = method
         msg.ruri = parts[1]
