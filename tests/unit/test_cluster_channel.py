@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import socket
 
-import gevent
-
 from gdispatch.cluster.channel import (
     Channel,
     Hello,
@@ -105,7 +103,7 @@ def test_the_other_end_gone_before_start_is_told_at_start():
         channel.send(Report({}, {}, {"x": 1}))
     closed = []
     channel.start(lambda msg: None, lambda: closed.append(True))
-    gevent.sleep(0.01)
+    wait_for(lambda: closed, 2, 0.01)
     assert closed == [True]
 
 
