@@ -319,7 +319,7 @@ class App:
             self._proxy().keyring = ring
         self.cluster.keys_changed(ring.keys)
         msg = f"dialog keys reloaded: {len(ring.keys)} key(s), new dialogs signed with {ring.signing_id.decode()}"
-        log.warning("%s", msg, extra=logsafe.KEEP)
+        log.info("%s", msg, extra=logsafe.KEEP)
         return msg
 
     def reload(self, reason: str = "reload requested") -> str:
@@ -368,7 +368,7 @@ class App:
         self._prober().attach(new)
         self.plugins.call("gdispatch_list_loaded", dispatcher_list=new, reason=reason)
         msg = f"{config.list_file} reloaded ({reason}): {summary.describe()}"
-        log.warning("%s", msg, extra=logsafe.KEEP)
+        log.info("%s", msg, extra=logsafe.KEEP)
         return msg
 
     # ------------------------------------------------------------- ControlApi (gdispatch.control.methods)
@@ -396,7 +396,7 @@ class App:
 
     def state_changed(self, dest, old_flags: int, reason: str) -> None:
         old, new = state_letters(old_flags), dest.state_letters()
-        log.warning("destination %s (set %d) %s -> %s: %s", dest.uri, dest.setid, old, new, reason,
+        log.info("destination %s %s -> %s: %s", dest.label, old, new, reason,
                     extra=logsafe.KEEP)
         self.destination_state_changed(dest, old, new, reason)
 

@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = lsub.add_parser("show", help="print the destinations of a list file",
                            description="Print the destinations of a dispatcher.list file as a table, in file order. "
                                        "Exit status 1 when a line is bad (listed on stderr).")
+    show.add_argument("file", metavar="FILE", nargs="?", help="the list file (as --list FILE)")
     _list_file_args(show)
     add = lsub.add_parser("add", help="add a destination to a list file (like kamctl dispatcher add)",
                           description="Add a destination line to a dispatcher.list file, after the last line of "
@@ -163,8 +164,11 @@ def list_check(path: str, quiet: bool = False) -> int:
 
 
 def _list_path(args: argparse.Namespace) -> str:
-    if args.list_file:
-        return args.list_file
+    named = getattr(args, "file", None)
+    if named and args.list_file and named != args.list_file:
+        raise ConfigError(f"two list files: {named} and --list {args.list_file}")
+    if named or args.list_file:
+        return named or args.list_file
     if args.config:
         return load(args.config).list_file
     return "dispatcher.list"

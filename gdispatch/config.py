@@ -20,7 +20,12 @@ else:  # pragma: no cover - exercised only on older Pythons
     import tomli as tomllib
 
 TRANSPORTS = ("udp", "tcp")
-DEFAULT_FAILOVER_CODES = ("408", "5xx")
+# A failed attempt goes on to the next destination (Kamailio's failure_route with
+# ds_next_dst) for a gateway's refusal or failure, 4xx and 5xx, but not for what only the
+# caller can act on or what the callee decided: a challenge (401, 407: the caller must
+# authenticate), busy (486), the caller's own CANCEL (487). 3xx (a redirect for the caller
+# to follow) and 6xx (RFC 3261 §16.7 step 5: a global failure ends the search) are relayed.
+DEFAULT_FAILOVER_CODES = ("4xx", "5xx", "!401", "!407", "!486", "!487")
 
 
 class ConfigError(ValueError):
@@ -28,20 +33,26 @@ class ConfigError(ValueError):
 
 
 def parse_codes(values: Any, key: str) -> frozenset[int]:
-    """["408", "5xx", 603] → the set of codes. "5xx" means 500-599."""
+    """["4xx", "5xx", 603, "!486"] → the set of codes. "5xx" means 500-599; "!486" takes
+    486 out again, whatever its place in the list ("!4xx" a whole class)."""
     if not isinstance(values, (list, tuple)):
         raise ConfigError(f"{key}: expected a list such as [\"408\", \"5xx\"]")
     codes: set[int] = set()
+    removed: set[int] = set()
     for v in values:
         s = str(v).strip().lower()
+        into = codes
+        if s.startswith("!"):
+            s, into = s[1:], removed
         if len(s) == 3 and s[0] in "3456" and s[1:] == "xx":
             base = int(s[0]) * 100
-            codes.update(range(base, base + 100))
+            into.update(range(base, base + 100))
         elif s.isdigit() and 300 <= int(s) <= 699:
-            codes.add(int(s))
+            into.add(int(s))
         else:
-            raise ConfigError(f"{key}: {v!r}: expected a final code 300-699 or a class like \"5xx\"")
-    return frozenset(codes)
+            raise ConfigError(f"{key}: {v!r}: expected a final code 300-699, a class like \"5xx\", "
+                              f"or one of them after \"!\" to leave it out")
+    return frozenset(codes - removed)
 
 
 @dataclass(frozen=True)
@@ -182,7 +193,7 @@ class Config:
     workers: int = 1
     list_file: str = "dispatcher.list"
     load_mode: str = "strict"  # "strict": a bad line refuses the file; "skip": load the good lines
-    kamailio_order: bool = False  # equal priorities in reverse file order, as Kamailio does
+    kamailio_order: bool = True  # equal priorities in reverse file order, as Kamailio does; false: file order
     kamailio_compat: bool = False  # hash, weight and parallel selection exactly as Kamailio
     hash_user_only: bool = False  # algorithms 1-3 hash the URI user only (Kamailio flags=1)
     call_expire: float = 7200.0  # an answered call with no BYE stops counting (ds_hash_expire)

@@ -27,6 +27,14 @@ from gevent import get_hub
 log = logging.getLogger("gdispatch.watch")
 
 
+# watchdog's inotify emitter, which logs the race of a last event with its stop.
+_EMITTER_LOGGER = "watchdog.observers.inotify"
+
+
+def _quiet_after_stop(record: logging.LogRecord) -> bool:
+    return "when the thread is inactive" not in record.getMessage()
+
+
 def file_digest(path: str) -> str | None:
     try:
         with open(path, "rb") as f:
@@ -80,7 +88,10 @@ class ListWatcher:
 
     def stop(self) -> None:
         if self._observer is not None:
-            self._observer.unschedule_all()
+            # Stopping races with the emitter thread's read of a last event, which watchdog
+            # then logs as an error ("queue_events() called when the thread is inactive"):
+            # nothing is lost, the watcher is going away, so that log line is dropped.
+            logging.getLogger(_EMITTER_LOGGER).addFilter(_quiet_after_stop)
             self._observer.stop()
             self._observer.join(1.0)
         if self._async is not None:

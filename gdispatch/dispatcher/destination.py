@@ -257,6 +257,14 @@ class Destination:
         """The two-letter FLAGS field of Kamailio's `dispatcher.list`."""
         return state_letters(self._flags)
 
+    @property
+    def label(self) -> str:
+        """How logs name it: the URI, then what tells it from another record of the same
+        URI (the seed's Bronze/Silver/Gold: one SBC, three tech prefixes): its set and
+        duid, else the list line it came from, else its place in the set."""
+        which = f"duid {self.duid}" if self.duid else (self.where or f"index {self.index}")
+        return f"{self.uri} (set {self.setid}, {which})"
+
     def __repr__(self) -> str:
         return f"<Destination {self.setid} {self.uri} {self.state_letters()}>"
 

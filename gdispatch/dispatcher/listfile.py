@@ -67,10 +67,11 @@ the whole file when any line is bad and raises `ListError` listing every problem
 
 Order inside a set: priority descending. Kamailio puts destinations of equal priority in
 REVERSE file order (its list is built ascending and copied backwards: the shipped example
-orders set 1 as 7072, 7074, 7070). gdispatch keeps equal priorities in file order by
-default, which is what a reader of the file expects; ``kamailio_order=True`` reproduces
-Kamailio's order exactly, for setups whose hash slots or failover order must not move
-in a migration.
+orders set 1 as 7072, 7074, 7070). That order decides where a hash slot, a round-robin turn
+and a priority tie land, so the proxy reproduces it by default (``[dispatcher]
+kamailio_order = true``, passed here as ``kamailio_order=True``): a list moved from
+Kamailio sends each call where Kamailio sent it. ``kamailio_order=False``, this
+function's own default, keeps equal priorities in file order.
 
 Parsing is pure: text in, a `DispatcherList` out. Name resolution is left to the caller.
 """
@@ -332,13 +333,15 @@ def parse_list(
 
     `mode="strict"`: raise ListError listing every bad line. `mode="skip"`: leave the bad
     lines out and list them in the result's `problems`. `kamailio_order=True`: equal
-    priorities in reverse file order, as Kamailio orders them.
+    priorities in reverse file order, as Kamailio orders them (the proxy's default,
+    `Config.kamailio_order`); False: in file order.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     problems: list[str] = []
     by_set: dict[int, list[Destination]] = {}
     seen: dict[tuple[int, str, str, str], str] = {}
+    duids: dict[tuple[int, str], str] = {}
     for n, raw in enumerate(text.splitlines(), 1):
         where = f"{filename}:{n}"
         try:
@@ -356,6 +359,14 @@ def parse_list(
             )
             continue
         seen[key] = where
+        if d.duid:
+            # set_duid_state and the logs name a destination by its duid: two records
+            # of one set with the same duid could not be told apart.
+            first = duids.setdefault((d.setid, d.duid), where)
+            if first != where:
+                problems.append(f"{where}: duplicate duid={d.duid} in set {d.setid}, also at {first}; "
+                                f"a duid names one destination of its set")
+                continue
         by_set.setdefault(d.setid, []).append(d)
     if problems and mode == "strict":
         raise ListError(problems)

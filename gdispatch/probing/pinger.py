@@ -79,13 +79,13 @@ class Prober:
             return
         old_l, new_l = state_letters(old), dest.state_letters()
         if is_up(old) and not is_up(new):
-            log.warning("destination %s (set %d) is down (%s): %s", dest.uri, dest.setid, new_l, reason,
+            log.warning("destination %s is down (%s): %s", dest.label, new_l, reason,
                         extra=logsafe.KEEP)
         elif not is_up(old) and is_up(new):
-            log.warning("destination %s (set %d) is up (%s): %s", dest.uri, dest.setid, new_l, reason,
+            log.info("destination %s is up (%s): %s", dest.label, new_l, reason,
                         extra=logsafe.KEEP)
         else:
-            log.info("destination %s (set %d) %s -> %s: %s", dest.uri, dest.setid, old_l, new_l, reason)
+            log.info("destination %s %s -> %s: %s", dest.label, old_l, new_l, reason)
         if self.on_change is not None:
             self.on_change(dest, old_l, new_l, reason)
 
@@ -133,7 +133,7 @@ class Prober:
                 u = parse_uri(obproxy if ":" in obproxy.split(";")[0] else "sip:" + obproxy)
                 return u.transport, (u.host, u.port or 5060)
             except ParseError:
-                log.warning("%s: bad obproxy attr %r; pinging %s directly", dest.where, obproxy, dest.uri)
+                log.warning("%s: bad obproxy attr %r; pinging %s directly", dest.where, obproxy, dest.label)
         return dest.transport, address
 
     def ping(self, dest: Destination) -> None:

@@ -79,7 +79,7 @@ class Branches:
         branch = Branch(ctx, dest, (dest.transport, address))
         ctx.branches.append(branch)
         if address is None:
-            log.warning("cannot resolve %s: %s", dest.uri, dest.unusable or "no address")
+            log.warning("cannot resolve %s: %s", dest.label, dest.unusable or "no address")
             self.proxy.forker.attempt_over(branch, 503, None, "could not be resolved")
             return
         new_ruri = None
@@ -94,7 +94,7 @@ class Branches:
             try:
                 new_ruri = attempt.new_ruri()
             except ParseError:
-                log.warning("a plugin's Request-URI edit for %s does not parse; sending it unchanged", dest.uri)
+                log.warning("a plugin's Request-URI edit for %s does not parse; sending it unchanged", dest.label)
                 self.plugins.errors["(bad edit)"] += 1
             add_headers = attempt.header_lines()
             remove = attempt.removed_headers()
@@ -223,7 +223,7 @@ class Branches:
         branch = ct.context
         if branch is not None and not branch.final:
             dest = branch.dest
-            log.warning("transport error sending to %s", dest.uri if dest else branch.next_hop)
+            log.warning("transport error sending to %s", dest.label if dest else branch.next_hop)
             self.traffic_failure(branch, "transport error")
             self.proxy.forker.attempt_over(branch, 503, None, "could not be reached (transport error)")
 

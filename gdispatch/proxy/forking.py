@@ -283,16 +283,16 @@ class Forker:
             dset = self.proxy.dlist.get(action.set)
             more = select(dset, action.algorithm, request, 0, self.proxy.default_options) if dset else []
             log.warning("%s %s for call-id %s; switching to set %d (%d destinations)",
-                        dest.uri, ctx.last_outcome, call_id, action.set, len(more))
+                        dest.label, ctx.last_outcome, call_id, action.set, len(more))
             walk.candidates = candidates = candidates[:n + 1] + more
         elif action.kind != "next":
             self._walk_over(ctx)
             return
         elif n + 1 < len(candidates):
-            log.warning("failover: %s %s for call-id %s, trying %s", dest.uri, ctx.last_outcome,
-                        call_id, candidates[n + 1].uri)
+            log.warning("failover: %s %s for call-id %s, trying %s", dest.label, ctx.last_outcome,
+                        call_id, candidates[n + 1].label)
         else:
-            log.warning("%s %s for call-id %s; no destination left", dest.uri, ctx.last_outcome, call_id)
+            log.warning("%s %s for call-id %s; no destination left", dest.label, ctx.last_outcome, call_id)
         if n + 1 >= len(candidates) or ctx.cancelled or ctx.final_sent:
             self._walk_over(ctx)
             return

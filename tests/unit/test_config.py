@@ -7,9 +7,19 @@ from gdispatch.config import (
     ConfigError,
     from_dict,
     load,
+    parse_codes,
     parse_listen,
     with_overrides,
 )
+
+
+def test_failover_codes_leave_codes_out_with_an_exclamation_mark():
+    assert parse_codes(["4xx", "!401", "!407"], "k") == frozenset(range(400, 500)) - {401, 407}
+    assert parse_codes(["!486", "486", "5xx"], "k") == frozenset(range(500, 600))
+    assert parse_codes(["3xx", "4xx", "5xx", "6xx", "!4xx"], "k") == frozenset(range(300, 400)) | frozenset(
+        range(500, 700))
+    with pytest.raises(ConfigError, match=r"'!abc': expected a final code 300-699"):
+        parse_codes(["!abc"], "k")
 
 
 def test_defaults_are_explicit():
@@ -19,7 +29,11 @@ def test_defaults_are_explicit():
     r = c.routes[0]
     assert r.methods == {"INVITE"} and r.set == 1 and r.algorithm == 4
     assert 408 in r.failover_codes and 500 in r.failover_codes and 599 in r.failover_codes
-    assert 404 not in r.failover_codes and 486 not in r.failover_codes and 603 not in r.failover_codes
+    # The seed's MG1 answering 404 goes on to MG2; what the caller must answer (401, 407) or
+    # the callee decided (486, 6xx), a redirect and the caller's own CANCEL (487) do not.
+    assert 404 in r.failover_codes and 480 in r.failover_codes and 403 in r.failover_codes
+    assert not r.failover_codes & {401, 407, 486, 487, 302, 600, 603, 604, 606}
+    assert c.kamailio_order  # equal priorities in Kamailio's order: calls go where Kamailio sent them
 
 
 def test_listen_forms():

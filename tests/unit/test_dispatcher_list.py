@@ -251,7 +251,7 @@ def test_duplicates_are_same_set_uri_duid_and_socket():
     ok = (
         "1 sip:10.0.0.1 0 0 duid=a\n"
         "1 sip:10.0.0.1 0 0 duid=b\n"  # another duid
-        "1 sip:10.0.0.1 0 0 duid=a;socket=udp:192.0.2.1:5060\n"  # another socket
+        "1 sip:10.0.0.1 0 0 socket=udp:192.0.2.1:5060\n"  # another socket
         "2 sip:10.0.0.1 0 0 duid=a\n"  # another set
     )
     assert len(list(parse_list(ok, "l").destinations())) == 4
@@ -259,6 +259,16 @@ def test_duplicates_are_same_set_uri_duid_and_socket():
         parse_list("1 sip:10.0.0.1\n1 10.0.0.1 0 9\n", "l")
     assert e.value.problems == ["l:2: duplicate destination sip:10.0.0.1 in set 1: same URI, duid and socket "
                                 "as l:1; give each a distinct duid= attr"]
+
+
+def test_a_duid_names_one_destination_of_its_set():
+    text = "1 sip:10.0.0.1 0 0 duid=gold\n1 sip:10.0.0.2 0 0 duid=gold\n2 sip:10.0.0.3 0 0 duid=gold\n"
+    with pytest.raises(ListError) as e:
+        parse_list(text, "l")
+    assert e.value.problems == ["l:2: duplicate duid=gold in set 1, also at l:1; a duid names one destination "
+                                "of its set"]
+    skipped = parse_list(text, "l", mode="skip")
+    assert [d.uri for d in skipped.destinations()] == ["sip:10.0.0.1", "sip:10.0.0.3"]
 
 
 def test_every_bad_line_is_reported():

@@ -181,6 +181,16 @@ def test_show(listfile, capsys):
     assert len(out) == 4
 
 
+def test_show_takes_the_file_as_its_argument_too(listfile, capsys):
+    assert main(["list", "show", str(listfile)]) == 0
+    by_argument = capsys.readouterr().out
+    assert main(["list", "show", "--list", str(listfile)]) == 0
+    assert capsys.readouterr().out == by_argument
+    assert "sip:carrier.example.net" in by_argument
+    assert main(["list", "show", str(listfile), "--list", "other.list"]) == 1
+    assert "two list files" in capsys.readouterr().err
+
+
 def test_show_of_a_bad_file_lists_the_problems_and_fails(tmp_path, capsys):
     p = tmp_path / "d.list"
     p.write_text("1 sip:a:5060\n1 sip:b:5060 0 high\n1 sip:a:5060\n")
