@@ -1,6 +1,6 @@
 # gdispatch developer tasks (GNU make). A fresh Debian machine needs only python3:
 # the venv, the package and its test tools are installed on first use, and `make test`
-# installs SIPp (Debian package sip-tester) when `sipp` is missing.
+# installs SIPp (Debian package sip-tester) and Kamailio when they are missing.
 
 SHELL := /bin/bash
 VENV ?= .venv
@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: all install install-sipp run test bench bench-latency bench-attack bench-inproc bench-memory bench-compare lint clean distclean
+.PHONY: all install install-sipp install-kamailio run test bench bench-latency bench-attack bench-inproc bench-memory bench-compare lint clean distclean
 
 all: test
 
@@ -40,7 +40,14 @@ install-sipp:
 run: $(VENV)/.installed
 	$(VENV)/bin/gdispatch run --config gdispatch.toml
 
-test: $(VENV)/.installed install-sipp
+# Kamailio is the reference the drop-in tests compare gdispatch with (tests/e2e/kamailio.py);
+# without it they compare with Kamailio's recorded answers.
+install-kamailio:
+	@command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || { \
+	  echo "kamailio not found: installing it"; \
+	  $(APT) update && $(APT) install -y kamailio; }
+
+test: $(VENV)/.installed install-sipp install-kamailio
 	$(PY) -m pytest -q tests
 
 bench: $(VENV)/.installed install-sipp
