@@ -211,6 +211,8 @@ class Config:
     user_agent_header: str = "gdispatch"
     tcp: Tcp = Tcp()
     plugins: tuple[str, ...] = ()
+    # Where plugin files are looked for first; a name not there is one shipped with
+    # gdispatch (gdispatch.plugins.plugin_path).
     hooks_dir: str = "hooks"
     # Each plugin's own table, ``[plugins.<name>]`` → {name: {key: value}}, kept as TOML
     # gave it: gdispatch does not know the keys, the plugin reads and checks them (in
