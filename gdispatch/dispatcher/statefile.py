@@ -9,8 +9,11 @@ true) and ``state_file`` (`default_path`).
 What is kept, and what is not:
 
 - A state the operator set with ``dispatcher.set_state`` or ``set_duid_state`` (the bits
-  1, 2, 4, 8: ``DX`` for maintenance, ``IX`` by hand, ``AP`` back in service) when it
-  differs from the state its line of the list file gives. Setting the file's state again
+  1, 2, 4, 8: ``DX`` for maintenance, ``IX`` by hand, ``AX`` for a line the file
+  disables) when its letter (active, inactive, disabled, trying) differs from the one its
+  line of the list file gives. The probing bit alone is no reason to keep a record: in
+  the default probing mode the prober sets it on every destination it pings. So putting
+  a destination back to the file's letter (``ap`` or ``a`` on a line with flags 0)
   removes the record: there is nothing left to keep.
 - Not what probing found (``TP``, ``IP`` after lost pings, ``AP`` after a reply): after a
   restart probing starts over, from the operator's state where there is one.
@@ -54,7 +57,13 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from gdispatch.dispatcher.destination import FLAGS_ALL, FLAGS_STATE, Destination, state_letters
+from gdispatch.dispatcher.destination import (
+    FLAG_PROBING,
+    FLAGS_ALL,
+    FLAGS_STATE,
+    Destination,
+    state_letters,
+)
 from gdispatch.listedit import write_atomic
 
 SUFFIX = ".state"
@@ -121,11 +130,12 @@ class OperatorStates:
         self.records: dict[Key, Record] = dict(records or {})
 
     def note(self, dest: Destination, by: str, when: str) -> bool:
-        """The operator set `dest.flags`: keep that state, or forget the record when it
-        is the state of the destination's line. Returns whether the records changed."""
+        """The operator set `dest.flags`: keep that state, or forget the record when its
+        letter is that of the destination's line. Returns whether the records changed."""
         key = key_of(dest)
         bits = dest.flags & FLAGS_STATE
-        if bits == dest.file_flags & FLAGS_STATE:
+        letter = FLAGS_STATE & ~FLAG_PROBING
+        if bits & letter == dest.file_flags & letter:
             return self.records.pop(key, None) is not None
         old = self.records.get(key)
         if old is not None and (old.flags, old.list_flags) == (bits, dest.file_flags):

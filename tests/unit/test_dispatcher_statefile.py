@@ -47,10 +47,14 @@ def test_the_operators_state_is_kept_and_setting_the_files_state_again_forgets_i
     assert set_state(s, d["a"], FLAG_DISABLED, "rpc dispatcher.set_state dx")
     assert s.records == {(1, "sip:10.0.0.1", "a"): Record(FLAG_DISABLED, 0, WHEN, "rpc dispatcher.set_state dx")}
     assert not set_state(s, d["a"], FLAG_DISABLED)  # the same again: nothing to write
-    assert set_state(s, d["a"], FLAG_PROBING)  # "ap" differs from the file's AX: kept too
-    assert set_state(s, d["a"], 0)  # "a": the file's state, the record goes
+    assert set_state(s, d["a"], FLAG_INACTIVE | FLAG_PROBING)  # "ip"
+    assert s.records[(1, "sip:10.0.0.1", "a")].flags == FLAG_INACTIVE | FLAG_PROBING
+    assert set_state(s, d["a"], FLAG_PROBING)  # "ap": back in service, the file's letter: the record goes
     assert s.records == {}
-    assert not set_state(s, d["b"], 0)
+    assert set_state(s, d["a"], FLAG_DISABLED)
+    assert set_state(s, d["a"], 0)  # "a" as well
+    assert s.records == {}
+    assert not set_state(s, d["b"], FLAG_PROBING)  # nothing recorded, nothing to forget
 
 
 def test_back_in_service_is_kept_for_a_line_the_file_disables():
