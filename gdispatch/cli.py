@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser(
         "plugins", help="list the plugins a configuration loads and the hooks each implements",
         description="Load the plugins as gdispatch run would (the built-in behaviour, the files of [plugins] "
-                    "enabled from hooks_dir, the packages installed under the gdispatch entry-point group) "
+                    "enabled from hooks_dir or else shipped with gdispatch, the packages installed under the "
+                    "gdispatch entry-point group) "
                     "and print each with where it comes from and the hooks it implements, then the order "
                     "in which each hook calls them. Exit status 0 when every plugin loads, 1 with the "
                     "plugin's name and the error when one does not, 2 for a configuration error.")

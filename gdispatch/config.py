@@ -199,6 +199,10 @@ class Config:
     call_expire: float = 7200.0  # an answered call with no BYE stops counting (ds_hash_expire)
     call_init_expire: float = 7200.0  # an unanswered call stops counting (ds_hash_initexpire)
     reload_keeps_state: bool = True  # false: a reload resets every destination to its file flags (Kamailio)
+    # The operator's set_state survives a restart (OpenSIPS's persistent_state; Kamailio
+    # forgets it), kept in `state_file` ("" = gdispatch.dispatcher.statefile.default_path).
+    persistent_state: bool = True
+    state_file: str = ""
     watch: bool = True  # reload when the list file changes on disk
     drain_time: float = 5.0  # on SIGTERM, how long transactions in progress may take to finish
     control_socket: str = ""  # the control socket's path ("" = the default runtime directory)
@@ -218,6 +222,8 @@ class Config:
     user_agent_header: str = "gdispatch"
     tcp: Tcp = Tcp()
     plugins: tuple[str, ...] = ()
+    # Where plugin files are looked for first; a name not there is one shipped with
+    # gdispatch (gdispatch.plugins.plugin_path).
     hooks_dir: str = "hooks"
     # Each plugin's own table, ``[plugins.<name>]`` → {name: {key: value}}, kept as TOML
     # gave it: gdispatch does not know the keys, the plugin reads and checks them (in
@@ -451,14 +457,16 @@ def from_dict(data: dict, source: str = "") -> Config:
         raise ConfigError(f"[server].log_level: expected debug, info, warning or error, got {level!r}")
     disp = _check_keys(data.get("dispatcher", {}), {"list_file", "load_mode", "kamailio_order", "kamailio_compat",
                                                     "hash_user_only", "call_expire", "call_init_expire",
-                                                    "reload_keeps_state", "watch"},
+                                                    "reload_keeps_state", "watch", "persistent_state",
+                                                    "state_file"},
                        "[dispatcher]")
     load_mode = str(disp.get("load_mode", "strict"))
     if load_mode not in ("strict", "skip"):
         raise ConfigError(f"[dispatcher].load_mode: expected \"strict\" or \"skip\", got {load_mode!r}")
     # Config's keyword arguments by kind: switches and strings, then durations and lists.
     flags: dict[str, Any] = {}
-    for key in ("kamailio_order", "kamailio_compat", "hash_user_only", "reload_keeps_state", "watch"):
+    for key in ("kamailio_order", "kamailio_compat", "hash_user_only", "reload_keeps_state", "watch",
+                "persistent_state"):
         v = disp.get(key, getattr(Config, key))
         if not isinstance(v, bool):
             raise ConfigError(f"[dispatcher].{key}: expected true or false, got {v!r}")
@@ -492,6 +500,11 @@ def from_dict(data: dict, source: str = "") -> Config:
         raise ConfigError("[dispatcher].list_file: expected a file path")
     if source and not os.path.isabs(list_file):
         list_file = os.path.join(os.path.dirname(os.path.abspath(source)), list_file)
+    state_file = disp.get("state_file", "")
+    if not isinstance(state_file, str):
+        raise ConfigError("[dispatcher].state_file: expected a file path (\"\" for the default place)")
+    if state_file and source and not os.path.isabs(state_file):
+        state_file = os.path.join(os.path.dirname(os.path.abspath(source)), state_file)
     tt = _check_keys(data.get("timers", {}), {"t1", "t2", "t4", "fr_timer", "fr_inv_timer", "wt_timer"},
                      "[timers]")
     d = Timers()
@@ -537,7 +550,7 @@ def from_dict(data: dict, source: str = "") -> Config:
     return Config(
         listen=listen, domains=tuple(x.lower() for x in domains), log_level=level,
         workers=_number(server, "workers", "[server]", 1, integer=True, minimum=1, exclusive=False),
-        list_file=list_file, load_mode=load_mode, **flags, **seconds,
+        list_file=list_file, load_mode=load_mode, state_file=state_file, **flags, **seconds,
         timers=timers, probing=probing, overload=overload, security=security, flood=flood, tcp=tcp,
         server_header=server.get("server_header", Config.server_header),
         user_agent_header=server.get("user_agent_header", Config.user_agent_header),

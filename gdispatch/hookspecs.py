@@ -1,7 +1,7 @@
 """The plugin contract: every hook gdispatch calls, with when, what it receives and what it
-may return. Plugins implement any of these with ``@gdispatch.hookimpl`` (a module in the
-``hooks/`` folder named in ``[plugins] enabled``, or an installed package registered under
-the ``gdispatch`` entry-point group).
+may return. Plugins implement any of these with ``@gdispatch.hookimpl`` (a file named in
+``[plugins] enabled``, from ``hooks_dir`` or shipped with gdispatch in gdispatch/hooks/, or
+an installed package registered under the ``gdispatch`` entry-point group).
 
 Hooks run in the proxy's process and greenlets: they must not block (use gevent-friendly
 I/O) and should be quick. An exception in a hook is logged with the plugin's name and

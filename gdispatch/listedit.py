@@ -153,16 +153,26 @@ def _locked(path: str) -> Iterator[tuple[str, bytes, os.stat_result]]:
             return
 
 
-def _write_atomic(real: str, data: bytes, st: os.stat_result) -> None:
-    directory = os.path.dirname(real)
+def write_atomic(real: str, data: bytes, st: os.stat_result | None = None) -> None:
+    """Replace the file `real` with `data` so that a crash leaves the old file or the new
+    one, never half of one: a temporary file in the same directory, fsync'ed, renamed over
+    it, the directory fsync'ed. `st`: the file replaced, whose mode (and owner, when
+    permitted) the new one takes; None for a new file (mode 0666 less the umask, as
+    open(2) makes it)."""
+    directory = os.path.dirname(real) or "."
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(real) + ".", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), stat.S_IMODE(st.st_mode))
-            try:
-                os.fchown(f.fileno(), st.st_uid, st.st_gid)
-            except PermissionError:
-                pass  # not ours to give away; the file keeps our ownership
+            if st is None:
+                umask = os.umask(0o022)
+                os.umask(umask)
+                os.fchmod(f.fileno(), 0o666 & ~umask)
+            else:
+                os.fchmod(f.fileno(), stat.S_IMODE(st.st_mode))
+                try:
+                    os.fchown(f.fileno(), st.st_uid, st.st_gid)
+                except PermissionError:
+                    pass  # not ours to give away; the file keeps our ownership
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -236,7 +246,7 @@ def add_destination(path: str, setid: int, uri: str, flags: int = 0, priority: i
         lines.insert(at, line.encode() + eol)
         data = b"".join(lines)
         _check(path, data)
-        _write_atomic(real, data, st)
+        write_atomic(real, data, st)
     return at + 1, line
 
 
@@ -267,5 +277,5 @@ def remove_destination(path: str, setid: int, uri: str) -> list[tuple[int, str]]
             kept[0] = _BOM + kept[0]  # the byte-order mark belongs to the file, not the line
         data = b"".join(kept)
         _check(path, data)
-        _write_atomic(real, data, st)
+        write_atomic(real, data, st)
     return removed

@@ -1,6 +1,11 @@
 """The plugin manager: one pluggy `PluginManager` for the process, with gdispatch's hook
-specifications, the plugins named in the configuration (files in ``hooks_dir``) and those
-installed as packages under the ``gdispatch`` entry-point group.
+specifications, the plugins named in the configuration and those installed as packages
+under the ``gdispatch`` entry-point group.
+
+A name in ``[plugins] enabled`` is a file: ``<hooks_dir>/<name>.py`` when there is one,
+else the plugin of that name shipped with gdispatch (gdispatch/hooks/), so
+``enabled = ["tech_prefix"]`` works from any configuration and an operator's own copy in
+``hooks_dir`` replaces the shipped one.
 
 `PluginHost.call(name, **kwargs)` calls a hook with fault isolation: an exception in a
 plugin is logged with the plugin's name and counted in `errors`, and never reaches the
@@ -20,11 +25,35 @@ import pluggy
 
 from gdispatch import hookspecs
 
+# The plugins shipped with gdispatch, found by name when hooks_dir has no file of that name.
+SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hooks")
+
 log = logging.getLogger("gdispatch.plugins")
 
 
 class PluginError(Exception):
     """A plugin could not be loaded; the message names it and says why."""
+
+
+def shipped() -> list[str]:
+    """The names of the plugins shipped with gdispatch."""
+    try:
+        files = os.listdir(SHIPPED_DIR)
+    except OSError:
+        return []
+    return sorted(f[:-3] for f in files if f.endswith(".py") and not f.startswith("_"))
+
+
+def plugin_path(name: str, hooks_dir: str) -> str:
+    """The file of plugin `name`: ``<hooks_dir>/<name>.py`` when it exists, else the one
+    shipped with gdispatch. Raises PluginError when neither exists."""
+    own = os.path.join(hooks_dir, name + ".py")
+    if os.path.exists(own):
+        return own
+    if name in shipped():
+        return os.path.join(SHIPPED_DIR, name + ".py")
+    raise PluginError(f"plugin {name!r}: no file {own}, and gdispatch ships no plugin of that name "
+                      f"(it ships {', '.join(shipped()) or 'none'})")
 
 
 class PluginHost:
@@ -66,18 +95,17 @@ class PluginHost:
         return [impl.plugin_name for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls())]
 
     def load(self, names: tuple[str, ...] | list[str], hooks_dir: str, *, entry_points: bool = True) -> None:
-        """Import the plugin files `names` (from `hooks_dir`) and the installed entry points,
-        and register them. Raises PluginError naming the plugin that does not import or
-        whose hook implementations do not match the hook specifications.
+        """Import the plugin files `names` (from `hooks_dir`, else shipped with gdispatch:
+        `plugin_path`) and the installed entry points, and register them. Raises
+        PluginError naming the plugin that is not found, does not import, or whose hook
+        implementations do not match the hook specifications.
 
         Call order: the files in the order of `names` (`[plugins] enabled`), then the
         installed packages; within that, `tryfirst`/`trylast` marks win, as in pluggy.
         """
         modules = []
         for name in names:
-            path = os.path.join(hooks_dir, name + ".py")
-            if not os.path.exists(path):
-                raise PluginError(f"plugin {name!r}: no file {path}")
+            path = plugin_path(name, hooks_dir)
             modname = f"gdispatch_hooks_{name}"
             try:
                 spec = importlib.util.spec_from_file_location(modname, path)

@@ -70,6 +70,7 @@ from gdispatch.dispatcher.destination import (
     FLAG_INACTIVE,
     FLAG_PROBING,
     FLAG_TRYING,
+    FLAGS_STATE,
     Destination,
     DispatcherList,
 )
@@ -131,7 +132,7 @@ class ControlApi(Protocol):
 INVALID_PARAMETERS = "Invalid Parameters"
 
 # The state bits an RPC writes; 16 (no DNS) and 32 (no ping) are configuration.
-STATE_BITS = FLAG_INACTIVE | FLAG_TRYING | FLAG_DISABLED | FLAG_PROBING
+STATE_BITS = FLAGS_STATE
 
 # Kamailio's proto ids, for PROTOID of ``dispatcher.list full``.
 _PROTO_IDS = {"udp": 1, "tcp": 2, "tls": 3, "sctp": 4, "ws": 5, "wss": 6}

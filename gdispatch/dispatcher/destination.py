@@ -37,6 +37,8 @@ FLAG_NOPING = 32
 FLAGS_ALL = 63
 # A destination with either bit is skipped by every selection algorithm.
 FLAGS_SKIP = FLAG_INACTIVE | FLAG_DISABLED
+# The state bits `dispatcher.set_state` writes; 16 (no DNS) and 32 (no ping) are configuration.
+FLAGS_STATE = FLAG_INACTIVE | FLAG_TRYING | FLAG_DISABLED | FLAG_PROBING
 
 
 def split_attrs(token: str) -> list[tuple[str, str]]:

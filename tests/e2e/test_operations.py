@@ -1,5 +1,6 @@
 """Operating a running gdispatch like Kamailio: `gdispatch rpc` with Kamailio's method
-names against a real proxy, the seed's set_state sequence, state kept across edits."""
+names against a real proxy, the seed's set_state sequence, state kept across edits and
+the operator's states across restarts (the state file)."""
 
 from __future__ import annotations
 
@@ -106,6 +107,74 @@ def test_state_survives_edits_under_load(proxy, uas, uac):
     assert (res.successful, res.failed) == (1600, 0), res
     d.stop()
     assert d.counts()["INVITE"] == 0
+
+
+# No pings (interval 0): the states the tests set stay as set, and no gateway is needed.
+GATEWAYS = harness.dispatcher_list("sip:127.0.0.1:5071", "sip:127.0.0.1:5072", "sip:127.0.0.1:5073")
+NO_PINGS = "[probing]\ninterval = 0\n"
+
+
+def restart(p: harness.Proxy) -> None:
+    """Stop the proxy by its PID (SIGTERM, as systemctl does) and start it again."""
+    assert p.stop() == 0, p.log()[-2000:]
+    p.start()
+
+
+def test_the_operators_states_survive_a_restart(proxy):
+    p = proxy(GATEWAYS, config=NO_PINGS)
+    call_ok(p, "dispatcher.set_state", "dx", "1", "sip:127.0.0.1:5071")  # maintenance
+    call_ok(p, "dispatcher.set_duid_state", "ix", "1", "gw2")
+    call_ok(p, "dispatcher.set_state", "dx", "1", "sip:127.0.0.1:5073")
+    call_ok(p, "dispatcher.set_state", "ax", "1", "sip:127.0.0.1:5073")  # back to the file's state
+    assert p.states() == {"gw1": "DX", "gw2": "IX", "gw3": "AX"}
+    # The list is edited while the proxy is stopped: gw2 gets another priority, same set,
+    # URI and duid, so its state still applies.
+    p.stop()
+    p.list_path.write_text(GATEWAYS.replace("5072 0 0", "5072 0 10"))
+    p.start()
+    assert p.states() == {"gw2": "IX", "gw1": "DX", "gw3": "AX"}
+    assert "destination sip:127.0.0.1:5071 (set 1) is DX as the operator set it (rpc dispatcher.set_state dx at " \
+        in p.log()
+    saved = json.loads((p.dir / "dispatcher.list.state").read_text())  # $STATE_DIRECTORY (the harness's)
+    assert [(r["duid"], r["state"], r["flags"]) for r in saved["states"]] == [("gw1", "DX", 4), ("gw2", "IX", 1)]
+    # Back in service: the next restart has nothing to restore.
+    call_ok(p, "dispatcher.set_state", "ap", "1", "sip:127.0.0.1:5071")
+    call_ok(p, "dispatcher.set_duid_state", "a", "1", "gw2")
+    restart(p)
+    assert p.states() == {"gw1": "AX", "gw2": "AX", "gw3": "AX"}
+    assert json.loads((p.dir / "dispatcher.list.state").read_text())["states"] == []
+
+
+def test_with_persistent_state_off_a_restart_forgets_them_as_kamailio_does(proxy):
+    p = proxy(GATEWAYS, config=NO_PINGS + "[dispatcher]\npersistent_state = false\n")
+    call_ok(p, "dispatcher.set_state", "dx", "1", "sip:127.0.0.1:5071")
+    assert p.states()["gw1"] == "DX"
+    restart(p)
+    assert p.states() == {"gw1": "AX", "gw2": "AX", "gw3": "AX"}
+    assert not (p.dir / "dispatcher.list.state").exists()
+
+
+def test_a_reload_that_resets_states_still_applies_the_operators(proxy):
+    p = proxy(GATEWAYS, config=NO_PINGS + "[dispatcher]\nreload_keeps_state = false\n")
+    call_ok(p, "dispatcher.set_state", "dx", "1", "sip:127.0.0.1:5071")
+    call_ok(p, "dispatcher.reload")
+    assert p.states()["gw1"] == "DX"
+
+
+def test_a_corrupt_state_file_is_a_warning_not_a_failed_start(tmp_path):
+    p = harness.Proxy(tmp_path / "proxy", GATEWAYS, NO_PINGS)  # the file is written before the start
+    state = p.dir / "dispatcher.list.state"
+    state.write_text('{"states": [{"set": 1, "uri": "sip:127.0.0.1:5071", "flags": "DX"')
+    try:
+        p.start()
+        assert p.states() == {"gw1": "AX", "gw2": "AX", "gw3": "AX"}
+        assert f"{state}: not valid JSON" in p.log() and f"the file is kept as {state}.bad" in p.log()
+        assert (p.dir / "dispatcher.list.state.bad").read_text().startswith('{"states": [{"set": 1,')
+        call_ok(p, "dispatcher.set_state", "dx", "1", "sip:127.0.0.1:5072")  # kept again from here on
+        restart(p)
+        assert p.states()["gw2"] == "DX"
+    finally:
+        p.stop()
 
 
 def test_control_socket_is_private(proxy, uas):

@@ -1,5 +1,5 @@
-"""Plugins end to end: real gdispatch with the example plugins of hooks/ (and a few written
-here), SIPp callers and gateways, and what the gateways received (SIPp -trace_msg).
+"""Plugins end to end: real gdispatch with the plugins shipped in gdispatch/hooks/, enabled
+by name (and a few written here), SIPp callers and gateways, and what the gateways received (SIPp -trace_msg).
 
 - tech_prefix: Gold/Silver/Bronze on one gateway address, told apart by prefix, with a
   failover: each attempt carries its own prefix only.
@@ -11,7 +11,9 @@ here), SIPp callers and gateways, and what the gateways received (SIPp -trace_ms
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,12 +21,14 @@ from pathlib import Path
 from . import harness
 
 HOST = "127.0.0.1"
-HOOKS = harness.REPO / "hooks"
+HOOKS = harness.REPO / "gdispatch" / "hooks"  # the shipped plugins
 
 
-def plugins_config(enabled: list[str], hooks_dir: Path = HOOKS, extra: str = "") -> str:
+def plugins_config(enabled: list[str], hooks_dir: Path | None = None, extra: str = "") -> str:
+    """A [plugins] table; without `hooks_dir` the names are the shipped plugins'."""
     names = ", ".join(f'"{n}"' for n in enabled)
-    return f'[plugins]\nhooks_dir = "{hooks_dir}"\nenabled = [{names}]\n{extra}'
+    where = f'hooks_dir = "{hooks_dir}"\n' if hooks_dir is not None else ""
+    return f'[plugins]\n{where}enabled = [{names}]\n{extra}'
 
 
 def received(gw: harness.Uas) -> list[bytes]:
@@ -267,3 +271,38 @@ def test_a_plugin_that_fails_to_import_is_named_and_stops_everything(tmp_path, p
         assert "exited with 1" in str(e) and "plugin 'broken'" in str(e), e
     else:
         raise AssertionError("gdispatch started with a plugin that does not import")
+
+
+# ------------------------------------------------------------------ the installed package
+
+def test_the_installed_package_ships_its_plugins(tmp_path):
+    """What a wheel or `pip install .` would hold, not the checkout: setuptools builds the
+    package's files (`build_py`, what bdist_wheel packs for a pure Python package) from a
+    copy of the packaging files into a directory of its own; gdispatch is run from there
+    with a configuration in another directory, as /etc/gdispatch is, with no hooks folder."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        (src / name).write_bytes((harness.REPO / name).read_bytes())
+    shutil.copytree(harness.REPO / "gdispatch", src / "gdispatch", ignore=shutil.ignore_patterns("__pycache__"))
+    site = tmp_path / "site"
+    build = subprocess.run([sys.executable, "-c", "import setuptools; setuptools.setup()", "-q", "build_py",
+                            "--build-lib", str(site)], cwd=src, capture_output=True, text=True, timeout=120,
+                           check=False)
+    assert build.returncode == 0, build.stdout + build.stderr
+    assert sorted(p.name for p in (site / "gdispatch" / "hooks").glob("*.py")) == [
+        "__init__.py", "dialplan.py", "domain_route.py", "orig_headers.py", "tech_prefix.py"]
+    etc = tmp_path / "etc" / "gdispatch"
+    etc.mkdir(parents=True)
+    (etc / "gdispatch.toml").write_text(plugins_config(["tech_prefix", "dialplan"]))
+    env = {**os.environ, "PYTHONPATH": str(site)}  # the built package, before the venv's (editable) one
+    run = subprocess.run([sys.executable, "-c", "import gdispatch.cli, sys; print(gdispatch.__file__); "
+                          "sys.exit(gdispatch.cli.main(sys.argv[1:]))", "plugins", "--config",
+                          str(etc / "gdispatch.toml")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == str(site / "gdispatch" / "__init__.py")
+    rows = {line.split()[0]: line.split()[1] for line in lines[2:4]}
+    assert rows == {"tech_prefix": str(site / "gdispatch" / "hooks" / "tech_prefix.py"),
+                    "dialplan": str(site / "gdispatch" / "hooks" / "dialplan.py")}

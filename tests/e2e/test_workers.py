@@ -2,9 +2,9 @@
 
 What each test proves: calls of one SIPp caller are spread over the workers and every
 message of a call (INVITE, retransmission, CANCEL, ACK, BYE) meets the worker that owns
-it; the operator sees one state per destination and one list; a reload, a state change
-and a traffic failure reach every worker; SIGTERM stops them all; a worker that dies is
-started again; a port somebody else holds is refused.
+it; the operator sees one state per destination and one list; a reload, a state change,
+a traffic failure and a state restored at a restart reach every worker; SIGTERM stops
+them all; a worker that dies is started again; a port somebody else holds is refused.
 """
 
 from __future__ import annotations
@@ -258,6 +258,21 @@ def test_one_state_and_one_list_for_every_worker(proxy, uas, uac):
     b.stop()
     assert a.counts()["INVITE"] == 200 and b.counts()["INVITE"] == 200, (a.counts(), b.counts())
     assert p.log().count("reloaded") == 1
+
+
+def test_the_operators_state_reaches_every_worker_after_a_restart(proxy, uas, uac):
+    a, b = uas(), uas()
+    p = proxy(harness.dispatcher_list(a, b), args=["--workers", "2"])
+    assert p.rpc("dispatcher.set_state", "dx", "1", a.uri).returncode == 0
+    assert p.stop() == 0
+    p.start()
+    assert list(p.states().values())[0] == "DX", p.states()
+    res = uac(f"{HOST}:{p.port}", calls=200, rate=100, timeout_s=60)
+    assert (res.successful, res.failed) == (200, 0), res
+    wait_for(lambda: b.counts()["INVITE"] == 200, 3, 0.1, message=b.counts)
+    assert a.counts()["INVITE"] == 0, a.counts()
+    # The primary alone reads and writes the state file: once per start.
+    assert p.log().count("destination states set by the operator are kept in") == 2, p.log()[-3000:]
 
 
 def test_a_traffic_failure_marks_the_destination_down_for_every_worker(proxy, uas, uac):

@@ -1,11 +1,11 @@
-"""The example plugins of hooks/ (tech_prefix, dialplan, domain_route, orig_headers): their
-logic on parsed requests, loaded and called through PluginHost as the proxy does."""
+"""The plugins shipped in gdispatch/hooks/ (tech_prefix, dialplan, domain_route,
+orig_headers): their logic on parsed requests, loaded by name and called through
+PluginHost as the proxy does."""
 
 from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +21,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-HOOKS = Path(__file__).resolve().parents[2] / "hooks"
 SOURCE = ("udp", "192.0.2.7", 5062)
 
 
@@ -36,9 +35,10 @@ def dest(attrs: str = "", setid: int = 1, priority: int = 0):
 
 
 def host(*names: str, settings: str = "") -> PluginHost:
-    """A PluginHost with hooks/<names> loaded and started with [plugins.*] `settings`."""
+    """A PluginHost with the shipped plugins `names` loaded and started with [plugins.*]
+    `settings`."""
     h = PluginHost()
-    h.load(names, str(HOOKS), entry_points=False)
+    h.load(names, "/nonexistent", entry_points=False)  # no hooks_dir: found by name
     cfg = from_dict({"plugins": {"enabled": list(names), **tomllib.loads(settings)}})
     h.call("gdispatch_startup", config=cfg)
     return h

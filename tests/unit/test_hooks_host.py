@@ -13,9 +13,9 @@ import pytest
 from gdispatch import cli
 from gdispatch.builtin import Builtin
 from gdispatch.config import Config, ConfigError, Route, from_dict
-from gdispatch.plugins import PluginError, PluginHost
+from gdispatch.plugins import SHIPPED_DIR, PluginError, PluginHost
 
-HOOKS = Path(__file__).resolve().parents[2] / "hooks"
+HOOKS = Path(SHIPPED_DIR)
 
 
 def write(d: Path, name: str, body: str) -> None:
@@ -213,6 +213,37 @@ def test_a_slow_plugin_is_reported_against_the_time_budget(tmp_path, caplog):
     assert h.slow == {"slow": 1} and h.errors == {}
     msg = caplog.records[-1].getMessage()
     assert msg.startswith("plugin slow took ") and "in gdispatch_prepare_attempt (budget 10 ms)" in msg
+
+
+# ------------------------------------------------------------------ where a plugin's file is found
+
+def test_a_shipped_plugin_loads_by_name_from_a_configuration_anywhere(tmp_path, capsys):
+    etc = tmp_path / "etc" / "gdispatch"  # /etc/gdispatch: no hooks folder beside it
+    etc.mkdir(parents=True)
+    (etc / "gdispatch.toml").write_text('[plugins]\nenabled = ["tech_prefix", "dialplan"]\n')
+    assert cli.main(["plugins", "--config", str(etc / "gdispatch.toml")]) == 0
+    rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[1:3]}
+    assert rows == {"tech_prefix": str(HOOKS / "tech_prefix.py"), "dialplan": str(HOOKS / "dialplan.py")}
+
+
+def test_a_file_of_the_same_name_in_hooks_dir_wins(tmp_path):
+    write(tmp_path, "tech_prefix", APPEND.format(name="mine"))
+    h = PluginHost()
+    h.load(["tech_prefix", "dialplan"], str(tmp_path), entry_points=False)
+    assert h.sources == {"tech_prefix": str(tmp_path / "tech_prefix.py"), "dialplan": str(HOOKS / "dialplan.py")}
+    assert dict(h.plugins())["tech_prefix"] == ["gdispatch_prepare_attempt"]  # the copy's hooks, not the shipped
+    seen = Seen()
+    h.call("gdispatch_prepare_attempt", attempt=seen)
+    assert seen.calls == ["mine"]
+
+
+def test_a_name_found_nowhere_names_both_places(tmp_path):
+    with pytest.raises(PluginError) as e:
+        PluginHost().load(["tech_prefx"], str(tmp_path), entry_points=False)
+    assert str(e.value) == (f"plugin 'tech_prefx': no file {tmp_path}/tech_prefx.py, and gdispatch ships no "
+                            f"plugin of that name (it ships dialplan, domain_route, orig_headers, tech_prefix)")
+    with pytest.raises(PluginError, match="ships no plugin of that name"):
+        PluginHost().load(["__init__"], str(tmp_path), entry_points=False)  # the package, not a plugin
 
 
 # ------------------------------------------------------------------ gdispatch plugins

@@ -1,13 +1,19 @@
 """tech_prefix: a per-destination technical prefix on the Request-URI user.
 
-Each destination of dispatcher.list may carry two attrs (the module's own example is
-``prefix=448;strip=2``):
+Each destination of dispatcher.list may carry two attrs, applied to the Request-URI user
+in this order, as drouting's ``strip`` + ``pri_prefix`` and lcr's ``strip`` + ``prefix``
+do:
 
-    strip=N      remove the first N characters of the Request-URI user
-    prefix=P     then put P in front of it
+    strip=N      remove the first N characters (a "+" counts as one); N at least the
+                 user's length removes all of it
+    prefix=P     then put P in front
 
-in that order, as drouting's ``strip`` + ``pri_prefix`` and lcr's ``strip`` + ``prefix``
-do. A destination without them gets the user unchanged.
+``strip=2;prefix=011`` turns ``0044123`` into ``01144123``. A destination with neither
+gets the user unchanged, and so does a Request-URI without a user part. Bad attrs are
+warned about once when the list is loaded: a ``strip`` that is not a whole number is
+ignored (the prefix still applies); a ``prefix`` a URI user cannot hold, or a ``strip``
+that leaves nothing and no prefix, leaves the attempt unchanged, counted in
+``plugin_errors``.
 
 Why a hook on each attempt (`gdispatch_prepare_attempt`) and not once per request: every
 attempt starts from the request as it arrived, so after a failover the next destination
@@ -18,10 +24,11 @@ what makes one gateway IP with several prices work:
     # Bronze, Silver and Gold routes of one carrier: same address, told apart by prefix
     1 sip:203.0.113.10:5060 0 30 duid=gold;prefix=1001
     1 sip:203.0.113.10:5060 0 20 duid=silver;prefix=1002
-    1 sip:203.0.113.10:5060 0 10 duid=bronze;strip=1;prefix=1003
+    1 sip:203.0.113.10:5060 0 10 duid=bronze;strip=2;prefix=1003
 
 with algorithm 8 (priority) sends ``1001<number>`` first and, if Gold answers 503,
-``1002<number>`` (not ``10021001<number>``).
+``1002<number>`` (not ``10021001<number>``), then Bronze the number without its first
+two characters after ``1003``.
 
 Enable it in gdispatch.toml: ``[plugins] enabled = ["tech_prefix"]``. It has no settings
 of its own. It runs last among the `gdispatch_prepare_attempt` plugins (``trylast``), so
