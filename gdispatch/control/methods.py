@@ -43,7 +43,9 @@ Where gdispatch differs from Kamailio, on purpose:
   memory only as in Kamailio). ``dispatcher.remove`` takes PERSIST too. The destination
   is checked like a list-file line first (URI, flags, attrs, duplicates), where Kamailio
   adds whatever it can parse. Neither refuses to run within ``ds_reload_delta`` of the
-  last change ("Ongoing reload").
+  last change ("Ongoing reload"). A remove of what is not there answers Ok, as
+  Kamailio's, and changes nothing (Kamailio rebuilds its list all the same: its sets
+  move, its equal priorities turn round).
 - ``dispatcher.set_state`` by address updates every destination of the set with that URI
   (Kamailio: only the first); ``idx=N`` names one destination by its position (IDX of
   ``dispatcher.list extended``), ``duid=NAME`` the destinations with that duid (as
