@@ -23,6 +23,7 @@ from gdispatch.collector import CollectorPolicy
 from gdispatch.config import Config
 from gdispatch.control.server import MAX_CONNECTIONS as CONTROL_CONNECTIONS
 from gdispatch.control.server import ControlError, ControlServer
+from gdispatch.dispatcher.algorithms import ALG_CALL_LOAD
 from gdispatch.dispatcher.destination import state_letters
 from gdispatch.dispatcher.listfile import ListError, load_list, parse_list
 from gdispatch.dispatcher.reload import ReloadSummary, carry_state
@@ -436,6 +437,10 @@ class App:
     @ping_active.setter
     def ping_active(self, value: bool) -> None:
         self._prober().active = bool(value)
+
+    @property
+    def call_load_routing(self) -> bool:
+        return any(r.algorithm == ALG_CALL_LOAD for r in self.config.routes)
 
     def current_list(self):
         return self._proxy().dlist

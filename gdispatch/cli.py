@@ -105,19 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
     rpc = sub.add_parser(
         "rpc", help="call a control command of the running proxy (like kamcmd)",
         description="Call a control command of the running proxy and print the answer as kamcmd does. "
-                    "Kamailio's names and arguments: dispatcher.list [short|full], dispatcher.reload, "
-                    "dispatcher.set_state STATE GROUP ADDRESS|all, dispatcher.set_duid_state STATE GROUP DUID|all, "
-                    "dispatcher.ping_active [0|1], dispatcher.add GROUP ADDRESS [FLAGS [PRIORITY [ATTRS "
-                    "[DESCRIPTION [PERSIST]]]]], dispatcher.remove GROUP ADDRESS [PERSIST], dispatcher.hash NSLOTS "
-                    "VAL1 [VAL2], core.version, core.uptime, stats, system.listMethods. Arguments that are whole "
-                    "numbers are sent as numbers; prefix s: to send text, i: to send a number. Exit status: 0 ok, "
-                    "1 the command failed (the error on stderr), 2 no control socket answered.",
+                    "Kamailio's names and arguments: dispatcher.list [short|full|extended], dispatcher.reload, "
+                    "dispatcher.set_state STATE GROUP ADDRESS|idx=N|duid=NAME|all, dispatcher.set_duid_state STATE "
+                    "GROUP DUID|all, dispatcher.ping_active [0|1], dispatcher.add GROUP ADDRESS [FLAGS [PRIORITY "
+                    "[ATTRS [DESCRIPTION [PERSIST]]]]], dispatcher.remove GROUP ADDRESS [PERSIST], dispatcher.hash "
+                    "NSLOTS VAL1 [VAL2], core.version, core.uptime, stats, system.listMethods. Arguments that are "
+                    "whole numbers are sent as numbers; prefix s: to send text, i: to send a number. A failed "
+                    "command prints 'error: CODE - MESSAGE' on stdout and exits 0, as kamcmd does (gdispatch's "
+                    "details on stderr); with --json it prints the error object and exits 1. Exit status 2: no "
+                    "control socket answered, or no answer came.",
         epilog="The socket: --socket PATH, else $GDISPATCH_SOCKET, else the first of $RUNTIME_DIRECTORY/control.sock, "
                "/run/gdispatch/control.sock, /tmp/gdispatch-$UID/control.sock that answers (where gdispatch run "
                "puts it by default). Put options before METHOD or after all ARGS.")
     rpc.add_argument("method", metavar="METHOD")
     rpc.add_argument("args", metavar="ARGS", nargs="*")
-    rpc.add_argument("--json", action="store_true", help="print the result as JSON")
+    rpc.add_argument("--json", action="store_true",
+                     help="print the result (or the error object, exit status 1) as JSON")
     rpc.add_argument("--socket", metavar="PATH", help="the control socket (default: see below)")
     rpc.add_argument("--tcp", metavar="HOST:PORT", help="use the TCP control port instead of the socket")
     rpc.add_argument("--token-file", metavar="FILE",
@@ -243,8 +246,8 @@ def plugins_command(args: argparse.Namespace) -> int:
 def rpc_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import json
 
-    from gdispatch.control.client import ENV_TOKEN, ConnectError, convert_arg, format_tree, request
-    from gdispatch.control.jsonrpc import RpcError
+    from gdispatch.control.client import ENV_TOKEN, ConnectError, convert_arg, format_fault, format_tree, request
+    from gdispatch.control.jsonrpc import NoAnswer, RpcError
     from gdispatch.control.paths import ENV_SOCKET
 
     try:
@@ -275,15 +278,20 @@ def rpc_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         print(f"Is gdispatch running? Give the path with --socket PATH or ${ENV_SOCKET} "
               "(or --tcp HOST:PORT for the TCP control port).", file=sys.stderr)
         return 2
+    except NoAnswer as e:
+        print(f"gdispatch rpc: {e.message}" + (f": {e.data}" if e.data else ""), file=sys.stderr)
+        return 2
     except RpcError as e:
-        detail = e.data
-        print(f"error: {e.code} - {e.message}", file=sys.stderr)
-        if isinstance(detail, list):
-            for item in detail:
-                print(f"  {item}", file=sys.stderr)
-        elif detail not in (None, ""):
-            print(f"  {detail}", file=sys.stderr)
-        return 1
+        if args.json:
+            print(json.dumps(e.as_error(), indent=2, ensure_ascii=False))
+            return 1
+        # As kamcmd: the fault on standard output and exit status 0, so that scripts
+        # written for kamcmd read it where they did; what gdispatch adds on stderr.
+        line, details = format_fault(e)
+        print(line)
+        for item in details:
+            print(f"  {item}", file=sys.stderr)
+        return 0
     if args.json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
     else:

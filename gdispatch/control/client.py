@@ -1,7 +1,8 @@
 """The client of the control socket, what ``gdispatch rpc`` uses (as kamcmd is
 Kamailio's): `request` calls one method of the running proxy over its Unix socket (or
 the token-protected TCP port) and returns the result; `convert_arg` turns command-line
-words into JSON values as kamcmd does; `format_tree` prints a result as kamcmd does.
+words into JSON values as kamcmd does; `format_tree` and `format_fault` print a result
+and a fault as kamcmd does.
 
 Plain blocking sockets, no gevent: this runs in the short-lived ``gdispatch rpc``
 process. Where the socket is looked for: `gdispatch.control.paths.socket_candidates`.
@@ -13,7 +14,15 @@ import re
 import socket
 from typing import Any
 
-from gdispatch.control.jsonrpc import INTERNAL_ERROR, RpcError, encode, request_object, result_of
+from gdispatch.control.jsonrpc import (
+    INTERNAL_ERROR,
+    METHOD_NOT_FOUND,
+    NoAnswer,
+    RpcError,
+    encode,
+    request_object,
+    result_of,
+)
 from gdispatch.control.paths import socket_candidates
 
 ENV_TOKEN = "GDISPATCH_RPC_TOKEN"  # the TCP port's token, when no --token-file is given
@@ -46,7 +55,7 @@ def _read_line(sock: socket.socket) -> bytes:
             break
         buf += data
         if len(buf) > MAX_RESPONSE_BYTES:
-            raise RpcError(INTERNAL_ERROR, "Response too large", f"more than {MAX_RESPONSE_BYTES} bytes")
+            raise NoAnswer(INTERNAL_ERROR, "Response too large", f"more than {MAX_RESPONSE_BYTES} bytes")
     return bytes(buf).split(b"\n", 1)[0]
 
 
@@ -59,9 +68,10 @@ def request(
     token: str | None = None,
     timeout: float = 10.0,
 ) -> Any:
-    """Call one method and return its result. Raises RpcError for a fault (or a broken
-    answer), ConnectError when no socket answered. Without `socket_path` and `tcp`, tries
-    `socket_candidates()` in order."""
+    """Call one method and return its result. Raises RpcError for a fault, NoAnswer (an
+    RpcError) when the answer did not come or cannot be read, ConnectError when no
+    socket answered. Without `socket_path` and `tcp`, tries `socket_candidates()` in
+    order."""
     tried: list[tuple[str, str]] = []
     sock: socket.socket | None = None
     if tcp is not None:
@@ -91,11 +101,11 @@ def request(
             sock.sendall(encode(req))
             line = _read_line(sock)
         except socket.timeout:
-            raise RpcError(INTERNAL_ERROR, "Timeout", f"no answer within {timeout:g} s") from None
+            raise NoAnswer(INTERNAL_ERROR, "Timeout", f"no answer within {timeout:g} s") from None
         except OSError as e:
-            raise RpcError(INTERNAL_ERROR, "Connection lost", e.strerror or str(e)) from None
+            raise NoAnswer(INTERNAL_ERROR, "Connection lost", e.strerror or str(e)) from None
     if not line:
-        raise RpcError(INTERNAL_ERROR, "No answer", "the server closed the connection")
+        raise NoAnswer(INTERNAL_ERROR, "No answer", "the server closed the connection")
     return result_of(line)
 
 
@@ -118,6 +128,16 @@ def convert_arg(word: str) -> Any:
     return word
 
 
+def _double(value: float) -> str:
+    """A double as kamcmd prints one: binrpc carries it as an integer count of
+    thousandths, and kamcmd shows a whole number without decimals ("21"), any other with
+    six ("6.250000")."""
+    milli = int(value * 1000)  # binrpc's (int)(f*1000): truncated
+    if milli % 1000 == 0:
+        return str(milli // 1000)
+    return "%f" % (milli / 1000)
+
+
 def _scalar(value: Any) -> str:
     if value is None:
         return "<null string>"
@@ -125,6 +145,8 @@ def _scalar(value: Any) -> str:
         return "true"
     if value is False:
         return "false"
+    if isinstance(value, float):
+        return _double(value)
     return str(value)
 
 
@@ -155,7 +177,7 @@ def format_tree(result: Any) -> str:
     """A result as kamcmd prints it: a struct in braces with one member a line, "KEY:
     value", tabs for depth; arrays as their elements (a one-member struct shows as its
     member, so arrays of {"SET": ...} read as repeated keys); text as it is; null as
-    ``<null string>``. Ends without a newline."""
+    ``<null string>``; a float as kamcmd prints a double. Ends without a newline."""
     if isinstance(result, dict):
         out = ["{"]
         _tree_lines(result, 1, out)
@@ -170,3 +192,18 @@ def format_tree(result: Any) -> str:
                 out.append(_scalar(item))
         return "\n".join(out)
     return _scalar(result)
+
+
+def format_fault(err: RpcError) -> tuple[str, list[str]]:
+    """A fault as kamcmd prints it, ``error: CODE - MESSAGE`` (on its standard output),
+    and the details gdispatch adds (the fault's data), one a line. JSON-RPC's "method not
+    found" shows as kamcmd shows Kamailio's (ctl answers an unknown command with 500)."""
+    code = 500 if err.code == METHOD_NOT_FOUND else err.code
+    data = err.data
+    if data in (None, ""):
+        details = []
+    elif isinstance(data, list):
+        details = [str(item) for item in data]
+    else:
+        details = [str(data)]
+    return f"error: {code} - {err.message}", details

@@ -66,6 +66,11 @@ class RpcError(Exception):
         return f"{self.code} - {self.message}" + (f" ({detail})" if detail not in (None, "") else "")
 
 
+class NoAnswer(RpcError):
+    """The client got no answer it can read: none within its timeout, the connection
+    lost, or a line that is not a JSON-RPC response. Not a fault of the method."""
+
+
 def error_answer(req_id: Any, err: RpcError) -> dict[str, Any]:
     """The response object carrying a fault."""
     return {"jsonrpc": "2.0", "id": req_id, "error": err.as_error()}
@@ -150,13 +155,14 @@ def request_object(method: str, params: Any, token: str | None = None) -> dict[s
 
 
 def result_of(line: bytes) -> Any:
-    """An answer line → its result; raises RpcError for a fault or a broken answer."""
+    """An answer line → its result; raises RpcError for a fault, NoAnswer for a broken
+    answer."""
     try:
         answer = json.loads(line)
     except ValueError as e:
-        raise RpcError(PARSE_ERROR, "Bad answer", str(e)) from None
+        raise NoAnswer(PARSE_ERROR, "Bad answer", str(e)) from None
     if not isinstance(answer, dict):
-        raise RpcError(INTERNAL_ERROR, "Bad answer", "not a JSON-RPC response object")
+        raise NoAnswer(INTERNAL_ERROR, "Bad answer", "not a JSON-RPC response object")
     if "error" in answer:
         err = answer["error"] if isinstance(answer["error"], dict) else {}
         raise RpcError(int(err.get("code", INTERNAL_ERROR)), str(err.get("message", "error")), err.get("data"))

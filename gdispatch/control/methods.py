@@ -14,9 +14,9 @@ scripts written against kamcmd keep matching; `data` says what exactly was wrong
 
 Methods (arguments in brackets are optional):
 
-- ``dispatcher.list [short|full]``
+- ``dispatcher.list [short|full|extended]``
 - ``dispatcher.reload``
-- ``dispatcher.set_state STATE GROUP ADDRESS|all``
+- ``dispatcher.set_state STATE GROUP ADDRESS|idx=N|duid=NAME|all``
 - ``dispatcher.set_duid_state STATE GROUP DUID|all``
 - ``dispatcher.ping_active [0|1]``
 - ``dispatcher.add GROUP ADDRESS [FLAGS [PRIORITY [ATTRS [DESCRIPTION [PERSIST]]]]]``
@@ -25,6 +25,16 @@ Methods (arguments in brackets are optional):
 - ``core.version``, ``core.uptime``, ``stats``, ``system.listMethods``,
   ``system.methodHelp METHOD``
 
+``dispatcher.list`` without a mode, ``short`` and ``full`` answer Kamailio 5.6's structure
+field for field (``ds_rpc_print_set``): the same names in the same order, present when
+Kamailio's are, in the same units, sets in the order Kamailio prints them (its AVL tree in
+post-order). ``LATENCY`` is always there: gdispatch always measures its pings, as Kamailio
+with ``ds_ping_latency_stats=1``. ``RUNTIME {DLGLOAD}`` is there when a route dispatches by
+call load (algorithm 10), as Kamailio's when ``ds_hash_size`` is set, which its algorithm 10
+needs. ``extended`` is gdispatch's own: ``full`` with ``ATTRS``, ``LATENCY`` and ``RUNTIME``
+always, then ``IDX`` (the position in the set, what ``idx=N`` names), ``IUID`` (the id in
+the pings' From tag), ``PROBING_COUNT`` (failed pings in a row) and ``DESCRIPTION``.
+
 Where gdispatch differs from Kamailio, on purpose:
 
 - ``dispatcher.add`` takes two more optional arguments: DESCRIPTION (the text kamctl
@@ -32,14 +42,17 @@ Where gdispatch differs from Kamailio, on purpose:
   (1: also write the destination to the list file, so a reload keeps it; default 0, in
   memory only as in Kamailio). ``dispatcher.remove`` takes PERSIST too. The destination
   is checked like a list-file line first (URI, flags, attrs, duplicates), where Kamailio
-  adds whatever it can parse.
-- ``dispatcher.remove`` of a destination that is not there is a fault ("Removing
-  dispatcher dst failed"); Kamailio answers "Ok".
-- ``dispatcher.set_state`` on a set or address that does not exist is a fault ("State
-  Update Failed") also with ``all``; it updates every destination of the set with that
-  URI (Kamailio: only the first); an address without a scheme gets ``sip:`` as in the
-  list file. It writes the state bits 1, 2, 4 and 8 and keeps 16 (no DNS) and 32 (no
-  ping), which are configuration; Kamailio clears those too.
+  adds whatever it can parse. Neither refuses to run within ``ds_reload_delta`` of the
+  last change ("Ongoing reload"). A remove of what is not there answers Ok, as
+  Kamailio's, and changes nothing (Kamailio rebuilds its list all the same: its sets
+  move, its equal priorities turn round).
+- ``dispatcher.set_state`` by address updates every destination of the set with that URI
+  (Kamailio: only the first); ``idx=N`` names one destination by its position (IDX of
+  ``dispatcher.list extended``), ``duid=NAME`` the destinations with that duid (as
+  ``dispatcher.set_duid_state``). On a set or destination that does not exist it is a
+  fault ("State Update Failed") also with ``all``; an address without a scheme gets
+  ``sip:`` as in the list file. It writes the state bits 1, 2, 4 and 8 and keeps 16 (no
+  DNS) and 32 (no ping), which are configuration; Kamailio clears those too.
 - State strings: Kamailio's RPC reads only the first character (``0``-``3`` or
   ``a``/``i``/``d``/``t``) and a ``p`` after it. gdispatch reads the whole string:
   a digit 0-3 with an optional ``p`` as Kamailio does, or letters combined as in
@@ -48,10 +61,14 @@ Where gdispatch differs from Kamailio, on purpose:
   trailing ``x`` or ``n`` means "not probing"). Anything else is "Unknown State Value"
   where Kamailio silently takes the first letter.
 - ``dispatcher.ping_active`` accepts only 0 and 1.
-- ``dispatcher.list`` lists sets by ascending id (Kamailio: its tree's post-order),
-  refuses a mode other than short/full, prints ``LATENCY`` for destinations that have
-  probe statistics and ``RUNTIME`` always, and adds ``DESCRIPTION`` (a name Kamailio does
-  not use) after Kamailio's fields when the destination has one.
+- ``dispatcher.list`` refuses a mode other than short, full and extended (Kamailio
+  lists as without one). Its values are gdispatch's: latency measured to the
+  microsecond (Kamailio: whole milliseconds), the state of every destination of a URI
+  (Kamailio applies a ping's answer to the first of them only), IPADDR empty while a
+  name is not resolved (Kamailio does not load such a line).
+- ``dispatcher.reload`` of a bad file is "Reload Failed" with every problem in the
+  fault's data; Kamailio (``ds_load_mode`` 0) loads the good lines and answers Ok, as
+  gdispatch with ``load_mode = "skip"``.
 - Extra arguments are a fault; Kamailio ignores them.
 """
 
@@ -73,6 +90,7 @@ from gdispatch.dispatcher.destination import (
     FLAGS_STATE,
     Destination,
     DispatcherList,
+    DispatcherSet,
 )
 from gdispatch.dispatcher.hashing import as_signed, kamailio_hash
 from gdispatch.dispatcher.listfile import ListError, format_line, parse_line
@@ -92,6 +110,11 @@ class ControlApi(Protocol):
     #: Whether keepalive pings are sent (``dispatcher.ping_active``). Settable: False
     #: pauses every ping, True resumes them; the states stay as they are meanwhile.
     ping_active: bool
+    @property
+    def call_load_routing(self) -> bool:
+        """Whether a route dispatches by call load (algorithm 10). Kamailio's algorithm 10
+        needs ``ds_hash_size``, and with it ``dispatcher.list`` shows ``RUNTIME {DLGLOAD}``."""
+        ...
 
     def current_list(self) -> DispatcherList:
         """The list in use, whose destinations carry their live state. The methods read
@@ -107,7 +130,7 @@ class ControlApi(Protocol):
         """Load the list file again and swap it in, keeping the state of the
         destinations that stay; `reason` is for the log and the hooks. On a bad file,
         keep the current list and raise ListError (`call` turns it into RpcError(500,
-        "Reload Failed: <file:line: what>", data=[every problem])) or that RpcError."""
+        "Reload Failed", data=["file:line: what", ...])) or an RpcError."""
         ...
 
     def replace_list(self, text: str, reason: str) -> None:
@@ -243,92 +266,152 @@ def call(api: ControlApi, method: str, params: Any = None) -> Any:
 
 
 def _reload_failed(problems: list[str]) -> RpcError:
-    first = problems[0] if problems else "the list file did not load"
-    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-    return RpcError(500, f"Reload Failed: {first}{more}", problems)
+    """Kamailio's fault text, and what was wrong, once, in the data."""
+    return RpcError(500, "Reload Failed", problems or ["the list file did not load"])
 
 
 # -- dispatcher.list -------------------------------------------------------------------------
+
+def kamailio_set_order(setids: list[int]) -> list[int]:
+    """The order in which Kamailio's ``dispatcher.list`` prints sets, given the set ids in
+    the order the list first names them: Kamailio keeps its sets in an AVL tree, filled
+    as it reads the list, and prints it in post-order (children before their parent), so
+    that "1, 2" prints as "2, 1". The tree's shape depends only on the insertion order,
+    whatever AVL code builds it."""
+    tree: dict[int, tuple[int | None, int | None, int]] = {}  # id: (left, right, height)
+
+    def height(n: int | None) -> int:
+        return tree[n][2] if n is not None else 0
+
+    def node(n: int, left: int | None, right: int | None) -> int:
+        tree[n] = (left, right, 1 + max(height(left), height(right)))
+        return n
+
+    def rotate_right(n: int) -> int:
+        left, right, _ = tree[n]
+        assert left is not None
+        ll, lr, _ = tree[left]
+        return node(left, ll, node(n, lr, right))
+
+    def rotate_left(n: int) -> int:
+        left, right, _ = tree[n]
+        assert right is not None
+        rl, rr, _ = tree[right]
+        return node(right, node(n, left, rl), rr)
+
+    def insert(root: int | None, key: int) -> int:
+        if root is None:
+            return node(key, None, None)
+        left, right, _ = tree[root]
+        if key < root:
+            left = insert(left, key)
+        else:
+            right = insert(right, key)
+        node(root, left, right)
+        balance = height(left) - height(right)
+        if balance > 1:
+            assert left is not None
+            if key > left:
+                node(root, rotate_left(left), right)
+            return rotate_right(root)
+        if balance < -1:
+            assert right is not None
+            if key < right:
+                node(root, left, rotate_right(right))
+            return rotate_left(root)
+        return root
+
+    root: int | None = None
+    for setid in setids:
+        if setid not in tree:
+            root = insert(root, setid)
+    order: list[int] = []
+
+    def post_order(n: int | None) -> None:
+        if n is not None:
+            left, right, _ = tree[n]
+            post_order(left)
+            post_order(right)
+            order.append(n)
+
+    post_order(root)
+    return order
 
 
 def _str_or_null(value: str) -> str | None:
     return value or None  # Kamailio's "<null string>"
 
 
-def _int_attr(dest: Destination, name: str, default: int) -> int:
-    v = dest.attr_map.get(name, "")
-    return int(v) if v.isdigit() else default
+def _latency(dest: Destination) -> dict[str, Any]:
+    """Kamailio's LATENCY: AVG, STD and EST in milliseconds as doubles (binrpc carries
+    three decimals), MAX in whole milliseconds, TIMEOUT a count; zeros before any ping."""
+    probe = dest.probe
+    if probe is None:
+        return {"AVG": 0.0, "STD": 0.0, "EST": 0.0, "MAX": 0, "TIMEOUT": 0}
+    return probe.latency.as_dict()
 
 
-def _dest_structure(dest: Destination, mode: str) -> dict[str, Any]:
-    probe = getattr(dest, "probe", None)  # gdispatch.probing.policy.ProbeState, when probed
-    d: dict[str, Any] = {
-        "IDX": dest.index,
-        "URI": dest.uri,
-        "FLAGS": dest.state_letters(),
-        "PRIORITY": dest.priority,
-        "IUID": getattr(probe, "iuid", None),
-    }
-    if mode == "full":
+def _dest_structure(dest: Destination, mode: str, runtime: bool) -> dict[str, Any]:
+    """One DEST, its members in the order of Kamailio 5.6's ``ds_rpc_print_set``."""
+    d: dict[str, Any] = {"URI": dest.uri, "FLAGS": dest.state_letters(), "PRIORITY": dest.priority}
+    if mode in ("full", "extended"):
         uri = dest.sip_uri
         addr = dest.address
         d.update({
             "HOST": f"[{uri.host}]" if uri.is_ipv6 else uri.host,
             "IPADDR": addr[0] if addr else "",
-            "PORT": addr[1] if addr else (uri.port or 0),
-            "PROTOID": _PROTO_IDS.get(uri.params.get("transport") or "", 3 if uri.scheme == "sips" else 0),
+            "PORT": uri.port or 0,  # the URI's port, 0 when it names none (Kamailio's port_no)
+            # Kamailio's proto id from the transport parameter, 0 (PROTO_NONE) without one
+            "PROTOID": _PROTO_IDS.get(uri.params.get("transport") or "", 0),
             "DNSTIME_SEC": 0,
             "DNSTIME_USEC": 0,
-            "OCRATE": 0,
-            "OCIDX": 0,
-            "OCSEQ": 0,
-            "OCTIME_SEC": 0,
-            "OCTIME_USEC": 0,
         })
-    if (mode == "normal" and dest.attrs) or mode == "full":
+    if (mode != "short" and dest.attrs) or mode == "extended":
         m = dest.attr_map
         d["ATTRS"] = {
             "BODY": dest.attrs,
             "DUID": _str_or_null(dest.duid),
-            "PROBING_COUNT": getattr(probe, "failures", 0),
             "MAXLOAD": dest.maxload,
             "WEIGHT": dest.weight,
             "RWEIGHT": dest.rweight,
             "SOCKET": _str_or_null(dest.socket),
             "SOCKNAME": _str_or_null(m.get("sockname", "")),
-            "PING_SOCKET": _str_or_null(m.get("ping_socket", "")),
             "OBPROXY": _str_or_null(m.get("obproxy", "")),
-            "OCMIN": _int_attr(dest, "ocmin", 0),
-            "OCMAX": _int_attr(dest, "ocmax", 100),
         }
-    if probe is not None:
-        d["LATENCY"] = probe.latency.as_dict()
-    d["RUNTIME"] = {"DLGLOAD": dest.load + dest.load_elsewhere}
-    if mode != "short" and dest.description:
-        d["DESCRIPTION"] = dest.description
+    d["LATENCY"] = _latency(dest)
+    if runtime or mode == "extended":
+        d["RUNTIME"] = {"DLGLOAD": dest.load + dest.load_elsewhere}
+    if mode == "extended":
+        probe = dest.probe
+        d["IDX"] = dest.index
+        d["IUID"] = probe.iuid if probe is not None else None
+        d["PROBING_COUNT"] = probe.failures if probe is not None else 0
+        d["DESCRIPTION"] = _str_or_null(dest.description)
     return d
 
 
-def list_structure(dlist: DispatcherList, mode: str = "normal") -> dict[str, Any]:
+def list_structure(dlist: DispatcherList, mode: str = "normal", runtime: bool = False) -> dict[str, Any]:
     """``dispatcher.list`` as Kamailio builds it: {NRSETS, RECORDS: [{SET: {ID,
-    TARGETS: [{DEST: {...}}]}}]}; `mode` is "short", "normal" or "full"."""
+    TARGETS: [{DEST: {...}}]}}]}; `mode` is "short", "normal", "full" or "extended"; `runtime`: show
+    ``RUNTIME {DLGLOAD}`` (always in "extended")."""
     records = []
-    for setid in sorted(dlist.sets):
+    for setid in kamailio_set_order(list(dlist.sets)):
         dset = dlist.sets[setid]
-        targets = [{"DEST": _dest_structure(dest, mode)} for dest in dset.destinations]
+        targets = [{"DEST": _dest_structure(dest, mode, runtime)} for dest in dset.destinations]
         records.append({"SET": {"ID": setid, "TARGETS": targets}})
     return {"NRSETS": len(records), "RECORDS": records}
 
 
-@_method("dispatcher.list", "Return the content of dispatcher sets", Param("MODE", str, False))
+@_method("dispatcher.list", "Return the content of dispatcher sets (extended: with gdispatch's own fields)",
+         Param("MODE", str, False))
 def dispatcher_list(api: ControlApi, mode: str = "") -> dict[str, Any]:
-    m = mode.lower()
-    if m not in ("", "short", "full"):
-        raise _invalid(f"MODE: expected short or full, got {mode!r}")
+    m = mode.lower()  # case-insensitive, as in Kamailio
+    if m not in ("", "short", "full", "extended"):
+        raise _invalid(f"MODE: expected short, full or extended, got {mode!r}")
     dlist = api.current_list()
     if dlist is None or not dlist.sets:
         raise RpcError(500, "No Destination Sets")
-    return list_structure(dlist, m or "normal")
+    return list_structure(dlist, m or "normal", api.call_load_routing)
 
 
 # -- reload, add, remove -------------------------------------------------------------------------
@@ -355,6 +438,16 @@ def _list_text(lines: list[str]) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+def _running_lines(dlist: DispatcherList, keep: Callable[[Destination], bool] = lambda d: True) -> list[str]:
+    """The running list as list-file lines, in the order Kamailio's ``dispatcher.add`` and
+    ``remove`` rebuild theirs: sets in the order ``dispatcher.list`` prints them, each
+    set's destinations in its order. Parsed again, the sets print in the same order as
+    in Kamailio after the same command (and with ``kamailio_order`` the destinations
+    too: Kamailio's rebuild reverses equal priorities, as that parse does)."""
+    return [format_line(d) for setid in kamailio_set_order(list(dlist.sets))
+            for d in dlist.sets[setid].destinations if keep(d)]
+
+
 def _add(api: ControlApi, setid: int, uri: str, flags: int, priority: int, attrs: str, description: str,
          persist: bool) -> None:
     """Add a destination, already checked as one list-file line would be and not in the
@@ -364,26 +457,28 @@ def _add(api: ControlApi, setid: int, uri: str, flags: int, priority: int, attrs
         listedit.add_destination(api.list_file, setid, uri, flags, priority, attrs, description)
         api.reload("dispatcher.add")
         return
-    lines = [format_line(d) for d in api.current_list().destinations()]
+    lines = _running_lines(api.current_list())
     lines.append(listedit.new_line(setid, uri, flags, priority, attrs, description))
     api.replace_list(_list_text(lines), "dispatcher.add")
 
 
-def _remove(api: ControlApi, setid: int, uri: str, persist: bool) -> int:
+def _remove(api: ControlApi, setid: int, uri: str, persist: bool) -> None:
     """Remove every destination of set `setid` with this URI (compared without regard
     to case) from the running list, or with `persist` from the list file, then reloaded
-    from it. Returns how many the running list had. Raises ListEditError."""
+    from it. None there is no error: Kamailio answers Ok, there is nothing to remove.
+    Raises ListEditError."""
     def same(d: Destination) -> bool:
         return d.setid == setid and d.uri.lower() == uri.lower()
 
     dlist = api.current_list()
-    count = sum(1 for d in dlist.destinations() if same(d))
     if persist:
-        listedit.remove_destination(api.list_file, setid, uri)
-        api.reload("dispatcher.remove")
-        return count
-    api.replace_list(_list_text([format_line(d) for d in dlist.destinations() if not same(d)]), "dispatcher.remove")
-    return count
+        rows, _ = listedit.show(api.list_file)
+        if any(same(r.dest) for r in rows):
+            listedit.remove_destination(api.list_file, setid, uri)
+            api.reload("dispatcher.remove")
+            return
+    if any(same(d) for d in dlist.destinations()):
+        api.replace_list(_list_text(_running_lines(dlist, lambda d: not same(d))), "dispatcher.remove")
 
 
 @_method("dispatcher.add", "Add a destination address in memory (PERSIST=1: and in the list file)",
@@ -427,11 +522,9 @@ def dispatcher_remove(api: ControlApi, group: int, address: str, persist: int = 
     uri = _with_scheme(address)
     failed = "Removing dispatcher dst failed"
     try:
-        removed = _remove(api, group, uri, keep)
+        _remove(api, group, uri, keep)
     except listedit.ListEditError as e:
         raise RpcError(500, failed, str(e)) from None
-    if removed <= 0:
-        raise RpcError(500, failed, f"no destination {uri} in set {group}")
     return "Ok. Dispatcher destination removed."
 
 
@@ -478,6 +571,31 @@ def parse_state(text: str) -> int:
     return bits
 
 
+def _chosen(dset: DispatcherSet, target: str, by_duid: bool) -> list[Destination]:
+    """The destinations of `dset` that `target` names: ``all``; with `by_duid` a duid;
+    else ``idx=N`` (the one at IDX N of ``dispatcher.list extended``), ``duid=NAME``, or
+    an address (every destination with that URI).
+
+    The two ``name=value`` forms tell apart destinations that share a URI (the same
+    gateway in one set with different duid or attrs), which an address cannot. They are
+    written like the attrs of a list line, need no quoting in a shell (a ``#2`` would
+    start a shell comment and vanish), and cannot be a destination's address: a host
+    name has no ``=``."""
+    if target.lower() == "all":
+        return list(dset.destinations)
+    name, eq, value = target.partition("=")
+    if by_duid or (eq and name.lower() == "duid"):
+        duid = (target if by_duid else value).lower()
+        return [d for d in dset.destinations if d.duid and d.duid.lower() == duid]
+    if eq and name.lower() == "idx":
+        if not value.isdigit():
+            raise _invalid(f"ADDRESS {target!r}: idx= takes the IDX that dispatcher.list extended shows (0, 1, ...)")
+        idx = int(value)
+        return [dset.destinations[idx]] if idx < len(dset.destinations) else []
+    uri = _with_scheme(target).lower()
+    return [d for d in dset.destinations if d.uri.lower() == uri]
+
+
 def _set_state(api: ControlApi, method: str, state: str, group: int, target: str, by_duid: bool) -> str:
     bits = parse_state(state)
     failed = "State Update Failed"
@@ -485,17 +603,10 @@ def _set_state(api: ControlApi, method: str, state: str, group: int, target: str
     dset = dlist.get(group) if dlist is not None else None
     if dset is None:
         raise RpcError(500, failed, f"no set {group}")
-    if target.lower() == "all":
-        chosen = list(dset.destinations)
-    elif by_duid:
-        chosen = [d for d in dset.destinations if d.duid and d.duid.lower() == target.lower()]
-        if not chosen:
-            raise RpcError(500, failed, f"no destination with duid {target} in set {group}")
-    else:
-        uri = _with_scheme(target).lower()
-        chosen = [d for d in dset.destinations if d.uri.lower() == uri]
-        if not chosen:
-            raise RpcError(500, failed, f"no destination {target} in set {group}")
+    chosen = _chosen(dset, target, by_duid)
+    if not chosen:
+        what = f"with duid {target}" if by_duid else target
+        raise RpcError(500, failed, f"no destination {what} in set {group}")
     reason = f"rpc {method} {state}"
     changed = []
     for dest in chosen:
@@ -511,7 +622,7 @@ def _set_state(api: ControlApi, method: str, state: str, group: int, target: str
     return "Ok. Dispatcher state updated."
 
 
-@_method("dispatcher.set_state", "Set the state of a destination by address",
+@_method("dispatcher.set_state", "Set the state of a destination by address (or idx=N, duid=NAME)",
          Param("STATE", str), Param("GROUP", int), Param("ADDRESS", str))
 def dispatcher_set_state(api: ControlApi, state: str, group: int, address: str) -> str:
     return _set_state(api, "dispatcher.set_state", state, group, address, by_duid=False)

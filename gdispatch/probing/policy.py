@@ -117,9 +117,12 @@ class LatencyStats:
         if rtt_ms > self.maximum:
             self.maximum = rtt_ms
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, float | int]:
+        """The LATENCY of Kamailio's ``dispatcher.list``, in its types: AVG, STD and EST
+        doubles (milliseconds, three decimals as its binrpc carries them), MAX whole
+        milliseconds, TIMEOUT a count."""
         return {"AVG": round(self.mean, 3), "STD": round(self.std, 3), "EST": round(self.estimate, 3),
-                "MAX": round(self.maximum, 3), "TIMEOUT": self.timeouts}
+                "MAX": int(self.maximum), "TIMEOUT": self.timeouts}
 
 
 class ProbeState:

@@ -473,7 +473,7 @@ class Proxy:
         """{duid or URI: FLAGS} from dispatcher.list over RPC."""
         out = self.rpc("dispatcher.list", json_out=True)
         if out.returncode:
-            raise RuntimeError(out.stderr)
+            raise RuntimeError(out.stdout + out.stderr)  # with --json, the error object is on stdout
         tree = json.loads(out.stdout)
         states = {}
         for rec in tree["RECORDS"]:

@@ -240,7 +240,7 @@ def test_one_state_and_one_list_for_every_worker(proxy, uas, uac):
     p = proxy(harness.dispatcher_list(a, b), args=["--workers", "2"])
     # The operator's command reaches both workers: no call goes to a disabled gateway.
     out = p.rpc("dispatcher.set_state", "dx", "1", a.uri)
-    assert out.returncode == 0, out.stderr
+    assert (out.returncode, out.stdout) == (0, "Ok. Dispatcher state updated.\n"), out.stderr
     assert list(p.states().values())[0] == "DX", p.states()
     res = uac(f"{HOST}:{p.port}", calls=200, rate=100, timeout_s=60)
     assert (res.successful, res.failed) == (200, 0), res
@@ -249,7 +249,7 @@ def test_one_state_and_one_list_for_every_worker(proxy, uas, uac):
     assert a.counts()["INVITE"] == 0, a.counts()
     # A reload reaches both workers too: a only, now (it keeps its state across the
     # reload, so it is made active first), and every call goes to it.
-    assert p.rpc("dispatcher.set_state", "ap", "1", a.uri).returncode == 0
+    assert p.rpc("dispatcher.set_state", "ap", "1", a.uri).stdout == "Ok. Dispatcher state updated.\n"
     p.list_path.write_text(harness.dispatcher_list(a))
     wait_for(lambda: len(p.states()) == 1, 5, 0.1, message=p.states)
     res = uac(f"{HOST}:{p.port}", calls=200, rate=100, timeout_s=60)

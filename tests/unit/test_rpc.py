@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from gdispatch.control.client import convert_arg, format_tree
+from gdispatch.control.client import convert_arg, format_fault, format_tree
 from gdispatch.control.jsonrpc import METHOD_NOT_FOUND, RpcError
-from gdispatch.control.methods import METHODS, call, parse_state
+from gdispatch.control.methods import METHODS, call, kamailio_set_order, parse_state
 from gdispatch.dispatcher.destination import FLAG_DISABLED, FLAG_INACTIVE, FLAG_NOPING, FLAG_PROBING, FLAG_TRYING
 from gdispatch.dispatcher.listfile import ListError, load_list, parse_list
 
@@ -28,16 +28,18 @@ EXAMPLE = """\
 """
 
 
-class FakeLatency:
-    def as_dict(self):
-        return {"AVG": 1.5, "STD": 0.5, "EST": 1.25, "MAX": 3.0, "TIMEOUT": 2}
-
-
 class FakeProbe:
+    """What the prober attaches (gdispatch.probing.policy.ProbeState), with latency."""
+
     def __init__(self, iuid: str):
-        self.iuid = iuid
-        self.failures = 1
-        self.latency = FakeLatency()
+        from gdispatch.probing.policy import ProbeState
+
+        state = ProbeState(iuid)
+        for rtt in (1.0, 2.0, 3.75):
+            state.latency.add(rtt, 0.1)
+        state.latency.timeouts = 2
+        state.failures = 1
+        self.__dict__.update({k: getattr(state, k) for k in ProbeState.__slots__})
 
 
 def resolved(dlist):
@@ -51,6 +53,7 @@ class FakeApi:
     what the methods asked of it."""
 
     version = "9.8.7"
+    call_load_routing = False
 
     def __init__(self, text: str = EXAMPLE, list_file: str = "test.list"):
         self.list_file = list_file
@@ -108,62 +111,98 @@ def dest(api, setid, uri):
 # -- dispatcher.list ---------------------------------------------------------------------------
 
 
-def test_list_has_kamailios_structure_sets_by_id_and_fields_in_order(api):
+ZERO_LATENCY = {"AVG": 0.0, "STD": 0.0, "EST": 0.0, "MAX": 0, "TIMEOUT": 0}
+
+
+def test_list_has_kamailio_56s_structure_fields_and_order(api):
     out = call(api, "dispatcher.list")
     assert list(out) == ["NRSETS", "RECORDS"]
     assert out["NRSETS"] == 2
-    assert [r["SET"]["ID"] for r in out["RECORDS"]] == [1, 2]
+    assert [r["SET"]["ID"] for r in out["RECORDS"]] == [1, 2]  # set 2 first in the file: Kamailio's tree
     targets = out["RECORDS"][0]["SET"]["TARGETS"]
     assert [t["DEST"]["URI"] for t in targets] == ["sip:127.0.0.1:7074", "sip:127.0.0.1:7072", "sip:127.0.0.1:7070"]
-    first = targets[0]["DEST"]
-    assert first == {"IDX": 0, "URI": "sip:127.0.0.1:7074", "FLAGS": "AX", "PRIORITY": 40, "IUID": None,
-                     "RUNTIME": {"DLGLOAD": 0}}
+    # No attrs: no ATTRS; LATENCY always (gdispatch measures as ds_ping_latency_stats=1);
+    # no RUNTIME without a call-load route (Kamailio's ds_hash_size); nothing else.
+    assert targets[0]["DEST"] == {"URI": "sip:127.0.0.1:7074", "FLAGS": "AX", "PRIORITY": 40,
+                                  "LATENCY": ZERO_LATENCY}
     with_attrs = targets[2]["DEST"]
-    assert list(with_attrs) == ["IDX", "URI", "FLAGS", "PRIORITY", "IUID", "ATTRS", "RUNTIME", "DESCRIPTION"]
-    assert with_attrs["ATTRS"] == {
-        "BODY": "duid=xyz;maxload=20", "DUID": "xyz", "PROBING_COUNT": 0, "MAXLOAD": 20, "WEIGHT": 0, "RWEIGHT": 0,
-        "SOCKET": None, "SOCKNAME": None, "PING_SOCKET": None, "OBPROXY": None, "OCMIN": 0, "OCMAX": 100,
-    }
-    assert list(with_attrs["ATTRS"]) == ["BODY", "DUID", "PROBING_COUNT", "MAXLOAD", "WEIGHT", "RWEIGHT", "SOCKET",
-                                         "SOCKNAME", "PING_SOCKET", "OBPROXY", "OCMIN", "OCMAX"]
-    assert with_attrs["DESCRIPTION"] == "Media Gateway 1"
+    assert list(with_attrs) == ["URI", "FLAGS", "PRIORITY", "ATTRS", "LATENCY"]
+    assert list(with_attrs["ATTRS"].items()) == [
+        ("BODY", "duid=xyz;maxload=20"), ("DUID", "xyz"), ("MAXLOAD", 20), ("WEIGHT", 0), ("RWEIGHT", 0),
+        ("SOCKET", None), ("SOCKNAME", None), ("OBPROXY", None)]
     socket_dest = out["RECORDS"][1]["SET"]["TARGETS"][1]["DEST"]
     assert socket_dest["ATTRS"]["SOCKET"] == "udp:192.168.0.125:5060"
 
 
-def test_list_short_leaves_out_attrs_and_description(api):
+def test_list_short_leaves_out_attrs(api):
     out = call(api, "dispatcher.list", ["short"])
     for rec in out["RECORDS"]:
         for t in rec["SET"]["TARGETS"]:
-            assert list(t["DEST"]) == ["IDX", "URI", "FLAGS", "PRIORITY", "IUID", "RUNTIME"]
+            assert list(t["DEST"]) == ["URI", "FLAGS", "PRIORITY", "LATENCY"]
     assert call(api, "dispatcher.list", ["SHORT"]) == out  # the mode is case-insensitive, as in Kamailio
 
 
-def test_list_full_adds_address_fields_and_attrs_everywhere(api):
+def test_list_full_adds_the_address_fields(api):
     dest(api, 1, "sip:127.0.0.1:7074").address = None
     out = call(api, "dispatcher.list", ["full"])
     targets = out["RECORDS"][0]["SET"]["TARGETS"]
     d = targets[1]["DEST"]
-    assert list(d) == ["IDX", "URI", "FLAGS", "PRIORITY", "IUID", "HOST", "IPADDR", "PORT", "PROTOID", "DNSTIME_SEC",
-                       "DNSTIME_USEC", "OCRATE", "OCIDX", "OCSEQ", "OCTIME_SEC", "OCTIME_USEC", "ATTRS", "RUNTIME"]
+    assert list(d) == ["URI", "FLAGS", "PRIORITY", "HOST", "IPADDR", "PORT", "PROTOID", "DNSTIME_SEC",
+                       "DNSTIME_USEC", "LATENCY"]  # Kamailio 5.6: ATTRS in full too only with attrs
     assert (d["HOST"], d["IPADDR"], d["PORT"], d["PROTOID"]) == ("127.0.0.1", "127.0.0.1", 7072, 0)
-    assert d["ATTRS"]["BODY"] == ""
+    assert list(targets[2]["DEST"])[-2:] == ["ATTRS", "LATENCY"]
     unresolved = targets[0]["DEST"]
     assert (unresolved["IPADDR"], unresolved["PORT"]) == ("", 7074)
     tcp = out["RECORDS"][1]["SET"]["TARGETS"][0]["DEST"]
     assert tcp["PROTOID"] == 2  # Kamailio's PROTO_TCP
 
 
-def test_list_shows_latency_and_iuid_of_probed_destinations(api):
+def test_list_full_port_and_proto_are_the_uris_as_kamailio_shows_them():
+    # What kamcmd printed for these lines: PORT 0 when the URI names none, PROTOID from
+    # the transport parameter only (0 for a sips: URI without one).
+    api = FakeApi("1 sip:127.0.0.2\n1 sips:127.0.0.1:5061\n1 sip:gw@127.0.0.1:5062;transport=udp\n")
+    shown = [(t["DEST"]["URI"], t["DEST"]["PORT"], t["DEST"]["PROTOID"])
+             for t in call(api, "dispatcher.list", ["full"])["RECORDS"][0]["SET"]["TARGETS"]]
+    assert shown == [("sip:127.0.0.2", 0, 0), ("sips:127.0.0.1:5061", 5061, 0),
+                     ("sip:gw@127.0.0.1:5062;transport=udp", 5062, 1)]
+
+
+def test_list_latency_in_kamailios_units_and_types(api):
     d = dest(api, 1, "sip:127.0.0.1:7072")
     d.probe = FakeProbe("1f")
-    d.load = 3
-    out = call(api, "dispatcher.list")
-    shown = out["RECORDS"][0]["SET"]["TARGETS"][1]["DEST"]
-    assert shown["IUID"] == "1f"
-    assert list(shown) == ["IDX", "URI", "FLAGS", "PRIORITY", "IUID", "LATENCY", "RUNTIME"]
-    assert shown["LATENCY"] == {"AVG": 1.5, "STD": 0.5, "EST": 1.25, "MAX": 3.0, "TIMEOUT": 2}
+    shown = call(api, "dispatcher.list")["RECORDS"][0]["SET"]["TARGETS"][1]["DEST"]
+    assert list(shown) == ["URI", "FLAGS", "PRIORITY", "LATENCY"]
+    lat = shown["LATENCY"]
+    assert list(lat) == ["AVG", "STD", "EST", "MAX", "TIMEOUT"]
+    assert lat == {"AVG": 2.25, "STD": 1.392, "EST": 2.25, "MAX": 3, "TIMEOUT": 2}  # milliseconds
+    assert [type(v) for v in lat.values()] == [float, float, float, int, int]  # binrpc's f, f, f, d, d
+
+
+def test_list_shows_runtime_when_a_route_dispatches_by_call_load(api):
+    dest(api, 1, "sip:127.0.0.1:7072").load = 3
+    api.call_load_routing = True  # Kamailio: ds_hash_size set, as its algorithm 10 needs
+    shown = call(api, "dispatcher.list")["RECORDS"][0]["SET"]["TARGETS"][1]["DEST"]
+    assert list(shown) == ["URI", "FLAGS", "PRIORITY", "LATENCY", "RUNTIME"]
     assert shown["RUNTIME"] == {"DLGLOAD": 3}
+    assert list(call(api, "dispatcher.list", ["short"])["RECORDS"][0]["SET"]["TARGETS"][1]["DEST"]) == [
+        "URI", "FLAGS", "PRIORITY", "LATENCY", "RUNTIME"]
+
+
+def test_list_extended_adds_gdispatchs_own_fields_after_kamailios(api):
+    d = dest(api, 1, "sip:127.0.0.1:7070")
+    d.probe = FakeProbe("1f")
+    d.load = 2
+    targets = call(api, "dispatcher.list", ["extended"])["RECORDS"][0]["SET"]["TARGETS"]
+    shown = targets[2]["DEST"]
+    assert list(shown) == ["URI", "FLAGS", "PRIORITY", "HOST", "IPADDR", "PORT", "PROTOID", "DNSTIME_SEC",
+                           "DNSTIME_USEC", "ATTRS", "LATENCY", "RUNTIME", "IDX", "IUID", "PROBING_COUNT",
+                           "DESCRIPTION"]
+    assert (shown["IDX"], shown["IUID"], shown["PROBING_COUNT"], shown["DESCRIPTION"]) == (2, "1f", 1,
+                                                                                            "Media Gateway 1")
+    assert shown["RUNTIME"] == {"DLGLOAD": 2}
+    bare = targets[0]["DEST"]  # ATTRS, RUNTIME and the extras always, for machines
+    assert (bare["ATTRS"]["BODY"], bare["ATTRS"]["DUID"], bare["IDX"], bare["IUID"], bare["DESCRIPTION"]) == (
+        "", None, 0, None, None)
 
 
 def test_list_of_no_sets_is_kamailios_fault():
@@ -174,7 +213,48 @@ def test_list_of_no_sets_is_kamailios_fault():
 def test_list_refuses_an_unknown_mode(api):
     err = fault(api, "dispatcher.list", "fll")
     assert (err.code, err.message) == (500, "Invalid Parameters")
-    assert "short or full" in err.data
+    assert "short, full or extended" in err.data
+
+
+@pytest.mark.parametrize("first_named,printed", [
+    # As kamcmd printed them, the sets named in this order by the list file.
+    ([3, 1, 2, 5, 4], [1, 3, 5, 4, 2]),
+    ([3, 1, 2, 5, 4, 6, 7], [1, 3, 2, 5, 7, 6, 4]),
+    ([1, 2], [2, 1]),
+    ([2, 1], [1, 2]),
+    ([1], [1]),
+    ([], []),
+])
+def test_sets_in_the_order_kamailio_prints_them(first_named, printed):
+    assert kamailio_set_order(first_named) == printed
+
+
+def test_set_order_is_a_balanced_tree_walked_children_first():
+    import random
+
+    rng = random.Random(7)
+    for _ in range(200):
+        ids = rng.sample(range(1000), rng.randint(1, 60))
+        order = kamailio_set_order(ids)
+        assert sorted(order) == sorted(ids)
+
+        def check(seq):  # a post-order of a binary search tree, heights within one
+            if not seq:
+                return 0
+            root, rest = seq[-1], seq[:-1]
+            left = [x for x in rest if x < root]
+            assert rest == left + [x for x in rest if x > root]
+            hl, hr = check(left), check(rest[len(left):])
+            assert abs(hl - hr) <= 1
+            return 1 + max(hl, hr)
+
+        check(order)
+
+
+def test_list_sets_follow_the_file_order_as_kamailios_tree():
+    api = FakeApi("3 sip:10.0.0.3\n1 sip:10.0.0.1\n2 sip:10.0.0.2\n5 sip:10.0.0.5\n4 sip:10.0.0.4\n"
+                  "1 sip:10.0.0.11\n")
+    assert [r["SET"]["ID"] for r in call(api, "dispatcher.list")["RECORDS"]] == [1, 3, 5, 4, 2]
 
 
 # -- state strings ---------------------------------------------------------------------------------
@@ -276,6 +356,51 @@ def test_set_state_takes_the_group_as_text_and_the_address_as_a_number():
     assert api.dlist.get(5).destinations[0].flags == FLAG_INACTIVE
 
 
+SAME_GATEWAY = """\
+1 sip:127.0.0.1:5060 0 5 duid=bronze;weight=20
+1 sip:127.0.0.1:5060 0 5 duid=silver;weight=30
+1 sip:127.0.0.1:5060 0 5 duid=gold;weight=50
+1 sip:127.0.0.1:5070 0 0
+"""
+
+
+def test_set_state_by_address_changes_every_destination_of_that_uri():
+    api = FakeApi(SAME_GATEWAY)
+    call(api, "dispatcher.set_state", ["dx", 1, "sip:127.0.0.1:5060"])
+    assert [d.state_letters() for d in api.dlist.get(1).destinations] == ["DX", "DX", "DX", "AX"]
+
+
+def test_set_state_by_idx_changes_one_destination_of_a_shared_uri():
+    api = FakeApi(SAME_GATEWAY)
+    listed = call(api, "dispatcher.list", ["extended"])["RECORDS"][0]["SET"]["TARGETS"]
+    silver = next(t["DEST"]["IDX"] for t in listed if t["DEST"]["ATTRS"]["DUID"] == "silver")
+    assert call(api, "dispatcher.set_state", ["dx", 1, f"idx={silver}"]) == "Ok. Dispatcher state updated."
+    assert [(d.duid, d.state_letters()) for d in api.dlist.get(1).destinations] == [
+        ("bronze", "AX"), ("silver", "DX"), ("gold", "AX"), ("", "AX")]
+    assert api.changes == [("sip:127.0.0.1:5060", 0, FLAG_DISABLED, "rpc dispatcher.set_state dx")]
+
+
+def test_set_state_by_duid_form_changes_that_destination():
+    api = FakeApi(SAME_GATEWAY)
+    call(api, "dispatcher.set_state", ["ip", 1, "duid=Gold"])  # duids compared without case, as set_duid_state
+    assert [d.state_letters() for d in api.dlist.get(1).destinations] == ["AX", "AX", "IP", "AX"]
+
+
+@pytest.mark.parametrize("target,message,detail", [
+    ("idx=4", "State Update Failed", "no destination idx=4 in set 1"),
+    ("duid=platinum", "State Update Failed", "no destination duid=platinum in set 1"),
+    ("idx=x", "Invalid Parameters", "ADDRESS 'idx=x': idx= takes the IDX that dispatcher.list extended shows "
+                                    "(0, 1, ...)"),
+    ("idx=-1", "Invalid Parameters", "ADDRESS 'idx=-1': idx= takes the IDX that dispatcher.list extended shows "
+                                     "(0, 1, ...)"),
+])
+def test_set_state_by_idx_or_duid_of_what_is_not_there(target, message, detail):
+    api = FakeApi(SAME_GATEWAY)
+    err = fault(api, "dispatcher.set_state", "dx", 1, target)
+    assert (err.message, err.data) == (message, detail)
+    assert api.changes == []
+
+
 def test_set_duid_state(api):
     call(api, "dispatcher.set_duid_state", ["dx", 2, "ABC"])
     assert dest(api, 2, "sip:127.0.0.1:5082;px=vx").state_letters() == "DX"
@@ -301,14 +426,13 @@ def test_reload(api):
     assert len(api.reloads) == 1
 
 
-def test_reload_of_a_bad_file_names_file_and_line(api):
+def test_reload_of_a_bad_file_is_kamailios_fault_with_each_problem_once(api):
     api.reload_error = ListError(["d.list:3: bad flags 'x'", "d.list:9: set id 1 without a destination"])
     err = fault(api, "dispatcher.reload")
-    assert err.code == 500
-    assert err.message == "Reload Failed: d.list:3: bad flags 'x' (and 1 more)"
+    assert (err.code, err.message) == (500, "Reload Failed")
     assert err.data == ["d.list:3: bad flags 'x'", "d.list:9: set id 1 without a destination"]
-    api.reload_error = RpcError(500, "Reload Failed: d.list:4: bad priority")
-    assert fault(api, "dispatcher.reload").message == "Reload Failed: d.list:4: bad priority"
+    api.reload_error = RpcError(500, "Reload Failed", ["d.list:4: bad priority"])
+    assert fault(api, "dispatcher.reload").data == ["d.list:4: bad priority"]
 
 
 def test_add_with_kamailios_arguments_goes_to_the_running_list_only(api):
@@ -380,8 +504,38 @@ def test_remove_from_the_running_list_and_with_persist_from_the_file(api):
     assert "7074" not in open(api.list_file).read()
     assert api.reloads == ["dispatcher.remove"]
     assert [r[0] for r in rows(api, 1)] == ["sip:127.0.0.1:7070", "sip:127.0.0.1:7072"]  # as the file says
-    err = fault(api, "dispatcher.remove", 1, "sip:nowhere")
-    assert (err.message, err.data) == ("Removing dispatcher dst failed", "no destination sip:nowhere in set 1")
+
+
+def test_remove_of_what_is_not_there_is_ok_and_changes_nothing(api):
+    # Kamailio answers Ok: there is nothing to remove.
+    for params in ([1, "sip:nowhere"], [7, "sip:127.0.0.1:7072"], [1, "sip:nowhere", 1]):
+        assert call(api, "dispatcher.remove", params) == "Ok. Dispatcher destination removed."
+    assert (api.replaced, api.reloads) == ([], [])
+    assert open(api.list_file).read() == EXAMPLE
+
+
+def test_remove_with_persist_of_what_only_the_file_still_has(api):
+    call(api, "dispatcher.remove", [1, "sip:127.0.0.1:7072"])  # from the running list only
+    assert call(api, "dispatcher.remove", [1, "sip:127.0.0.1:7072", 1]) == "Ok. Dispatcher destination removed."
+    assert "7072" not in open(api.list_file).read()
+    assert api.reloads == ["dispatcher.remove"]
+
+
+def test_add_and_remove_rebuild_the_list_in_kamailios_set_order():
+    # Kamailio rebuilds its tree from the old one walked as dispatcher.list prints it, so
+    # its set order changes after an add or a remove; the running list is written back
+    # that way. The orders are what kamcmd printed after the same commands.
+    api = FakeApi("3 sip:10.0.0.3\n1 sip:10.0.0.1\n2 sip:10.0.0.2\n5 sip:10.0.0.5\n4 sip:10.0.0.4\n")
+
+    def printed():
+        return [r["SET"]["ID"] for r in call(api, "dispatcher.list")["RECORDS"]]
+
+    assert printed() == [1, 3, 5, 4, 2]
+    call(api, "dispatcher.add", [6, "sip:10.0.0.6"])
+    assert [line.split()[0] for line in api.replaced[-1][0].splitlines()] == ["1", "3", "5", "4", "2", "6"]
+    assert printed() == [2, 1, 4, 6, 5, 3]
+    call(api, "dispatcher.remove", [2, "sip:10.0.0.2"])
+    assert printed() == [3, 1, 5, 6, 4]
 
 
 # -- hash --------------------------------------------------------------------------------------------
@@ -494,3 +648,26 @@ def test_format_tree_of_text_lists_and_structs_in_arrays():
     assert format_tree([{"a": 1, "b": 2}]) == "{\n\ta: 1\n\tb: 2\n}"
     assert format_tree({"x": [1, [2, 3]], "ok": True}) == (
         "{\n\tx: {\n\t\t1\n\t\t{\n\t\t\t2\n\t\t\t3\n\t\t}\n\t}\n\tok: true\n}")
+
+
+@pytest.mark.parametrize("value,printed", [
+    # What kamcmd printed for Kamailio's doubles (LATENCY): whole numbers bare, others
+    # with six decimals of the three binrpc carries.
+    (0.0, "0"), (21.0, "21"), (6.25, "6.250000"), (10.964, "10.964000"), (0.7071, "0.707000"),
+    (0.0004, "0"), (-1.5, "-1.500000"), (-2.0, "-2"),
+])
+def test_format_tree_prints_doubles_as_kamcmd(value, printed):
+    assert format_tree({"AVG": value, "MAX": 24}) == f"{{\n\tAVG: {printed}\n\tMAX: 24\n}}"
+
+
+def test_format_fault_as_kamcmd_and_the_details_apart():
+    assert format_fault(RpcError(500, "Reload Failed", ["d.list:3: bad flags 'x'", "d.list:4: bad uri"])) == (
+        "error: 500 - Reload Failed", ["d.list:3: bad flags 'x'", "d.list:4: bad uri"])
+    assert format_fault(RpcError(500, "State Update Failed", "no set 7")) == (
+        "error: 500 - State Update Failed", ["no set 7"])
+    assert format_fault(RpcError(500, "Removing dispatcher dst failed")) == (
+        "error: 500 - Removing dispatcher dst failed", [])
+    # Kamailio's ctl answers an unknown command with 500; JSON-RPC's own code shows as that.
+    assert format_fault(RpcError(METHOD_NOT_FOUND, "command no.such not found")) == (
+        "error: 500 - command no.such not found", [])
+    assert format_fault(RpcError(-32001, "Unauthorized")) == ("error: -32001 - Unauthorized", [])
