@@ -263,8 +263,9 @@ class Destination:
     def label(self) -> str:
         """How logs name it: the URI, then what tells it from another record of the same
         URI (the seed's Bronze/Silver/Gold: one SBC, three tech prefixes): its set and
-        duid, else the list line it came from, else its place in the set."""
-        which = f"duid {self.duid}" if self.duid else (self.where or f"index {self.index}")
+        duid, else the line of the list file it came from, else its place in the set."""
+        line = self.where.rpartition(":")[2]
+        which = f"duid {self.duid}" if self.duid else (f"line {line}" if line.isdigit() else f"index {self.index}")
         return f"{self.uri} (set {self.setid}, {which})"
 
     def __repr__(self) -> str:

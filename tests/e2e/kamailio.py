@@ -1,8 +1,10 @@
 """Kamailio beside gdispatch: the reference a drop-in is checked against.
 
-`Kamailio` starts Kamailio 5.x with tests/data/kamailio/dispatcher.cfg (the seed tutorial's
-dispatcher script) and a dispatcher.list, on a loopback port of its own, and answers
-`kamcmd` calls on its control socket. Tests that compare gdispatch with it skip, saying
+`Kamailio` starts Kamailio 5.x with a dispatcher.list, on a loopback port of its own, and
+answers `kamcmd` calls on its control socket. Its script is one of tests/data/kamailio:
+`SEED_CFG` (dispatcher.cfg), the seed tutorial's dispatcher, which routes calls, or
+`LIST_CFG` (dispatcher-list.cfg), the dispatcher module with keepalives and latency
+statistics only, for comparing `dispatcher.list`. Tests that compare gdispatch with it skip, saying
 why, when Kamailio is not installed (`make test` installs it); they then compare with the
 expected output committed beside them.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +22,9 @@ import pytest
 
 from . import harness
 
-CFG = Path(__file__).resolve().parents[1] / "data" / "kamailio" / "dispatcher.cfg"
+DATA = Path(__file__).resolve().parents[1] / "data" / "kamailio"
+SEED_CFG = DATA / "dispatcher.cfg"
+LIST_CFG = DATA / "dispatcher-list.cfg"
 
 
 def kamailio_path() -> str | None:
@@ -38,29 +43,35 @@ def require_kamailio() -> str:
 
 
 class Kamailio:
-    """Kamailio as a child process, in the foreground (-DD), logging to `log_path`."""
+    """Kamailio as a child process, in the foreground (-DD, one worker), logging to
+    `log_path`. The script's -A defines: LISTEN, DS_LIST, DS_ALG (`algorithm`), CTL_SOCK,
+    PING_FROM (a script uses those it needs)."""
 
     def __init__(self, tmp_path: Path | str, dispatcher_list: str, *, algorithm: int = 4,
-                 port: int | None = None, ready_timeout: float = 10.0):
+                 cfg: Path = SEED_CFG, port: int | None = None, ready_timeout: float = 10.0):
         self.dir = Path(tmp_path)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or harness.free_port("both")
         self.list_path = self.dir / "dispatcher.list"
         self.list_path.write_text(dispatcher_list)
-        self.ctl = self.dir / "kamailio_ctl"
+        # A Unix socket's path is short (108 bytes): a directory of its own under /tmp.
+        self.run_dir = Path(tempfile.mkdtemp(prefix="gd-kam-", dir="/tmp"))
+        self.ctl = self.run_dir / "kamailio_ctl"
         self.log_path = self.dir / "kamailio.log"
         self.algorithm = algorithm
+        self.cfg = cfg
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Kamailio:
         binary = require_kamailio()
-        cmd = [binary, "-f", str(CFG), "-DD", "-E", "-Y", str(self.dir), "-w", str(self.dir),
+        cmd = [binary, "-f", str(self.cfg), "-DD", "-E", "-n", "1", "-Y", str(self.run_dir), "-w", str(self.run_dir),
                "-m", "64", "-M", "8",
                "-A", f"LISTEN=udp:{harness.HOST}:{self.port}",
                "-A", f'DS_LIST="{self.list_path}"',
                "-A", f"DS_ALG={self.algorithm}",
-               "-A", f'CTL_SOCK="unix:{self.ctl}"']
+               "-A", f'CTL_SOCK="unix:{self.ctl}"',
+               "-A", f'PING_FROM="sip:lb@{harness.HOST}:{self.port}"']
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(cmd, cwd=self.dir, stdout=logf, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)
@@ -80,6 +91,10 @@ class Kamailio:
         return subprocess.run([kamcmd, "-s", f"unix:{self.ctl}", *args], capture_output=True, text=True,
                               timeout=timeout, check=False)
 
+    def kamcmd(self, *args: str) -> str:
+        """What `kamcmd METHOD ARGS...` prints."""
+        return self.rpc(*args).stdout
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
@@ -88,14 +103,14 @@ class Kamailio:
 
     def stop(self) -> None:
         """SIGTERM to the main process (it stops its children), SIGKILL after 5 s."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def __enter__(self) -> Kamailio:  # noqa: PYI034 - no typing.Self before Python 3.11
         return self.start()

@@ -22,9 +22,7 @@ import difflib
 import os
 import re
 import shutil
-import signal
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -32,6 +30,7 @@ import pytest
 from tests.support.wait import wait_for
 
 from . import harness
+from .kamailio import LIST_CFG, Kamailio
 
 DATA = harness.REPO / "tests" / "data" / "kamailio"
 MODES = ("", "short", "full")
@@ -89,48 +88,6 @@ def same_shape(ours: str, theirs: str, what: str) -> None:
         difflib.unified_diff(b, a, what, "gdispatch rpc", lineterm=""))
 
 
-class Kamailio:
-    """Kamailio 5.6 with tests/data/kamailio/dispatcher-list.cfg, as a child process."""
-
-    def __init__(self, list_path: Path, port: int):
-        # Unix socket paths are short: a directory of its own under /tmp.
-        self.dir = Path(tempfile.mkdtemp(prefix="gd-kam-", dir="/tmp"))
-        self.ctl = self.dir / "kamailio_ctl"
-        self.log_path = self.dir / "kamailio.log"
-        self.cmd = ["kamailio", "-f", str(DATA / "dispatcher-list.cfg"), "-DD", "-E", "-n", "1", "-m", "32",
-                    "-Y", str(self.dir), "-w", str(self.dir),
-                    "-A", f'DS_LIST="{list_path}"', "-A", f'CTL_SOCK="unix:{self.ctl}"',
-                    "-A", f"LISTEN=udp:{harness.HOST}:{port}", "-A", f'PING_FROM="sip:lb@{harness.HOST}:{port}"']
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Kamailio:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        wait_for(lambda: self.proc.poll() is not None or self.kamcmd("core.version").startswith("kamailio"), 10,
-                 0.1, message=self.log)
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"kamailio exited with {self.proc.returncode}:\n{self.log()}")
-        return self
-
-    def kamcmd(self, *args: str) -> str:
-        return self.run(*args).stdout if self.ctl.exists() else ""
-
-    def run(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["kamcmd", "-s", f"unixs:{self.ctl}", *args], capture_output=True, text=True,
-                              timeout=10)
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-3000:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            harness._stop_process(self.proc, signal.SIGTERM, 5.0)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 def probed(text: str) -> bool:
     """Set 3's one destination has had its first ping answered (AX at start, then AP)."""
     m = re.search(r"\tID: 3\n.*?FLAGS: (\S+)", text, re.DOTALL)
@@ -170,9 +127,7 @@ def test_as_kamcmd_prints_now_for_the_same_list(gdispatch_lists, tmp_path):
     if why_not:
         pytest.skip(why_not)
     listed, rpc, ports, text = gdispatch_lists
-    list_path = tmp_path / "kamailio.list"
-    list_path.write_text(text)
-    kam = Kamailio(list_path, ports["K"]).start()
+    kam = Kamailio(tmp_path / "kamailio", text, cfg=LIST_CFG, port=ports["K"]).start()
     try:
         wait_for(lambda: probed(kam.kamcmd("dispatcher.list")), 10, 0.1,
                  message=lambda: kam.kamcmd("dispatcher.list") + kam.log())
@@ -187,7 +142,7 @@ def test_as_kamcmd_prints_now_for_the_same_list(gdispatch_lists, tmp_path):
         # prints it, and the same exit status.
         for command in (["dispatcher.set_state", "xx", "1", "all"], ["dispatcher.set_state", "dx", "9", "sip:x"],
                         ["no.such.method"]):
-            k, g = kam.run(*command), rpc(*command)
+            k, g = kam.rpc(*command), rpc(*command)
             assert (g.returncode, g.stdout) == (k.returncode, k.stdout), command
         # dispatcher.add rebuilds Kamailio's list from the old one: its sets and its equal
         # priorities move; gdispatch's move the same way.
@@ -200,7 +155,7 @@ def test_as_kamcmd_prints_now_for_the_same_list(gdispatch_lists, tmp_path):
         # Nothing to remove: Ok. (Kamailio rebuilds its list all the same, and its sets
         # move again; gdispatch leaves its list as it is.)
         command = ["dispatcher.remove", "1", "sip:127.0.0.9:5060"]
-        k, g = kam.run(*command), rpc(*command)
+        k, g = kam.rpc(*command), rpc(*command)
         assert (g.returncode, g.stdout) == (k.returncode, k.stdout) == (0, "Ok. Dispatcher destination removed.\n")
     finally:
         kam.stop()
