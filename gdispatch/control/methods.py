@@ -52,6 +52,11 @@ Where gdispatch differs from Kamailio, on purpose:
   refuses a mode other than short/full, prints ``LATENCY`` for destinations that have
   probe statistics and ``RUNTIME`` always, and adds ``DESCRIPTION`` (a name Kamailio does
   not use) after Kamailio's fields when the destination has one.
+- A destination without an address to send to (its name does not resolve, no listen
+  address can reach it, a transport gdispatch does not speak) stays in the list, shown
+  ``IX`` (``DX`` if disabled), with ``REASON`` in ``full`` mode; ``dispatcher.reload``
+  answers its "Ok" line, then one ``not usable: set N URI: why`` line for each. Kamailio
+  leaves such a line out of the list and answers "Ok" alone.
 - Extra arguments are a fault; Kamailio ignores them.
 """
 
@@ -284,6 +289,8 @@ def _dest_structure(dest: Destination, mode: str) -> dict[str, Any]:
             "OCTIME_SEC": 0,
             "OCTIME_USEC": 0,
         })
+        if not dest.usable and dest.unusable:
+            d["REASON"] = dest.unusable  # why it shows IX: no address to send to
     if (mode == "normal" and dest.attrs) or mode == "full":
         m = dest.attr_map
         d["ATTRS"] = {
@@ -336,7 +343,13 @@ def dispatcher_list(api: ControlApi, mode: str = "") -> dict[str, Any]:
 @_method("dispatcher.reload", "Reload dispatcher destination sets")
 def dispatcher_reload(api: ControlApi) -> str:
     api.reload()
-    return "Ok. Dispatcher successfully reloaded."
+    done = "Ok. Dispatcher successfully reloaded."
+    unusable = sorted((d for d in api.current_list().destinations() if not d.usable), key=lambda d: d.setid)
+    if not unusable:
+        return done
+    # Kamailio leaves such a line out of the list, silently in its answer; gdispatch keeps
+    # it (retried) and says so, after the answer scripts match.
+    return "\n".join([done, *(f"not usable: set {d.setid} {d.uri}: {d.unusable or 'no address'}" for d in unusable)])
 
 
 def _with_scheme(uri: str) -> str:

@@ -21,7 +21,7 @@ from typing import Callable
 import gevent
 
 from gdispatch import logsafe
-from gdispatch.dispatcher.destination import Destination, DispatcherList, state_letters
+from gdispatch.dispatcher.destination import Destination, DispatcherList
 from gdispatch.probing.policy import (
     PING_TIMEOUT_STATUS,
     ProbeSettings,
@@ -77,7 +77,7 @@ class Prober:
         new = dest.flags
         if new == old:
             return
-        old_l, new_l = state_letters(old), dest.state_letters()
+        old_l, new_l = dest.state_letters(old), dest.state_letters()
         if is_up(old) and not is_up(new):
             log.warning("destination %s (set %d) is down (%s): %s", dest.uri, dest.setid, new_l, reason,
                         extra=logsafe.KEEP)
