@@ -244,9 +244,12 @@ def missing_sets(routes: Sequence[Route], dlist: DispatcherList) -> list[str]:
     """One line per `[[route]]` table whose `set` (unless it answers with `reply`) or
     `from_set` is not a set of `dlist`: a typo that would send every matching call to
     `no_destination_reply`, or make the table never match. Kamailio's script would only
-    find out when ``ds_select_dst`` fails for a call."""
-    have = sorted(dlist.sets)
-    listed = ", ".join(str(s) for s in have) if have else "none"
+    find out when ``ds_select_dst`` fails for a call. An empty list is left alone: Kamailio
+    loads an empty file too (every call then gets `no_destination_reply`), and a route
+    cannot mistake one set for another there."""
+    if not dlist.sets:
+        return []
+    listed = ", ".join(str(s) for s in sorted(dlist.sets))
     problems = []
     for i, r in enumerate(routes, 1):
         where = f"[[route]] #{i}" + (f" ({r.name})" if r.name else "")

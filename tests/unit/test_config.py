@@ -159,7 +159,8 @@ def test_routes_to_a_set_the_list_does_not_have_are_named():
         "[[route]] #2 (pbx): set 3 is not in d.list (its sets: 1, 2); give a set it has (set = N in [[route]], "
         "or --set N)",
         "[[route]] #2 (pbx): from_set 4 is not in d.list (its sets: 1, 2)"]
-    assert missing_sets(Config().routes, parse_list("", "empty.list")) == [
-        "[[route]] #1: set 1 is not in empty.list (its sets: none); give a set it has (set = N in [[route]], "
+    assert missing_sets(Config().routes, parse_list("2 sip:127.0.0.1:5072\n", "two.list")) == [
+        "[[route]] #1: set 1 is not in two.list (its sets: 2); give a set it has (set = N in [[route]], "
         "or --set N)"]
+    assert missing_sets(Config().routes, parse_list("# nothing yet\n", "empty.list")) == []  # as Kamailio loads it
     assert missing_sets(with_overrides(Config(), set_id=2).routes, dlist) == []
