@@ -35,6 +35,7 @@ from gdispatch.plugins import PluginError, PluginHost
 from gdispatch.probing.pinger import Prober
 from gdispatch.probing.policy import ProbeSettings
 from gdispatch.proxy import Proxy
+from gdispatch.proxy.routing import missing_sets
 from gdispatch.recordroute import KeyFileError, Keyring, default_key_path, ensure_key_file, load_keys
 from gdispatch.transaction.timers import Scheduler
 from gdispatch.watch import ListWatcher, file_digest
@@ -146,6 +147,12 @@ class App:
             return 1
         for problem in dlist.problems:
             log.warning("%s (line skipped: [dispatcher].load_mode = \"skip\")", problem, extra=logsafe.KEEP)
+        missing = missing_sets(config.routes, dlist)
+        if missing:
+            for p in missing:
+                log.error("%s", p, extra=logsafe.KEEP)
+            log.error("a [[route]] sends to a set the list does not have; not starting")
+            return 1
         self._read_operator_states()
         self._restore_states(dlist, lambda d: True, prune=True)
         try:
@@ -255,7 +262,8 @@ class App:
             log.error("%s", e.strerror or e)
             return 1
         self.dns = DestinationResolver(Resolver(list(config.dns_nameservers) or None),
-                                       refresh_interval=config.dns_refresh, retry_interval=config.dns_retry)
+                                       refresh_interval=config.dns_refresh, retry_interval=config.dns_retry,
+                                       on_usable_change=self._usable_changed)
         self._dns().resolve_all(dlist, self._reachable)
         # The transports come first (the proxy sends through them and names their
         # listeners); what they read goes to the proxy from `_receive`, at their start.
@@ -389,6 +397,12 @@ class App:
                 raise
             for problem in new.problems:
                 log.warning("%s (line skipped: [dispatcher].load_mode = \"skip\")", problem, extra=logsafe.KEEP)
+            missing = missing_sets(config.routes, new)
+            if missing:
+                for p in missing:
+                    log.error("%s", p, extra=logsafe.KEEP)
+                log.error("%s: the list was not reloaded; the running one stays", config.list_file)
+                raise ListError(missing)
             self._list_digest = file_digest(config.list_file)
             summary = self._swap_in(new, reason, from_file=True)
             return f"{summary}; {keys}" if keys else summary
@@ -454,7 +468,7 @@ class App:
         self._swap_in(new, reason, from_file=False)
 
     def state_changed(self, dest, old_flags: int, reason: str) -> None:
-        old, new = state_letters(old_flags), dest.state_letters()
+        old, new = dest.state_letters(old_flags), dest.state_letters()
         log.info("destination %s %s -> %s: %s", dest.label, old, new, reason,
                     extra=logsafe.KEEP)
         if self.operator_states is not None and self.operator_states.note(
@@ -500,6 +514,20 @@ class App:
             self.reload("the file changed")
         except ListError:
             self._list_digest = digest  # tried; the next good write recovers
+
+    def _usable_changed(self, dest) -> None:
+        """A name resolved at last (or lost its last address): what ``dispatcher.list``
+        shows changed (IX to AX, or back), reported like any state change. The primary
+        alone reports states; a worker resolves for its own sends."""
+        if self.prober is None:
+            return
+        old = state_letters(dest.flags, not dest.usable)
+        new = dest.state_letters()
+        if old != new:
+            reason = dest.unusable or "the name resolves"
+            log.warning("destination %s (set %d) %s -> %s: %s", dest.uri, dest.setid, old, new, reason,
+                        extra=logsafe.KEEP)
+            self.destination_state_changed(dest, old, new, reason)
 
     def _reachable(self, dest, ip: str) -> str:
         return self._transports().can_reach(dest.transport, ip)

@@ -49,8 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     lsub = lst.add_subparsers(dest="list_command", metavar="ACTION")
     check = lsub.add_parser("check", help="validate a list file without running the proxy",
                             description="Validate a dispatcher.list file. Exit status 0 when it loads, "
-                                        "1 with one line per problem (file:line: what) when it does not.")
-    check.add_argument("file", metavar="FILE")
+                                        "1 with one line per problem (file:line: what) when it does not. "
+                                        "With --config, the list is checked as that configuration's proxy "
+                                        "would load it: its [dispatcher] load_mode; every [[route]]'s set in "
+                                        "the list; every destination's name resolved (with its [dns] "
+                                        "nameservers) and reachable from a [server].listen address (a UDP "
+                                        "destination needs a UDP listen address of its address family). "
+                                        "A destination that fails that would get no call: it counts as a "
+                                        "problem too.")
+    check.add_argument("file", metavar="FILE", nargs="?", help="the list file (default: list_file of --config)")
+    check.add_argument("--config", metavar="FILE", help="the proxy's configuration file (see above)")
     check.add_argument("--quiet", "-q", action="store_true", help="print nothing when the file is good")
     show = lsub.add_parser("show", help="print the destinations of a list file",
                            description="Print the destinations of a dispatcher.list file as a table, in file order. "
@@ -145,17 +153,39 @@ def _list_file_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="take the list file from this configuration file")
 
 
-def list_check(path: str, quiet: bool = False) -> int:
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+def list_check(path: str | None, quiet: bool = False, config: str | None = None) -> int:
     from gdispatch.dispatcher.listfile import ListError, load_list
 
+    cfg = None
+    if config is not None:
+        cfg = _load_config(config)
+        if cfg is None:
+            return 2
+        path = path or cfg.list_file
+    if path is None:
+        print("gdispatch list check: give the list FILE, or --config FILE to take its list_file", file=sys.stderr)
+        return 2
     try:
-        dlist = load_list(path)
+        if cfg is None:
+            dlist = load_list(path)
+        else:
+            dlist = load_list(path, mode=cfg.load_mode, kamailio_order=cfg.kamailio_order)
     except ListError as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)
-        n = len(e.problems)
-        print(f"{path}: {n} problem{'s' if n != 1 else ''}; the file would not load", file=sys.stderr)
+        print(f"{path}: {_plural(len(e.problems), 'problem')}; the file would not load", file=sys.stderr)
         return 1
+    if cfg is not None:
+        problems = _check_as_loaded(cfg, dlist)
+        if problems:
+            for problem in problems:
+                print(problem, file=sys.stderr)
+            print(f"{path}: {_plural(len(problems), 'problem')} with {config}", file=sys.stderr)
+            return 1
     if not quiet:
         nsets = len(dlist.sets)
         ndest = sum(len(s.destinations) for s in dlist.sets.values())
@@ -165,6 +195,35 @@ def list_check(path: str, quiet: bool = False) -> int:
                 print(f"  set {setid}  {d.uri}  flags={d.flags} priority={d.priority}"
                       + (f"  attrs={d.attrs}" if d.attrs else ""))
     return 0
+
+
+def _check_as_loaded(cfg: Config, dlist) -> list[str]:
+    """What the proxy of `cfg` would refuse in `dlist` or leave unused: the lines its
+    load_mode skips, the [[route]] sets missing (it would not start or reload), the
+    destinations it could not send to (shown IX, no call)."""
+    import logging
+
+    from gdispatch.dns import DestinationResolver, Resolver
+    from gdispatch.net import reach_problem
+    from gdispatch.proxy.routing import missing_sets
+
+    problems = [f"{p} (skipped: [dispatcher].load_mode = \"skip\")" for p in dlist.problems]
+    missing = missing_sets(cfg.routes, dlist)
+    if missing:
+        problems += [f"{p}; the proxy would not start or reload with this list" for p in missing]
+    resolver = DestinationResolver(Resolver(list(cfg.dns_nameservers) or None),
+                                   refresh_interval=cfg.dns_refresh, retry_interval=cfg.dns_retry)
+    dns_log = logging.getLogger("gdispatch.dns")
+    level = dns_log.level
+    dns_log.setLevel(logging.ERROR)  # each one is printed below, once
+    try:
+        resolver.resolve_all(dlist, lambda dest, ip: reach_problem(cfg.listen, dest.transport, ip))
+    finally:
+        dns_log.setLevel(level)
+        resolver.stop()
+    problems += [f"{d.where}: {d.uri} (set {d.setid}) is not usable, it would get no call (IX): "
+                 f"{d.unusable or 'no address'}" for d in dlist.destinations() if not d.usable]
+    return problems
 
 
 def _list_path(args: argparse.Namespace) -> str:
@@ -334,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "list":
         if args.list_command == "check":
-            return list_check(args.file, args.quiet)
+            return list_check(args.file, args.quiet, args.config)
         if args.list_command in ("show", "add", "rm"):
             return list_edit(args)
         parser.parse_args(["list", "--help"])

@@ -69,6 +69,11 @@ Where gdispatch differs from Kamailio, on purpose:
 - ``dispatcher.reload`` of a bad file is "Reload Failed" with every problem in the
   fault's data; Kamailio (``ds_load_mode`` 0) loads the good lines and answers Ok, as
   gdispatch with ``load_mode = "skip"``.
+- A destination without an address to send to (its name does not resolve, no listen
+  address can reach it, a transport gdispatch does not speak) stays in the list, shown
+  ``IX`` (``DX`` if disabled), with ``REASON`` in ``full`` mode; ``dispatcher.reload``
+  answers its "Ok" line, then one ``not usable: set N URI: why`` line for each. Kamailio
+  leaves such a line out of the list and answers "Ok" alone.
 - Extra arguments are a fault; Kamailio ignores them.
 """
 
@@ -366,6 +371,10 @@ def _dest_structure(dest: Destination, mode: str, runtime: bool) -> dict[str, An
             "DNSTIME_SEC": 0,
             "DNSTIME_USEC": 0,
         })
+        if not dest.usable and dest.unusable:
+            # Why it shows IX: no address to send to (a field Kamailio does not have,
+            # present only then; Kamailio leaves such a line out of its list).
+            d["REASON"] = dest.unusable
     if (mode != "short" and dest.attrs) or mode == "extended":
         m = dest.attr_map
         d["ATTRS"] = {
@@ -420,7 +429,13 @@ def dispatcher_list(api: ControlApi, mode: str = "") -> dict[str, Any]:
 @_method("dispatcher.reload", "Reload dispatcher destination sets")
 def dispatcher_reload(api: ControlApi) -> str:
     api.reload()
-    return "Ok. Dispatcher successfully reloaded."
+    done = "Ok. Dispatcher successfully reloaded."
+    unusable = sorted((d for d in api.current_list().destinations() if not d.usable), key=lambda d: d.setid)
+    if not unusable:
+        return done
+    # Kamailio leaves such a line out of the list, silently in its answer; gdispatch keeps
+    # it (retried) and says so, after the answer scripts match.
+    return "\n".join([done, *(f"not usable: set {d.setid} {d.uri}: {d.unusable or 'no address'}" for d in unusable)])
 
 
 def _with_scheme(uri: str) -> str:

@@ -99,9 +99,18 @@ def _int_attr(value: str | None, low: int, high: int | None) -> int:
     return v
 
 
-def state_letters(flags: int) -> str:
+def state_letters(flags: int, usable: bool = True) -> str:
     """Kamailio's two letters for a flags value: inactive wins over disabled, which wins
-    over trying, else active; then P probing, N no-ping, or X."""
+    over trying, else active; then P probing, N no-ping, or X.
+
+    A destination that is not `usable` (no address to send to: its name does not
+    resolve, or no listen address can reach it) shows as inactive and not probed (``IX``,
+    ``IN``), unless the operator disabled it (``DX``): it gets no call and no ping, as
+    Kamailio's ``IX`` means. Kamailio has no such state: it leaves the line out of the
+    list (``unable to add destination ... -- skipping``).
+    """
+    if not usable and not flags & FLAG_DISABLED:
+        flags = (flags | FLAG_INACTIVE) & ~FLAG_PROBING
     if flags & FLAG_INACTIVE:
         first = "I"
     elif flags & FLAG_DISABLED:
@@ -239,9 +248,14 @@ class Destination:
             self._owner._stale = True
 
     @property
+    def usable(self) -> bool:
+        """Has an address to send to, or gets one when a request goes to it (flag 16).
+        When not, `unusable` says why."""
+        return self._address is not None or bool(self._flags & FLAG_NODNSARES)
+
+    @property
     def selectable(self) -> bool:
-        """Neither inactive nor disabled (Kamailio's `ds_skip_dst`), and resolved, or to be
-        resolved when a request goes to it (flag 16)."""
+        """Neither inactive nor disabled (Kamailio's `ds_skip_dst`), and `usable`."""
         return not (self._flags & FLAGS_SKIP) and (self._address is not None or bool(self._flags & FLAG_NODNSARES))
 
     @property
@@ -255,9 +269,10 @@ class Destination:
     def transport(self) -> str:
         return self.sip_uri.transport
 
-    def state_letters(self) -> str:
-        """The two-letter FLAGS field of Kamailio's `dispatcher.list`."""
-        return state_letters(self._flags)
+    def state_letters(self, flags: int | None = None) -> str:
+        """The two-letter FLAGS field of Kamailio's `dispatcher.list`, for the current
+        flags or for `flags` (what it showed before a change); ``IX`` while not `usable`."""
+        return state_letters(self._flags if flags is None else flags, self.usable)
 
     @property
     def label(self) -> str:

@@ -115,7 +115,7 @@ class Restored:
 
     def report(self, path: str) -> list[str]:
         """One line for the log per state restored or forgotten (`path`: the state file)."""
-        lines = [f"destination {d.uri} (set {d.setid}) is {d.state_letters()} as the operator set it "
+        lines = [f"destination {d.label} is {state_letters(d.flags)} as the operator set it "
                  f"({rec.by or 'by hand'} at {rec.since or 'an unknown time'}; {path})" for d, rec in self.applied]
         lines += [f"the state {state_letters(rec.flags)} the operator set on {uri} (set {setid}"
                   f"{f', duid {duid}' if duid else ''}) is forgotten: {why}"

@@ -142,7 +142,7 @@ class Resolver:
         qtypes = [TYPE_A, TYPE_AAAA]
         if family in (socket.AF_INET, socket.AF_INET6):
             qtypes = [TYPE_A] if family == socket.AF_INET else [TYPE_AAAA]
-        jobs = [gevent.spawn(self._records, name, qtype) for qtype in qtypes]
+        jobs = [gevent.spawn(self._records_or_error, name, qtype) for qtype in qtypes]
         try:
             gevent.joinall(jobs)
         finally:
@@ -152,7 +152,9 @@ class Resolver:
         errors: list[BaseException] = []
         for job in jobs:
             found = job.value if job.successful() else None
-            if found is not None:
+            if isinstance(found, DnsLookupError):
+                errors.append(found)
+            elif found is not None:
                 records, _ = found
                 addresses.extend((r.data, port) for r in records if isinstance(r.data, str))
                 ttls.extend(r.ttl for r in records)
@@ -166,6 +168,15 @@ class Resolver:
         raise err if isinstance(err, DnsLookupError) else DnsLookupError(str(err))
 
     # -- records and queries
+
+    def _records_or_error(self, name: str, qtype: int) -> tuple[list[Record], int] | DnsLookupError:
+        """`_records` for a greenlet of its own: a failed lookup is its result, not an
+        exception, which gevent's hub would print with a traceback (at every retry of a
+        destination that does not resolve)."""
+        try:
+            return self._records(name, qtype)
+        except DnsLookupError as e:
+            return e
 
     def _records(self, name: str, qtype: int) -> tuple[list[Record], int]:
         """The answer records of `qtype` for `name`, asking again for the end of a CNAME

@@ -65,11 +65,14 @@ class DestinationResolver:
     Sets `Destination.address` (the first usable address) and `Destination.unusable`;
     `addresses(dest)` gives every usable address in try order. `on_change(dest)` is called
     after a refresh, a retry or `resolve_now` changed a destination's address, its
-    `unusable` reason or its address list (not during `resolve_all`: its caller knows).
+    `unusable` reason or its address list (not during `resolve_all`: its caller knows);
+    `on_usable_change(dest)` too when the destination got its first address or lost its
+    last one (`Destination.usable` changed, and with it what ``dispatcher.list`` shows).
     """
 
     def __init__(self, resolver: Lookups, *, refresh_interval: float = 600.0, retry_interval: float = 30.0,
-                 on_change: Callable[[Destination], None] | None = None, concurrency: int = 16,
+                 on_change: Callable[[Destination], None] | None = None,
+                 on_usable_change: Callable[[Destination], None] | None = None, concurrency: int = 16,
                  family: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
         if refresh_interval <= 0 or retry_interval <= 0 or concurrency < 1:
             raise ValueError("refresh_interval and retry_interval must be > 0, concurrency >= 1")
@@ -77,6 +80,7 @@ class DestinationResolver:
         self.refresh_interval = refresh_interval
         self.retry_interval = retry_interval
         self.on_change = on_change
+        self.on_usable_change = on_usable_change
         self.concurrency = concurrency
         self.family = family
         self.clock = clock
@@ -155,6 +159,7 @@ class DestinationResolver:
     def _resolve(self, dest: Destination, entry: _Entry, *, notify: bool) -> None:
         """Look `dest` up once and apply the outcome; never raises for DNS trouble."""
         before = (dest.address, dest.unusable, list(entry.addresses))
+        was_usable = dest.usable
         plan = entry.plan
         reason = ""
         unreachable = False
@@ -184,11 +189,18 @@ class DestinationResolver:
             self._succeeded(dest, entry, usable, answer.ttl if answer else None, now)
         else:
             self._failed(dest, entry, reason, unreachable, now)
-        if notify and self.on_change is not None and before != (dest.address, dest.unusable, entry.addresses):
+        if not notify:
+            return
+        if self.on_change is not None and before != (dest.address, dest.unusable, entry.addresses):
             try:
                 self.on_change(dest)
             except Exception:
                 log.exception("on_change(%s) failed", dest.uri)
+        if self.on_usable_change is not None and dest.usable != was_usable:
+            try:
+                self.on_usable_change(dest)
+            except Exception:
+                log.exception("on_usable_change(%s) failed", dest.uri)
 
     def _succeeded(self, dest: Destination, entry: _Entry, usable: list[Address], ttl: float | None,
                    now: float) -> None:

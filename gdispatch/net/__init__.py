@@ -13,7 +13,8 @@ The modules, from the bottom up (each imports only those above it at run time):
   StreamServer and refuses what is over a cap or banned.
 - `transports`: `Transports`, the facade the proxy uses (listeners, the connection
   table, `send` §18.1 and `reply` §18.2.2), `Handoff` (what it hands other workers'
-  datagrams to), and `ensure_free`.
+  datagrams to), `ensure_free`, and `reach_problem` (why no listen address can send to
+  a destination).
 
 What other modules use is imported from here. Nothing here imports gdispatch.cluster:
 the transports know of other workers only through `Handoff` and the sockets given.
@@ -21,7 +22,7 @@ the transports know of other workers only through `Handoff` and the sockets give
 
 from gdispatch.net.source import Source, TransportError
 from gdispatch.net.tcp import TcpConnection, TcpListener
-from gdispatch.net.transports import Handoff, Transports, ensure_free
+from gdispatch.net.transports import Handoff, Transports, ensure_free, reach_problem
 from gdispatch.net.udp import UdpListener, enable_timestamps, run_receiver, udp_socket
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "UdpListener",
     "enable_timestamps",
     "ensure_free",
+    "reach_problem",
     "run_receiver",
     "udp_socket",
 ]

@@ -14,7 +14,8 @@ is built on the transports (it sends through them and names their listeners in i
 and Record-Route), so it exists only once they do, and nothing is read before `start`.
 
 `ensure_free` checks, before workers bind with SO_REUSEPORT, that no other process holds
-a listen address.
+a listen address. `reach_problem` says, from the listen addresses alone, why a
+destination cannot be sent to (``gdispatch list check`` asks it without sockets).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol, cast
 
 import gevent
@@ -69,6 +70,19 @@ def ensure_free(listens: tuple[Listen, ...]) -> None:
                 sock.bind((listen.host, listen.port))
             except OSError as e:
                 raise TransportError(e.errno, f"cannot listen on {listen}: {e.strerror}") from None
+
+
+def reach_problem(listens: Iterable[Listen], transport: str, host: str) -> str:
+    """'' when one of `listens` can send to IP `host` over `transport` (a listen address
+    of that transport and address family: RFC 3261 §18.1.1, the request leaves from the
+    address written in our Via), else why not, for the operator."""
+    if transport not in ("udp", "tcp"):
+        return f"transport {transport!r} is not supported (udp and tcp are)"
+    v6 = ":" in host
+    if not any(x.transport == transport and x.family_v6 == v6 for x in listens):
+        family = "IPv6" if v6 else "IPv4"
+        return f"no {transport.upper()} {family} listen address to send from (add one to [server].listen)"
+    return ""
 
 
 class Transports:
@@ -227,12 +241,7 @@ class Transports:
 
     def can_reach(self, transport: str, host: str) -> str:
         """'' when a message can be sent there, else why not, for the operator."""
-        if transport not in ("udp", "tcp"):
-            return f"transport {transport!r} is not supported (udp and tcp are)"
-        if self.listener_for(transport, host) is None:
-            fam = "IPv6" if ":" in host else "IPv4"
-            return f"no {transport.upper()} {fam} listen address to send from (add one to [server].listen)"
-        return ""
+        return reach_problem((lst.listen for lst in self.listeners), transport, host)
 
     def send(self, transport: str, addr: tuple[str, int], data: bytes,
              on_error: Callable[[], None] | None = None,

@@ -1,6 +1,8 @@
 """The keepalive pinger: one greenlet that sends SIP OPTIONS to every destination due a
 ping, spread evenly over the interval so that hundreds of destinations never fire at
 once, and applies each result (`gdispatch.probing.policy`) to the destination's state.
+A destination that goes down is retried sooner, on the back-off `policy.next_retry`
+gives, by a timer of the proxy's scheduler; the round leaves it out meanwhile.
 
 Pings are ordinary client transactions of the proxy (their responses are matched by
 branch, whatever the Via or NAT in between), with a timeout of their own. The From tag
@@ -21,7 +23,7 @@ from typing import Callable
 import gevent
 
 from gdispatch import logsafe
-from gdispatch.dispatcher.destination import Destination, DispatcherList, state_letters
+from gdispatch.dispatcher.destination import Destination, DispatcherList
 from gdispatch.probing.policy import (
     PING_TIMEOUT_STATUS,
     ProbeSettings,
@@ -29,6 +31,7 @@ from gdispatch.probing.policy import (
     apply_result,
     apply_traffic_failure,
     is_up,
+    next_retry,
     should_ping,
 )
 from gdispatch.sip import ParseError, parse_uri
@@ -51,6 +54,7 @@ class Prober:
         self.active = True  # dispatcher.ping_active
         self._ids = itertools.count(1)
         self._greenlet: gevent.Greenlet | None = None
+        self._stopped = False
         self._calls = itertools.count(1)
         self._salt = "%x" % (os.getpid() & 0xFFFF)
 
@@ -77,7 +81,7 @@ class Prober:
         new = dest.flags
         if new == old:
             return
-        old_l, new_l = state_letters(old), dest.state_letters()
+        old_l, new_l = dest.state_letters(old), dest.state_letters()
         if is_up(old) and not is_up(new):
             log.warning("destination %s is down (%s): %s", dest.label, new_l, reason,
                         extra=logsafe.KEEP)
@@ -94,6 +98,8 @@ class Prober:
         old = dest.flags
         apply_traffic_failure(dest, dest.probe, self.settings)
         self._changed(dest, old, reason)
+        if dest.probe is not None and is_up(old) and not is_up(dest.flags):
+            self._retry_later(dest, dest.probe)
 
     # ----------------------------------------------------------------- pinging
 
@@ -102,6 +108,7 @@ class Prober:
             self._greenlet = gevent.spawn(self._run)
 
     def stop(self) -> None:
+        self._stopped = True
         if self._greenlet is not None:
             self._greenlet.kill(block=False)
 
@@ -117,12 +124,37 @@ class Prober:
                     wait = start + i * step - self.clock()
                     if wait > 0:
                         gevent.sleep(wait)
+                    if d.probe is not None and d.probe.retry_at is not None:
+                        continue  # on its sooner retries meanwhile
                     try:
                         self.ping(d)
                     except Exception:
                         log.exception("cannot ping %s", d.uri)
             rest = start + interval - self.clock()
             gevent.sleep(rest if rest > 0 else 0)
+
+    def _retry_later(self, dest: Destination, state: ProbeState) -> None:
+        """Schedule the sooner retry of a destination that is down, if it has one."""
+        at = next_retry(dest, state, self.settings, self.clock())
+        if at is not None:
+            self.proxy.scheduler.call_later(max(at - self.clock(), 0.0), self._retry, state, at)
+
+    def _retry(self, state: ProbeState, at: float) -> None:
+        """A sooner retry is due: ping the destination that has `state` now (a reload
+        may have put a new object in its place), unless a later result rescheduled it."""
+        if self._stopped or state.retry_at != at:
+            return
+        dest = next((d for d in self.get_list().destinations() if d.probe is state), None)
+        if dest is None or not self.active or not should_ping(dest, self.settings.mode):
+            state.retry_at = None  # gone, paused or no longer pinged: its turn decides
+            return
+        if state.pending:
+            return  # the ping in flight reschedules it when its result comes
+        try:
+            self.ping(dest)
+        except Exception:
+            state.retry_at = None
+            log.exception("cannot ping %s", dest.uri)
 
     def _target(self, dest: Destination, address: tuple[str, int]) -> tuple[str, tuple[str, int]]:
         """Where a ping goes: to the host of the destination's ``obproxy`` attr (its
@@ -196,3 +228,4 @@ class Prober:
         old = dest.flags
         apply_result(dest, state, ok, settings)
         self._changed(dest, old, reason)
+        self._retry_later(dest, state)

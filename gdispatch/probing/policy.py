@@ -22,6 +22,12 @@ State lives in the destination's flag bits, Kamailio's: 1 inactive, 2 trying, 4 
 - Disabled (4), no-ping (32) and not-yet-resolved (16) destinations are never pinged.
 - Failures seen in live traffic (`traffic_failure`) count toward the threshold, or make
   the destination inactive at once (`mark = "inactive"`, like ``ds_mark_dst("i")``).
+- Sooner retries (`next_retry`; Kamailio has none): an inactive destination that is
+  pinged is pinged again `RETRY_FIRST` (1 s) after it went down, then after 2, 4, 8...
+  s, until the delay reaches `interval` and it waits for its turn like the others. A
+  gateway started a second after the proxy, or back from a restart, is used again
+  within seconds instead of after a whole interval, and one that stays down costs a
+  few pings more, not a ping a second.
 
 Latency (Kamailio's ``ds_ping_latency_stats``): per destination the count, mean and
 standard deviation (Welford), an EWMA estimate (`alpha`, equal to the mean over the first
@@ -45,6 +51,7 @@ from gdispatch.dispatcher.destination import (
 )
 
 PING_TIMEOUT_STATUS = 408  # what a ping that got no answer counts as (a local 408)
+RETRY_FIRST = 1.0  # seconds from a destination going down to its first sooner retry
 
 
 def parse_reply_codes(values) -> frozenset[int]:
@@ -128,7 +135,8 @@ class LatencyStats:
 class ProbeState:
     """What the prober keeps per destination."""
 
-    __slots__ = ("iuid", "failures", "successes", "latency", "last_status", "last_reason", "pending")
+    __slots__ = ("iuid", "failures", "successes", "latency", "last_status", "last_reason", "pending", "retries",
+                 "retry_at")
 
     def __init__(self, iuid: str, seed_latency_ms: float | None = None):
         self.iuid = iuid  # identifies the destination record in its pings' From tag
@@ -138,6 +146,8 @@ class ProbeState:
         self.last_status = 0
         self.last_reason = ""
         self.pending = False  # a ping is in flight
+        self.retries = 0  # sooner retries scheduled since it went inactive (`next_retry`)
+        self.retry_at: float | None = None  # when the next sooner retry is due; None: at its turn
 
 
 def should_ping(dest: Destination, mode: int) -> bool:
@@ -178,6 +188,8 @@ def apply_result(dest: Destination, state: ProbeState, ok: bool, settings: Probe
         if not f & FLAG_INACTIVE:
             f |= FLAG_TRYING
         if state.failures >= settings.probing_threshold:
+            if not f & FLAG_INACTIVE:
+                state.retries = 0  # it goes down now: the back-off starts again
             f = (f | FLAG_INACTIVE) & ~FLAG_TRYING
         if mode == 0:
             f &= ~FLAG_PROBING
@@ -194,15 +206,36 @@ def apply_traffic_failure(dest: Destination, state: ProbeState | None, settings:
         return f
     if settings.mark == "inactive" or state is None:
         # Straight to inactive, like ds_mark_dst("i"); probing brings it back.
+        if state is not None:
+            state.successes = 0
+            if not f & FLAG_INACTIVE:
+                state.retries = 0
         f = (f | FLAG_INACTIVE) & ~FLAG_TRYING
         if settings.interval > 0 and settings.mode != 0:
             f |= FLAG_PROBING
-        if state is not None:
-            state.successes = 0
         dest.flags = f
         return f
     # Counts like a failed ping toward probing_threshold; probing continues (mode != 0).
     return apply_result(dest, state, False, settings)
+
+
+def next_retry(dest: Destination, state: ProbeState, settings: ProbeSettings, now: float) -> float | None:
+    """When to ping `dest` again sooner than its turn, after a ping's result or a traffic
+    failure: an inactive destination that is pinged (`should_ping`) is retried
+    `RETRY_FIRST` after it went down, then after twice the previous delay, as long as the
+    delay is shorter than `interval`. Returns that time (also kept in `state.retry_at`),
+    or None when its turn comes first: it is up, not pinged, or the back-off reached the
+    interval (it stays there until the destination comes up again)."""
+    if settings.interval <= 0 or not dest.flags & FLAG_INACTIVE or not should_ping(dest, settings.mode):
+        state.retry_at = None
+        return None
+    delay = RETRY_FIRST * 2 ** state.retries
+    if delay >= settings.interval:
+        state.retry_at = None
+        return None
+    state.retries += 1
+    state.retry_at = now + delay
+    return state.retry_at
 
 
 def is_up(flags: int) -> bool:

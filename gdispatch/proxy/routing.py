@@ -7,7 +7,9 @@ itself, §11), `InDialog` (a request inside a dialog we record-routed: its next 
 edits loose routing makes, §16.6 step 6) or `Dispatch` (a new request for one of the
 `[[route]]` tables). `RouteMatcher` chooses that route: the plugins' `gdispatch_choose_route`
 when a plugin implements it, else the built-in tables (gdispatch.builtin), with the sets
-the request's source belongs to (Kamailio's `ds_is_from_list`).
+the request's source belongs to (Kamailio's `ds_is_from_list`). `missing_sets` says which
+tables name a set the list does not have: the proxy refuses such a list at start and on
+reload.
 
 The proxy (gdispatch.proxy.core) carries the decision out: it resolves the next hop,
 checks the dialog's signature against it, and sends.
@@ -16,6 +18,7 @@ checks the dialog's signature against it, and sends.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import NamedTuple, Union
 
 from gdispatch.config import Route
@@ -235,3 +238,25 @@ def as_route(choice: RouteChoice) -> Route:
     if choice.failover_codes is not None:
         route = dataclasses.replace(route, failover_codes=frozenset(choice.failover_codes))
     return route
+
+
+def missing_sets(routes: Sequence[Route], dlist: DispatcherList) -> list[str]:
+    """One line per `[[route]]` table whose `set` (unless it answers with `reply`) or
+    `from_set` is not a set of `dlist`: a typo that would send every matching call to
+    `no_destination_reply`, or make the table never match. Kamailio's script would only
+    find out when ``ds_select_dst`` fails for a call. An empty list is left alone: Kamailio
+    loads an empty file too (every call then gets `no_destination_reply`), and a route
+    cannot mistake one set for another there."""
+    if not dlist.sets:
+        return []
+    listed = ", ".join(str(s) for s in sorted(dlist.sets))
+    problems = []
+    for i, r in enumerate(routes, 1):
+        where = f"[[route]] #{i}" + (f" ({r.name})" if r.name else "")
+        if not r.reply and r.set not in dlist.sets:
+            problems.append(f"{where}: set {r.set} is not in {dlist.source or 'the list'} (its sets: {listed}); "
+                            f"give a set it has (set = N in [[route]], or --set N)")
+        if r.from_set is not None and r.from_set not in dlist.sets:
+            problems.append(f"{where}: from_set {r.from_set} is not in {dlist.source or 'the list'} "
+                            f"(its sets: {listed})")
+    return problems

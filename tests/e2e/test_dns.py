@@ -445,3 +445,12 @@ def test_the_proxy_sends_an_in_dialog_request_to_a_name_through_its_nameservers(
     assert [m.split(b" ", 2)[:2] for m in gateway.received] == [
         [b"BYE", f"sip:gw@uas.test:{gateway.port}".encode()], [b"BYE", b"sip:gw@bysrv.test"]]
     assert dns.count("uas.test") >= 1 and dns.count("_sip._udp.bysrv.test") == 1
+
+
+def test_a_name_that_does_not_resolve_is_an_error_without_a_traceback_in_the_log(resolver, capfd):
+    """A and AAAA are asked in greenlets of their own: their "no such name" is an answer
+    to report once, not an exception for gevent's hub to print with a traceback (at every
+    retry of a destination that does not resolve)."""
+    with pytest.raises(NameNotFound, match="nowhere.test: no such name"):
+        resolver.lookup_address("nowhere.test", 5060)
+    assert "Traceback" not in capfd.readouterr().err

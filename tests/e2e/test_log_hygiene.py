@@ -19,9 +19,10 @@ NO_PROBING = "[probing]\ninterval = 0\n"
 
 
 def test_a_call_id_with_control_bytes_and_bad_utf8_is_logged_escaped_on_one_line(proxy):
-    # Set 9 has no destination: the proxy warns "no active destination in set 9 for
-    # INVITE <Call-ID>", a line that quotes what the caller sent.
-    p = proxy(LIST, config=NO_PROBING + "[[route]]\nmethods = [\"INVITE\"]\nset = 9\n")
+    # Set 9's one destination is disabled: the proxy warns "no active destination in set 9
+    # for INVITE <Call-ID>", a line that quotes what the caller sent.
+    p = proxy(LIST + "9 sip:127.0.0.1:9 4 0 duid=off\n",
+              config=NO_PROBING + "[[route]]\nmethods = [\"INVITE\"]\nset = 9\n")
     call_id = b"evil\x00\xff\xfe\x1b[2J\xe2\x80\xa8FORGED-LINE\x85\x7f"
     data = harness.build_request("INVITE", f"sip:svc@{HOST}:{p.port}", local_port=harness.free_port(),
                                  call_id="CALLID").replace(b"CALLID", call_id)

@@ -219,3 +219,20 @@ def test_icmp_unreachable_fails_over_and_marks_at_once(tmp_path, proxy, uas):
     assert elapsed < 5.0, elapsed  # far below fr_timer: the ICMP error ended the attempt
     ev = rec.wait_for("closed", "IP", 2)
     assert ev["reason"] == "transport error", rec.events("closed")
+
+
+def test_a_gateway_started_a_second_after_the_proxy_is_up_in_seconds_not_a_ping_interval(tmp_path, proxy, uas):
+    """The README's recipe: the proxy first, its gateway a moment later. The first ping
+    finds nobody (IP); the sooner retries (1 s, then 2 s, 4 s...) find the gateway well
+    before the 10 s interval brings the next regular ping."""
+    rec = Recorder(tmp_path)
+    port = harness.free_port("udp")
+    proxy(f"1 sip:{HOST}:{port} 0 0 duid=gw\n", config=rec.config("interval = 10\ntimeout = 2"), env=rec.env)
+    rec.wait_for("gw", "IP", 3)  # the first ping: the port is closed
+    time.sleep(1.0)  # the scenario: the gateway starts a second after the proxy
+    t_up = time.time()
+    uas(port=port)
+    up = rec.wait_for("gw", "AP", 9, after=t_up)
+    print(f"\ngateway started after the proxy: AP {up['t'] - t_up:.2f} s after it listens")
+    assert up["t"] - t_up < 4.5, rec.events("gw")
+    assert rec.states("gw")[:3] == ["AX", "IP", "AP"], rec.events("gw")

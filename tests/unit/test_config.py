@@ -156,3 +156,25 @@ def test_overload_and_wait_timer_keys():
                         ({"timers": {"wt_timer": -1}}, "[timers].wt_timer")):
         with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):
             from_dict(data)
+
+
+def test_routes_to_a_set_the_list_does_not_have_are_named():
+    from gdispatch.dispatcher.listfile import parse_list
+    from gdispatch.proxy.routing import missing_sets
+
+    dlist = parse_list("1 sip:127.0.0.1:5071\n2 sip:127.0.0.1:5072\n", "d.list")
+    c = from_dict({"route": [
+        {"set": 1},
+        {"name": "pbx", "set": 3, "from_set": 4},  # both typos
+        {"reply": 403, "from_set": 2},  # answers locally: its set (default 1) is not used
+        {"reply": 404, "set": 9},
+    ]})
+    assert missing_sets(c.routes, dlist) == [
+        "[[route]] #2 (pbx): set 3 is not in d.list (its sets: 1, 2); give a set it has (set = N in [[route]], "
+        "or --set N)",
+        "[[route]] #2 (pbx): from_set 4 is not in d.list (its sets: 1, 2)"]
+    assert missing_sets(Config().routes, parse_list("2 sip:127.0.0.1:5072\n", "two.list")) == [
+        "[[route]] #1: set 1 is not in two.list (its sets: 2); give a set it has (set = N in [[route]], "
+        "or --set N)"]
+    assert missing_sets(Config().routes, parse_list("# nothing yet\n", "empty.list")) == []  # as Kamailio loads it
+    assert missing_sets(with_overrides(Config(), set_id=2).routes, dlist) == []

@@ -5,6 +5,7 @@ import pytest
 from gdispatch.dispatcher.destination import (
     FLAG_DISABLED,
     FLAG_INACTIVE,
+    FLAG_NODNSARES,
     FLAG_NOPING,
     FLAG_PROBING,
     FLAG_TRYING,
@@ -46,6 +47,25 @@ def test_typed_attrs_are_read_once_with_kamailios_fallbacks():
 ])
 def test_state_letters_are_kamailios(flags, letters):
     assert dest(1, flags=flags).state_letters() == letters
+
+
+@pytest.mark.parametrize("flags,letters", [
+    (0, "IX"), (FLAG_PROBING, "IX"), (FLAG_TRYING | FLAG_PROBING, "IX"), (FLAG_INACTIVE | FLAG_PROBING, "IX"),
+    (FLAG_NOPING, "IN"), (FLAG_DISABLED, "DX"), (FLAG_NODNSARES, "AX"),
+])
+def test_a_destination_without_an_address_shows_inactive_and_not_probed(flags, letters):
+    """No address to send to (a name that does not resolve, no listen address for its
+    transport): it gets no call and no ping, and shows so, unless the operator disabled it;
+    a flag 16 destination is resolved when a request goes there, so it is usable."""
+    d = dest(1, flags=flags)
+    d.address = None
+    d.unusable = "cannot resolve gw.test: no such name (NXDOMAIN)"
+    assert d.state_letters() == letters
+    assert d.usable == bool(flags & FLAG_NODNSARES) and d.selectable == d.usable
+    if not d.usable:
+        assert d.state_letters(FLAG_PROBING) == "IX"  # what it showed with other flags: unusable as well
+    d.address = ("192.0.2.1", 5060)  # it resolves at last: its own flags show again
+    assert d.state_letters() == dest(1, flags=flags).state_letters()
 
 
 def test_capacity_and_load_helpers():

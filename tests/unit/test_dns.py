@@ -440,6 +440,24 @@ def test_on_change_is_called_for_changes_after_load_only(fake, clock):
     assert changes == [d] and d.address == ("192.0.2.1", 5060)
 
 
+def test_on_usable_change_when_a_name_resolves_at_last_not_for_flag_16(fake, clock):
+    dlist, (d, on_demand) = dests("1 sip:gw.test:5060\n1 sip:later.test:5060 16\n")
+    usable_changes = []
+    r = make(fake, clock, on_usable_change=usable_changes.append)
+    r.resolve_all(dlist)
+    assert not d.usable and d.state_letters() == "IX" and usable_changes == []  # the loader knows
+    clock.now += 30
+    r.resolve_now(d)  # the retry: still failing, no change
+    assert usable_changes == []
+    fake.hosts["gw.test"] = ["192.0.2.1"]
+    fake.hosts["later.test"] = ["192.0.2.2"]
+    clock.now += 30
+    r.resolve_now(d)
+    assert usable_changes == [d] and d.usable and d.state_letters() == "AX"
+    r.resolve_now(on_demand)  # flag 16: usable before and after its address
+    assert usable_changes == [d] and on_demand.address == ("192.0.2.2", 5060)
+
+
 def test_intervals_must_be_positive(fake):
     with pytest.raises(ValueError):
         DestinationResolver(fake, refresh_interval=0)

@@ -157,6 +157,18 @@ def test_list_full_adds_the_address_fields(api):
     assert tcp["PROTOID"] == 2  # Kamailio's PROTO_TCP
 
 
+def test_list_shows_a_destination_without_an_address_ix_and_why_in_full_mode(api):
+    d = dest(api, 1, "sip:127.0.0.1:7072")
+    d.address = None
+    d.unusable = "no UDP IPv4 listen address to send from (add one to [server].listen)"
+    normal = call(api, "dispatcher.list")["RECORDS"][0]["SET"]["TARGETS"][1]["DEST"]
+    assert normal["FLAGS"] == "IX" and "REASON" not in normal
+    full = call(api, "dispatcher.list", ["full"])["RECORDS"][0]["SET"]["TARGETS"]
+    assert full[1]["DEST"]["FLAGS"] == "IX" and full[1]["DEST"]["REASON"] == d.unusable
+    assert list(full[1]["DEST"])[list(full[1]["DEST"]).index("DNSTIME_USEC") + 1] == "REASON"
+    assert all("REASON" not in t["DEST"] for i, t in enumerate(full) if i != 1)  # the usable ones
+
+
 def test_list_full_port_and_proto_are_the_uris_as_kamailio_shows_them():
     # What kamcmd printed for these lines: PORT 0 when the URI names none, PROTOID from
     # the transport parameter only (0 for a sips: URI without one).
@@ -424,6 +436,28 @@ def test_ping_active_reads_and_sets(api):
 def test_reload(api):
     assert call(api, "dispatcher.reload") == "Ok. Dispatcher successfully reloaded."
     assert len(api.reloads) == 1
+
+
+def test_reload_names_the_destinations_it_cannot_use_after_kamailios_answer(api):
+    def unresolved(dlist):
+        for d in dlist.destinations():
+            if d.uri == "sip:127.0.0.1:7072":
+                d.address, d.unusable = None, "cannot resolve gw.test: no such name (NXDOMAIN)"
+            elif d.uri == "sip:127.0.0.1:7074":
+                d.address = None
+        return dlist
+
+    loads = api.reload
+
+    def reload(reason="reload requested"):
+        loads(reason)
+        unresolved(api.dlist)
+
+    api.reload = reload
+    assert call(api, "dispatcher.reload").splitlines() == [
+        "Ok. Dispatcher successfully reloaded.",  # what kamcmd scripts match, alone on its line
+        "not usable: set 1 sip:127.0.0.1:7074: no address",  # in try order: priority 40 first
+        "not usable: set 1 sip:127.0.0.1:7072: cannot resolve gw.test: no such name (NXDOMAIN)"]
 
 
 def test_reload_of_a_bad_file_is_kamailios_fault_with_each_problem_once(api):
