@@ -221,8 +221,10 @@ def _check_as_loaded(cfg: Config, dlist) -> list[str]:
     finally:
         dns_log.setLevel(level)
         resolver.stop()
+    unusable = [d for d in dlist.destinations() if not d.usable]
+    unusable.sort(key=lambda d: int(d.where.rpartition(":")[2] or 0))  # in file order, not try order
     problems += [f"{d.where}: {d.uri} (set {d.setid}) is not usable, it would get no call (IX): "
-                 f"{d.unusable or 'no address'}" for d in dlist.destinations() if not d.usable]
+                 f"{d.unusable or 'no address'}" for d in unusable]
     return problems
 
 

@@ -62,9 +62,9 @@ def test_destinations_it_cannot_send_to_show_ix_and_why_and_are_named_by_reload_
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "Ok. Dispatcher successfully reloaded."
-    assert lines[1:] == [f"not usable: set 1 sip:gw.test:{gw.port}: cannot resolve gw.test: no such name (NXDOMAIN)",
+    assert sorted(lines[1:]) == sorted([f"not usable: set 1 sip:gw.test:{gw.port}: cannot resolve gw.test: no such name (NXDOMAIN)",
                          f"not usable: set 1 {shown['tcp']['URI']}: {shown['tcp']['REASON']}",
-                         f"not usable: set 1 {shown['tls']['URI']}: {shown['tls']['REASON']}"]
+                         f"not usable: set 1 {shown['tls']['URI']}: {shown['tls']['REASON']}"])
 
     check = gd("list", "check", "--config", str(p.config_path))
     assert check.returncode == 1, check
@@ -111,8 +111,8 @@ def test_a_route_to_a_set_the_list_does_not_have_stops_a_start_and_a_reload(prox
     p = proxy(harness.dispatcher_list(gw), config="[dispatcher]\nwatch = false\n[[route]]\nset = 1\n")
     p.list_path.write_text(f"2 {gw.uri} 0 0 duid=gw1\n")
     out = p.rpc("dispatcher.reload")
-    assert out.returncode == 1
-    assert out.stderr.startswith(f"error: 500 - Reload Failed: [[route]] #1: set 1 is not in {p.list_path}")
+    assert (out.returncode, out.stdout) == (0, "error: 500 - Reload Failed\n")  # as kamcmd prints a fault
+    assert f"[[route]] #1: set 1 is not in {p.list_path}" in out.stderr
     listed = json.loads(p.rpc("dispatcher.list", json_out=True).stdout)
     assert [r["SET"]["ID"] for r in listed["RECORDS"]] == [1]  # the running list stays
     replies = p.send_udp(harness.build_request("INVITE", f"sip:svc@{HOST}:{p.port}", local_port=0), timeout=5)
