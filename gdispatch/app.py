@@ -26,6 +26,7 @@ from gdispatch.control.server import ControlError, ControlServer
 from gdispatch.dispatcher.destination import state_letters
 from gdispatch.dispatcher.listfile import ListError, load_list, parse_list
 from gdispatch.dispatcher.reload import ReloadSummary, carry_state
+from gdispatch.dispatcher.sockets import SocketTable
 from gdispatch.dns import DestinationResolver, NextHopResolver, Resolver
 from gdispatch.flood import SourceGuard
 from gdispatch.net import TransportError, Transports
@@ -98,6 +99,9 @@ class App:
         self.watcher: ListWatcher | None = None
         self.control: ControlServer | None = None
         self._list_digest: str | None = None
+        # The listen addresses a list line's socket attrs must name
+        # (gdispatch.dispatcher.sockets); every list this process loads is read against them.
+        self.sockets = SocketTable(config.listen)
 
     # ------------------------------------------------------------- events
 
@@ -132,7 +136,8 @@ class App:
         if not self._load_plugins():
             return 1
         try:
-            dlist = load_list(config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order)
+            dlist = load_list(config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order,
+                              sockets=self.sockets)
         except ListError as e:
             for p in e.problems:
                 log.error("%s", p, extra=logsafe.KEEP)
@@ -208,7 +213,7 @@ class App:
         if not self._load_plugins():
             return 1
         dlist = parse_list(hello.list_text, config.list_file, mode=config.load_mode,
-                           kamailio_order=config.kamailio_order)
+                           kamailio_order=config.kamailio_order, sockets=self.sockets)
         apply_states(dlist, hello.states)
         code = self._start_proxy(dlist)
         if code:
@@ -290,7 +295,8 @@ class App:
     def take_list(self, text: str, reason: str, states: dict) -> None:
         """A worker: swap in the list the primary swapped in, with the primary's states."""
         config = self.config
-        new = parse_list(text, config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order)
+        new = parse_list(text, config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order,
+                         sockets=self.sockets)
         self._install(new, reason, states)
         self.plugins.call("gdispatch_list_loaded", dispatcher_list=new, reason=reason)
 
@@ -331,7 +337,8 @@ class App:
         keys = self.reload_keys()
         try:
             try:
-                new = load_list(config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order)
+                new = load_list(config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order,
+                                sockets=self.sockets)
             except ListError as e:
                 for p in e.problems:
                     log.error("%s", p, extra=logsafe.KEEP)
@@ -391,7 +398,8 @@ class App:
         return self.config.list_file
 
     def replace_list(self, text: str, reason: str) -> None:
-        new = parse_list(text, self.config.list_file, kamailio_order=self.config.kamailio_order)
+        new = parse_list(text, self.config.list_file, kamailio_order=self.config.kamailio_order,
+                         sockets=self.sockets)
         self._swap_in(new, reason)
 
     def state_changed(self, dest, old_flags: int, reason: str) -> None:

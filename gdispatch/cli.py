@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "1 with one line per problem (file:line: what) when it does not.")
     check.add_argument("file", metavar="FILE")
     check.add_argument("--quiet", "-q", action="store_true", help="print nothing when the file is good")
+    check.add_argument("--config", metavar="FILE",
+                       help="also check that the socket, sockname and ping_socket attrs name listen addresses "
+                            "of this configuration, as the proxy does when it loads the list")
     show = lsub.add_parser("show", help="print the destinations of a list file",
                            description="Print the destinations of a dispatcher.list file as a table, in file order. "
                                        "Exit status 1 when a line is bad (listed on stderr).")
@@ -140,11 +143,17 @@ def _list_file_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="take the list file from this configuration file")
 
 
-def list_check(path: str, quiet: bool = False) -> int:
+def list_check(path: str, quiet: bool = False, config: str | None = None) -> int:
     from gdispatch.dispatcher.listfile import ListError, load_list
+    from gdispatch.dispatcher.sockets import SocketTable
 
     try:
-        dlist = load_list(path)
+        sockets = SocketTable(load(config).listen) if config else None
+    except ConfigError as e:
+        print(f"gdispatch: configuration error: {e}", file=sys.stderr)
+        return 2
+    try:
+        dlist = load_list(path, sockets=sockets)
     except ListError as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)
@@ -321,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "list":
         if args.list_command == "check":
-            return list_check(args.file, args.quiet)
+            return list_check(args.file, args.quiet, args.config)
         if args.list_command in ("show", "add", "rm"):
             return list_edit(args)
         parser.parse_args(["list", "--help"])

@@ -75,6 +75,7 @@ from gdispatch.dispatcher.destination import (
 )
 from gdispatch.dispatcher.hashing import as_signed, kamailio_hash
 from gdispatch.dispatcher.listfile import ListError, format_line, parse_line
+from gdispatch.dispatcher.sockets import SocketTable
 
 
 class ControlApi(Protocol):
@@ -91,6 +92,12 @@ class ControlApi(Protocol):
     #: Whether keepalive pings are sent (``dispatcher.ping_active``). Settable: False
     #: pauses every ping, True resumes them; the states stay as they are meanwhile.
     ping_active: bool
+
+    @property
+    def sockets(self) -> SocketTable | None:
+        """The listen addresses a destination's socket attrs must name
+        (gdispatch.dispatcher.sockets); None: not checked."""
+        ...
 
     def current_list(self) -> DispatcherList:
         """The list in use, whose destinations carry their live state. The methods read
@@ -401,7 +408,7 @@ def dispatcher_add(api: ControlApi, group: int, address: str, flags: int = 0, pr
         raise RpcError(500, failed, "GROUP, FLAGS and PRIORITY are whole numbers >= 0")
     line = f"{group} {address} {flags} {priority}" + (f" {attrs}" if attrs else "")
     try:
-        dest = parse_line(line, "dispatcher.add")
+        dest = parse_line(line, "dispatcher.add", api.sockets)
     except ValueError as e:
         raise RpcError(500, failed, str(e)) from None
     assert dest is not None
