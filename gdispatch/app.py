@@ -200,7 +200,7 @@ class App:
         nsets = len(dlist.sets)
         ndest = sum(len(s.destinations) for s in dlist.sets.values())
         log.info("gdispatch listening on %s%s; %d set(s), %d destination(s) from %s",
-                 ", ".join(str(x) for x in config.listen),
+                 ", ".join(x.described() for x in config.listen),
                  f" with {config.workers} workers" if config.workers > 1 else "", nsets, ndest, config.list_file)
         return 0
 

@@ -129,6 +129,11 @@ class TcpConnection:
         self.sock = s
         self.connected = True
         self.error_callbacks.clear()
+        if self.local_ip is None and not self.closed:
+            # The kernel chose our address: now it is known, a request that must leave
+            # from it may use this connection too.
+            self.local_ip = s.getsockname()[0]
+            self.owner.located(self)
 
     def _fail(self) -> None:
         callbacks, self.error_callbacks = self.error_callbacks, []

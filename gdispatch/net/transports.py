@@ -200,6 +200,13 @@ class Transports:
             self.table.opened(conn)
         self.stats["tcp_connections_open"] = self.table.open
 
+    def located(self, conn: TcpConnection) -> None:
+        """`conn`, opened without binding, has its local address now (`local_ip`)."""
+        key = (conn.addr, conn.local_ip or "")
+        known = self.bound.get(key)
+        if known is None or known.closed:
+            self.bound[key] = conn
+
     def forget(self, conn: TcpConnection) -> None:
         if self.connections.get(conn.addr) is conn:
             del self.connections[conn.addr]
