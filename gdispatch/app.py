@@ -27,6 +27,7 @@ from gdispatch.dispatcher.algorithms import ALG_CALL_LOAD
 from gdispatch.dispatcher.destination import state_letters
 from gdispatch.dispatcher.listfile import ListError, load_list, parse_list
 from gdispatch.dispatcher.reload import ReloadSummary, carry_state
+from gdispatch.dispatcher.sockets import SocketTable
 from gdispatch.dispatcher.statefile import OperatorStates, default_path, open_states, write_states
 from gdispatch.dns import DestinationResolver, NextHopResolver, Resolver
 from gdispatch.flood import SourceGuard
@@ -105,6 +106,9 @@ class App:
         # the primary's alone, with [dispatcher] persistent_state, once the file was read.
         self.operator_states: OperatorStates | None = None
         self._state_saver: gevent.Greenlet | None = None
+        # The listen addresses a list line's socket attrs must name
+        # (gdispatch.dispatcher.sockets); every list this process loads is read against them.
+        self.sockets = SocketTable(config.listen)
 
     # ------------------------------------------------------------- events
 
@@ -139,7 +143,8 @@ class App:
         if not self._load_plugins():
             return 1
         try:
-            dlist = load_list(config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order)
+            dlist = load_list(config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order,
+                              sockets=self.sockets)
         except ListError as e:
             for p in e.problems:
                 log.error("%s", p, extra=logsafe.KEEP)
@@ -210,7 +215,7 @@ class App:
         nsets = len(dlist.sets)
         ndest = sum(len(s.destinations) for s in dlist.sets.values())
         log.info("gdispatch listening on %s%s; %d set(s), %d destination(s) from %s",
-                 ", ".join(str(x) for x in config.listen),
+                 ", ".join(x.described() for x in config.listen),
                  f" with {config.workers} workers" if config.workers > 1 else "", nsets, ndest, config.list_file)
         return 0
 
@@ -223,7 +228,7 @@ class App:
         if not self._load_plugins():
             return 1
         dlist = parse_list(hello.list_text, config.list_file, mode=config.load_mode,
-                           kamailio_order=config.kamailio_order)
+                           kamailio_order=config.kamailio_order, sockets=self.sockets)
         apply_states(dlist, hello.states)
         code = self._start_proxy(dlist)
         if code:
@@ -348,7 +353,8 @@ class App:
     def take_list(self, text: str, reason: str, states: dict) -> None:
         """A worker: swap in the list the primary swapped in, with the primary's states."""
         config = self.config
-        new = parse_list(text, config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order)
+        new = parse_list(text, config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order,
+                         sockets=self.sockets)
         self._install(new, reason, states)
         self.plugins.call("gdispatch_list_loaded", dispatcher_list=new, reason=reason)
 
@@ -389,7 +395,8 @@ class App:
         keys = self.reload_keys()
         try:
             try:
-                new = load_list(config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order)
+                new = load_list(config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order,
+                                sockets=self.sockets)
             except ListError as e:
                 for p in e.problems:
                     log.error("%s", p, extra=logsafe.KEEP)
@@ -464,7 +471,8 @@ class App:
         return self.config.list_file
 
     def replace_list(self, text: str, reason: str) -> None:
-        new = parse_list(text, self.config.list_file, kamailio_order=self.config.kamailio_order)
+        new = parse_list(text, self.config.list_file, kamailio_order=self.config.kamailio_order,
+                         sockets=self.sockets)
         self._swap_in(new, reason, from_file=False)
 
     def state_changed(self, dest, old_flags: int, reason: str) -> None:

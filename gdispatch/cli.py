@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "would load it: its [dispatcher] load_mode; every [[route]]'s set in "
                                         "the list; every destination's name resolved (with its [dns] "
                                         "nameservers) and reachable from a [server].listen address (a UDP "
-                                        "destination needs a UDP listen address of its address family). "
+                                        "destination needs a UDP listen address of its address family); "
+                                        "every socket, sockname and ping_socket attr a listen address. "
                                         "A destination that fails that would get no call: it counts as a "
                                         "problem too.")
     check.add_argument("file", metavar="FILE", nargs="?", help="the list file (default: list_file of --config)")
@@ -159,6 +160,7 @@ def _plural(n: int, word: str) -> str:
 
 def list_check(path: str | None, quiet: bool = False, config: str | None = None) -> int:
     from gdispatch.dispatcher.listfile import ListError, load_list
+    from gdispatch.dispatcher.sockets import SocketTable
 
     cfg = None
     if config is not None:
@@ -173,7 +175,8 @@ def list_check(path: str | None, quiet: bool = False, config: str | None = None)
         if cfg is None:
             dlist = load_list(path)
         else:
-            dlist = load_list(path, mode=cfg.load_mode, kamailio_order=cfg.kamailio_order)
+            dlist = load_list(path, mode=cfg.load_mode, kamailio_order=cfg.kamailio_order,
+                              sockets=SocketTable(cfg.listen))
     except ListError as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)

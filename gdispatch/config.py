@@ -60,6 +60,9 @@ class Listen:
     transport: str  # "udp" | "tcp"
     host: str  # IP address, no brackets
     port: int
+    # The name a destination's `sockname` attr and `[dispatcher].default_sockname` give
+    # it (Kamailio's `listen=... name "NAME"`); "" when it has none.
+    name: str = ""
 
     @property
     def family_v6(self) -> bool:
@@ -68,6 +71,10 @@ class Listen:
     def __str__(self) -> str:
         h = f"[{self.host}]" if self.family_v6 else self.host
         return f"{self.transport}:{h}:{self.port}"
+
+    def described(self) -> str:
+        """As the configuration writes it: with its name, if it has one."""
+        return f'{self} name "{self.name}"' if self.name else str(self)
 
 
 @dataclass(frozen=True)
@@ -192,6 +199,11 @@ class Config:
     log_level: str = "info"
     workers: int = 1
     list_file: str = "dispatcher.list"
+    # The socket requests and pings to a destination without a `socket` or `sockname`
+    # attr leave from (Kamailio's ds_default_socket and ds_default_sockname, the name
+    # first); "" = the first listen address of the transport and address family.
+    default_socket: str = ""
+    default_sockname: str = ""
     load_mode: str = "strict"  # "strict": a bad line refuses the file; "skip": load the good lines
     kamailio_order: bool = True  # equal priorities in reverse file order, as Kamailio does; false: file order
     kamailio_compat: bool = False  # hash, weight and parallel selection exactly as Kamailio
@@ -235,9 +247,28 @@ class Config:
     source: str = ""
 
 
-def parse_listen(text: str, key: str = "listen") -> Listen:
-    """``udp:127.0.0.1:5060``, ``tcp:[::1]:5060``."""
-    proto, sep, rest = str(text).partition(":")
+# Kamailio's listen syntax names a socket after its address: `udp:IP:PORT name "s1"`.
+_NAMED = re.compile(r'(?P<address>\S+)\s+name\s+"(?P<name>[^"]*)"\s*\Z')
+# What a socket name may be: one word, as it is written in an attr (`sockname=s1`).
+_SOCKET_NAME = re.compile(r"[A-Za-z0-9_.\-]+\Z")
+
+
+def parse_listen(text: Any, key: str = "listen") -> Listen:
+    """``udp:127.0.0.1:5060``, ``tcp:[::1]:5060``; with a name, Kamailio's way
+    (``udp:127.0.0.2:5060 name "carrier"``) or as a table (``{ address =
+    "udp:127.0.0.2:5060", name = "carrier" }``)."""
+    if isinstance(text, dict):
+        table = _check_keys(text, {"address", "name"}, f"{key}: {text!r}")
+        address, name = table.get("address"), table.get("name", "")
+        if not isinstance(address, str) or not isinstance(name, str):
+            raise ConfigError(f"{key}: {text!r}: expected {{ address = \"PROTO:IP:PORT\", name = \"NAME\" }}")
+        return _named(parse_listen(address, key), name, key, text)
+    if not isinstance(text, str):
+        raise ConfigError(f"{key}: {text!r}: expected \"PROTO:IP:PORT\" or {{ address = ..., name = ... }}")
+    named = _NAMED.match(text.strip())
+    if named is not None:
+        return _named(parse_listen(named["address"], key), named["name"], key, text)
+    proto, sep, rest = text.partition(":")
     proto = proto.lower()
     if not sep or proto not in TRANSPORTS:
         raise ConfigError(f"{key}: {text!r}: expected PROTO:IP:PORT with PROTO one of {', '.join(TRANSPORTS)}")
@@ -255,6 +286,40 @@ def parse_listen(text: str, key: str = "listen") -> Listen:
     if not port_s.isdigit() or not 0 < int(port_s) < 65536:
         raise ConfigError(f"{key}: {text!r}: expected a port number 1-65535")
     return Listen(proto, str(ip), int(port_s))
+
+
+def _named(listen: Listen, name: str, key: str, text: Any) -> Listen:
+    if not _SOCKET_NAME.match(name):
+        raise ConfigError(f"{key}: {text!r}: a socket name is one word of letters, digits, '_', '.' or '-'")
+    return replace(listen, name=name)
+
+
+def _check_listens(listens: tuple[Listen, ...], key: str) -> None:
+    """Each address and each name once: a destination's `socket` or `sockname` must
+    name one socket."""
+    seen: dict[str, Listen] = {}
+    names: set[str] = set()
+    for listen in listens:
+        if str(listen) in seen:
+            raise ConfigError(f"{key}: {listen} is given twice")
+        seen[str(listen)] = listen
+        if listen.name:
+            if listen.name in names:
+                raise ConfigError(f"{key}: the name {listen.name!r} is given to two addresses")
+            names.add(listen.name)
+
+
+def check_default_socket(cfg: Config) -> None:
+    """`[dispatcher].default_socket` and `default_sockname` must name a listen address,
+    as Kamailio refuses to start when ds_default_socket is not one of its sockets."""
+    from gdispatch.dispatcher.sockets import SocketTable
+
+    table = SocketTable(cfg.listen)
+    try:
+        table.default(cfg.default_socket, cfg.default_sockname)
+    except ValueError as e:
+        key = "default_sockname" if cfg.default_sockname else "default_socket"
+        raise ConfigError(f"[dispatcher].{key}: {getattr(cfg, key)!r}: {e}") from None
 
 
 def _number(table: dict, key: str, where: str, default: float, *, integer: bool = False, minimum: float = 0,
@@ -449,6 +514,7 @@ def from_dict(data: dict, source: str = "") -> Config:
     if not isinstance(listen_v, list) or not listen_v:
         raise ConfigError("[server].listen: expected a non-empty list such as [\"udp:127.0.0.1:5060\"]")
     listen = tuple(parse_listen(x, "[server].listen") for x in listen_v)
+    _check_listens(listen, "[server].listen")
     domains = server.get("domains", [])
     if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
         raise ConfigError("[server].domains: expected a list of domain names or addresses")
@@ -458,7 +524,7 @@ def from_dict(data: dict, source: str = "") -> Config:
     disp = _check_keys(data.get("dispatcher", {}), {"list_file", "load_mode", "kamailio_order", "kamailio_compat",
                                                     "hash_user_only", "call_expire", "call_init_expire",
                                                     "reload_keeps_state", "watch", "persistent_state",
-                                                    "state_file"},
+                                                    "state_file", "default_socket", "default_sockname"},
                        "[dispatcher]")
     load_mode = str(disp.get("load_mode", "strict"))
     if load_mode not in ("strict", "skip"):
@@ -481,6 +547,12 @@ def from_dict(data: dict, source: str = "") -> Config:
         if not isinstance(v, str):
             raise ConfigError(f"[control].{key}: expected a string")
         flags[f"control_{key}"] = v
+    for key in ("default_socket", "default_sockname"):
+        v = disp.get(key, "")
+        if not isinstance(v, str):
+            raise ConfigError(f"[dispatcher].{key}: expected a string such as "
+                              + ('"udp:192.0.2.1:5060"' if key == "default_socket" else '"carrier"'))
+        flags[key] = v
     if flags["control_tcp"] and not flags["control_token"]:
         raise ConfigError("[control].tcp: a TCP control listener needs [control].token (a shared secret)")
     dns = _check_keys(data.get("dns", {}), {"nameservers", "refresh_interval", "retry_interval"}, "[dns]")
@@ -547,7 +619,7 @@ def from_dict(data: dict, source: str = "") -> Config:
     hooks_dir = str(pl.get("hooks_dir", "hooks"))
     if source and not os.path.isabs(hooks_dir):
         hooks_dir = os.path.join(os.path.dirname(os.path.abspath(source)), hooks_dir)
-    return Config(
+    cfg = Config(
         listen=listen, domains=tuple(x.lower() for x in domains), log_level=level,
         workers=_number(server, "workers", "[server]", 1, integer=True, minimum=1, exclusive=False),
         list_file=list_file, load_mode=load_mode, state_file=state_file, **flags, **seconds,
@@ -558,6 +630,8 @@ def from_dict(data: dict, source: str = "") -> Config:
         plugin_settings=plugin_settings,
         routes=routes, no_route_reply=nrr, source=source,
     )
+    check_default_socket(cfg)
+    return cfg
 
 
 def load(path: str | None) -> Config:
@@ -583,6 +657,7 @@ def with_overrides(cfg: Config, *, listen: list[str] | None = None, list_file: s
     changes: dict[str, Any] = {}
     if listen:
         changes["listen"] = tuple(parse_listen(x, "--listen") for x in listen)
+        _check_listens(changes["listen"], "--listen")
     if list_file:
         changes["list_file"] = list_file
     if workers is not None:
@@ -605,4 +680,10 @@ def with_overrides(cfg: Config, *, listen: list[str] | None = None, list_file: s
             for r in cfg.routes
         )
         changes["routes"] = routes
-    return replace(cfg, **changes)
+    cfg = replace(cfg, **changes)
+    if listen:
+        try:
+            check_default_socket(cfg)
+        except ConfigError as e:
+            raise ConfigError(f"--listen: {e}") from None
+    return cfg

@@ -99,6 +99,7 @@ from gdispatch.dispatcher.destination import (
 )
 from gdispatch.dispatcher.hashing import as_signed, kamailio_hash
 from gdispatch.dispatcher.listfile import ListError, format_line, parse_line
+from gdispatch.dispatcher.sockets import SocketTable
 
 
 class ControlApi(Protocol):
@@ -119,6 +120,12 @@ class ControlApi(Protocol):
     def call_load_routing(self) -> bool:
         """Whether a route dispatches by call load (algorithm 10). Kamailio's algorithm 10
         needs ``ds_hash_size``, and with it ``dispatcher.list`` shows ``RUNTIME {DLGLOAD}``."""
+        ...
+
+    @property
+    def sockets(self) -> SocketTable | None:
+        """The listen addresses a destination's socket attrs must name
+        (gdispatch.dispatcher.sockets); None: not checked."""
         ...
 
     def current_list(self) -> DispatcherList:
@@ -512,7 +519,7 @@ def dispatcher_add(api: ControlApi, group: int, address: str, flags: int = 0, pr
         raise RpcError(500, failed, "GROUP, FLAGS and PRIORITY are whole numbers >= 0")
     line = f"{group} {address} {flags} {priority}" + (f" {attrs}" if attrs else "")
     try:
-        dest = parse_line(line, "dispatcher.add")
+        dest = parse_line(line, "dispatcher.add", api.sockets)
     except ValueError as e:
         raise RpcError(500, failed, str(e)) from None
     assert dest is not None

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from gdispatch.sip.uri import SipUri
 
 if TYPE_CHECKING:  # probing.policy imports this module
+    from gdispatch.config import Listen
     from gdispatch.probing.policy import ProbeState
 
 # Kamailio's destination flag bits (dispatcher.list column 3, `dispatcher.set_state`).
@@ -134,6 +135,10 @@ class Destination:
     1..100, 0 = none), `rweight` (alg 11, 1..100, 0 = none), `maxload` (alg 10, 0 =
     unlimited), `socket`, `cc`.
 
+    The sockets it is sent from (gdispatch.dispatcher.sockets), set when the list is
+    read against the listen addresses: `send_socket` (its `sockname` or `socket` attr)
+    and `ping_socket` (`ping_socket`, else `send_socket`); None: the default applies.
+
     Runtime state: `flags` (the prober and RPC change it), `address` (set by the shell
     after name resolution; None = unusable, with `unusable` saying why), `load` (active
     calls, maintained by the proxy for alg 10), `latency_est_ms` (probing latency
@@ -160,8 +165,10 @@ class Destination:
         "maxload",
         "priority",
         "probe",
+        "ping_socket",
         "rweight",
         "seed",
+        "send_socket",
         "setid",
         "sip_uri",
         "socket",
@@ -213,6 +220,8 @@ class Destination:
         self.rweight = _int_attr(m.get("rweight"), 1, 100)
         self.maxload = _int_attr(m.get("maxload"), 0, None)
         self.socket = m.get("socket", "")
+        self.send_socket: Listen | None = None
+        self.ping_socket: Listen | None = None
         self.cc = _int_attr(m.get("cc"), 0, 1)
         if latency_est_ms is None and m.get("latency", "").isdigit():
             latency_est_ms = float(m["latency"])  # Kamailio seeds its estimate with it

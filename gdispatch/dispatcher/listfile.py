@@ -73,6 +73,12 @@ kamailio_order = true``, passed here as ``kamailio_order=True``): a list moved f
 Kamailio sends each call where Kamailio sent it. ``kamailio_order=False``, this
 function's own default, keeps equal priorities in file order.
 
+Sockets: given the proxy's listen addresses (`sockets`, a
+gdispatch.dispatcher.sockets.SocketTable), a line whose ``socket``, ``sockname`` or
+``ping_socket`` names none of them is a bad line, as Kamailio skips it ("unable to add
+destination"), and each destination gets the sockets it leaves from. Without them (a
+file checked offline) the attrs are only checked for their form.
+
 Parsing is pure: text in, a `DispatcherList` out. Name resolution is left to the caller.
 """
 
@@ -88,6 +94,7 @@ from gdispatch.dispatcher.destination import (
     parse_attrs,
     split_attrs,
 )
+from gdispatch.dispatcher.sockets import SocketTable
 from gdispatch.sip import ParseError, parse_uri
 
 __all__ = [
@@ -211,9 +218,10 @@ def _column(s: str, i: int, stops: str) -> int:
     return i
 
 
-def parse_line(text: str, where: str) -> Destination | None:
+def parse_line(text: str, where: str, sockets: SocketTable | None = None) -> Destination | None:
     """One line → a Destination, None for a comment or blank line. Raises ValueError
-    saying what is wrong (without the "file:line: " prefix)."""
+    saying what is wrong (without the "file:line: " prefix). With `sockets`, its socket
+    attrs must name listen addresses, and give it `send_socket` and `ping_socket`."""
     line = text
     i = _skip_blank(line, 0)
     if i == len(line) or line[i] == "#":
@@ -287,10 +295,13 @@ def parse_line(text: str, where: str) -> Destination | None:
         attr_map, problems = _check_attrs(attrs)
         if problems:
             raise ValueError("; ".join(problems))
-    return Destination(
+    dest = Destination(
         setid=setid, uri=uri, sip_uri=sip_uri, flags=flags, priority=priority,
         attrs=attrs, attr_map=attr_map, where=where, description=description,
     )
+    if sockets is not None:
+        dest.send_socket, dest.ping_socket = sockets.for_destination(dest)
+    return dest
 
 
 def format_line(dest: Destination) -> str:
@@ -328,13 +339,15 @@ def parse_list(
     *,
     mode: str = "strict",
     kamailio_order: bool = False,
+    sockets: SocketTable | None = None,
 ) -> DispatcherList:
     """Parse a whole file.
 
     `mode="strict"`: raise ListError listing every bad line. `mode="skip"`: leave the bad
     lines out and list them in the result's `problems`. `kamailio_order=True`: equal
     priorities in reverse file order, as Kamailio orders them (the proxy's default,
-    `Config.kamailio_order`); False: in file order.
+    `Config.kamailio_order`); False: in file order. `sockets`: the listen addresses the
+    socket attrs must name (`parse_line`).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -345,7 +358,7 @@ def parse_list(
     for n, raw in enumerate(text.splitlines(), 1):
         where = f"{filename}:{n}"
         try:
-            d = parse_line(raw, where)
+            d = parse_line(raw, where, sockets)
         except ValueError as e:
             problems.append(f"{where}: {e}")
             continue
@@ -379,7 +392,8 @@ def parse_list(
     return DispatcherList(sets, filename, problems, text)
 
 
-def load_list(path: str, *, mode: str = "strict", kamailio_order: bool = False) -> DispatcherList:
+def load_list(path: str, *, mode: str = "strict", kamailio_order: bool = False,
+              sockets: SocketTable | None = None) -> DispatcherList:
     """Read and parse a list file (see `parse_list`); an unreadable file is a ListError."""
     try:
         with open(path, encoding="utf-8-sig") as f:
@@ -388,4 +402,4 @@ def load_list(path: str, *, mode: str = "strict", kamailio_order: bool = False) 
         raise ListError([f"{path}: cannot read: {e.strerror or e}"]) from None
     except UnicodeDecodeError as e:
         raise ListError([f"{path}: not UTF-8 text: {e}"]) from None
-    return parse_list(text, path, mode=mode, kamailio_order=kamailio_order)
+    return parse_list(text, path, mode=mode, kamailio_order=kamailio_order, sockets=sockets)

@@ -64,10 +64,15 @@ class TcpConnection:
     was accepted, None when we opened it."""
 
     def __init__(self, owner: Transports, listener: TcpListener, addr: tuple[str, int],
-                 sock: socket.socket | None, source: str | None = None):
+                 sock: socket.socket | None, source: str | None = None, *, bind_ip: str | None = None):
+        """`bind_ip`: a connection we open leaves from this address of ours (bound
+        before the connect); None: the kernel chooses."""
         self.owner = owner
         self.listener = listener
         self.addr = addr
+        self.bind_ip = bind_ip
+        # Our end's address when it is known: the listener's for an accepted connection.
+        self.local_ip = listener.listen.host if sock is not None else bind_ip
         self.sock = sock
         self.source = source
         self.connected = sock is not None
@@ -98,6 +103,12 @@ class TcpConnection:
         s = socket.socket(address_family(host), socket.SOCK_STREAM)
         s.setblocking(False)
         hub = get_hub()
+        if self.bind_ip is not None:
+            try:
+                s.bind((self.bind_ip, 0))
+            except OSError:
+                s.close()
+                raise
         err = s.connect_ex((host, port))
         if err not in (0, errno.EINPROGRESS):
             s.close()
@@ -118,6 +129,11 @@ class TcpConnection:
         self.sock = s
         self.connected = True
         self.error_callbacks.clear()
+        if self.local_ip is None and not self.closed:
+            # The kernel chose our address: now it is known, a request that must leave
+            # from it may use this connection too.
+            self.local_ip = s.getsockname()[0]
+            self.owner.located(self)
 
     def _fail(self) -> None:
         callbacks, self.error_callbacks = self.error_callbacks, []

@@ -3,8 +3,10 @@ listener of the process, the table of TCP connections, and sending.
 
 The client side of the layer (§18.1) is `send`: a request or a forwarded response
 leaves from the listener of its transport and address family (which the proxy writes in
-its Via), over UDP at once, over TCP on the connection to that peer, opened when there
-is none (a full table makes room by closing the accepted connection idle longest). The
+its Via), or the one it is given (`listener_at`: a destination's socket), over UDP at
+once, over TCP on the connection to that peer (from that listener's address when it was
+given), opened when there is none (a full table makes room by closing the accepted
+connection idle longest). The
 server side (§18.2) is `on_message`, called with each message received and its `Source`,
 and `reply`, which sends a response back where its request came from (§18.2.2: on the
 request's connection while it is open, else on one to the sent-by address).
@@ -112,6 +114,11 @@ class Transports:
         self.stats: dict[str, int] = dict.fromkeys(TCP_COUNTERS, 0)
         self.listeners: list[UdpListener | TcpListener] = []
         self.connections: dict[tuple[str, int], TcpConnection] = {}
+        # The connections whose local address is known, by (peer, local IP): those
+        # accepted on a listener and those opened bound to one (`send(bind=True)`), for
+        # a request that must leave from a given socket (Kamailio's tcpconn_get with a
+        # local address).
+        self.bound: dict[tuple[tuple[str, int], str], TcpConnection] = {}
         self.tcp_limits = tcp_limits or TcpLimits()
         self.table = ConnectionTable(self.tcp_limits)
         for listen in listens:
@@ -199,22 +206,35 @@ class Transports:
 
     def remember(self, conn: TcpConnection) -> None:
         self.connections[conn.addr] = conn
+        if conn.local_ip is not None:
+            self.bound[(conn.addr, conn.local_ip)] = conn
         if conn.source is not None:
             self.table.accepted(conn, conn.source)
         else:
             self.table.opened(conn)
         self.stats["tcp_connections_open"] = self.table.open
 
+    def located(self, conn: TcpConnection) -> None:
+        """`conn`, opened without binding, has its local address now (`local_ip`)."""
+        key = (conn.addr, conn.local_ip or "")
+        known = self.bound.get(key)
+        if known is None or known.closed:
+            self.bound[key] = conn
+
     def forget(self, conn: TcpConnection) -> None:
         if self.connections.get(conn.addr) is conn:
             del self.connections[conn.addr]
+        key = (conn.addr, conn.local_ip or "")
+        if self.bound.get(key) is conn:
+            del self.bound[key]
         self.table.closed(conn)
         self.stats["tcp_connections_open"] = self.table.open
 
-    def _open(self, listener: TcpListener, addr: tuple[str, int]) -> TcpConnection:
-        """A new connection towards `addr`. When the table is full the accepted
-        connection idle longest makes room: callers filling the table must not cut the
-        proxy off from its destinations."""
+    def _open(self, listener: TcpListener, addr: tuple[str, int], bind: bool = False) -> TcpConnection:
+        """A new connection towards `addr`; from the listener's IP address when `bind`
+        (an ephemeral port: the listen port is taken). When the table is full the
+        accepted connection idle longest makes room: callers filling the table must not
+        cut the proxy off from its destinations."""
         if self.table.full():
             victim = self.table.idlest()
             if isinstance(victim, TcpConnection) and victim.greenlet is gevent.getcurrent():
@@ -227,7 +247,7 @@ class Transports:
             log.warning("closing tcp connection from %s:%s to open one to %s:%s: [tcp].max_connections reached",
                         victim.addr[0], victim.addr[1], addr[0], addr[1])
             victim.abort()
-        conn = TcpConnection(self, listener, addr, None)
+        conn = TcpConnection(self, listener, addr, None, bind_ip=listener.listen.host if bind else None)
         self.remember(conn)
         return conn
 
@@ -239,15 +259,34 @@ class Transports:
                 return lst.private or lst
         return None
 
+    def listener_at(self, socket: Listen, transport: str, host: str) -> UdpListener | TcpListener | None:
+        """The listener bound to `socket` (a destination's `socket` attr, the default
+        socket, the address our Route entry names) when it sends `transport` to `host`;
+        else the one at the same IP and port in `transport` (as Kamailio's
+        get_send_socket takes a forced socket of another proto); None when neither
+        listens there or the address family differs (the caller falls back to
+        `listener_for`). With several workers, the worker's own twin of it."""
+        if (":" in host) != socket.family_v6:
+            return None
+        for lst in self.listeners:
+            listen = lst.listen
+            if listen.transport == transport and listen.host == socket.host and listen.port == socket.port:
+                return lst.private or lst
+        return None
+
     def can_reach(self, transport: str, host: str) -> str:
         """'' when a message can be sent there, else why not, for the operator."""
         return reach_problem((lst.listen for lst in self.listeners), transport, host)
 
     def send(self, transport: str, addr: tuple[str, int], data: bytes,
              on_error: Callable[[], None] | None = None,
-             listener: UdpListener | TcpListener | None = None) -> UdpListener | TcpListener:
+             listener: UdpListener | TcpListener | None = None, bind: bool = False) -> UdpListener | TcpListener:
         """Send a message; returns the listener it leaves from (for Via). Errors known at
-        once raise TransportError; a TCP connect that fails later calls `on_error`."""
+        once raise TransportError; a TCP connect that fails later calls `on_error`.
+        `bind`: the listener was chosen for this message (a destination's socket, the
+        socket our Route entry names), so over TCP it goes on a connection from that
+        listener's address, opened bound to it if there is none (as Kamailio binds a
+        connection to a forced socket); else on any connection to `addr`."""
         if listener is None:
             listener = self.listener_for(transport, addr[0])
             if listener is None:
@@ -258,9 +297,9 @@ class Transports:
             except OSError as e:
                 raise TransportError(e.errno, f"udp send to {addr[0]}:{addr[1]}: {e.strerror}") from None
             return listener
-        conn = self.connections.get(addr)
+        conn = self.bound.get((addr, listener.listen.host)) if bind else self.connections.get(addr)
         if conn is None or conn.closed:
-            conn = self._open(cast(TcpListener, listener), addr)
+            conn = self._open(cast(TcpListener, listener), addr, bind)
         conn.send(data, on_error)
         return listener
 

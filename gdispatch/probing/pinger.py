@@ -211,7 +211,10 @@ class Prober:
                 finish(status, f"ping reply {status} {logsafe.text(resp.reason)}".rstrip())
 
         ct = None
-        ct = self.proxy.originate(transport, addr, method, build, on_final, socket_attr=dest.attr_map.get("socket"))
+        # Kamailio's order: ping_socket, sockname, socket (`dest.ping_socket` holds the
+        # first given), then the default socket.
+        ct = self.proxy.originate(transport, addr, method, build, on_final,
+                                  socket=dest.ping_socket or self.proxy.default_socket)
         if not done[0]:
             timer = self.proxy.scheduler.call_later(settings.timeout, finish, PING_TIMEOUT_STATUS, "ping timeout")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
+from gdispatch.config import Listen
 from gdispatch.dispatcher.destination import Destination
 from gdispatch.message_api import Attempt
 from gdispatch.net import Source, TransportError
@@ -105,31 +106,34 @@ class Branches:
             self.calls.attempt(request.call_id, dest)
             self.proxy.counts(dest)[0] += 1
         self.send(branch, source, walk.top_via, walk.popped, walk.record, new_ruri=new_ruri,
-                          add_headers=add_headers, remove=remove)
+                  add_headers=add_headers, remove=remove, socket=dest.send_socket or self.proxy.default_socket)
 
     def send(self, branch: Branch, source: Source, top_via: bytes | None, popped: int, record: bool,
-             new_ruri: bytes | None = None, add_headers=(), remove=()) -> None:
-        """Send the branch's copy of its request in a new client transaction."""
+             new_ruri: bytes | None = None, add_headers=(), remove=(), socket: Listen | None = None) -> None:
+        """Send the branch's copy of its request in a new client transaction, from
+        `socket` if given (see `sender`)."""
         msg = branch.ctx.request
         assert msg is not None
-        copy = self.copy(msg, branch.next_hop, source, top_via, popped, record, new_ruri, add_headers, remove)
+        copy = self.copy(msg, branch.next_hop, source, top_via, popped, record, new_ruri, add_headers, remove,
+                         socket)
         if copy is None:
             self.no_listener(branch)
         else:
             self.start_client_txn(branch, *copy)
 
     def send_first(self, msg: SipMessage, next_hop, source: Source, top_via: bytes | None, popped: int,
-                   new_ruri: bytes | None, add_headers, remove) -> tuple[Any, str, bytes, bool] | None:
+                   new_ruri: bytes | None, add_headers, remove,
+                   socket: Listen | None) -> tuple[Any, bool, str, bytes, bool] | None:
         """The copy of a request inside a dialog, sent over UDP before its transactions
         exist: at low load every step before the sendto adds its cold-cache cost to the
         latency (bench/PROFILE.md). Nothing between this and `start_client_txn` yields,
         so no response can come before the transactions exist; a send that fails is
         left to the client transaction, which tries once more. None when no listener
         can send it (`no_listener`)."""
-        copy = self.copy(msg, next_hop, source, top_via, popped, False, new_ruri, add_headers, remove)
+        copy = self.copy(msg, next_hop, source, top_via, popped, False, new_ruri, add_headers, remove, socket)
         if copy is None:
             return None
-        listener, branch_id, data = copy
+        listener, bound, branch_id, data = copy
         transport, addr = next_hop
         sent = False
         if transport == "udp":
@@ -138,7 +142,7 @@ class Branches:
                 sent = True
             except OSError:
                 pass
-        return listener, branch_id, data, sent
+        return listener, bound, branch_id, data, sent
 
     def no_listener(self, branch: Branch) -> None:
         transport, addr = branch.next_hop
@@ -146,12 +150,26 @@ class Branches:
                     self.transports.can_reach(transport, addr[0]))
         self.proxy.forker.attempt_over(branch, 503, None, "has no listen address to be sent from")
 
+    def sender(self, transport: str, host: str, socket: Listen | None) -> tuple[Any, bool]:
+        """The listener a request to `host` over `transport` leaves from, and whether it
+        was chosen (`Transports.send`'s `bind`): the one at `socket` (a destination's
+        `socket` or `sockname`, the default socket, the address our Route entry names),
+        else the first of the transport and address family (None when there is none)."""
+        if socket is not None:
+            listener = self.transports.listener_at(socket, transport, host)
+            if listener is not None:
+                return listener, True
+        return self.transports.listener_for(transport, host), False
+
     def copy(self, msg: SipMessage, next_hop, source: Source, top_via: bytes | None, popped: int, record: bool,
-             new_ruri: bytes | None = None, add_headers=(), remove=()) -> tuple[Any, str, bytes] | None:
+             new_ruri: bytes | None = None, add_headers=(), remove=(),
+             socket: Listen | None = None) -> tuple[Any, bool, str, bytes] | None:
         """What an attempt sends to `next_hop` (RFC 3261 §16.6): the listener it leaves
-        from, its branch id and the request's bytes; None when no listener can send it."""
+        from (`sender`) and whether it was chosen, its branch id and the request's bytes;
+        None when no listener can send it. Our Via and Record-Route name that listener
+        (§16.6 steps 4 and 8)."""
         transport, addr = next_hop
-        listener = self.transports.listener_for(transport, addr[0])
+        listener, bound = self.sender(transport, addr[0], socket)
         if listener is None:
             return None
         identity = self.identity
@@ -164,23 +182,26 @@ class Branches:
             rr = (identity.rr_prefix(listener) + signature,)
             if listener.public is not source.listener.public:
                 # Double record-routing: each side of the dialog needs the address it can
-                # reach us on (the two listeners differ in transport or address).
+                # reach us on (the two listeners differ in transport, address family or
+                # address: a destination's socket), as Kamailio's enable_double_rr.
                 rr += (identity.rr_prefix(source.listener) + signature,)
         mf = msg.max_forwards
         data = forward_request(msg, via=identity.via_for(listener, branch_id), ruri=new_ruri,
                                max_forwards=69 if mf is None else mf - 1, record_route=rr,
                                pop_routes=popped, top_via=top_via, add_headers=add_headers,
                                remove_headers=remove)
-        return listener, branch_id, data
+        return listener, bound, branch_id, data
 
-    def start_client_txn(self, branch: Branch, listener, branch_id: str, data: bytes, sent: bool = False) -> None:
-        """Send `data`, the branch's request, from `listener` in a new client transaction
-        (RFC 3261 §16.6 step 10), with the branch's final-response timer (§16.8); if
-        `sent`, it has left already (`send_first`)."""
+    def start_client_txn(self, branch: Branch, listener, bound: bool, branch_id: str, data: bytes,
+                         sent: bool = False) -> None:
+        """Send `data`, the branch's request, from `listener` (`bound`: chosen for it, see
+        `sender`) in a new client transaction (RFC 3261 §16.6 step 10), with the branch's
+        final-response timer (§16.8); if `sent`, it has left already (`send_first`)."""
         method = branch.ctx.st.method
         transport, addr = branch.next_hop
         branch.request = data
         branch.listener = listener
+        branch.bound = bound
         key = (branch_id, method)
         branch.key = key
         ct = ClientTransaction(
@@ -239,11 +260,14 @@ class Branches:
         data = build_cancel(parse_message(branch.request))
         transport, addr = branch.next_hop
         transports = self.transports
+        listener, bound = branch.listener, branch.bound
         assert branch.key is not None
         key = (branch.key[0], "CANCEL")
 
         def send(out: bytes) -> None:
-            transports.send(transport, addr, out)
+            # From the INVITE's socket: the CANCEL carries its Via (RFC 3261 §9.1) and
+            # must reach the same transaction at the next hop.
+            transports.send(transport, addr, out, listener=listener, bind=bound)
 
         ct = ClientTransaction(key, "CANCEL", data, reliable=transport != "udp", send=send,
                                scheduler=self.scheduler, timers=self.timers,
@@ -257,19 +281,15 @@ class Branches:
 
     def originate(self, transport: str, addr: tuple[str, int], method: str, build: Callable[[bytes], bytes],
                   on_final: Callable[[int, SipMessage | None], None],
-                  socket_attr: str | None = None) -> ClientTransaction | None:
-        """Send a request of our own (a keepalive ping) as a client transaction.
+                  socket: Listen | None = None) -> ClientTransaction | None:
+        """Send a request of our own (a keepalive ping) as a client transaction, from
+        `socket` if given (see `sender`).
 
         `build(via)` returns the request given our Via value; `on_final(status, response)`
         is called once with the final response, or (408, None) on timeout, or (503, None)
         when it cannot be sent.
         """
-        listener = None
-        if socket_attr:
-            listener = next((lst.private or lst for lst in self.transports.listeners
-                             if str(lst.listen) == socket_attr), None)
-        if listener is None:
-            listener = self.transports.listener_for(transport, addr[0]) if addr else None
+        listener, bound = self.sender(transport, addr[0], socket) if addr else (None, False)
         if listener is None:
             on_final(503, None)
             return None
@@ -287,7 +307,7 @@ class Branches:
                 ct.on_transport_error()
 
         def send(out: bytes) -> None:
-            transports.send(transport, addr, out, on_error=on_error, listener=listener)
+            transports.send(transport, addr, out, on_error=on_error, listener=listener, bind=bound)
 
         def on_response(_ct: ClientTransaction, status: int, resp: SipMessage) -> None:
             if status >= 200:

@@ -27,10 +27,11 @@ from typing import Callable
 from gdispatch import logsafe
 from gdispatch.builtin import Builtin
 from gdispatch.calls import CallLoad
-from gdispatch.config import Config
+from gdispatch.config import Config, Listen
 from gdispatch.dispatcher.algorithms import SelectOptions, compile_template, select
 from gdispatch.dispatcher.destination import Destination, DispatcherList
 from gdispatch.dispatcher.reload import identity as destination_identity
+from gdispatch.dispatcher.sockets import SocketTable
 from gdispatch.dns import NextHopResolver, Resolver
 from gdispatch.net import Source, Transports
 from gdispatch.overload import LoadGuard
@@ -124,6 +125,10 @@ class Proxy:
             "stray_responses", "overload_rejected", "in_dialog_refused",
         ), 0)
         self.identity = Identity(config.domains, transports.listeners)
+        # The socket of the destinations without one of their own (Kamailio's
+        # ds_default_socket; checked when the configuration loaded).
+        self.default_socket: Listen | None = SocketTable(config.listen).default(config.default_socket,
+                                                                                config.default_sockname)
         self.stateless = Stateless(self.identity, transports, self.stats)
         self.forker = Forker(self)
         self._options_headers = (
@@ -415,7 +420,7 @@ class Proxy:
             self._refuse_in_dialog(msg, source, why, top_via)
             return None
         copy = self.branches.send_first(msg, hop, source, top_via, decision.popped, decision.new_ruri,
-                                        decision.add_headers, decision.remove)
+                                        decision.add_headers, decision.remove, decision.socket)
         st = self._new_server_txn(msg, via, source, key)
         if msg.method == "BYE":
             self.calls.ended(msg.call_id)
@@ -447,7 +452,7 @@ class Proxy:
         except ParseError:
             self.stats["bad_messages_dropped"] += 1
             return
-        popped, signed, target = routing.ack_target(msg, ruri, self.identity)
+        popped, signed, target, socket = routing.ack_target(msg, ruri, self.identity)
         if popped == 0:
             # Not for a dialog we record-routed: the ACK of a final whose transaction is
             # gone, or a stray.
@@ -466,7 +471,7 @@ class Proxy:
         if why:
             self._refuse_in_dialog(msg, source, why, None)
             return
-        self.stateless.forward_ack(msg, via, source, hop, popped)
+        self.stateless.forward_ack(msg, via, source, hop, popped, socket)
 
     def _on_cancel(self, msg: SipMessage, via: Via, source: Source) -> None:
         key = _server_key(msg, via, "CANCEL")
@@ -493,9 +498,9 @@ class Proxy:
 
     def originate(self, transport: str, addr: tuple[str, int], method: str, build: Callable[[bytes], bytes],
                   on_final: Callable[[int, SipMessage | None], None],
-                  socket_attr: str | None = None) -> ClientTransaction | None:
+                  socket: Listen | None = None) -> ClientTransaction | None:
         """Send a request of our own (a keepalive ping): see `Branches.originate`."""
-        return self.branches.originate(transport, addr, method, build, on_final, socket_attr)
+        return self.branches.originate(transport, addr, method, build, on_final, socket)
 
     def unreachable(self, addr: tuple[str, int]) -> None:
         """An ICMP error named `addr`: see `Branches.unreachable`."""

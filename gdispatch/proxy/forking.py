@@ -59,6 +59,7 @@ class Branch:
     __slots__ = (
         "cancel_state",
         "ct",
+        "bound",
         "ctx",
         "dest",
         "final",
@@ -83,11 +84,12 @@ class Branch:
         self.cancel_state = ""
         self.key: tuple[str, str] | None = None
         self.listener = None  # the socket the request leaves from
+        self.bound = False  # `listener` was chosen for it (Branches.sender)
 
     def send(self, data: bytes) -> None:
         transport, addr = self.next_hop
         self.ctx.proxy.transports.send(transport, addr, data, on_error=self._transport_failed,
-                                       listener=self.listener)
+                                       listener=self.listener, bind=self.bound)
 
     def _transport_failed(self) -> None:
         ct = self.ct

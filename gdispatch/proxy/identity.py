@@ -16,6 +16,7 @@ import os
 import re
 import zlib
 
+from gdispatch.config import Listen
 from gdispatch.net import Source
 from gdispatch.recordroute import PARAM as SIGNATURE_PARAM
 from gdispatch.sip import ParseError, SipMessage, SipUri, Via, format_hostport, parse_name_addr
@@ -49,8 +50,10 @@ class Identity:
         self._via_prefixes: dict = {}  # listener -> b"SIP/2.0/UDP host:port;branch="
         self._rr_prefixes: dict = {}  # listener -> b"<sip:host:port;lr;gds=" (then the signature and ">")
         # How our Record-Route entries begin when they come back as Route values, for
-        # `route_entry` to recognise them without parsing.
-        self.own_routes = frozenset(self.rr_prefix(lst) for lst in listeners)
+        # `route_entry` to recognise them without parsing, and the listen address each
+        # names (`socket_of`).
+        self.listens = [lst.listen for lst in listeners]
+        self.own_routes: dict[bytes, Listen] = {self.rr_prefix(lst): lst.listen for lst in listeners}
         self._salt = "%x" % (os.getpid() & 0xFFFF)
         self._branch_ids = itertools.count(1)
         self._tag_ids = itertools.count(1)
@@ -122,6 +125,29 @@ class Identity:
             return False, None
         signature = uri.params.get(SIGNATURE_PARAM)
         return True, signature.encode() if signature else None
+
+    def socket_of(self, value: bytes) -> Listen | None:
+        """The listen address our Route value `value` names: the socket a request inside
+        the dialog leaves from when it is the last of ours it carries (with double
+        record-routing, the one facing the next hop: RFC 3261 §16.6 step 4, as Kamailio's
+        rr module forces the socket of the second of its two entries)."""
+        listen = self.own_routes.get(value[:value.rfind(b"=") + 1])
+        if listen is not None:
+            return listen
+        try:
+            uri = parse_name_addr(value).uri
+        except ParseError:
+            return None
+        return self.socket_named(uri)
+
+    def socket_named(self, uri: SipUri) -> Listen | None:
+        """The listen address `uri` (ours) names by host, port and transport, if any."""
+        port = uri.port or (5061 if uri.scheme == "sips" else 5060)
+        transport = uri.transport
+        for listen in self.listens:
+            if (listen.host, listen.port, listen.transport) == (uri.host, port, transport):
+                return listen
+        return None
 
     def own_entries(self, routes: list[bytes]) -> tuple[int, bytes | None]:
         """How many of the Route values `routes` at the top are ours (RFC 3261 §16.4), and

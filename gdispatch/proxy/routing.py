@@ -21,7 +21,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import NamedTuple, Union
 
-from gdispatch.config import Route
+from gdispatch.config import Listen, Route
 from gdispatch.dispatcher.destination import DispatcherList
 from gdispatch.message_api import RequestView, RouteChoice
 from gdispatch.net import Source
@@ -53,7 +53,8 @@ class InDialog(NamedTuple):
     """A request inside a dialog we record-routed: loose-route it to `target` (RFC 3261
     §16.4, §16.6 step 6) without the first `popped` Route values, or with the edits a
     strict router needs (`new_ruri`, `remove`, `add_headers`). `token`: the signature
-    of our Route entry."""
+    of our Route entry. `socket`: the listen address the last of our entries names,
+    which the request leaves from (`Identity.socket_of`)."""
 
     target: SipUri
     token: bytes
@@ -61,6 +62,7 @@ class InDialog(NamedTuple):
     new_ruri: bytes | None = None
     add_headers: tuple[bytes, ...] = ()
     remove: tuple[str, ...] = ()
+    socket: Listen | None = None
 
 
 class Dispatch(NamedTuple):
@@ -93,7 +95,7 @@ def route_request(msg: SipMessage, ruri: SipUri, source: Source, identity: Ident
     strict = bool(routes) and "lr" in ruri.params and identity.is_local_uri(ruri)
     popped, token = (0, None) if strict else identity.own_entries(routes)
     if msg.to_tag is not None:
-        return _in_dialog(msg, ruri, routes, popped, token, strict, is_ours)
+        return _in_dialog(msg, ruri, routes, popped, token, strict, is_ours, identity)
     if popped < len(routes) or strict:
         return FORBIDDEN
     local = identity.is_local_uri(ruri)
@@ -112,12 +114,13 @@ def route_request(msg: SipMessage, ruri: SipUri, source: Source, identity: Ident
 
 
 def _in_dialog(msg: SipMessage, ruri: SipUri, routes: list[bytes], popped: int, token: bytes | None,
-               strict: bool, is_ours) -> Refuse | RefuseInDialog | InDialog:
+               strict: bool, is_ours, identity: Identity) -> Refuse | RefuseInDialog | InDialog:
     """Loose routing of a request inside a dialog (RFC 3261 §16.4, §16.6 step 6), for the
     dialogs this proxy record-routed only."""
     new_ruri = None
     add_headers: list[bytes] = []
     remove: tuple[str, ...] = ()
+    socket = identity.socket_named(ruri) if strict else identity.socket_of(routes[popped - 1]) if popped else None
     try:
         if strict:
             # Our URI is the Request-URI: the last Route is the real target (§16.4).
@@ -150,7 +153,7 @@ def _in_dialog(msg: SipMessage, ruri: SipUri, routes: list[bytes], popped: int, 
         # the proxy query DNS for names an attacker chose. (An IP address is checked with
         # the whole signature, gdispatch.recordroute.check.)
         return RefuseInDialog("no signature of ours in the Route entry")
-    return InDialog(target, token, popped, new_ruri, tuple(add_headers), remove)
+    return InDialog(target, token, popped, new_ruri, tuple(add_headers), remove, socket)
 
 
 _IP_HOSTS: dict[str, bool] = {}  # host -> is_ip(host), bounded: hosts repeat call after call
@@ -171,18 +174,20 @@ def is_ip(host: str) -> bool:
     return known
 
 
-def ack_target(msg: SipMessage, ruri: SipUri, identity: Identity) -> tuple[int, bytes | None, SipUri | None]:
+def ack_target(msg: SipMessage, ruri: SipUri, identity: Identity
+               ) -> tuple[int, bytes | None, SipUri | None, Listen | None]:
     """For the ACK of a 2xx, routed statelessly (RFC 3261 §16.11): how many Route values at
-    the top are ours, the signature among them, and where it goes next (None when a
-    Route value there does not parse)."""
+    the top are ours, the signature among them, where it goes next (None when a Route
+    value there does not parse), and the listen address it leaves from (as `InDialog`)."""
     routes = msg.values("route")
     popped, token = identity.own_entries(routes)
+    socket = identity.socket_of(routes[popped - 1]) if popped else None
     if popped == 0 or popped == len(routes):
-        return popped, token, ruri
+        return popped, token, ruri, socket
     try:
-        return popped, token, parse_name_addr(routes[popped]).uri
+        return popped, token, parse_name_addr(routes[popped]).uri, socket
     except ParseError:
-        return popped, token, None
+        return popped, token, None, socket
 
 
 class RouteMatcher:

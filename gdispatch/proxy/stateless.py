@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import zlib
 
+from gdispatch.config import Listen
 from gdispatch.net import Source, TransportError, Transports
 from gdispatch.sip import ParseError, SipMessage, Via, build_response, forward_request, strip_top_via
 
@@ -43,10 +44,16 @@ class Stateless:
             return
         self.transports.reply(source, reply_addr(source, via), data)
 
-    def forward_ack(self, msg: SipMessage, via: Via, source: Source, hop, popped: int) -> None:
-        """Send the ACK of a 2xx on to `hop` without its first `popped` Route values."""
+    def forward_ack(self, msg: SipMessage, via: Via, source: Source, hop, popped: int,
+                    socket: Listen | None = None) -> None:
+        """Send the ACK of a 2xx on to `hop` without its first `popped` Route values, from
+        `socket` (the address our last Route entry names) when it can send there."""
         transport, addr = hop
-        listener = self.transports.listener_for(transport, addr[0])
+        transports = self.transports
+        listener = transports.listener_at(socket, transport, addr[0]) if socket is not None else None
+        bound = listener is not None
+        if listener is None:
+            listener = transports.listener_for(transport, addr[0])
         if listener is None:
             return
         # A stateless branch must be the same for retransmissions of the same ACK (§16.11).
@@ -55,7 +62,7 @@ class Stateless:
         data = forward_request(msg, via=self.identity.via_for(listener, branch), pop_routes=popped,
                                max_forwards=69 if mf is None else mf - 1, top_via=with_received(via, source))
         try:
-            self.transports.send(transport, addr, data, listener=listener)
+            transports.send(transport, addr, data, listener=listener, bind=bound)
         except TransportError as e:
             log.warning("cannot forward ACK to %s:%s: %s", addr[0], addr[1], e)
 

@@ -40,6 +40,7 @@ token = sys.argv[3] if len(sys.argv) > 3 else None
 class App:
     version = "0.0.1-test"
     call_load_routing = False
+    sockets = None  # no listen addresses: socket attrs are checked for their form only
 
     def __init__(self):
         self.dlist = load_list(list_file)

@@ -62,9 +62,10 @@ def test_destinations_it_cannot_send_to_show_ix_and_why_and_are_named_by_reload_
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "Ok. Dispatcher successfully reloaded."
-    assert sorted(lines[1:]) == sorted([f"not usable: set 1 sip:gw.test:{gw.port}: cannot resolve gw.test: no such name (NXDOMAIN)",
-                         f"not usable: set 1 {shown['tcp']['URI']}: {shown['tcp']['REASON']}",
-                         f"not usable: set 1 {shown['tls']['URI']}: {shown['tls']['REASON']}"])
+    assert sorted(lines[1:]) == sorted([
+        f"not usable: set 1 sip:gw.test:{gw.port}: cannot resolve gw.test: no such name (NXDOMAIN)",
+        f"not usable: set 1 {shown['tcp']['URI']}: {shown['tcp']['REASON']}",
+        f"not usable: set 1 {shown['tls']['URI']}: {shown['tls']['REASON']}"])
 
     check = gd("list", "check", "--config", str(p.config_path))
     assert check.returncode == 1, check

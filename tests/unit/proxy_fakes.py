@@ -12,7 +12,8 @@ import gevent
 
 from gdispatch.config import Config, Listen
 from gdispatch.dispatcher.listfile import parse_list
-from gdispatch.net import Source
+from gdispatch.dispatcher.sockets import SocketTable
+from gdispatch.net import Source, Transports
 from gdispatch.proxy import Proxy
 from gdispatch.recordroute import Keyring, packed_address
 from gdispatch.sip import build_response, parse_message
@@ -43,11 +44,16 @@ class FakeListener:
 
 
 class FakeTransports:
-    """What the proxy sends, as (to_addr, bytes); nothing leaves the process."""
+    """What the proxy sends, as (to_addr, bytes); nothing leaves the process. `sockets`
+    has (the listen address it left from, to_addr, bytes) for each."""
+
+    # The real choice of a socket: the proxy's decision is what the tests are about.
+    listener_at = Transports.listener_at
 
     def __init__(self, listens):
         self.listeners = [FakeListener(lst) for lst in listens]
         self.sent: list[tuple[tuple[str, int], bytes]] = []
+        self.sockets: list[tuple[Listen, tuple[str, int], bytes]] = []
         self.on_unreachable = None
 
     def listener_for(self, transport, host):
@@ -56,12 +62,15 @@ class FakeTransports:
     def can_reach(self, transport, host):
         return ""
 
-    def send(self, transport, addr, data, on_error=None, listener=None):
+    def send(self, transport, addr, data, on_error=None, listener=None, bind=False):
+        listener = listener or self.listener_for(transport, addr[0])
         self.sent.append((addr, data))
+        self.sockets.append((listener.listen, addr, data))
         return listener
 
     def reply(self, source, addr, data):
         self.sent.append((addr, data))
+        self.sockets.append((source.listener.listen, addr, data))
 
     def backlog(self):
         return 0.0
@@ -80,15 +89,18 @@ class FakeProxy:
         self.scheduler = Scheduler(self.clock)
         self.config = config or Config(listen=(Listen("udp", *PROXY),))
         self.transports = FakeTransports(self.config.listen)
-        dlist = parse_list(list_text)
+        dlist = parse_list(list_text, sockets=SocketTable(self.config.listen))
         for d in dlist.destinations():
             d.address = (d.sip_uri.host, d.sip_uri.port or 5060)
         self.proxy = Proxy(self.config, self.transports, self.scheduler, dlist, keyring=KEYS)
         self.listener = self.transports.listeners[0]
 
-    def receive(self, data: bytes, src: tuple[str, int]) -> list[tuple[tuple[str, int], bytes]]:
-        """Hand a datagram to the proxy, let its greenlets run, return what it sent."""
-        self.proxy.on_message(data, Source("udp", src, self.listener))
+    def receive(self, data: bytes, src: tuple[str, int], at: int = 0) -> list[tuple[tuple[str, int], bytes]]:
+        """Hand a datagram to the proxy on its listener number `at`, let its greenlets
+        run, return what it sent (`transports.sockets`: with the listen address each
+        left from)."""
+        self.transports.sockets = []
+        self.proxy.on_message(data, Source("udp", src, self.transports.listeners[at]))
         for _ in range(3):
             gevent.sleep(0)
         return self.transports.take()

@@ -1,10 +1,13 @@
 """gdispatch.toml: defaults, validation messages that name the key, CLI overrides."""
 
+import re
+
 import pytest
 
 from gdispatch.config import (
     Config,
     ConfigError,
+    Listen,
     from_dict,
     load,
     parse_codes,
@@ -178,3 +181,46 @@ def test_routes_to_a_set_the_list_does_not_have_are_named():
         "or --set N)"]
     assert missing_sets(Config().routes, parse_list("# nothing yet\n", "empty.list")) == []  # as Kamailio loads it
     assert missing_sets(with_overrides(Config(), set_id=2).routes, dlist) == []
+
+
+def test_a_listen_address_gets_a_name_the_kamailio_way_or_as_a_table():
+    c = from_dict({"server": {"listen": ["udp:127.0.0.1:5060", 'udp:127.0.0.2:5060 name "carrier"',
+                                         {"address": "tcp:[::1]:5060", "name": "six"}]}})
+    assert [(str(x), x.name) for x in c.listen] == [("udp:127.0.0.1:5060", ""), ("udp:127.0.0.2:5060", "carrier"),
+                                                    ("tcp:[::1]:5060", "six")]
+    assert parse_listen('udp:127.0.0.2:5060  name  "b-2.x"').name == "b-2.x"
+    c2 = with_overrides(Config(), listen=['udp:127.0.0.3:5070 name "cli"'])
+    assert c2.listen == (Listen("udp", "127.0.0.3", 5070, "cli"),)
+
+
+@pytest.mark.parametrize("listen,words", [
+    (['udp:127.0.0.1:5060 name "a b"'], "a socket name is one word"),
+    (['udp:127.0.0.1:5060 name ""'], "a socket name is one word"),
+    ([{"address": "udp:127.0.0.1:5060", "nom": "x"}], "unknown key 'nom'"),
+    ([{"name": "x"}], "expected { address"),
+    ([5060], "expected \"PROTO:IP:PORT\""),
+    (["udp:127.0.0.1:5060", "udp:127.0.0.1:5060"], "udp:127.0.0.1:5060 is given twice"),
+    (['udp:127.0.0.1:5060 name "a"', 'tcp:127.0.0.1:5060 name "a"'], "the name 'a' is given to two addresses"),
+])
+def test_bad_listen_names(listen, words):
+    with pytest.raises(ConfigError, match=r"\[server\].listen: .*" + re.escape(words)):
+        from_dict({"server": {"listen": listen}})
+
+
+def test_the_default_socket_must_be_a_listen_address():
+    listen = ["udp:127.0.0.1:5060", 'udp:127.0.0.2:5060 name "carrier"']
+    c = from_dict({"server": {"listen": listen},
+                   "dispatcher": {"default_socket": "udp:127.0.0.2:5060", "default_sockname": "carrier"}})
+    assert (c.default_socket, c.default_sockname) == ("udp:127.0.0.2:5060", "carrier")
+    for disp, words in (
+        ({"default_socket": "udp:10.0.0.1:5060"},
+         "[dispatcher].default_socket: 'udp:10.0.0.1:5060': not a listen address of this proxy (listening on: "
+         'udp:127.0.0.1:5060, udp:127.0.0.2:5060 name "carrier")'),
+        ({"default_sockname": "other"}, "[dispatcher].default_sockname: 'other': no listen address has this name"),
+        ({"default_socket": 5060}, "[dispatcher].default_socket: expected a string"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            from_dict({"server": {"listen": listen}, "dispatcher": disp})
+    # A --listen that drops the default socket's address is refused too.
+    with pytest.raises(ConfigError, match=re.escape("--listen: [dispatcher].default_sockname: 'carrier'")):
+        with_overrides(c, listen=["udp:127.0.0.1:5060"])

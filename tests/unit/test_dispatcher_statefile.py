@@ -258,7 +258,8 @@ def test_the_report_names_each_state_restored_or_forgotten():
                         (1, "sip:10.0.0.2", "b"): Record(1, 0)})
     dl = parse_list("1 sip:10.0.0.1 0 0 duid=a\n", "t")
     assert s.restore(dl.destinations(), lambda _: True, prune=True).report("/s") == [
-        f"destination sip:10.0.0.1 (set 1, duid a) is DX as the operator set it (rpc dispatcher.set_state dx at {WHEN}; /s)",
+        f"destination sip:10.0.0.1 (set 1, duid a) is DX as the operator set it (rpc dispatcher.set_state dx "
+        f"at {WHEN}; /s)",
         "the state IX the operator set on sip:10.0.0.2 (set 1, duid b) is forgotten: no longer in the list file",
     ]
 

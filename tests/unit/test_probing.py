@@ -194,8 +194,9 @@ class PingingProxy:
         self.scheduler = Scheduler(clock)
         self.pings = []  # (time, on_final)
         self.clock = clock
+        self.default_socket = None
 
-    def originate(self, transport, addr, method, build, on_final, socket_attr=None):
+    def originate(self, transport, addr, method, build, on_final, socket=None):
         self.pings.append((self.clock(), on_final))
         return None
 

@@ -59,7 +59,7 @@ def fp(request):
     fp = FakeProxy()
     if request.param == "entry parsed":
         # As for a Route entry a UA rewrote: nothing is recognised by its bytes.
-        fp.proxy.identity.own_routes = frozenset()
+        fp.proxy.identity.own_routes = {}
     return fp
 
 

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from gdispatch.config import Listen
 from gdispatch.control.client import convert_arg, format_fault, format_tree
 from gdispatch.control.jsonrpc import METHOD_NOT_FOUND, RpcError
 from gdispatch.control.methods import METHODS, call, kamailio_set_order, parse_state
 from gdispatch.dispatcher.destination import FLAG_DISABLED, FLAG_INACTIVE, FLAG_NOPING, FLAG_PROBING, FLAG_TRYING
 from gdispatch.dispatcher.listfile import ListError, load_list, parse_list
+from gdispatch.dispatcher.sockets import SocketTable
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -54,6 +56,7 @@ class FakeApi:
 
     version = "9.8.7"
     call_load_routing = False
+    sockets = None  # the socket attrs are not checked, unless a test sets a SocketTable
 
     def __init__(self, text: str = EXAMPLE, list_file: str = "test.list"):
         self.list_file = list_file
@@ -509,6 +512,19 @@ def test_add_refuses_what_the_list_file_would_refuse(api, params, detail):
     assert err.message in ("Adding dispatcher dst failed", "Invalid Parameters")
     assert detail in err.data
     assert (api.replaced, api.reloads) == ([], [])
+
+
+@pytest.mark.parametrize("persist", [0, 1])
+def test_add_refuses_a_socket_that_is_not_a_listen_address(api, persist):
+    """As a reload of the file would refuse the line: nothing changes, the file neither."""
+    api.sockets = SocketTable((Listen("udp", "127.0.0.1", 5060), Listen("udp", "127.0.0.2", 5060, "carrier")))
+    err = fault(api, "dispatcher.add", 1, "sip:127.0.0.1:7076", 0, 0, "socket=udp:192.0.2.9:5060", "", persist)
+    assert err.message == "Adding dispatcher dst failed"
+    assert "bad attr socket=udp:192.0.2.9:5060: not a listen address of this proxy" in err.data
+    assert (api.replaced, api.reloads) == ([], [])
+    assert open(api.list_file).read() == EXAMPLE
+    call(api, "dispatcher.add", [1, "sip:127.0.0.1:7076", 0, 0, "sockname=carrier", "", persist])
+    assert ("sip:127.0.0.1:7076", 0, 0, "sockname=carrier", "") in rows(api, 1)
 
 
 def test_add_of_the_same_uri_with_another_duid_is_fine(api):

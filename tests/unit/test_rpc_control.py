@@ -30,6 +30,7 @@ TOKEN = "s3cret-token-0123456789"
 
 class Api:
     version = "1.2.3"
+    sockets = None  # socket attrs checked for their form only
 
     def __init__(self):
         self.dlist = parse_list("1 sip:127.0.0.1:5071 0 0 duid=a\n1 sip:127.0.0.1:5072\n", "t.list")

@@ -117,3 +117,65 @@ def test_an_accept_without_descriptors_backs_off_and_is_logged_once_until_it_wor
     assert len(lines) == 2, lines
     assert lines[0].startswith("tcp accept failed: [Errno 24]")
     assert lines[1].startswith("tcp accept works again (")
+
+
+def test_a_chosen_socket_opens_its_connection_from_its_address_and_reuses_only_that_one():
+    """Two TCP listen addresses: a message for the socket at 127.0.0.2 goes on a
+    connection from 127.0.0.2 (bound before the connect, as Kamailio binds to a forced
+    socket); one for 127.0.0.1 does not reuse it; without a chosen socket, any
+    connection to the peer will do."""
+    t = Transports((Listen("tcp", "127.0.0.1", 0), Listen("tcp", "127.0.0.2", 0)))
+    t.start(lambda data, source: None)
+    server = gsocket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    server.settimeout(5)
+    try:
+        first, second = t.listeners
+        t.send("tcp", server.getsockname(), OPTIONS, listener=second, bind=True)
+        peer, addr = server.accept()
+        assert addr[0] == "127.0.0.2"
+        t.send("tcp", server.getsockname(), OPTIONS, listener=second, bind=True)
+        t.send("tcp", server.getsockname(), OPTIONS, listener=first, bind=True)
+        other, addr = server.accept()
+        assert addr[0] == "127.0.0.1"
+        t.send("tcp", server.getsockname(), OPTIONS, listener=first)  # any connection to the peer
+        for conn in (peer, other):
+            conn.settimeout(5)
+            got = b""
+            while len(got) < 2 * len(OPTIONS):
+                got += conn.recv(4096)
+            assert got == 2 * OPTIONS
+            conn.close()
+        assert t.table.open == 2
+    finally:
+        server.close()
+        t.close()
+
+
+def test_a_connection_the_kernel_gave_an_address_serves_the_socket_at_that_address():
+    """The INVITE of a destination without a socket opened a connection from the
+    kernel's choice of address; the requests inside its dialog, which leave from the
+    socket our Route entry names, reuse it when that is the same address."""
+    t = Transports((Listen("tcp", "127.0.0.1", 0), Listen("tcp", "127.0.0.2", 0)))
+    t.start(lambda data, source: None)
+    server = gsocket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    server.settimeout(5)
+    try:
+        first, second = t.listeners
+        t.send("tcp", server.getsockname(), OPTIONS, listener=first)
+        peer, addr = server.accept()
+        assert addr[0] == "127.0.0.1"
+        wait_for(lambda: t.bound.get((server.getsockname(), "127.0.0.1")), 5, 0.01)
+        t.send("tcp", server.getsockname(), OPTIONS, listener=first, bind=True)
+        peer.settimeout(5)
+        got = b""
+        while len(got) < 2 * len(OPTIONS):
+            got += peer.recv(4096)
+        assert got == 2 * OPTIONS and t.table.open == 1
+        peer.close()
+    finally:
+        server.close()
+        t.close()

@@ -99,3 +99,30 @@ def test_a_listen_socket_not_started_yet_is_left_alone():
     finally:
         peer.close()
         transports.close()
+
+
+def test_a_workers_request_for_a_chosen_socket_leaves_from_its_own_twin_at_that_address():
+    """With several workers, a destination's socket is the worker's own twin of that
+    listen address: same IP, so the gateway sees it, and the worker's port, so the
+    responses come back to it."""
+    received = Received()
+    a, b = Listen("udp", "127.0.0.1", 0), Listen("udp", "127.0.0.2", 0)
+    transports = Transports((a, b), shared=True)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.settimeout(5)
+    try:
+        transports.start(received)
+        first, second = transports.listeners
+        chosen = transports.listener_at(second.listen, "udp", "127.0.0.1")
+        assert chosen is second.private and chosen.listen.host == "127.0.0.2"
+        assert transports.listener_at(second.listen, "tcp", "127.0.0.1") is None  # no TCP listener there
+        assert transports.listener_at(second.listen, "udp", "::1") is None  # another address family
+        transports.send("udp", peer.getsockname(), b"OPTIONS", listener=chosen)
+        data, addr = peer.recvfrom(100)
+        assert (data, addr) == (b"OPTIONS", ("127.0.0.2", chosen.listen.port))
+        peer.sendto(b"200", addr)
+        assert received.wait_for(1) == [(b"200", chosen)]
+    finally:
+        peer.close()
+        transports.close()
