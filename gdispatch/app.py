@@ -176,7 +176,7 @@ class App:
             interval=probing.interval, timeout=probing.timeout, method=probing.method, from_uri=probing.from_uri,
             probing_threshold=probing.probing_threshold, inactive_threshold=probing.inactive_threshold,
             mode=probing.mode, reply_codes=probing.reply_codes, latency_alpha=probing.latency_alpha,
-            mark=probing.mark,
+            mark=probing.mark, retry_down=probing.retry_down,
             user_agent=config.user_agent_header,
         ), lambda: proxy.dlist, on_change=self.destination_state_changed)
         prober.attach(dlist)

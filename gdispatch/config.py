@@ -145,6 +145,7 @@ class Probing:
     latency_alpha: float = 0.1
     mark: str = "threshold"
     mark_codes: frozenset[int] = frozenset()
+    retry_down: bool = True  # ping a destination that went down after 1, 2, 4... s
 
 
 @dataclass(frozen=True)
@@ -417,7 +418,7 @@ def _route(t: Any, where: str) -> Route:
 def _probing(t: Any) -> Probing:
     where = "[probing]"
     t = _check_keys(t, {"interval", "timeout", "method", "from_uri", "probing_threshold", "inactive_threshold",
-                        "mode", "reply_codes", "latency_alpha", "mark", "mark_codes"}, where)
+                        "mode", "reply_codes", "latency_alpha", "mark", "mark_codes", "retry_down"}, where)
     d = Probing()
     interval = float(_number(t, "interval", where, d.interval, minimum=0, exclusive=False))
     timeout = float(_number(t, "timeout", where, d.timeout))
@@ -437,6 +438,9 @@ def _probing(t: Any) -> Probing:
     except ValueError as e:
         raise ConfigError(f"{where}.reply_codes: {e}") from None
     mark_codes = parse_codes(t.get("mark_codes", []), f"{where}.mark_codes") if t.get("mark_codes") else frozenset()
+    retry_down = t.get("retry_down", d.retry_down)
+    if not isinstance(retry_down, bool):
+        raise ConfigError(f"{where}.retry_down: expected true or false, got {retry_down!r}")
     method = str(t.get("method", d.method))
     if not method.isalpha():
         raise ConfigError(f"{where}.method: expected a SIP method name, got {method!r}")
@@ -445,6 +449,7 @@ def _probing(t: Any) -> Probing:
         probing_threshold=_number(t, "probing_threshold", where, d.probing_threshold, integer=True),
         inactive_threshold=_number(t, "inactive_threshold", where, d.inactive_threshold, integer=True),
         mode=mode, reply_codes=reply_codes, latency_alpha=alpha, mark=mark, mark_codes=mark_codes,
+        retry_down=retry_down,
     )
 
 

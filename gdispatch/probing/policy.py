@@ -86,6 +86,7 @@ class ProbeSettings:
     latency_alpha: float = 0.1  # EWMA weight of a new sample (Kamailio: alpha/1000)
     mark: str = "threshold"  # traffic failures: "threshold", "inactive" or "off"
     user_agent: str = "gdispatch"  # the pings' User-Agent ("" = none)
+    retry_down: bool = True  # sooner retries of a destination that went down (`next_retry`)
 
     def accepts(self, status: int) -> bool:
         return 200 <= status < 300 or status in self.reply_codes
@@ -225,8 +226,10 @@ def next_retry(dest: Destination, state: ProbeState, settings: ProbeSettings, no
     `RETRY_FIRST` after it went down, then after twice the previous delay, as long as the
     delay is shorter than `interval`. Returns that time (also kept in `state.retry_at`),
     or None when its turn comes first: it is up, not pinged, or the back-off reached the
-    interval (it stays there until the destination comes up again)."""
-    if settings.interval <= 0 or not dest.flags & FLAG_INACTIVE or not should_ping(dest, settings.mode):
+    interval (it stays there until the destination comes up again), or sooner retries
+    are off (`retry_down` false: Kamailio's behaviour)."""
+    if (not settings.retry_down or settings.interval <= 0 or not dest.flags & FLAG_INACTIVE
+            or not should_ping(dest, settings.mode)):
         state.retry_at = None
         return None
     delay = RETRY_FIRST * 2 ** state.retries

@@ -74,7 +74,7 @@ def test_a_closed_destination_costs_only_itself(proxy, answerers, alg):
     log = p.log()
     assert "transport error sending to " + live.uri not in log
     if alg != 12:  # serial forking: the failover says what happened, not "answered 503"
-        assert f"failover: {closed} could not be reached (transport error)" in log, log
+        assert f"failover: {closed} (set 1, duid closed) could not be reached (transport error)" in log, log
         assert f"{closed} answered 503" not in log
 
 

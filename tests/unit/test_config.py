@@ -16,6 +16,12 @@ from gdispatch.config import (
 )
 
 
+def test_retry_down_is_a_switch():
+    assert Config().probing.retry_down and not from_dict({"probing": {"retry_down": False}}).probing.retry_down
+    with pytest.raises(ConfigError, match=r"\[probing\].retry_down: expected true or false"):
+        from_dict({"probing": {"retry_down": "no"}})
+
+
 def test_failover_codes_leave_codes_out_with_an_exclamation_mark():
     assert parse_codes(["4xx", "!401", "!407"], "k") == frozenset(range(400, 500)) - {401, 407}
     assert parse_codes(["!486", "486", "5xx"], "k") == frozenset(range(500, 600))

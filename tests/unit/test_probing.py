@@ -148,6 +148,12 @@ def test_a_destination_that_goes_down_is_retried_after_1_2_4_8_s_then_at_its_tur
     assert retry_times(d, st, s, [False, False], now=200) == [201, 203]
 
 
+def test_without_retry_down_a_destination_that_is_down_waits_its_turn_as_in_kamailio():
+    d, st = dest(), ProbeState("1")
+    assert retry_times(d, st, ProbeSettings(interval=10, retry_down=False), [False] * 3) == [None, None, None]
+    assert d.state_letters() == "IP" and st.retry_at is None
+
+
 def test_an_inactive_destination_needing_two_replies_is_retried_between_them():
     d, st, s = dest(), ProbeState("1"), ProbeSettings(interval=10, inactive_threshold=2)
     assert retry_times(d, st, s, [False, True, True]) == [1, 3, None]
