@@ -28,7 +28,7 @@ from gdispatch.dispatcher.destination import state_letters
 from gdispatch.dispatcher.listfile import ListError, load_list, parse_list
 from gdispatch.dispatcher.reload import ReloadSummary, carry_state
 from gdispatch.dispatcher.sockets import SocketTable
-from gdispatch.dispatcher.statefile import OperatorStates, default_path, open_states, write_states
+from gdispatch.dispatcher.statefile import StateKeeper, default_path
 from gdispatch.dns import DestinationResolver, NextHopResolver, Resolver
 from gdispatch.flood import SourceGuard
 from gdispatch.net import TransportError, Transports
@@ -104,8 +104,7 @@ class App:
         self._list_digest: str | None = None
         # The states the operator set, kept across restarts (gdispatch.dispatcher.statefile):
         # the primary's alone, with [dispatcher] persistent_state, once the file was read.
-        self.operator_states: OperatorStates | None = None
-        self._state_saver: gevent.Greenlet | None = None
+        self.operator_states = StateKeeper(config.state_file or default_path(config.list_file), gevent.spawn)
         # The listen addresses a list line's socket attrs must name
         # (gdispatch.dispatcher.sockets); every list this process loads is read against them.
         self.sockets = SocketTable(config.listen)
@@ -158,8 +157,9 @@ class App:
                 log.error("%s", p, extra=logsafe.KEEP)
             log.error("a [[route]] sends to a set the list does not have; not starting")
             return 1
-        self._read_operator_states()
-        self._restore_states(dlist, lambda d: True, prune=True)
+        if config.persistent_state:
+            self.operator_states.open()
+        self.operator_states.restore(dlist.destinations(), lambda d: True, prune=True)
         try:
             self.keyring = ensure_key_file(self.key_path)
         except KeyFileError as e:
@@ -306,48 +306,6 @@ class App:
             gevent.sleep(1.0)
             guard.tick()
 
-    # ------------------------------------------------------------- the operator's states
-
-    @property
-    def state_path(self) -> str:
-        return self.config.state_file or default_path(self.config.list_file)
-
-    def _read_operator_states(self) -> None:
-        """At start: what the operator set before the last stop (gdispatch.dispatcher.statefile)."""
-        if self.config.persistent_state:
-            self.operator_states, problem = open_states(self.state_path)
-            if problem:
-                log.warning("%s", problem, extra=logsafe.KEEP)
-            if self.operator_states is not None:
-                log.info("destination states set by the operator are kept in %s", self.state_path)
-
-    def _restore_states(self, dlist, fresh, *, prune: bool) -> None:
-        """Give the destinations of `dlist` whose flags come from the file (`fresh`) the
-        state the operator set; `prune`: the list file was loaded (a record naming none of
-        its destinations goes)."""
-        if self.operator_states is None:
-            return
-        done = self.operator_states.restore(dlist.destinations(), fresh, prune=prune)
-        for line in done.report(self.state_path):
-            log.warning("%s", line, extra=logsafe.KEEP)
-        if done.dropped:
-            self._save_states_soon()
-
-    def _save_states_soon(self) -> None:
-        """Write the state file once the command that changed the records is over: one
-        write for ``set_state ... all``."""
-        if self._state_saver is None or self._state_saver.dead:
-            self._state_saver = gevent.spawn(self._save_states)
-
-    def _save_states(self) -> None:
-        if self.operator_states is None:
-            return
-        try:
-            write_states(self.state_path, self.operator_states)
-        except OSError as e:
-            log.error("%s: cannot write the operator's states (%s); they hold until the process stops",
-                      self.state_path, e.strerror or e, extra=logsafe.KEEP)
-
     # ------------------------------------------------------------- Host (gdispatch.cluster.roles)
 
     def take_list(self, text: str, reason: str, states: dict) -> None:
@@ -427,9 +385,9 @@ class App:
         if config.reload_keeps_state:
             proxy.calls.rebind(summary.replaced)
             from_the_file = {id(d) for d in summary.added + summary.file_changed}
-            self._restore_states(new, lambda d: id(d) in from_the_file, prune=from_file)
+            self.operator_states.restore(new.destinations(), lambda d: id(d) in from_the_file, prune=from_file)
         else:
-            self._restore_states(new, lambda d: True, prune=from_file)
+            self.operator_states.restore(new.destinations(), lambda d: True, prune=from_file)
         if states is not None:
             apply_states(new, states)  # the primary's states win
         proxy.set_list(new)
@@ -479,9 +437,7 @@ class App:
         old, new = dest.state_letters(old_flags), dest.state_letters()
         log.info("destination %s %s -> %s: %s", dest.label, old, new, reason,
                     extra=logsafe.KEEP)
-        if self.operator_states is not None and self.operator_states.note(
-                dest, reason, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())):
-            self._save_states_soon()
+        self.operator_states.note(dest, reason)
         self.destination_state_changed(dest, old, new, reason)
 
     def local_stats(self) -> dict[str, int]:
@@ -580,8 +536,7 @@ class App:
         if self.control is not None:
             self.control.stop()
         self.plugins.call("gdispatch_shutdown")
-        if self._state_saver is not None:
-            self._state_saver.join()  # a state set just before the stop is on disk
+        self.operator_states.flush()  # a state set just before the stop is on disk
         for g in self._greenlets:
             g.kill(block=False)
         if self.prober is not None:

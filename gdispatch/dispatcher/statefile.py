@@ -46,14 +46,17 @@ A file that does not parse is set aside (``FILE.bad``, nothing lost) and the pro
 from the list's flags, with a warning (`open_states`); one that cannot be read is left
 alone and nothing is kept that run. Here: the records and their rules without I/O
 (`OperatorStates`, `Restored`), reading and writing the file (`open_states`,
-`read_states`, `write_states`). When a state is set, when the file is read and written:
-gdispatch.app.
+`read_states`, `write_states`), and `StateKeeper`, which a process holds: it reads the
+file at start, applies the records to each list it loads, notes each state the operator
+sets and writes the file soon after (gdispatch.app says when).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -281,3 +284,66 @@ def write_states(path: str, states: OperatorStates) -> None:
     except FileNotFoundError:
         st = None
     write_atomic(real, states.to_text().encode("utf-8"), st)
+
+
+log = logging.getLogger("gdispatch")
+
+
+class StateKeeper:
+    """The operator's states of one process (the primary's, with several workers): the
+    records, read from `path` by `open`, applied by `restore`, added by `note`, written by
+    a `spawn`-ed task once the command that changed them is over (one write for
+    ``set_state ... all``). With `persistent_state` off it holds nothing and does nothing."""
+
+    def __init__(self, path: str, spawn: Callable[[Callable[[], None]], object]):
+        self.path = path
+        self.states: OperatorStates | None = None
+        self._spawn = spawn
+        self._saving = False
+
+    def open(self) -> None:
+        """At start: what the operator set before the last stop."""
+        self.states, problem = open_states(self.path)
+        if problem:
+            log.warning("%s", problem)
+        if self.states is not None:
+            log.info("destination states set by the operator are kept in %s", self.path)
+
+    def restore(self, dests: Iterable[Destination], fresh: Callable[[Destination], bool], *, prune: bool) -> None:
+        """Give the destinations whose flags come from the file (`fresh`) the state the
+        operator set; `prune`: the list file was loaded (a record naming none of its
+        destinations goes)."""
+        if self.states is None:
+            return
+        done = self.states.restore(dests, fresh, prune=prune)
+        for line in done.report(self.path)[:len(done.applied)]:
+            log.info("%s", line)
+        for line in done.report(self.path)[len(done.applied):]:
+            log.warning("%s", line)
+        if done.dropped:
+            self.save_soon()
+
+    def note(self, dest: Destination, by: str) -> None:
+        """The operator set `dest`'s state (`by`: the command)."""
+        if self.states is not None and self.states.note(dest, by, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())):
+            self.save_soon()
+
+    def save_soon(self) -> None:
+        if not self._saving:
+            self._saving = True
+            self._spawn(self._save)
+
+    def flush(self) -> None:
+        """Write now what `save_soon` would write (at the stop: a state set just before it
+        is on disk)."""
+        self._save()
+
+    def _save(self) -> None:
+        if not self._saving or self.states is None:
+            return
+        self._saving = False
+        try:
+            write_states(self.path, self.states)
+        except OSError as e:
+            log.error("%s: cannot write the operator's states (%s); they hold until the process stops",
+                      self.path, e.strerror or e)
