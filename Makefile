@@ -41,11 +41,13 @@ run: $(VENV)/.installed
 	$(VENV)/bin/gdispatch run --config gdispatch.toml
 
 # Kamailio is the reference the drop-in tests compare gdispatch with (tests/e2e/kamailio.py);
-# without it they compare with Kamailio's recorded answers.
+# without it they compare with Kamailio's recorded answers. The package enables its
+# service (Kamailio's own script on port 5060): it is disabled, the tests start their own.
 install-kamailio:
 	@command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || { \
 	  echo "kamailio not found: installing it"; \
-	  $(APT) update && $(APT) install -y kamailio; }
+	  $(APT) update && $(APT) install -y kamailio; \
+	  $(SUDO) systemctl disable --now kamailio >/dev/null 2>&1 || true; }
 
 test: $(VENV)/.installed install-sipp install-kamailio
 	$(PY) -m pytest -q tests

@@ -489,8 +489,8 @@ class App:
         new = dest.state_letters()
         if old != new:
             reason = dest.unusable or "the name resolves"
-            log.warning("destination %s (set %d) %s -> %s: %s", dest.uri, dest.setid, old, new, reason,
-                        extra=logsafe.KEEP)
+            log.log(logging.WARNING if dest.unusable else logging.INFO, "destination %s %s -> %s: %s",
+                    dest.label, old, new, reason, extra=logsafe.KEEP)
             self.destination_state_changed(dest, old, new, reason)
 
     def _reachable(self, dest, ip: str) -> str:

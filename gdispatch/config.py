@@ -22,10 +22,15 @@ else:  # pragma: no cover - exercised only on older Pythons
 TRANSPORTS = ("udp", "tcp")
 # A failed attempt goes on to the next destination (Kamailio's failure_route with
 # ds_next_dst) for a gateway's refusal or failure, 4xx and 5xx, but not for what only the
-# caller can act on or what the callee decided: a challenge (401, 407: the caller must
-# authenticate), busy (486), the caller's own CANCEL (487). 3xx (a redirect for the caller
-# to follow) and 6xx (RFC 3261 §16.7 step 5: a global failure ends the search) are relayed.
-DEFAULT_FAILOVER_CODES = ("4xx", "5xx", "!401", "!407", "!486", "!487")
+# caller can act on (a challenge, 401 and 407; 421, 422, 423 and 494 ask the caller for an
+# extension, a longer session timer or a security agreement), what the callee decided
+# (484 address incomplete, 485 ambiguous, 486 busy), the caller's own CANCEL (487), nor
+# what every gateway would answer alike to that request (400 malformed, 413-416 and 420
+# what it carries, 482 loop, 483 too many hops): retrying those would only send one bad
+# request to every gateway. 3xx (a redirect for the caller to follow) and 6xx (RFC 3261
+# §16.7 step 5: a global failure ends the search) are relayed.
+DEFAULT_FAILOVER_CODES = ("4xx", "5xx", "!400", "!401", "!407", "!413", "!414", "!415", "!416", "!420", "!421",
+                          "!422", "!423", "!482", "!483", "!484", "!485", "!486", "!487", "!494")
 
 
 class ConfigError(ValueError):

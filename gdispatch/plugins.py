@@ -46,7 +46,11 @@ def shipped() -> list[str]:
 
 def plugin_path(name: str, hooks_dir: str) -> str:
     """The file of plugin `name`: ``<hooks_dir>/<name>.py`` when it exists, else the one
-    shipped with gdispatch. Raises PluginError when neither exists."""
+    shipped with gdispatch. Raises PluginError when neither exists, or when `name` is not
+    a module name (``../x`` or ``/x`` would leave `hooks_dir`)."""
+    if not name.isidentifier():
+        raise PluginError(f"plugin {name!r}: expected a module name (letters, digits, _), the file's name "
+                          f"without .py")
     own = os.path.join(hooks_dir, name + ".py")
     if os.path.exists(own):
         return own

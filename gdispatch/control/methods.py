@@ -530,6 +530,9 @@ def dispatcher_add(api: ControlApi, group: int, address: str, flags: int = 0, pr
             if (other.uri.lower(), other.duid, other.socket) == (dest.uri.lower(), dest.duid, dest.socket):
                 raise RpcError(500, failed, f"{dest.uri} is already in set {group} with the same duid and socket "
                                             "(give each a distinct duid= attr)")
+            if dest.duid and other.duid.lower() == dest.duid.lower():
+                raise RpcError(500, failed, f"duid={dest.duid} already names {other.uri} in set {group} "
+                                            "(a duid names one destination of its set)")
     try:
         _add(api, group, dest.uri, flags, priority, attrs, description.strip(), keep)
     except listedit.ListEditError as e:
@@ -610,7 +613,7 @@ def _chosen(dset: DispatcherSet, target: str, by_duid: bool) -> list[Destination
         duid = (target if by_duid else value).lower()
         return [d for d in dset.destinations if d.duid and d.duid.lower() == duid]
     if eq and name.lower() == "idx":
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit()):
             raise _invalid(f"ADDRESS {target!r}: idx= takes the IDX that dispatcher.list extended shows (0, 1, ...)")
         idx = int(value)
         return [dset.destinations[idx]] if idx < len(dset.destinations) else []

@@ -375,7 +375,7 @@ def parse_list(
         if d.duid:
             # set_duid_state and the logs name a destination by its duid: two records
             # of one set with the same duid could not be told apart.
-            first = duids.setdefault((d.setid, d.duid), where)
+            first = duids.setdefault((d.setid, d.duid.lower()), where)  # matched without case
             if first != where:
                 problems.append(f"{where}: duplicate duid={d.duid} in set {d.setid}, also at {first}; "
                                 f"a duid names one destination of its set")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from gdispatch.dispatcher.destination import Destination, DispatcherList
 
 
-def identity(d: Destination) -> tuple:
+def identity(d: Destination) -> tuple[int, str, str, str]:
     return (d.setid, d.uri, d.duid, d.socket)
 
 

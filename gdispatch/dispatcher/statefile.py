@@ -17,7 +17,8 @@ What is kept, and what is not:
   removes the record: there is nothing left to keep.
 - Not what probing found (``TP``, ``IP`` after lost pings, ``AP`` after a reply): after a
   restart probing starts over, from the operator's state where there is one.
-- A record names its destination by set, URI and ``duid``, and remembers the flags column
+- A record names its destination by set, URI, ``duid`` and ``socket`` (what tells two
+  lines apart, as a reload does: gdispatch.dispatcher.reload.identity), and remembers the flags column
   of its line (``list_flags``). A list edit that keeps the three keeps the state; one
   that changes the line's flags wins, as it does on a reload (gdispatch.dispatcher.reload):
   the record is dropped. So is the record of a destination that is no longer in the list
@@ -67,6 +68,7 @@ from gdispatch.dispatcher.destination import (
     Destination,
     state_letters,
 )
+from gdispatch.dispatcher.reload import identity
 from gdispatch.listedit import write_atomic
 
 SUFFIX = ".state"
@@ -75,7 +77,7 @@ ABOUT = ("gdispatch: destination states set by the operator (dispatcher.set_stat
          "applied when dispatcher.list is loaded; 'flags' is applied, 'state' is for reading. "
          "Written by gdispatch; edit only while it is stopped.")
 
-Key = tuple[int, str, str]  # (set id, URI, duid)
+Key = tuple[int, str, str, str]  # (set id, URI, duid, socket attr): reload.identity
 
 
 class StateFileError(ValueError):
@@ -83,7 +85,7 @@ class StateFileError(ValueError):
 
 
 def key_of(dest: Destination) -> Key:
-    return (dest.setid, dest.uri, dest.duid)
+    return identity(dest)
 
 
 def default_path(list_file: str, env: Mapping[str, str] | None = None) -> str:
@@ -121,13 +123,13 @@ class Restored:
         lines = [f"destination {d.label} is {state_letters(d.flags)} as the operator set it "
                  f"({rec.by or 'by hand'} at {rec.since or 'an unknown time'}; {path})" for d, rec in self.applied]
         lines += [f"the state {state_letters(rec.flags)} the operator set on {uri} (set {setid}"
-                  f"{f', duid {duid}' if duid else ''}) is forgotten: {why}"
-                  for (setid, uri, duid), rec, why in self.dropped]
+                  f"{f', duid {duid}' if duid else ''}{f', socket {socket}' if socket else ''}) is "
+                  f"forgotten: {why}" for (setid, uri, duid, socket), rec, why in self.dropped]
         return lines
 
 
 class OperatorStates:
-    """The records of the state file, by (set, URI, duid)."""
+    """The records of the state file, by (set, URI, duid, socket)."""
 
     def __init__(self, records: dict[Key, Record] | None = None):
         self.records: dict[Key, Record] = dict(records or {})
@@ -179,8 +181,9 @@ class OperatorStates:
 
     def to_text(self) -> str:
         states = [
-            {"set": key[0], "uri": key[1], "duid": key[2], "state": state_letters(rec.flags), "flags": rec.flags,
-             "list_flags": rec.list_flags, "since": rec.since, "by": rec.by}
+            {"set": key[0], "uri": key[1], "duid": key[2], **({"socket": key[3]} if key[3] else {}),
+             "state": state_letters(rec.flags), "flags": rec.flags, "list_flags": rec.list_flags,
+             "since": rec.since, "by": rec.by}
             for key, rec in sorted(self.records.items())
         ]
         return json.dumps({"about": ABOUT, "version": VERSION, "states": states}, indent=2) + "\n"
@@ -190,7 +193,7 @@ class OperatorStates:
         """Parse a state file; raises StateFileError naming what is wrong."""
         try:
             data = json.loads(text)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: arrays nested past the stack
             raise StateFileError(f"{path}: not valid JSON: {e}") from None
         if not isinstance(data, dict) or not isinstance(data.get("states"), list):
             raise StateFileError(f"{path}: expected an object with a list \"states\"")
@@ -206,17 +209,17 @@ class OperatorStates:
             flags = _whole(entry, "flags", where, f"state bits 0-{FLAGS_STATE} (1 inactive, 2 trying, 4 disabled, "
                                                   "8 probing)", 0, FLAGS_STATE)
             list_flags = _whole(entry, "list_flags", where, f"flags 0-{FLAGS_ALL}", 0, FLAGS_ALL)
-            uri, duid = entry.get("uri"), entry.get("duid", "")
+            uri, duid, socket = entry.get("uri"), entry.get("duid", ""), entry.get("socket", "")
             since, by = entry.get("since", ""), entry.get("by", "")
             if not isinstance(uri, str) or not uri:
                 raise StateFileError(f"{where}: \"uri\": expected the destination's URI, got {uri!r}")
-            if not isinstance(duid, str):
-                raise StateFileError(f"{where}: \"duid\": expected a string, got {duid!r}")
+            if not isinstance(duid, str) or not isinstance(socket, str):
+                raise StateFileError(f"{where}: \"duid\" and \"socket\": expected strings, got {duid!r}, {socket!r}")
             if not isinstance(since, str) or not isinstance(by, str):
                 raise StateFileError(f"{where}: \"since\" and \"by\" are strings")
-            key = (setid, uri, duid)
+            key = (setid, uri, duid, socket)
             if key in records:
-                raise StateFileError(f"{where}: set {setid}, {uri}, duid {duid!r} appears twice")
+                raise StateFileError(f"{where}: set {setid}, {uri}, duid {duid!r}, socket {socket!r} appears twice")
             records[key] = Record(flags, list_flags, since, by)
         return cls(records)
 

@@ -149,6 +149,16 @@ class Identity:
                 return listen
         return None
 
+    def signed_socket(self, routes: list[bytes], popped: int) -> Listen | None:
+        """The listen address a request inside a dialog leaves from: the one named by the
+        last of our first `popped` Route values that carries our signature (with double
+        record-routing both do). An unsigned value naming another of our addresses,
+        which anybody can add, does not choose the socket."""
+        for value in reversed(routes[:popped]):
+            if self.route_entry(value)[1]:
+                return self.socket_of(value)
+        return None
+
     def own_entries(self, routes: list[bytes]) -> tuple[int, bytes | None]:
         """How many of the Route values `routes` at the top are ours (RFC 3261 §16.4), and
         the first signature among them."""

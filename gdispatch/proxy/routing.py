@@ -120,7 +120,7 @@ def _in_dialog(msg: SipMessage, ruri: SipUri, routes: list[bytes], popped: int, 
     new_ruri = None
     add_headers: list[bytes] = []
     remove: tuple[str, ...] = ()
-    socket = identity.socket_named(ruri) if strict else identity.socket_of(routes[popped - 1]) if popped else None
+    socket = identity.socket_named(ruri) if strict else identity.signed_socket(routes, popped)
     try:
         if strict:
             # Our URI is the Request-URI: the last Route is the real target (§16.4).
@@ -181,7 +181,7 @@ def ack_target(msg: SipMessage, ruri: SipUri, identity: Identity
     value there does not parse), and the listen address it leaves from (as `InDialog`)."""
     routes = msg.values("route")
     popped, token = identity.own_entries(routes)
-    socket = identity.socket_of(routes[popped - 1]) if popped else None
+    socket = identity.signed_socket(routes, popped)
     if popped == 0 or popped == len(routes):
         return popped, token, ruri, socket
     try:

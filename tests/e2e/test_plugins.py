@@ -292,6 +292,7 @@ def test_the_installed_package_ships_its_plugins(tmp_path):
     assert build.returncode == 0, build.stdout + build.stderr
     assert sorted(p.name for p in (site / "gdispatch" / "hooks").glob("*.py")) == [
         "__init__.py", "dialplan.py", "domain_route.py", "orig_headers.py", "tech_prefix.py"]
+    assert (site / "gdispatch" / "hooks" / "README.md").is_file()  # their documentation with them
     etc = tmp_path / "etc" / "gdispatch"
     etc.mkdir(parents=True)
     (etc / "gdispatch.toml").write_text(plugins_config(["tech_prefix", "dialplan"]))

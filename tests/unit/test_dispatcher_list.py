@@ -267,6 +267,8 @@ def test_a_duid_names_one_destination_of_its_set():
         parse_list(text, "l")
     assert e.value.problems == ["l:2: duplicate duid=gold in set 1, also at l:1; a duid names one destination "
                                 "of its set"]
+    with pytest.raises(ListError, match="duplicate duid=GOLD in set 1"):  # set_duid_state ignores case
+        parse_list("1 sip:10.0.0.1 0 0 duid=gold\n1 sip:10.0.0.2 0 0 duid=GOLD\n", "l")
     skipped = parse_list(text, "l", mode="skip")
     assert [d.uri for d in skipped.destinations()] == ["sip:10.0.0.1", "sip:10.0.0.3"]
 

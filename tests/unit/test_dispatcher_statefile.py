@@ -56,10 +56,10 @@ def test_the_operators_state_is_kept_and_setting_the_files_state_again_forgets_i
     s = OperatorStates()
     d = by_name(parse_list(LIST, "t"))
     assert set_state(s, d["a"], FLAG_DISABLED, "rpc dispatcher.set_state dx")
-    assert s.records == {(1, "sip:10.0.0.1", "a"): Record(FLAG_DISABLED, 0, WHEN, "rpc dispatcher.set_state dx")}
+    assert s.records == {(1, "sip:10.0.0.1", "a", ""): Record(FLAG_DISABLED, 0, WHEN, "rpc dispatcher.set_state dx")}
     assert not set_state(s, d["a"], FLAG_DISABLED)  # the same again: nothing to write
     assert set_state(s, d["a"], FLAG_INACTIVE | FLAG_PROBING)  # "ip"
-    assert s.records[(1, "sip:10.0.0.1", "a")].flags == FLAG_INACTIVE | FLAG_PROBING
+    assert s.records[(1, "sip:10.0.0.1", "a", "")].flags == FLAG_INACTIVE | FLAG_PROBING
     assert set_state(s, d["a"], FLAG_PROBING)  # "ap": back in service, the file's letter: the record goes
     assert s.records == {}
     assert set_state(s, d["a"], FLAG_DISABLED)
@@ -72,7 +72,7 @@ def test_back_in_service_is_kept_for_a_line_the_file_disables():
     s = OperatorStates()
     d = by_name(parse_list(LIST, "t"))["sip:10.0.0.3"]
     assert set_state(s, d, FLAG_PROBING)  # "ap" on a line with flags 4
-    assert s.records[(2, "sip:10.0.0.3", "")].flags == FLAG_PROBING
+    assert s.records[(2, "sip:10.0.0.3", "", "")].flags == FLAG_PROBING
     fresh = by_name(parse_list(LIST, "t"))["sip:10.0.0.3"]
     s.restore([fresh], lambda _: True, prune=False)
     assert letters(fresh) == "AP"
@@ -82,8 +82,8 @@ def test_only_the_state_bits_are_kept_and_the_configuration_bits_stay():
     s = OperatorStates()
     d = by_name(parse_list("1 sip:10.0.0.1 32 0 duid=a\n", "t"))["a"]  # 32: no ping
     assert set_state(s, d, FLAG_NOPING | FLAG_DISABLED)
-    assert s.records[(1, "sip:10.0.0.1", "a")].flags == FLAG_DISABLED
-    assert s.records[(1, "sip:10.0.0.1", "a")].list_flags == FLAG_NOPING
+    assert s.records[(1, "sip:10.0.0.1", "a", "")].flags == FLAG_DISABLED
+    assert s.records[(1, "sip:10.0.0.1", "a", "")].list_flags == FLAG_NOPING
 
 
 # ------------------------------------------------------------------ applying the records
@@ -113,7 +113,7 @@ def test_a_list_edit_keeps_what_still_matches():
     edited = parse_list("1 sip:10.0.0.9 0 0 duid=z\n1 sip:10.0.0.1 0 50 duid=a;weight=10\n", "t")
     s.restore(edited.destinations(), lambda _: True, prune=True)
     assert letters(by_name(edited)["a"]) == "DX"
-    assert list(s.records) == [(1, "sip:10.0.0.1", "a")]
+    assert list(s.records) == [(1, "sip:10.0.0.1", "a", "")]
 
 
 def test_a_record_goes_when_the_line_changes_its_flags_or_leaves_the_list():
@@ -129,7 +129,7 @@ def test_a_record_goes_when_the_line_changes_its_flags_or_leaves_the_list():
     why = {key[2] or key[1]: reason for key, _, reason in done.dropped}
     assert why == {"a": "the list file now gives it flags 1 (it gave 0): the file wins",
                    "b": "no longer in the list file"}
-    assert list(s.records) == [(2, "sip:10.0.0.3", "")]
+    assert list(s.records) == [(2, "sip:10.0.0.3", "", "")]
 
 
 def test_without_prune_a_record_outlives_a_destination_removed_by_hand():
@@ -137,7 +137,7 @@ def test_without_prune_a_record_outlives_a_destination_removed_by_hand():
     set_state(s, by_name(parse_list(LIST, "t"))["b"], FLAG_DISABLED)
     without_b = parse_list("1 sip:10.0.0.1 0 0 duid=a\n", "t")  # dispatcher.remove without PERSIST
     assert s.restore(without_b.destinations(), lambda _: True, prune=False).dropped == []
-    assert list(s.records) == [(1, "sip:10.0.0.2", "b")]
+    assert list(s.records) == [(1, "sip:10.0.0.2", "b", "")]
 
 
 # ------------------------------------------------------------------ the file
@@ -160,7 +160,7 @@ def test_the_text_is_readable_json_and_reads_back():
 
 def test_a_hand_written_record_needs_only_set_uri_flags_and_list_flags():
     text = '{"states": [{"set": 3, "uri": "sip:gw", "flags": 4, "list_flags": 0}]}'
-    assert OperatorStates.from_text(text).records == {(3, "sip:gw", ""): Record(4, 0, "", "")}
+    assert OperatorStates.from_text(text).records == {(3, "sip:gw", "", ""): Record(4, 0, "", "")}
 
 
 @pytest.mark.parametrize("text, message", [
@@ -182,7 +182,7 @@ def test_a_hand_written_record_needs_only_set_uri_flags_and_list_flags():
     ("{\"states\": [{\"set\": 1, \"uri\": \"sip:a\", \"flags\": 4, \"list_flags\": 0, \"by\": 1}]}", "\"by\""),
     ("{\"states\": [{\"set\": 1, \"uri\": \"sip:a\", \"flags\": 4, \"list_flags\": 0},"
      " {\"set\": 1, \"uri\": \"sip:a\", \"flags\": 1, \"list_flags\": 0}]}",
-     "states[1]: set 1, sip:a, duid '' appears twice"),
+     "states[1]: set 1, sip:a, duid '', socket '' appears twice"),
 ])
 def test_a_bad_file_is_refused_with_what_is_wrong(text, message):
     with pytest.raises(StateFileError) as e:
@@ -193,7 +193,7 @@ def test_a_bad_file_is_refused_with_what_is_wrong(text, message):
 def test_read_and_write(tmp_path):
     path = tmp_path / "dispatcher.list.state"
     assert read_states(str(path)).records == {}  # no file: nothing recorded
-    s = OperatorStates({(1, "sip:a", ""): Record(4, 0, WHEN, "rpc")})
+    s = OperatorStates({(1, "sip:a", "", ""): Record(4, 0, WHEN, "rpc")})
     write_states(str(path), s)
     assert read_states(str(path)).records == s.records
     assert [p.name for p in tmp_path.iterdir()] == ["dispatcher.list.state"]  # no temporary file left
@@ -239,23 +239,41 @@ def test_a_file_that_cannot_be_read_is_an_os_error(tmp_path):
 def test_open_states_warns_and_never_fails(tmp_path):
     path = tmp_path / "dispatcher.list.state"
     assert (open_states(str(path))[0].records, open_states(str(path))[1]) == ({}, "")  # no file yet
-    write_states(str(path), OperatorStates({(1, "sip:a", ""): Record(4, 0)}))
+    write_states(str(path), OperatorStates({(1, "sip:a", "", ""): Record(4, 0)}))
     states, problem = open_states(str(path))
-    assert states is not None and list(states.records) == [(1, "sip:a", "")] and problem == ""
+    assert states is not None and list(states.records) == [(1, "sip:a", "", "")] and problem == ""
     path.write_text("DX")
     states, problem = open_states(str(path))
     assert states is not None and states.records == {}  # kept from now on
     assert problem.startswith(f"{path}: not valid JSON") and problem.endswith(f"the file is kept as {path}.bad")
     assert (tmp_path / "dispatcher.list.state.bad").read_text() == "DX"
+    path.write_text("[" * 200000)  # nested past Python's stack: set aside too, not a failed start
+    states, problem = open_states(str(path))
+    assert states is not None and states.records == {} and "not valid JSON" in problem  # set aside
     path.mkdir()  # cannot be read: left alone, nothing kept this run
     states, problem = open_states(str(path))
     assert states is None and problem.startswith(f"{path}: cannot read the operator's states (")
     assert problem.endswith("they are not restored, and not kept this run") and path.is_dir()
 
 
+def test_two_lines_of_one_uri_told_apart_by_their_socket_keep_their_own_states():
+    """What a reload tells apart (set, URI, duid, socket), the state file does too: the
+    maintenance of one path of a multi-homed box does not come back on the other."""
+    text = "1 sip:10.0.0.1 0 0 socket=udp:192.0.2.1:5060\n1 sip:10.0.0.1 0 0 socket=udp:192.0.2.2:5060\n"
+    s = OperatorStates()
+    first = next(d for d in parse_list(text, "t").destinations() if d.socket.startswith("udp:192.0.2.1"))
+    set_state(s, first, FLAG_DISABLED)
+    again = OperatorStates.from_text(s.to_text())
+    fresh = parse_list(text, "t")
+    again.restore(fresh.destinations(), lambda _: True, prune=True)
+    assert {d.socket: letters(d) for d in fresh.destinations()} == {"udp:192.0.2.1:5060": "DX",
+                                                                     "udp:192.0.2.2:5060": "AX"}
+    assert '"socket": "udp:192.0.2.1:5060"' in s.to_text()
+
+
 def test_the_report_names_each_state_restored_or_forgotten():
-    s = OperatorStates({(1, "sip:10.0.0.1", "a"): Record(4, 0, WHEN, "rpc dispatcher.set_state dx"),
-                        (1, "sip:10.0.0.2", "b"): Record(1, 0)})
+    s = OperatorStates({(1, "sip:10.0.0.1", "a", ""): Record(4, 0, WHEN, "rpc dispatcher.set_state dx"),
+                        (1, "sip:10.0.0.2", "b", ""): Record(1, 0)})
     dl = parse_list("1 sip:10.0.0.1 0 0 duid=a\n", "t")
     assert s.restore(dl.destinations(), lambda _: True, prune=True).report("/s") == [
         f"destination sip:10.0.0.1 (set 1, duid a) is DX as the operator set it (rpc dispatcher.set_state dx "

@@ -122,6 +122,14 @@ def test_a_plugin_that_cannot_load_is_named(tmp_path, body, message):
     assert not h.pm.has_plugin("broken")
 
 
+def test_a_name_that_is_not_a_module_name_cannot_leave_the_hooks_dir(tmp_path):
+    (tmp_path / "hooks").mkdir()
+    write(tmp_path, "outside", APPEND.format(name="outside"))
+    for name in ("../outside", str(tmp_path / "outside"), "a.b"):
+        with pytest.raises(PluginError, match=r"expected a module name"):
+            PluginHost().load([name], str(tmp_path / "hooks"), entry_points=False)
+
+
 def test_missing_file_and_reserved_name(tmp_path):
     with pytest.raises(PluginError, match=r"plugin 'nope': no file .*nope\.py"):
         PluginHost().load(["nope"], str(tmp_path), entry_points=False)

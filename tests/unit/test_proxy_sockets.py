@@ -125,6 +125,25 @@ def test_requests_inside_the_dialog_leave_from_the_socket_of_the_last_route_entr
     assert listen == A and hostport(A) in parse_message(data).get("via")
 
 
+def test_an_unsigned_route_entry_naming_another_of_our_addresses_does_not_choose_the_socket():
+    """Anybody can append a Route value naming one of our listen addresses after the
+    signed one: the socket stays the one the signed entries name."""
+    fp = proxy()  # no socket attr: one Record-Route entry, for A
+    fp.receive(invite(1), UAC, at=0)
+    _, data = forwarded(fp)
+    req = parse_message(data)
+    rr = [v.decode() for v in req.values("record-route")]
+    assert len(rr) == 1
+    fp.receive(build_response(req, 200, "OK", to_tag="uas1", headers=[b"Record-Route: " + rr[0].encode()]), GW,
+               at=1)
+    forged = rr + [f"<sip:{B.host}:{B.port};lr>"]
+    bye = sipmsg.request("BYE", f"sip:service@{GW[0]}:{GW[1]}", routes=forged, **caller(1),
+                         vias="SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-forged;rport", to_tag="uas1", cseq=2)
+    fp.receive(bye, UAC, at=0)
+    listen, _ = forwarded(fp, "BYE")
+    assert listen == A
+
+
 @pytest.mark.parametrize("attrs,config,expected", [
     ("socket=udp:127.0.0.2:5060", {}, B),
     ("sockname=carrier", {}, B),

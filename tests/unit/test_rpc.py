@@ -408,6 +408,8 @@ def test_set_state_by_duid_form_changes_that_destination():
                                     "(0, 1, ...)"),
     ("idx=-1", "Invalid Parameters", "ADDRESS 'idx=-1': idx= takes the IDX that dispatcher.list extended shows "
                                      "(0, 1, ...)"),
+    ("idx=\u00b2", "Invalid Parameters", "ADDRESS 'idx=\u00b2': idx= takes the IDX that dispatcher.list extended "
+                                         "shows (0, 1, ...)"),  # a digit to str.isdigit, not to int()
 ])
 def test_set_state_by_idx_or_duid_of_what_is_not_there(target, message, detail):
     api = FakeApi(SAME_GATEWAY)
@@ -505,6 +507,7 @@ def test_add_by_name(api):
     ([1, "sip:a", 0, 0, "weight=500"], "bad attr weight=500"),
     ([1, "sip:a", 0, 0, "", "two\nlines"], "one line"),
     ([1, "sip:127.0.0.1:7070", 0, 0, "duid=xyz"], "already in set 1"),
+    ([1, "sip:127.0.0.9:5060", 0, 0, "duid=XYZ"], "duid=XYZ already names sip:127.0.0.1:7070 in set 1"),
     ([1, "sip:a", 0, 0, "", "", 2], "PERSIST"),
 ])
 def test_add_refuses_what_the_list_file_would_refuse(api, params, detail):
