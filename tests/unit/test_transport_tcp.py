@@ -5,6 +5,7 @@ descriptors backs off and is logged once, not once per try."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
@@ -119,11 +120,10 @@ def test_an_accept_without_descriptors_backs_off_and_is_logged_once_until_it_wor
     assert lines[1].startswith("tcp accept works again (")
 
 
-def test_a_chosen_socket_opens_its_connection_from_its_address_and_reuses_only_that_one():
-    """Two TCP listen addresses: a message for the socket at 127.0.0.2 goes on a
-    connection from 127.0.0.2 (bound before the connect, as Kamailio binds to a forced
-    socket); one for 127.0.0.1 does not reuse it; without a chosen socket, any
-    connection to the peer will do."""
+@contextlib.contextmanager
+def two_listens_and_a_peer():
+    """Transports on two TCP listen addresses (127.0.0.1, 127.0.0.2) and a peer that
+    accepts connections on 127.0.0.1: (transports, the peer's listening socket)."""
     t = Transports((Listen("tcp", "127.0.0.1", 0), Listen("tcp", "127.0.0.2", 0)))
     t.start(lambda data, source: None)
     server = gsocket.socket()
@@ -131,6 +131,18 @@ def test_a_chosen_socket_opens_its_connection_from_its_address_and_reuses_only_t
     server.listen(4)
     server.settimeout(5)
     try:
+        yield t, server
+    finally:
+        server.close()
+        t.close()
+
+
+def test_a_chosen_socket_opens_its_connection_from_its_address_and_reuses_only_that_one():
+    """Two TCP listen addresses: a message for the socket at 127.0.0.2 goes on a
+    connection from 127.0.0.2 (bound before the connect, as Kamailio binds to a forced
+    socket); one for 127.0.0.1 does not reuse it; without a chosen socket, any
+    connection to the peer will do."""
+    with two_listens_and_a_peer() as (t, server):
         first, second = t.listeners
         t.send("tcp", server.getsockname(), OPTIONS, listener=second, bind=True)
         peer, addr = server.accept()
@@ -148,22 +160,13 @@ def test_a_chosen_socket_opens_its_connection_from_its_address_and_reuses_only_t
             assert got == 2 * OPTIONS
             conn.close()
         assert t.table.open == 2
-    finally:
-        server.close()
-        t.close()
 
 
 def test_a_connection_the_kernel_gave_an_address_serves_the_socket_at_that_address():
     """The INVITE of a destination without a socket opened a connection from the
     kernel's choice of address; the requests inside its dialog, which leave from the
     socket our Route entry names, reuse it when that is the same address."""
-    t = Transports((Listen("tcp", "127.0.0.1", 0), Listen("tcp", "127.0.0.2", 0)))
-    t.start(lambda data, source: None)
-    server = gsocket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(4)
-    server.settimeout(5)
-    try:
+    with two_listens_and_a_peer() as (t, server):
         first, second = t.listeners
         t.send("tcp", server.getsockname(), OPTIONS, listener=first)
         peer, addr = server.accept()
@@ -176,6 +179,3 @@ def test_a_connection_the_kernel_gave_an_address_serves_the_socket_at_that_addre
             got += peer.recv(4096)
         assert got == 2 * OPTIONS and t.table.open == 1
         peer.close()
-    finally:
-        server.close()
-        t.close()
