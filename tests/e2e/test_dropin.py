@@ -116,38 +116,34 @@ def _seed_gateways(tmp_path: Path, uas, code: int, reason: str):
 
 
 @pytest.mark.parametrize("code,reason,retried", [
-    (404, "Not Found", True),  # the tutorial's case
-    (480, "Temporarily Unavailable", True),
-    (503, "Service Unavailable", True),
+    (404, "Not Found", True),  # the tutorial's case (5xx: tests/e2e/test_algorithms.py)
     (486, "Busy Here", False),  # the callee is busy: another gateway would ring it again
-    (603, "Decline", False),  # RFC 3261 §16.7: a 6xx ends the search
-    (407, "Proxy Authentication Required", False),  # the caller's to answer
+    (603, "Decline", False),  # RFC 3261 §16.7: a 6xx ends the search (401, 407...: test_config.py)
 ])
 def test_the_shipped_configuration_fails_over_as_the_seed_expects(tmp_path, proxy, uas, uac, code, reason, retried):
     mg1, mg2, lst = _seed_gateways(tmp_path, uas, code, reason)
-    p = proxy(lst, config=SHIPPED_CONFIG.read_text())
-    wait_for(lambda: p.states() == {"mg1": "AP", "mg2": "AP"}, 15, message=p.states)
-    res = uac(f"{HOST}:{p.port}", calls=20, rate=20, timeout_s=30)
+    p = proxy(lst, config=SHIPPED_CONFIG.read_text())  # both AX (active) until their first ping
+    res = uac(f"{HOST}:{p.port}", calls=10, rate=20, timeout_s=30)
     mg1.stop()
     mg2.stop()
     tried_mg1 = mg1.counts()["INVITE"]
-    assert tried_mg1 >= 5, tried_mg1  # round robin (the shipped route) starts about half there
+    assert tried_mg1 >= 3, tried_mg1  # round robin (the shipped route) starts about half there
     if retried:
-        assert (res.successful, res.failed) == (20, 0), res
-        assert mg2.counts()["INVITE"] == 20
+        assert (res.successful, res.failed) == (10, 0), res
+        assert mg2.counts()["INVITE"] == 10
     else:
-        assert (res.successful, res.failed) == (20 - tried_mg1, tried_mg1), res
-        assert mg2.counts()["INVITE"] == 20 - tried_mg1
+        assert (res.successful, res.failed) == (10 - tried_mg1, tried_mg1), res
+        assert mg2.counts()["INVITE"] == 10 - tried_mg1
 
 
 def test_kamailio_fails_over_on_the_seeds_404_too(tmp_path, uas, uac):
     mg1, mg2, lst = _seed_gateways(tmp_path, uas, 404, "Not Found")
     with Kamailio(tmp_path / "kamailio", lst, algorithm=4) as k:
-        res = uac(f"{HOST}:{k.port}", calls=20, rate=20, timeout_s=30)
+        res = uac(f"{HOST}:{k.port}", calls=10, rate=20, timeout_s=30)
     mg1.stop()
     mg2.stop()
-    assert (res.successful, res.failed) == (20, 0), res
-    assert mg1.counts()["INVITE"] >= 5 and mg2.counts()["INVITE"] == 20
+    assert (res.successful, res.failed) == (10, 0), res
+    assert mg1.counts()["INVITE"] >= 3 and mg2.counts()["INVITE"] == 10
 
 
 # -- logs: which record, and at what level --------------------------------------------------------
