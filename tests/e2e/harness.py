@@ -567,10 +567,12 @@ class Uas:
         self.stop()
         raise RuntimeError(f"SIPp UAS {self.name} did not bind {self.kind} {HOST}:{self.port}")
 
-    def stop(self) -> int | None:
+    def stop(self, grace_s: float = 5.0) -> int | None:
+        """SIGUSR1 (SIPp's soft exit: it writes its final counts once its calls are over),
+        `grace_s` to do so, then SIGKILL."""
         if self.proc is None:
             return None
-        _stop_process(self.proc, signal.SIGUSR1, 5.0)
+        _stop_process(self.proc, signal.SIGUSR1, grace_s)
         return self.proc.returncode
 
     def kill(self) -> None:
