@@ -12,7 +12,8 @@ import pytest
 from gdispatch.config import Listen
 from gdispatch.control.client import convert_arg, format_fault, format_tree
 from gdispatch.control.jsonrpc import METHOD_NOT_FOUND, RpcError
-from gdispatch.control.methods import METHODS, call, kamailio_set_order, parse_state
+from gdispatch.control.listing import kamailio_set_order
+from gdispatch.control.methods import METHODS, call, parse_state
 from gdispatch.dispatcher.destination import FLAG_DISABLED, FLAG_INACTIVE, FLAG_NOPING, FLAG_PROBING, FLAG_TRYING
 from gdispatch.dispatcher.listfile import ListError, load_list, parse_list
 from gdispatch.dispatcher.sockets import SocketTable
