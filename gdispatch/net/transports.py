@@ -274,6 +274,17 @@ class Transports:
                 return lst.private or lst
         return None
 
+    def sender(self, transport: str, host: str, socket: Listen | None) -> tuple[UdpListener | TcpListener | None, bool]:
+        """The listener a request to `host` over `transport` leaves from, and whether it
+        was chosen (`send`'s `bind`): the one at `socket` (a destination's `socket` or
+        `sockname`, the default socket, the address our Route entry names), else the
+        first of the transport and address family (None when there is none)."""
+        if socket is not None:
+            listener = self.listener_at(socket, transport, host)
+            if listener is not None:
+                return listener, True
+        return self.listener_for(transport, host), False
+
     def can_reach(self, transport: str, host: str) -> str:
         """'' when a message can be sent there, else why not, for the operator."""
         return reach_problem((lst.listen for lst in self.listeners), transport, host)

@@ -111,7 +111,7 @@ class Branches:
     def send(self, branch: Branch, source: Source, top_via: bytes | None, popped: int, record: bool,
              new_ruri: bytes | None = None, add_headers=(), remove=(), socket: Listen | None = None) -> None:
         """Send the branch's copy of its request in a new client transaction, from
-        `socket` if given (see `sender`)."""
+        `socket` if given (see `Transports.sender`)."""
         msg = branch.ctx.request
         assert msg is not None
         copy = self.copy(msg, branch.next_hop, source, top_via, popped, record, new_ruri, add_headers, remove,
@@ -150,26 +150,15 @@ class Branches:
                     self.transports.can_reach(transport, addr[0]))
         self.proxy.forker.attempt_over(branch, 503, None, "has no listen address to be sent from")
 
-    def sender(self, transport: str, host: str, socket: Listen | None) -> tuple[Any, bool]:
-        """The listener a request to `host` over `transport` leaves from, and whether it
-        was chosen (`Transports.send`'s `bind`): the one at `socket` (a destination's
-        `socket` or `sockname`, the default socket, the address our Route entry names),
-        else the first of the transport and address family (None when there is none)."""
-        if socket is not None:
-            listener = self.transports.listener_at(socket, transport, host)
-            if listener is not None:
-                return listener, True
-        return self.transports.listener_for(transport, host), False
-
     def copy(self, msg: SipMessage, next_hop, source: Source, top_via: bytes | None, popped: int, record: bool,
              new_ruri: bytes | None = None, add_headers=(), remove=(),
              socket: Listen | None = None) -> tuple[Any, bool, str, bytes] | None:
         """What an attempt sends to `next_hop` (RFC 3261 §16.6): the listener it leaves
-        from (`sender`) and whether it was chosen, its branch id and the request's bytes;
-        None when no listener can send it. Our Via and Record-Route name that listener
+        from (`Transports.sender`) and whether it was chosen, its branch id and the
+        request's bytes; None when no listener can send it. Our Via and Record-Route name that listener
         (§16.6 steps 4 and 8)."""
         transport, addr = next_hop
-        listener, bound = self.sender(transport, addr[0], socket)
+        listener, bound = self.transports.sender(transport, addr[0], socket)
         if listener is None:
             return None
         identity = self.identity
@@ -195,7 +184,7 @@ class Branches:
     def start_client_txn(self, branch: Branch, listener, bound: bool, branch_id: str, data: bytes,
                          sent: bool = False) -> None:
         """Send `data`, the branch's request, from `listener` (`bound`: chosen for it, see
-        `sender`) in a new client transaction (RFC 3261 §16.6 step 10), with the branch's
+        `Transports.sender`) in a new client transaction (RFC 3261 §16.6 step 10), with the branch's
         final-response timer (§16.8); if `sent`, it has left already (`send_first`)."""
         method = branch.ctx.st.method
         transport, addr = branch.next_hop
@@ -283,13 +272,13 @@ class Branches:
                   on_final: Callable[[int, SipMessage | None], None],
                   socket: Listen | None = None) -> ClientTransaction | None:
         """Send a request of our own (a keepalive ping) as a client transaction, from
-        `socket` if given (see `sender`).
+        `socket` if given (see `Transports.sender`).
 
         `build(via)` returns the request given our Via value; `on_final(status, response)`
         is called once with the final response, or (408, None) on timeout, or (503, None)
         when it cannot be sent.
         """
-        listener, bound = self.sender(transport, addr[0], socket) if addr else (None, False)
+        listener, bound = self.transports.sender(transport, addr[0], socket) if addr else (None, False)
         if listener is None:
             on_final(503, None)
             return None

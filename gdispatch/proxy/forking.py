@@ -84,7 +84,7 @@ class Branch:
         self.cancel_state = ""
         self.key: tuple[str, str] | None = None
         self.listener = None  # the socket the request leaves from
-        self.bound = False  # `listener` was chosen for it (Branches.sender)
+        self.bound = False  # `listener` was chosen for it (Transports.sender)
 
     def send(self, data: bytes) -> None:
         transport, addr = self.next_hop

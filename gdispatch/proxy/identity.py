@@ -149,28 +149,24 @@ class Identity:
                 return listen
         return None
 
-    def signed_socket(self, routes: list[bytes], popped: int) -> Listen | None:
-        """The listen address a request inside a dialog leaves from: the one named by the
-        last of our first `popped` Route values that carries our signature (with double
-        record-routing both do). An unsigned value naming another of our addresses,
-        which anybody can add, does not choose the socket."""
-        for value in reversed(routes[:popped]):
-            if self.route_entry(value)[1]:
-                return self.socket_of(value)
-        return None
-
-    def own_entries(self, routes: list[bytes]) -> tuple[int, bytes | None]:
-        """How many of the Route values `routes` at the top are ours (RFC 3261 §16.4), and
-        the first signature among them."""
+    def own_entries(self, routes: list[bytes]) -> tuple[int, bytes | None, bytes | None]:
+        """How many of the Route values `routes` at the top are ours (RFC 3261 §16.4), the
+        first signature among them, and the last of them that carries one: the entry
+        whose address a request inside the dialog leaves from (`socket_of`; with double
+        record-routing both carry one). An unsigned value naming another of our
+        addresses, which anybody can add, does not choose the socket."""
         popped = 0
         token = None
+        last_signed = None
         for value in routes:
             ours, signature = self.route_entry(value)
             if not ours:
                 break
             popped += 1
-            token = token or signature
-        return popped, token
+            if signature:
+                token = token or signature
+                last_signed = value
+        return popped, token, last_signed
 
     # -- tags ----------------------------------------------------------------------------
 

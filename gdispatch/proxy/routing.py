@@ -93,9 +93,11 @@ def route_request(msg: SipMessage, ruri: SipUri, source: Source, identity: Ident
     routes = msg.values("route")
     # RFC 3261 §16.4: a strict router put our Record-Route URI in the Request-URI.
     strict = bool(routes) and "lr" in ruri.params and identity.is_local_uri(ruri)
-    popped, token = (0, None) if strict else identity.own_entries(routes)
+    popped, token, last_signed = (0, None, None) if strict else identity.own_entries(routes)
     if msg.to_tag is not None:
-        return _in_dialog(msg, ruri, routes, popped, token, strict, is_ours, identity)
+        socket = (identity.socket_named(ruri) if strict
+                  else identity.socket_of(last_signed) if last_signed else None)
+        return _in_dialog(msg, ruri, routes, popped, token, strict, is_ours, socket)
     if popped < len(routes) or strict:
         return FORBIDDEN
     local = identity.is_local_uri(ruri)
@@ -114,13 +116,12 @@ def route_request(msg: SipMessage, ruri: SipUri, source: Source, identity: Ident
 
 
 def _in_dialog(msg: SipMessage, ruri: SipUri, routes: list[bytes], popped: int, token: bytes | None,
-               strict: bool, is_ours, identity: Identity) -> Refuse | RefuseInDialog | InDialog:
+               strict: bool, is_ours, socket: Listen | None) -> Refuse | RefuseInDialog | InDialog:
     """Loose routing of a request inside a dialog (RFC 3261 §16.4, §16.6 step 6), for the
     dialogs this proxy record-routed only."""
     new_ruri = None
     add_headers: list[bytes] = []
     remove: tuple[str, ...] = ()
-    socket = identity.socket_named(ruri) if strict else identity.signed_socket(routes, popped)
     try:
         if strict:
             # Our URI is the Request-URI: the last Route is the real target (§16.4).
@@ -180,8 +181,8 @@ def ack_target(msg: SipMessage, ruri: SipUri, identity: Identity
     the top are ours, the signature among them, where it goes next (None when a Route
     value there does not parse), and the listen address it leaves from (as `InDialog`)."""
     routes = msg.values("route")
-    popped, token = identity.own_entries(routes)
-    socket = identity.signed_socket(routes, popped)
+    popped, token, last_signed = identity.own_entries(routes)
+    socket = identity.socket_of(last_signed) if last_signed else None
     if popped == 0 or popped == len(routes):
         return popped, token, ruri, socket
     try:

@@ -50,10 +50,7 @@ class Stateless:
         `socket` (the address our last Route entry names) when it can send there."""
         transport, addr = hop
         transports = self.transports
-        listener = transports.listener_at(socket, transport, addr[0]) if socket is not None else None
-        bound = listener is not None
-        if listener is None:
-            listener = transports.listener_for(transport, addr[0])
+        listener, bound = transports.sender(transport, addr[0], socket)
         if listener is None:
             return
         # A stateless branch must be the same for retransmissions of the same ACK (§16.11).

@@ -49,6 +49,7 @@ class FakeTransports:
 
     # The real choice of a socket: the proxy's decision is what the tests are about.
     listener_at = Transports.listener_at
+    sender = Transports.sender
 
     def __init__(self, listens):
         self.listeners = [FakeListener(lst) for lst in listens]
