@@ -31,7 +31,7 @@ from gdispatch.dispatcher.sockets import SocketTable
 from gdispatch.dispatcher.statefile import StateKeeper, default_path
 from gdispatch.dns import DestinationResolver, NextHopResolver, Resolver
 from gdispatch.flood import SourceGuard
-from gdispatch.net import TransportError, Transports
+from gdispatch.net import TlsContexts, TlsSetupError, TransportError, Transports
 from gdispatch.plugins import PluginError, PluginHost
 from gdispatch.probing.pinger import Prober
 from gdispatch.probing.policy import ProbeSettings
@@ -259,10 +259,14 @@ class App:
         if lowered:
             log.warning("%s", lowered)
         try:
+            tls = TlsContexts(config.tls, server=True) if any(x.transport == "tls" for x in config.listen) else None
             socks = self.cluster.sockets()
             self.transports = transports = Transports(
                 config.listen, shared=socks.shared, udp_socks=socks.udp, handoff=socks.relay,
-                tcp_limits=tcp_limits, kernel_filter=config.flood.kernel_filter)
+                tcp_limits=tcp_limits, kernel_filter=config.flood.kernel_filter, tls=tls)
+        except TlsSetupError as e:
+            log.error("%s", e)
+            return 1
         except TransportError as e:
             log.error("%s", e.strerror or e)
             return 1
@@ -344,13 +348,34 @@ class App:
         log.info("%s", msg, extra=logsafe.KEEP)
         return msg
 
+    def reload_tls(self) -> str:
+        """Read the `[tls]` certificates and keys again (gdispatch.net.tls): new
+        connections take them, established ones keep theirs; on an error the running
+        ones stay. Returns what happened, for the reload's answer ('' without TLS)."""
+        contexts = self.transports.tls if self.transports is not None else None
+        if contexts is None:
+            return ""
+        self.cluster.tls_reloaded()
+        why = contexts.reload()
+        stats = self._transports().stats
+        stats["tls_reloads" if not why else "tls_reload_failures"] += 1
+        if why:
+            log.error("%s; the running certificates stay", why, extra=logsafe.KEEP)
+            return f"tls not reloaded: {why}"
+        log.info("tls certificates and keys reloaded", extra=logsafe.KEEP)
+        return "tls certificates and keys reloaded"
+
+    def tls_connections(self) -> list[dict]:
+        """This process's TLS connections, then the other workers'."""
+        return self._transports().tls_connections() + self.cluster.tls_connections()
+
     def reload(self, reason: str = "reload requested") -> str:
         """Load the list file again and swap it in, keeping each unchanged destination's
         state, and the dialog keys. Raises ListError (the running list stays) when the
         list does not load."""
         config = self.config
         sdnotify.reloading()
-        keys = self.reload_keys()
+        keys = "; ".join(x for x in (self.reload_keys(), self.reload_tls()) if x)
         try:
             try:
                 new = load_list(config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order,
@@ -494,7 +519,11 @@ class App:
             self.destination_state_changed(dest, old, new, reason)
 
     def _reachable(self, dest, ip: str) -> str:
-        return self._transports().can_reach(dest.transport, ip)
+        transports = self._transports()
+        profile = dest.attr_map.get("tls_profile", "")
+        if profile and dest.transport == "tls" and transports.tls is not None and not transports.tls.knows(profile):
+            return f"tls_profile={profile}: no [tls.client.{profile}] profile"
+        return transports.can_reach(dest.transport, ip)
 
     def _tick(self) -> None:
         scheduler = self.scheduler

@@ -23,6 +23,9 @@ else:  # pragma: no cover - exercised only on older Pythons
 from gdispatch.settings import (
     DEFAULT_FAILOVER_CODES as DEFAULT_FAILOVER_CODES,
 )
+from gdispatch.settings import (
+    TLS_METHODS as TLS_METHODS,
+)
 from gdispatch.settings import (  # the schema, read from here by the rest of the program too
     TRANSPORTS as TRANSPORTS,
 )
@@ -55,6 +58,12 @@ from gdispatch.settings import (
 )
 from gdispatch.settings import (
     Timers as Timers,
+)
+from gdispatch.settings import (
+    Tls as Tls,
+)
+from gdispatch.settings import (
+    TlsProfile as TlsProfile,
 )
 from gdispatch.settings import (
     parse_codes as parse_codes,
@@ -315,9 +324,84 @@ def _tcp(t: Any) -> Tcp:
                message_timeout=float(_number(t, "message_timeout", where, d.message_timeout)))
 
 
+_TLS_FILES = ("certificate", "private_key", "ca_list")
+_TLS_KEYS = {*_TLS_FILES, "verify_certificate", "require_certificate", "method", "cipher_list"}
+
+
+def _tls_profile(t: dict, where: str, source: str, default: TlsProfile, *, client: bool) -> TlsProfile:
+    keys = _TLS_KEYS | ({"server_name", "sets"} if client else set())
+    t = _check_keys(t, keys, where)
+    values: dict[str, Any] = {}
+    for key in _TLS_FILES:
+        v = t.get(key, getattr(default, key))
+        if not isinstance(v, str):
+            raise ConfigError(f"{where}.{key}: expected a file path")
+        if v and source and not os.path.isabs(v):
+            v = os.path.join(os.path.dirname(os.path.abspath(source)), v)
+        values[key] = v
+    for key in ("verify_certificate", "require_certificate"):
+        v = t.get(key, getattr(default, key))
+        if not isinstance(v, bool):
+            raise ConfigError(f"{where}.{key}: expected true or false, got {v!r}")
+        values[key] = v
+    method = t.get("method", default.method)
+    if method not in TLS_METHODS:
+        raise ConfigError(f"{where}.method: expected one of {', '.join(TLS_METHODS)} (TLS 1.0 and 1.1 are "
+                          f"not offered: RFC 8996), got {method!r}")
+    values["method"] = method
+    for key in ("cipher_list", "server_name"):
+        v = t.get(key, getattr(default, key))
+        if not isinstance(v, str):
+            raise ConfigError(f"{where}.{key}: expected a string")
+        values[key] = v
+    sets = t.get("sets", [])
+    if not isinstance(sets, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in sets):
+        raise ConfigError(f"{where}.sets: expected a list of destination set ids such as [2, 3]")
+    values["sets"] = tuple(sets)
+    if values["private_key"] and not values["certificate"]:
+        raise ConfigError(f"{where}.private_key: given without a certificate")
+    return replace(default, **values)
+
+
+def _tls(t: Any, source: str) -> Tls:
+    """`[tls]` (the server side), `[tls.client]` and its named profiles `[tls.client.NAME]`."""
+    where = "[tls]"
+    if not isinstance(t, dict):
+        raise ConfigError(f"{where}: expected a table")
+    d = Tls()
+    client_t = t.get("client", {})
+    if not isinstance(client_t, dict):
+        raise ConfigError(f"{where}.client: expected a table")
+    server_t = _check_keys({k: v for k, v in t.items() if k not in ("client", "handshake_timeout")},
+                           _TLS_KEYS, where)
+    server = _tls_profile(server_t, where, source, d.server, client=False)
+    if server.require_certificate and not server.verify_certificate:
+        server = replace(server, verify_certificate=True)  # a certificate required is one verified
+    named = {k: v for k, v in client_t.items() if isinstance(v, dict)}
+    client = _tls_profile({k: v for k, v in client_t.items() if k not in named}, "[tls.client]", source,
+                          d.client, client=True)
+    if client.sets:
+        raise ConfigError("[tls.client].sets: the default client profile serves every set; give sets to a "
+                          "named profile ([tls.client.NAME])")
+    profiles = []
+    served: dict[int, str] = {}
+    for name, table in named.items():
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
+            raise ConfigError(f"[tls.client.{name}]: a profile name is one word of letters, digits, '_', '.' or '-'")
+        profile = replace(_tls_profile(table, f"[tls.client.{name}]", source, client, client=True), name=name)
+        for setid in profile.sets:
+            if setid in served:
+                raise ConfigError(f"[tls.client.{name}].sets: set {setid} is already served by "
+                                  f"[tls.client.{served[setid]}]")
+            served[setid] = name
+        profiles.append(profile)
+    timeout = float(_number(t, "handshake_timeout", where, d.handshake_timeout))
+    return Tls(server=server, client=client, profiles=tuple(profiles), handshake_timeout=timeout)
+
+
 def from_dict(data: dict, source: str = "") -> Config:
     data = _check_keys(data, {"server", "dispatcher", "timers", "dns", "probing", "plugins", "control", "route",
-                              "overload", "security", "flood", "tcp"}, "config")
+                              "overload", "security", "flood", "tcp", "tls"}, "config")
     server = _check_keys(data.get("server", {}), {"listen", "domains", "log_level", "workers", "no_route_reply",
                                                   "drain_time", "server_header", "user_agent_header"}, "[server]")
     for key in ("server_header", "user_agent_header"):
@@ -424,6 +508,9 @@ def from_dict(data: dict, source: str = "") -> Config:
     security = _security(data.get("security", {}), source)
     flood = _flood(data.get("flood", {}))
     tcp = _tcp(data.get("tcp", {}))
+    tls = _tls(data.get("tls", {}), source)
+    if any(x.transport == "tls" for x in listen) and not tls.server.certificate:
+        raise ConfigError("[server].listen: a tls: listen address needs [tls].certificate (and its private_key)")
     pl = data.get("plugins", {})
     if not isinstance(pl, dict):
         raise ConfigError("[plugins]: expected a table")
@@ -439,7 +526,7 @@ def from_dict(data: dict, source: str = "") -> Config:
         listen=listen, domains=tuple(x.lower() for x in domains), log_level=level,
         workers=_number(server, "workers", "[server]", 1, integer=True, minimum=1, exclusive=False),
         list_file=list_file, load_mode=load_mode, state_file=state_file, **flags, **seconds,
-        timers=timers, probing=probing, overload=overload, security=security, flood=flood, tcp=tcp,
+        timers=timers, probing=probing, overload=overload, security=security, flood=flood, tcp=tcp, tls=tls,
         server_header=server.get("server_header", Config.server_header),
         user_agent_header=server.get("user_agent_header", Config.user_agent_header),
         plugins=plugins, hooks_dir=hooks_dir,

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-TRANSPORTS = ("udp", "tcp")
+TRANSPORTS = ("udp", "tcp", "tls")
 # A failed attempt goes on to the next destination (Kamailio's failure_route with
 # ds_next_dst) for a gateway's refusal or failure, 4xx and 5xx, but not for what only the
 # caller can act on (a challenge, 401 and 407; 421, 422, 423 and 494 ask the caller for an
@@ -53,7 +53,7 @@ def parse_codes(values: Any, key: str) -> frozenset[int]:
 
 @dataclass(frozen=True)
 class Listen:
-    transport: str  # "udp" | "tcp"
+    transport: str  # "udp" | "tcp" | "tls"
     host: str  # IP address, no brackets
     port: int
     # The name a destination's `sockname` attr and `[dispatcher].default_sockname` give
@@ -189,6 +189,48 @@ class Tcp:
     message_timeout: float = 10.0  # seconds from the first byte of a message to its last
 
 
+# The TLS versions `method` may name, Kamailio's tls.cfg words: "TLSv1.2+" is 1.2 or
+# later, "TLSv1.2" that one only. Older versions are refused (RFC 8996).
+TLS_METHODS = ("TLSv1.2+", "TLSv1.3+", "TLSv1.2", "TLSv1.3")
+
+
+@dataclass(frozen=True)
+class TlsProfile:
+    """The certificates and checks of one side of TLS, with the key names of Kamailio's
+    tls.cfg profiles (`[server:default]`, `[client:default]`); see gdispatch.net.tls.
+
+    The server side verifies a client's certificate when it sends one
+    (`verify_certificate`) and refuses a client without one (`require_certificate`);
+    the client side checks the server's certificate and its name (`verify_certificate`,
+    on by default there). Paths are absolute once read (relative to the configuration
+    file)."""
+
+    certificate: str = ""  # our certificate, PEM (a chain: ours first)
+    private_key: str = ""  # its key, PEM ("" = in `certificate`)
+    ca_list: str = ""  # the CAs we trust, PEM ("" on the client side: the system's store)
+    verify_certificate: bool = False
+    require_certificate: bool = False
+    method: str = "TLSv1.2+"
+    cipher_list: str = ""  # OpenSSL's cipher string for TLS 1.2 ("" = Python's defaults)
+    # A client profile: the name sent in SNI and checked in the certificate ("" = the
+    # destination URI's host), and the destination sets it serves.
+    server_name: str = ""
+    sets: tuple[int, ...] = ()
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Tls:
+    """`[tls]`: the server side at the top, `[tls.client]` the client side's default
+    and `[tls.client.NAME]` the named client profiles (chosen by a destination's
+    `tls_profile` attr, or by its set)."""
+
+    server: TlsProfile = TlsProfile()
+    client: TlsProfile = TlsProfile(verify_certificate=True)
+    profiles: tuple[TlsProfile, ...] = ()
+    handshake_timeout: float = 5.0  # seconds from a TCP connection to the end of its TLS handshake
+
+
 @dataclass(frozen=True)
 class Config:
     listen: tuple[Listen, ...] = (Listen("udp", "127.0.0.1", 5060), Listen("tcp", "127.0.0.1", 5060))
@@ -230,6 +272,7 @@ class Config:
     server_header: str = "gdispatch"
     user_agent_header: str = "gdispatch"
     tcp: Tcp = Tcp()
+    tls: Tls = Tls()
     plugins: tuple[str, ...] = ()
     # Where plugin files are looked for first; a name not there is one shipped with
     # gdispatch (gdispatch.plugins.plugin_path).

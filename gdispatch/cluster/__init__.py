@@ -61,6 +61,7 @@ destination, as the operator sees it. It tells the others, over a socketpair per
   destination's state;
 - `StateChanged`: a destination's new state (ping, traffic failure, set_state);
 - `KeysChanged`: the dialog keys, read again on a reload;
+- `TlsReload`: read the `[tls]` certificates and keys again (a reload);
 - `Latencies` every second, for the latency algorithm (11);
 - `Stop`: drain and exit.
 

@@ -16,7 +16,7 @@ import pickle
 import socket
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Union
 
 import gevent
@@ -101,6 +101,11 @@ class KeysChanged:
 
 
 @dataclass(frozen=True)
+class TlsReload:
+    """Read the `[tls]` certificates and keys again (a reload)."""
+
+
+@dataclass(frozen=True)
 class Latencies:
     """The primary's latency estimates in ms, every second, for algorithm 11."""
 
@@ -138,9 +143,10 @@ class Report:
     loads: dict[DestKey, int]
     counters: dict[tuple, list[int]]
     stats: dict[str, int]
+    tls: list[dict] = field(default_factory=list)  # its TLS connections, for ``tls.list``
 
 
-FromPrimary = Union[Hello, ListSwapped, StateChanged, KeysChanged, Latencies, Stop]
+FromPrimary = Union[Hello, ListSwapped, StateChanged, KeysChanged, TlsReload, Latencies, Stop]
 FromWorker = Union[Ready, TrafficFailure, Report]
 Message = Union[FromPrimary, FromWorker]
 

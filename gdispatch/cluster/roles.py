@@ -42,6 +42,7 @@ from gdispatch.cluster.channel import (
     Report,
     StateChanged,
     Stop,
+    TlsReload,
     TrafficFailure,
     dest_key,
     keyed,
@@ -80,6 +81,14 @@ class Host(Protocol):
 
     def use_keys(self, keys: list[tuple[str, bytes]]) -> None:
         """Sign and verify Record-Route with these dialog keys from now on."""
+        ...
+
+    def reload_tls(self) -> str:
+        """Read the `[tls]` certificates and keys again ('' or what happened)."""
+        ...
+
+    def tls_connections(self) -> list[dict]:
+        """This process's TLS connections, for ``tls.list``."""
         ...
 
 
@@ -123,6 +132,13 @@ class Role:
 
     def keys_changed(self, keys: list[tuple[str, bytes]]) -> None:
         """The dialog keys were read again."""
+
+    def tls_reloaded(self) -> None:
+        """The `[tls]` files were read again: the other workers read them too."""
+
+    def tls_connections(self) -> list[dict]:
+        """The other workers' TLS connections (as of their last report), for ``tls.list``."""
+        return []
 
     def counters(self) -> dict[str, int]:
         """This process's counters of the cluster, for ``stats``."""
@@ -233,6 +249,12 @@ class Primary(Single):
 
     def keys_changed(self, keys: list[tuple[str, bytes]]) -> None:
         self._broadcast(KeysChanged(keys))
+
+    def tls_reloaded(self) -> None:
+        self._broadcast(TlsReload())
+
+    def tls_connections(self) -> list[dict]:
+        return [c for i in sorted(self.reports) for c in self.reports[i].tls]
 
     def _hello(self, index: int) -> Hello:
         """What a new worker starts from."""
@@ -378,6 +400,8 @@ class Worker(Role):
             host.take_list(msg.text, msg.reason, msg.states)
         elif isinstance(msg, KeysChanged):
             host.use_keys(msg.keys)
+        elif isinstance(msg, TlsReload):
+            host.reload_tls()
         elif isinstance(msg, Stop):
             host.stopping.set()
 
@@ -386,7 +410,7 @@ class Worker(Role):
         while True:
             gevent.sleep(SYNC_INTERVAL)
             loads = {dest_key(d): d.load for d in proxy.dlist.destinations() if d.load}
-            self.channel.send(Report(loads, dict(proxy.dest_counts), host.local_stats()))
+            self.channel.send(Report(loads, dict(proxy.dest_counts), host.local_stats(), host.tls_connections()))
 
     def counters(self) -> dict[str, int]:
         return _relay_counters(self.relay)

@@ -22,6 +22,7 @@ Methods (arguments in brackets are optional):
 - ``dispatcher.add GROUP ADDRESS [FLAGS [PRIORITY [ATTRS [DESCRIPTION [PERSIST]]]]]``
 - ``dispatcher.remove GROUP ADDRESS [PERSIST]``
 - ``dispatcher.hash NSLOTS VAL1 [VAL2]``
+- ``tls.list``, ``tls.reload`` (Kamailio's tls module)
 - ``core.version``, ``core.uptime``, ``stats``, ``system.listMethods``,
   ``system.methodHelp METHOD``
 
@@ -157,6 +158,14 @@ class ControlApi(Protocol):
         """Called after an RPC changed `dest.flags` (from `old_flags`), so the
         application logs it and fires its hooks. `reason` names the command, e.g.
         "rpc dispatcher.set_state dx"."""
+        ...
+
+    def tls_connections(self) -> list[dict]:
+        """Every worker's TLS connections (gdispatch.net.Transports.tls_connections)."""
+        ...
+
+    def reload_tls(self) -> str:
+        """Read the [tls] files again: '' without TLS, else what happened."""
         ...
 
     def stats(self) -> dict:
@@ -559,6 +568,21 @@ def core_uptime(api: ControlApi) -> dict[str, Any]:
 @_method("stats", "Returns the proxy's counters and gauges")
 def stats(api: ControlApi) -> Any:
     return api.stats()
+
+
+@_method("tls.list", "List the TLS connections: peer, our address, cipher and certificate subject")
+def tls_list(api: ControlApi) -> list[dict]:
+    return api.tls_connections()
+
+
+@_method("tls.reload", "Read the TLS certificates, keys and CA lists again")
+def tls_reload(api: ControlApi) -> str:
+    done = api.reload_tls()
+    if not done:
+        raise RpcError(500, "TLS Not Enabled", "no tls: listen address")
+    if done.startswith("tls not reloaded"):
+        raise RpcError(500, "Error while fixing TLS configuration", done)
+    return "Ok. TLS configuration reloaded."
 
 
 @_method("system.listMethods", "Lists the RPC methods supported by the server")

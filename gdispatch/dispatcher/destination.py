@@ -22,6 +22,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from gdispatch.net.tls import TlsPeer
 from gdispatch.sip.uri import SipUri
 
 if TYPE_CHECKING:  # probing.policy imports this module
@@ -277,6 +278,15 @@ class Destination:
     @property
     def transport(self) -> str:
         return self.sip_uri.transport
+
+    @property
+    def tls_peer(self) -> TlsPeer | None:
+        """Over TLS, who a connection to it must reach: the URI's host (SNI and the name
+        in its certificate), its set and its `tls_profile` attr, which choose the
+        `[tls.client]` profile (gdispatch.net.tls); None over another transport."""
+        if self.sip_uri.transport != "tls":
+            return None
+        return TlsPeer(self.sip_uri.host, self.setid, self.attr_map.get("tls_profile", ""))
 
     def state_letters(self, flags: int | None = None) -> str:
         """The two-letter FLAGS field of Kamailio's `dispatcher.list`, for the current

@@ -1,4 +1,4 @@
-"""The transport layer of gdispatch (RFC 3261 §18): UDP and TCP sockets on gevent.
+"""The transport layer of gdispatch (RFC 3261 §18): UDP, TCP and TLS sockets on gevent.
 
 The modules, from the bottom up (each imports only those above it at run time):
 
@@ -11,6 +11,9 @@ The modules, from the bottom up (each imports only those above it at run time):
 - `tcp`: `TcpConnection`, a connection framed by Content-Length (§18.3) under the
   [tcp] limits (gdispatch.tcplimits), and `TcpListener`, which accepts through gevent's
   StreamServer and refuses what is over a cap or banned.
+- `tls`: `TlsContexts`, the SSL contexts made from `[tls]` (and made again on reload),
+  `TlsSession`, one connection's TLS on memory buffers (RFC 3261 §26.2), `TlsPeer`,
+  who a connection we open must reach. `tcp` runs a TLS connection (`TlsListener`).
 - `transports`: `Transports`, the facade the proxy uses (listeners, the connection
   table, `send` §18.1 and `reply` §18.2.2), `Handoff` (what it hands other workers'
   datagrams to), `ensure_free`, and `reach_problem` (why no listen address can send to
@@ -21,7 +24,8 @@ the transports know of other workers only through `Handoff` and the sockets give
 """
 
 from gdispatch.net.source import Source, TransportError
-from gdispatch.net.tcp import TcpConnection, TcpListener
+from gdispatch.net.tcp import TcpConnection, TcpListener, TlsListener
+from gdispatch.net.tls import TlsContexts, TlsPeer, TlsSetupError
 from gdispatch.net.transports import Handoff, Transports, ensure_free, reach_problem
 from gdispatch.net.udp import UdpListener, enable_timestamps, run_receiver, udp_socket
 
@@ -30,6 +34,10 @@ __all__ = [
     "Source",
     "TcpConnection",
     "TcpListener",
+    "TlsContexts",
+    "TlsListener",
+    "TlsPeer",
+    "TlsSetupError",
     "TransportError",
     "Transports",
     "UdpListener",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import ssl
 import struct
 import time
 from collections import deque
@@ -39,6 +40,7 @@ from gevent.server import StreamServer
 from gdispatch import tcplimits
 from gdispatch.config import Listen
 from gdispatch.net.source import Source, TransportError, address_family
+from gdispatch.net.tls import TlsPeer, TlsSession, describe
 from gdispatch.sip import MAX_MESSAGE_SIZE, ParseError
 from gdispatch.tcplimits import AcceptBackoff, StreamReader
 
@@ -58,24 +60,37 @@ TCP_COUNTERS = ("tcp_connections_open", tcplimits.REFUSED_TOTAL, tcplimits.REFUS
                 "tcp_closed_idle", "tcp_closed_slow", "tcp_oversized", "tcp_evicted", "tcp_accept_failures")
 
 
+class _HandshakeFailed(TransportError):
+    """A TLS handshake that failed, already counted and logged."""
+
+
 class TcpConnection:
-    """One TCP connection, accepted or opened by us, reading and writing SIP messages.
+    """One TCP connection, accepted or opened by us, reading and writing SIP messages,
+    over TLS when its listener is a `tls:` one (gdispatch.net.tls: the session turns
+    what the socket carries into plaintext and back, and the handshake comes first).
     `source`: the source it counts against (gdispatch.tcplimits.source_key) when it
     was accepted, None when we opened it."""
 
     def __init__(self, owner: Transports, listener: TcpListener, addr: tuple[str, int],
-                 sock: socket.socket | None, source: str | None = None, *, bind_ip: str | None = None):
+                 sock: socket.socket | None, source: str | None = None, *, bind_ip: str | None = None,
+                 tls: TlsSession | None = None):
         """`bind_ip`: a connection we open leaves from this address of ours (bound
-        before the connect); None: the kernel chooses."""
+        before the connect); None: the kernel chooses. `tls`: the session of a TLS
+        connection, its handshake not begun."""
         self.owner = owner
         self.listener = listener
+        self.transport = listener.transport
         self.addr = addr
         self.bind_ip = bind_ip
         # Our end's address when it is known: the listener's for an accepted connection.
         self.local_ip = listener.listen.host if sock is not None else bind_ip
         self.sock = sock
         self.source = source
-        self.connected = sock is not None
+        self.tls = tls
+        self.created = time.time()
+        # Messages may be written once TCP is connected and TLS, if any, established;
+        # until then they wait in `pending`, as plaintext.
+        self.connected = sock is not None and tls is None
         self.closed = False
         self.pending: deque[bytes] = deque()
         self.error_callbacks: list[Callable[[], None]] = []
@@ -87,16 +102,108 @@ class TcpConnection:
 
     def _run(self) -> None:
         try:
-            if not self.connected:
+            if self.sock is None:
                 self._connect()
+            if self.tls is not None:
+                self._handshake()
+            self._established()
             self._flush()
             self._read_loop()
+        except _HandshakeFailed:
+            self._fail()
         except OSError as e:
             if not self.closed:
-                log.warning("tcp connection to %s:%s failed: %s", self.addr[0], self.addr[1], e)
+                log.warning("%s connection to %s:%s failed: %s", self.transport, self.addr[0], self.addr[1], e)
             self._fail()
         finally:
             self.close()
+
+    def _established(self) -> None:
+        """TCP is connected and TLS, if any, established: what waited may be written."""
+        if self.connected:
+            return
+        self.connected = True
+        self.error_callbacks.clear()
+        tls = self.tls
+        if tls is not None and self.pending:
+            self.pending = deque(tls.encrypt(data) for data in self.pending)
+
+    def _handshake(self) -> None:
+        """The TLS handshake, within [tls].handshake_timeout of now: a peer that never
+        ends it holds its connection no longer (and counts against the [tcp] caps until
+        then). A failure is counted and logged with the check that failed."""
+        tls = self.tls
+        sock = self.sock
+        assert tls is not None and sock is not None
+        owner = self.owner
+        stats = owner.stats
+        assert owner.tls is not None  # a TLS connection exists only with the contexts
+        hub = get_hub()
+        r = hub.loop.io(sock.fileno(), 1)
+        who = (f"from {self.addr[0]}:{self.addr[1]}" if tls.server_side
+               else f"to {self.addr[0]}:{self.addr[1]} ({tls.obj.server_hostname or 'no name'})")
+        timer = gevent.Timeout(owner.tls.handshake_timeout)
+        timer.start()
+        try:
+            data = b""
+            while True:
+                try:
+                    done = tls.handshake(data)
+                finally:
+                    out = tls.outgoing()  # our handshake records, or the alert that ends it
+                    if out:
+                        self._write_all(out)
+                if done:
+                    break
+                data = self._recv(r)
+                if not data:
+                    raise TransportError(errno.ECONNRESET, "the peer closed the connection")
+        except ssl.SSLError as e:
+            why = describe(e)
+        except gevent.Timeout as e:
+            if e is not timer:
+                raise
+            stats["tls_handshake_timeouts"] += 1
+            why = f"not over within {owner.tls.handshake_timeout:g} s"
+        except OSError as e:
+            why = describe(e)
+        else:
+            stats["tls_handshakes"] += 1
+            return
+        finally:
+            timer.close()
+        stats["tls_handshake_failures"] += 1
+        # A client that fails is anybody on the network; a destination that fails is
+        # the operator's to see (and fails over like a refused connection).
+        log.log(logging.INFO if tls.server_side else logging.WARNING, "tls handshake %s failed: %s", who, why)
+        raise _HandshakeFailed(errno.ECONNABORTED, f"tls handshake failed: {why}")
+
+    def _recv(self, watcher: Any) -> bytes:
+        sock = self.sock
+        assert sock is not None
+        while True:
+            try:
+                return sock.recv(65536)
+            except BlockingIOError:
+                get_hub().wait(watcher)
+
+    def _write_all(self, data: bytes) -> None:
+        """Write `data` now, waiting for the socket as needed (the handshake's records,
+        before anything else is written on the connection)."""
+        sock = self.sock
+        assert sock is not None
+        w = None
+        while data:
+            try:
+                n = sock.send(data)
+            except BlockingIOError:
+                n = 0
+            if n:
+                data = data[n:]
+            else:
+                if w is None:
+                    w = get_hub().loop.io(sock.fileno(), 2)
+                get_hub().wait(w)
 
     def _connect(self) -> None:
         host, port = self.addr
@@ -127,8 +234,6 @@ class TcpConnection:
                 raise OSError(err, errno.errorcode.get(err, str(err)))
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = s
-        self.connected = True
-        self.error_callbacks.clear()
         if self.local_ip is None and not self.closed:
             # The kernel chose our address: now it is known, a request that must leave
             # from it may use this connection too.
@@ -153,6 +258,16 @@ class TcpConnection:
                 self.error_callbacks.append(on_error)
             self.pending.append(data)
             return
+        if self.tls is not None:
+            try:
+                data = self.tls.encrypt(data)
+            except ssl.SSLError as e:
+                self.close()
+                raise TransportError(errno.EPIPE, f"tls send to {self.addr[0]}:{self.addr[1]}: {describe(e)}") from None
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        """Write bytes as they go on the wire, after what waits, without blocking."""
         if self.pending:
             self.pending.append(data)
             return
@@ -164,7 +279,8 @@ class TcpConnection:
             n = 0
         except OSError as e:
             self.close()
-            raise TransportError(e.errno, f"tcp send to {self.addr[0]}:{self.addr[1]}: {e.strerror}") from None
+            raise TransportError(e.errno, f"{self.transport} send to {self.addr[0]}:{self.addr[1]}: "
+                                          f"{e.strerror}") from None
         if n < len(data):
             self.pending.append(data[n:])
             if not self.writer_waiting:
@@ -205,6 +321,8 @@ class TcpConnection:
         reader = self.reader
         handle = self.owner.on_message
         clock = time.monotonic
+        tls = self.tls
+        transport = self.transport
         while not self.closed:
             try:
                 chunk = sock.recv(65536)
@@ -219,13 +337,25 @@ class TcpConnection:
                 continue
             if not chunk:
                 return
+            if tls is not None:
+                try:
+                    plain = tls.feed(chunk)
+                except ssl.SSLError as e:
+                    log.info("closing tls connection with %s:%s: %s", self.addr[0], self.addr[1], describe(e))
+                    return
+                out = tls.outgoing()  # a session ticket, a key update's answer
+                if out:
+                    self._write(out)
+                if plain is None:
+                    return  # close_notify
+                chunk = plain
             now = clock()
-            messages = reader.feed(chunk, now)
+            messages = reader.feed(chunk, now) if chunk else []
             if messages:
                 self.owner.table.active(self)
             for msg in messages:
                 try:
-                    handle(msg, Source("tcp", self.addr, self.listener, self))
+                    handle(msg, Source(transport, self.addr, self.listener, self))
                 except Exception:
                     log.exception("error handling a message from %s:%s", self.addr[0], self.addr[1])
             if reader.error is not None:
@@ -316,6 +446,11 @@ class TcpListener:
 
     transport = "tcp"
 
+    def session(self, peer: TlsPeer | None = None) -> TlsSession | None:
+        """The TLS session of a connection accepted (`peer` None) or opened to `peer`
+        on this listener's transport: none over TCP."""
+        return None
+
     def __init__(self, listen: Listen, owner: Transports, *, reuseport: bool = False, index: int = 0):
         """`index`: its position in Transports.listeners, the same in every worker."""
         self.listen = listen
@@ -364,12 +499,28 @@ class TcpListener:
             return
         s.setblocking(False)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = TcpConnection(owner, self, (addr[0], addr[1]), s, source)
+        conn = TcpConnection(owner, self, (addr[0], addr[1]), s, source, tls=self.session())
         owner.remember(conn)
 
     def close(self) -> None:
         self.server.close()
         self.sock.close()
+
+
+class TlsListener(TcpListener):
+    """A TLS listen address (RFC 3261 §26.2): TCP's, with a TLS session on each
+    connection, accepted or opened (gdispatch.net.tls.TlsContexts gives the context)."""
+
+    transport = "tls"
+
+    def session(self, peer: TlsPeer | None = None) -> TlsSession | None:
+        contexts = self.owner.tls
+        assert contexts is not None  # a tls: listen address needs [tls] (gdispatch.config)
+        if peer is None:
+            assert contexts.server is not None
+            return TlsSession(contexts.server, server_side=True)
+        ctx, name = contexts.client_for(peer)
+        return TlsSession(ctx, server_side=False, server_name=name)
 
 
 class _Acceptor(StreamServer):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import time
 from collections.abc import Callable, Iterable
 from typing import Protocol, cast
 
@@ -33,7 +34,8 @@ import gevent
 from gdispatch import sockfilter
 from gdispatch.config import Listen
 from gdispatch.net.source import Source, TransportError, address_family
-from gdispatch.net.tcp import TCP_COUNTERS, TcpConnection, TcpListener
+from gdispatch.net.tcp import TCP_COUNTERS, TcpConnection, TcpListener, TlsListener
+from gdispatch.net.tls import TLS_COUNTERS, TlsContexts, TlsPeer
 from gdispatch.net.udp import UdpListener
 from gdispatch.tcplimits import ConnectionTable, TcpLimits
 
@@ -78,8 +80,8 @@ def reach_problem(listens: Iterable[Listen], transport: str, host: str) -> str:
     """'' when one of `listens` can send to IP `host` over `transport` (a listen address
     of that transport and address family: RFC 3261 §18.1.1, the request leaves from the
     address written in our Via), else why not, for the operator."""
-    if transport not in ("udp", "tcp"):
-        return f"transport {transport!r} is not supported (udp and tcp are)"
+    if transport not in ("udp", "tcp", "tls"):
+        return f"transport {transport!r} is not supported (udp, tcp and tls are)"
     v6 = ":" in host
     if not any(x.transport == transport and x.family_v6 == v6 for x in listens):
         family = "IPv6" if v6 else "IPv4"
@@ -92,7 +94,8 @@ class Transports:
 
     def __init__(self, listens: tuple[Listen, ...], *, shared: bool = False,
                  udp_socks: dict[int, socket.socket] | None = None, handoff: Handoff | None = None,
-                 tcp_limits: TcpLimits | None = None, kernel_filter: bool = False):
+                 tcp_limits: TcpLimits | None = None, kernel_filter: bool = False,
+                 tls: TlsContexts | None = None):
         """`shared`: one of several workers on the same listen addresses (SO_REUSEPORT);
         each UDP listener then gets a private twin on an ephemeral port of the same IP,
         which sends this worker's requests and receives their responses. `udp_socks`:
@@ -102,7 +105,8 @@ class Transports:
         (`deliver`).
         `tcp_limits`: this process's TCP caps and timeouts (gdispatch.tcplimits; the
         `[tcp]` defaults when None). `kernel_filter`: the kernel drops what cannot be SIP
-        (gdispatch.sockfilter)."""
+        (gdispatch.sockfilter). `tls`: the SSL contexts of the `tls:` listen addresses
+        and of the connections they open (gdispatch.net.tls)."""
         # What `start` gives: where received messages go, whether a datagram from an IP
         # address may be read (gdispatch.flood) and who hears of ICMP errors.
         self.on_message: Callable[[bytes, Source], None] = _not_started
@@ -111,7 +115,8 @@ class Transports:
         self.kernel_filter = kernel_filter
         self.filter_error: OSError | None = None  # the kernel's refusal of the filter
         self.banned: frozenset[str] = frozenset()  # sources banned as floods (`set_banned`)
-        self.stats: dict[str, int] = dict.fromkeys(TCP_COUNTERS, 0)
+        self.tls = tls
+        self.stats: dict[str, int] = dict.fromkeys(TCP_COUNTERS + (TLS_COUNTERS if tls is not None else ()), 0)
         self.listeners: list[UdpListener | TcpListener] = []
         self.connections: dict[tuple[str, int], TcpConnection] = {}
         # The connections whose local address is known, by (peer, local IP): those
@@ -131,6 +136,8 @@ class Transports:
                                       steer=handoff.steer if handoff is not None else None)
                     if shared:
                         lst.private = UdpListener(Listen("udp", listen.host, 0), self, public=lst)
+                elif listen.transport == "tls":
+                    lst = TlsListener(listen, self, reuseport=shared, index=index)
                 else:
                     lst = TcpListener(listen, self, reuseport=shared, index=index)
             except OSError as e:
@@ -204,6 +211,32 @@ class Transports:
         if self.on_unreachable is not None:
             self.on_unreachable(addr)
 
+    def tls_connections(self) -> list[dict]:
+        """The TLS connections, as Kamailio's ``tls.list`` shows them (`src_*` the
+        peer's end, `dst_*` ours), with the session's version and cipher, and the
+        subject of the peer's certificate when it sent one that was verified."""
+        idle_since = time.monotonic()
+        conns = {id(c): c for c in (*self.connections.values(), *self.bound.values())}
+        out = []
+        for conn in conns.values():
+            tls = conn.tls
+            if tls is None or conn.closed:
+                continue
+            info = tls.info() if tls.established else {}
+            out.append({
+                "id": id(conn) & 0xFFFFFFFF,
+                "created": time.ctime(conn.created),
+                "idle": int(idle_since - conn.reader.last_complete),
+                "src_ip": conn.addr[0], "src_port": conn.addr[1],
+                "dst_ip": conn.local_ip or "", "dst_port": conn.listener.listen.port if conn.source else 0,
+                "direction": "accepted" if conn.source is not None else "opened",
+                "state": "established" if tls.established else "handshake",
+                "cipher": " ".join(x for x in (info.get("version"), info.get("cipher"), info.get("bits")) if x),
+                "peer_subject": info.get("peer_subject", ""),
+                "server_name": info.get("server_name", ""),
+            })
+        return out
+
     def remember(self, conn: TcpConnection) -> None:
         self.connections[conn.addr] = conn
         if conn.local_ip is not None:
@@ -230,9 +263,11 @@ class Transports:
         self.table.closed(conn)
         self.stats["tcp_connections_open"] = self.table.open
 
-    def _open(self, listener: TcpListener, addr: tuple[str, int], bind: bool = False) -> TcpConnection:
+    def _open(self, listener: TcpListener, addr: tuple[str, int], bind: bool = False,
+              peer: TlsPeer | None = None) -> TcpConnection:
         """A new connection towards `addr`; from the listener's IP address when `bind`
-        (an ephemeral port: the listen port is taken). When the table is full the
+        (an ephemeral port: the listen port is taken); over TLS, to `peer` (its IP
+        address when None: the name its certificate must carry). When the table is full the
         accepted connection idle longest makes room: callers filling the table must not
         cut the proxy off from its destinations."""
         if self.table.full():
@@ -247,7 +282,8 @@ class Transports:
             log.warning("closing tcp connection from %s:%s to open one to %s:%s: [tcp].max_connections reached",
                         victim.addr[0], victim.addr[1], addr[0], addr[1])
             victim.abort()
-        conn = TcpConnection(self, listener, addr, None, bind_ip=listener.listen.host if bind else None)
+        conn = TcpConnection(self, listener, addr, None, bind_ip=listener.listen.host if bind else None,
+                             tls=listener.session(peer or TlsPeer(addr[0])))
         self.remember(conn)
         return conn
 
@@ -291,13 +327,16 @@ class Transports:
 
     def send(self, transport: str, addr: tuple[str, int], data: bytes,
              on_error: Callable[[], None] | None = None,
-             listener: UdpListener | TcpListener | None = None, bind: bool = False) -> UdpListener | TcpListener:
+             listener: UdpListener | TcpListener | None = None, bind: bool = False,
+             peer: TlsPeer | None = None) -> UdpListener | TcpListener:
         """Send a message; returns the listener it leaves from (for Via). Errors known at
         once raise TransportError; a TCP connect that fails later calls `on_error`.
         `bind`: the listener was chosen for this message (a destination's socket, the
         socket our Route entry names), so over TCP it goes on a connection from that
         listener's address, opened bound to it if there is none (as Kamailio binds a
-        connection to a forced socket); else on any connection to `addr`."""
+        connection to a forced socket); else on any connection to `addr`. `peer`: over
+        TLS, who a connection opened for it must reach (gdispatch.net.tls.TlsPeer: the
+        name to check and the client profile); a connection open to `addr` is reused."""
         if listener is None:
             listener = self.listener_for(transport, addr[0])
             if listener is None:
@@ -309,8 +348,8 @@ class Transports:
                 raise TransportError(e.errno, f"udp send to {addr[0]}:{addr[1]}: {e.strerror}") from None
             return listener
         conn = self.bound.get((addr, listener.listen.host)) if bind else self.connections.get(addr)
-        if conn is None or conn.closed:
-            conn = self._open(cast(TcpListener, listener), addr, bind)
+        if conn is None or conn.closed or conn.transport != transport:
+            conn = self._open(cast(TcpListener, listener), addr, bind, peer)
         conn.send(data, on_error)
         return listener
 
@@ -326,6 +365,8 @@ class Transports:
         if conn is None or conn.closed:
             # The connection is gone: open a new one to the sent-by address.
             conn = self.connections.get(addr)
+            if conn is not None and conn.transport != source.transport:
+                conn = None
         try:
             if conn is None or conn.closed:
                 conn = self._open(cast(TcpListener, source.listener), addr)

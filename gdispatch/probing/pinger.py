@@ -24,6 +24,7 @@ import gevent
 
 from gdispatch import logsafe
 from gdispatch.dispatcher.destination import Destination, DispatcherList
+from gdispatch.net import TlsPeer
 from gdispatch.probing.policy import (
     PING_TIMEOUT_STATUS,
     ProbeSettings,
@@ -213,8 +214,11 @@ class Prober:
         ct = None
         # Kamailio's order: ping_socket, sockname, socket (`dest.ping_socket` holds the
         # first given), then the default socket.
+        peer = None
+        if transport == "tls":  # the destination's own name and profile, or its outbound proxy's host
+            peer = dest.tls_peer if transport == dest.transport and addr == address else TlsPeer(addr[0])
         ct = self.proxy.originate(transport, addr, method, build, on_final,
-                                  socket=dest.ping_socket or self.proxy.default_socket)
+                                  socket=dest.ping_socket or self.proxy.default_socket, peer=peer)
         if not done[0]:
             timer = self.proxy.scheduler.call_later(settings.timeout, finish, PING_TIMEOUT_STATUS, "ping timeout")
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from gdispatch.config import Listen
 from gdispatch.dispatcher.destination import Destination
 from gdispatch.message_api import Attempt
-from gdispatch.net import Source, TransportError
+from gdispatch.net import Source, TlsPeer, TransportError
 from gdispatch.recordroute import packed_address
 from gdispatch.sip import ParseError, SipMessage, build_cancel, forward_request, parse_message
 from gdispatch.transaction.client import ClientTransaction
@@ -78,6 +78,7 @@ class Branches:
             found = self.proxy.resolve_now(dest)
             address = found[0] if found else None
         branch = Branch(ctx, dest, (dest.transport, address))
+        branch.peer = dest.tls_peer
         ctx.branches.append(branch)
         if address is None:
             log.warning("cannot resolve %s: %s", dest.label, dest.unusable or "no address")
@@ -168,12 +169,14 @@ class Branches:
             # Signed for this dialog and its destination (gdispatch.recordroute).
             signature = self.proxy.keyring.token(msg.call_id, msg.from_tag or b"",
                                            packed_address(addr[0]) if self.proxy.bind_next_hop else b"") + b">"
-            rr = (identity.rr_prefix(listener) + signature,)
+            sips = msg.ruri[:5].lower() == b"sips:"
+            rr = (identity.rr_prefix(listener, sips) + signature,)
             if listener.public is not source.listener.public:
                 # Double record-routing: each side of the dialog needs the address it can
                 # reach us on (the two listeners differ in transport, address family or
-                # address: a destination's socket), as Kamailio's enable_double_rr.
-                rr += (identity.rr_prefix(source.listener) + signature,)
+                # address: a destination's socket), as Kamailio's enable_double_rr
+                # and RFC 5658 §4 do.
+                rr += (identity.rr_prefix(source.listener, sips) + signature,)
         mf = msg.max_forwards
         data = forward_request(msg, via=identity.via_for(listener, branch_id), ruri=new_ruri,
                                max_forwards=69 if mf is None else mf - 1, record_route=rr,
@@ -249,14 +252,14 @@ class Branches:
         data = build_cancel(parse_message(branch.request))
         transport, addr = branch.next_hop
         transports = self.transports
-        listener, bound = branch.listener, branch.bound
+        listener, bound, peer = branch.listener, branch.bound, branch.peer
         assert branch.key is not None
         key = (branch.key[0], "CANCEL")
 
         def send(out: bytes) -> None:
             # From the INVITE's socket: the CANCEL carries its Via (RFC 3261 §9.1) and
             # must reach the same transaction at the next hop.
-            transports.send(transport, addr, out, listener=listener, bind=bound)
+            transports.send(transport, addr, out, listener=listener, bind=bound, peer=peer)
 
         ct = ClientTransaction(key, "CANCEL", data, reliable=transport != "udp", send=send,
                                scheduler=self.scheduler, timers=self.timers,
@@ -270,9 +273,9 @@ class Branches:
 
     def originate(self, transport: str, addr: tuple[str, int], method: str, build: Callable[[bytes], bytes],
                   on_final: Callable[[int, SipMessage | None], None],
-                  socket: Listen | None = None) -> ClientTransaction | None:
+                  socket: Listen | None = None, peer: TlsPeer | None = None) -> ClientTransaction | None:
         """Send a request of our own (a keepalive ping) as a client transaction, from
-        `socket` if given (see `Transports.sender`).
+        `socket` if given (see `Transports.sender`), to `peer` over TLS.
 
         `build(via)` returns the request given our Via value; `on_final(status, response)`
         is called once with the final response, or (408, None) on timeout, or (503, None)
@@ -296,7 +299,7 @@ class Branches:
                 ct.on_transport_error()
 
         def send(out: bytes) -> None:
-            transports.send(transport, addr, out, on_error=on_error, listener=listener, bind=bound)
+            transports.send(transport, addr, out, on_error=on_error, listener=listener, bind=bound, peer=peer)
 
         def on_response(_ct: ClientTransaction, status: int, resp: SipMessage) -> None:
             if status >= 200:

@@ -33,7 +33,7 @@ from gdispatch.dispatcher.destination import Destination, DispatcherList
 from gdispatch.dispatcher.reload import identity as destination_identity
 from gdispatch.dispatcher.sockets import SocketTable
 from gdispatch.dns import NextHopResolver, Resolver
-from gdispatch.net import Source, Transports
+from gdispatch.net import Source, TlsPeer, Transports
 from gdispatch.overload import LoadGuard
 from gdispatch.plugins import PluginHost
 from gdispatch.recordroute import Keyring, check
@@ -354,10 +354,17 @@ class Proxy:
         options = self._select_options.get(id(route)) or self.default_options
         candidates = select(dset, route.algorithm, msg, route.limit, options) if dset is not None else []
         method = msg.method
+        reason = "No Destination Available"
+        if candidates and msg.ruri[:5].lower() == b"sips:":
+            # A SIPS Request-URI is carried over TLS on every hop (RFC 3261 §26.2.2,
+            # RFC 5630: no last-hop exception): a destination reached over another
+            # transport would downgrade it, so it is not tried for this request.
+            candidates = [d for d in candidates if d.transport == "tls"]
+            reason = "No TLS Destination Available"
         if not candidates:
             self.stats["no_destination"] += 1
             self._warn_no_destination(route.set, method, msg)
-            self._refuse(msg, source, route.no_destination_reply, "No Destination Available", top_via=top_via)
+            self._refuse(msg, source, route.no_destination_reply, reason, top_via=top_via)
             return None
         if self._debug:
             log.debug("dispatch %s call-id=%s route=%s set=%d alg=%d -> %s", method,
@@ -428,6 +435,8 @@ class Proxy:
         ctx.top_via = top_via
         st.context = ctx
         branch = Branch(ctx, None, hop)
+        if hop[0] == "tls":
+            branch.peer = TlsPeer(decision.target.host)
         ctx.branches.append(branch)
         ctx.outstanding = 1
         if copy is None:
@@ -471,7 +480,8 @@ class Proxy:
         if why:
             self._refuse_in_dialog(msg, source, why, None)
             return
-        self.stateless.forward_ack(msg, via, source, hop, popped, socket)
+        self.stateless.forward_ack(msg, via, source, hop, popped, socket,
+                                   TlsPeer(target.host) if hop[0] == "tls" else None)
 
     def _on_cancel(self, msg: SipMessage, via: Via, source: Source) -> None:
         key = _server_key(msg, via, "CANCEL")
@@ -498,9 +508,9 @@ class Proxy:
 
     def originate(self, transport: str, addr: tuple[str, int], method: str, build: Callable[[bytes], bytes],
                   on_final: Callable[[int, SipMessage | None], None],
-                  socket: Listen | None = None) -> ClientTransaction | None:
+                  socket: Listen | None = None, peer: TlsPeer | None = None) -> ClientTransaction | None:
         """Send a request of our own (a keepalive ping): see `Branches.originate`."""
-        return self.branches.originate(transport, addr, method, build, on_final, socket)
+        return self.branches.originate(transport, addr, method, build, on_final, socket, peer)
 
     def unreachable(self, addr: tuple[str, int]) -> None:
         """An ICMP error named `addr`: see `Branches.unreachable`."""

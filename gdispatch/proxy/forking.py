@@ -33,7 +33,7 @@ from gdispatch.config import Route
 from gdispatch.dispatcher.algorithms import ALG_PARALLEL, select
 from gdispatch.dispatcher.destination import Destination
 from gdispatch.message_api import FailureAction, RequestView
-from gdispatch.net import Source
+from gdispatch.net import Source, TlsPeer
 from gdispatch.sip import SipMessage, build_ack, parse_message, strip_top_via
 from gdispatch.transaction.client import ClientTransaction
 from gdispatch.transaction.server import ServerTransaction
@@ -66,6 +66,7 @@ class Branch:
         "key",
         "listener",
         "next_hop",
+        "peer",
         "provisional",
         "request",
         "timer",
@@ -85,11 +86,12 @@ class Branch:
         self.key: tuple[str, str] | None = None
         self.listener = None  # the socket the request leaves from
         self.bound = False  # `listener` was chosen for it (Transports.sender)
+        self.peer: TlsPeer | None = None  # over TLS, who the connection must reach
 
     def send(self, data: bytes) -> None:
         transport, addr = self.next_hop
         self.ctx.proxy.transports.send(transport, addr, data, on_error=self._transport_failed,
-                                       listener=self.listener, bind=self.bound)
+                                       listener=self.listener, bind=self.bound, peer=self.peer)
 
     def _transport_failed(self) -> None:
         ct = self.ct

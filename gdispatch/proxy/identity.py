@@ -48,12 +48,14 @@ class Identity:
                 self.local_hostports.add((lst.private.listen.host, lst.private.listen.port))
         self._via_markers = [format_hostport(h, p).encode() for h, p in self.local_hostports]
         self._via_prefixes: dict = {}  # listener -> b"SIP/2.0/UDP host:port;branch="
-        self._rr_prefixes: dict = {}  # listener -> b"<sip:host:port;lr;gds=" (then the signature and ">")
+        # (listener, sips) -> b"<sip:host:port;lr;gds=" (then the signature and ">")
+        self._rr_prefixes: dict = {}
         # How our Record-Route entries begin when they come back as Route values, for
         # `route_entry` to recognise them without parsing, and the listen address each
         # names (`socket_of`).
         self.listens = [lst.listen for lst in listeners]
-        self.own_routes: dict[bytes, Listen] = {self.rr_prefix(lst): lst.listen for lst in listeners}
+        self.own_routes: dict[bytes, Listen] = {self.rr_prefix(lst, sips): lst.listen for lst in listeners
+                                                for sips in ((False, True) if lst.transport == "tls" else (False,))}
         self._salt = "%x" % (os.getpid() & 0xFFFF)
         self._branch_ids = itertools.count(1)
         self._tag_ids = itertools.count(1)
@@ -97,15 +99,21 @@ class Identity:
 
     # -- Record-Route and Route (RFC 3261 §16.6 step 4, §16.4) ---------------------------
 
-    def rr_prefix(self, listener) -> bytes:
+    def rr_prefix(self, listener, sips: bool = False) -> bytes:
         """Our Record-Route value for `listener` up to its signature (gdispatch.recordroute):
-        the shared address, never a worker's own port (RFC 3261 §16.6 step 4)."""
-        prefix = self._rr_prefixes.get(listener)
+        the shared address, never a worker's own port (RFC 3261 §16.6 step 4). `sips`:
+        for a request whose Request-URI is a SIPS URI, whose Record-Route must be one
+        too (§16.6 step 4): a `tls:` listener's is then `sips:` (which means TLS, without
+        RFC 5630's deprecated `;transport=tls`); any other keeps its own transport."""
+        prefix = self._rr_prefixes.get((listener, sips))
         if prefix is None:
             lst = listener.public.listen
-            tp = ";transport=tcp" if lst.transport == "tcp" else ""
-            prefix = f"<sip:{format_hostport(lst.host, lst.port)}{tp};lr;{SIGNATURE_PARAM}=".encode()
-            self._rr_prefixes[listener] = prefix
+            scheme = "sip"
+            tp = f";transport={lst.transport}" if lst.transport != "udp" else ""
+            if sips and lst.transport == "tls":
+                scheme, tp = "sips", ""
+            prefix = f"<{scheme}:{format_hostport(lst.host, lst.port)}{tp};lr;{SIGNATURE_PARAM}=".encode()
+            self._rr_prefixes[(listener, sips)] = prefix
         return prefix
 
     def route_entry(self, value: bytes) -> tuple[bool, bytes | None]:

@@ -14,7 +14,7 @@ import logging
 import zlib
 
 from gdispatch.config import Listen
-from gdispatch.net import Source, TransportError, Transports
+from gdispatch.net import Source, TlsPeer, TransportError, Transports
 from gdispatch.sip import ParseError, SipMessage, Via, build_response, forward_request, strip_top_via
 
 from .identity import MAGIC_COOKIE, Identity, reply_addr, stateless_tag, with_received
@@ -45,9 +45,10 @@ class Stateless:
         self.transports.reply(source, reply_addr(source, via), data)
 
     def forward_ack(self, msg: SipMessage, via: Via, source: Source, hop, popped: int,
-                    socket: Listen | None = None) -> None:
+                    socket: Listen | None = None, peer: TlsPeer | None = None) -> None:
         """Send the ACK of a 2xx on to `hop` without its first `popped` Route values, from
-        `socket` (the address our last Route entry names) when it can send there."""
+        `socket` (the address our last Route entry names) when it can send there (over
+        TLS, to `peer`)."""
         transport, addr = hop
         transports = self.transports
         listener, bound = transports.sender(transport, addr[0], socket)
@@ -59,7 +60,7 @@ class Stateless:
         data = forward_request(msg, via=self.identity.via_for(listener, branch), pop_routes=popped,
                                max_forwards=69 if mf is None else mf - 1, top_via=with_received(via, source))
         try:
-            transports.send(transport, addr, data, listener=listener, bind=bound)
+            transports.send(transport, addr, data, listener=listener, bind=bound, peer=peer)
         except TransportError as e:
             log.warning("cannot forward ACK to %s:%s: %s", addr[0], addr[1], e)
 

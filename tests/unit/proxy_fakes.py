@@ -55,6 +55,7 @@ class FakeTransports:
         self.listeners = [FakeListener(lst) for lst in listens]
         self.sent: list[tuple[tuple[str, int], bytes]] = []
         self.sockets: list[tuple[Listen, tuple[str, int], bytes]] = []
+        self.peers: list = []  # the TlsPeer of each send
         self.on_unreachable = None
 
     def listener_for(self, transport, host):
@@ -63,8 +64,9 @@ class FakeTransports:
     def can_reach(self, transport, host):
         return ""
 
-    def send(self, transport, addr, data, on_error=None, listener=None, bind=False):
+    def send(self, transport, addr, data, on_error=None, listener=None, bind=False, peer=None):
         listener = listener or self.listener_for(transport, addr[0])
+        self.peers.append(peer)
         self.sent.append((addr, data))
         self.sockets.append((listener.listen, addr, data))
         return listener

@@ -202,7 +202,7 @@ class PingingProxy:
         self.clock = clock
         self.default_socket = None
 
-    def originate(self, transport, addr, method, build, on_final, socket=None):
+    def originate(self, transport, addr, method, build, on_final, socket=None, peer=None):
         self.pings.append((self.clock(), on_final))
         return None
 
