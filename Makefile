@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: all install install-sipp install-kamailio run test bench bench-latency bench-attack bench-inproc bench-memory bench-compare lint clean distclean
+.PHONY: all install install-sipp install-kamailio install-openssl run test bench bench-latency bench-attack bench-inproc bench-memory bench-compare lint clean distclean
 
 all: test
 
@@ -49,7 +49,13 @@ install-kamailio:
 	  $(APT) update && $(APT) install -y kamailio; \
 	  $(SUDO) systemctl disable --now kamailio >/dev/null 2>&1 || true; }
 
-test: $(VENV)/.installed install-sipp install-kamailio
+# The TLS tests make their certificates with openssl (tests/support/tlspeers.py).
+install-openssl:
+	@command -v openssl >/dev/null 2>&1 || { \
+	  echo "openssl not found: installing it"; \
+	  $(APT) update && $(APT) install -y openssl; }
+
+test: $(VENV)/.installed install-sipp install-kamailio install-openssl
 	$(PY) -m pytest -q tests
 
 bench: $(VENV)/.installed install-sipp

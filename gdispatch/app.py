@@ -7,7 +7,6 @@ logging set-up, signals, and resolving destination addresses when the list is lo
 from __future__ import annotations
 
 import logging
-import resource
 import signal
 import sys
 import time
@@ -32,6 +31,8 @@ from gdispatch.dispatcher.statefile import StateKeeper, default_path
 from gdispatch.dns import DestinationResolver, NextHopResolver, Resolver
 from gdispatch.flood import SourceGuard
 from gdispatch.net import TlsContexts, TlsSetupError, TransportError, Transports
+from gdispatch.net.tcp import open_files_limit
+from gdispatch.net.tls import profile_problem
 from gdispatch.plugins import PluginError, PluginHost
 from gdispatch.probing.pinger import Prober
 from gdispatch.probing.policy import ProbeSettings
@@ -56,24 +57,6 @@ def setup_logging(level: str, tag: str = "") -> logsafe.Summariser:
         handler, "%(asctime)s %(levelname)s " + (f"[{tag}] " if tag else "") + "%(name)s: %(message)s")
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
     return summariser
-
-
-def open_files_limit() -> int:
-    """Raise the soft limit on open files (RLIMIT_NOFILE) to the hard one and return
-    it: the TCP caps are fitted below it (gdispatch.tcplimits.fit_to_fds). Worker
-    processes inherit it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:  # not on Linux, where nr_open bounds the hard limit
-        return soft if soft != resource.RLIM_INFINITY else 1 << 20
-    if soft == hard:
-        return soft
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (OSError, ValueError) as e:
-        log.warning("cannot raise the open-files limit from %d to %d: %s", soft, hard, e)
-        return soft
-    log.info("open-files limit raised from %d to %d", soft, hard)
-    return hard
 
 
 class App:
@@ -519,11 +502,8 @@ class App:
             self.destination_state_changed(dest, old, new, reason)
 
     def _reachable(self, dest, ip: str) -> str:
-        transports = self._transports()
-        profile = dest.attr_map.get("tls_profile", "")
-        if profile and dest.transport == "tls" and transports.tls is not None and not transports.tls.knows(profile):
-            return f"tls_profile={profile}: no [tls.client.{profile}] profile"
-        return transports.can_reach(dest.transport, ip)
+        return (profile_problem(self.config.tls, dest.transport, dest.attr_map.get("tls_profile", ""))
+                or self._transports().can_reach(dest.transport, ip))
 
     def _tick(self) -> None:
         scheduler = self.scheduler

@@ -207,7 +207,8 @@ def _check_as_loaded(cfg: Config, dlist) -> list[str]:
     import logging
 
     from gdispatch.dns import DestinationResolver, Resolver
-    from gdispatch.net import reach_problem
+    from gdispatch.net import TlsContexts, TlsSetupError, reach_problem
+    from gdispatch.net.tls import profile_problem
     from gdispatch.proxy.routing import missing_sets
 
     problems = [f"{p} (skipped: [dispatcher].load_mode = \"skip\")" for p in dlist.problems]
@@ -220,7 +221,9 @@ def _check_as_loaded(cfg: Config, dlist) -> list[str]:
     level = dns_log.level
     dns_log.setLevel(logging.ERROR)  # each one is printed below, once
     try:
-        resolver.resolve_all(dlist, lambda dest, ip: reach_problem(cfg.listen, dest.transport, ip))
+        resolver.resolve_all(dlist, lambda dest, ip: (
+            profile_problem(cfg.tls, dest.transport, dest.attr_map.get("tls_profile", ""))
+            or reach_problem(cfg.listen, dest.transport, ip)))
     finally:
         dns_log.setLevel(level)
         resolver.stop()
@@ -228,6 +231,10 @@ def _check_as_loaded(cfg: Config, dlist) -> list[str]:
     unusable.sort(key=lambda d: int(d.where.rpartition(":")[2] or 0))  # in file order, not try order
     problems += [f"{d.where}: {d.uri} (set {d.setid}) is not usable, it would get no call (IX): "
                  f"{d.unusable or 'no address'}" for d in unusable]
+    try:
+        TlsContexts(cfg.tls, server=any(x.transport == "tls" for x in cfg.listen))
+    except TlsSetupError as e:
+        problems.append(f"{e}; the proxy would not start")
     return problems
 
 

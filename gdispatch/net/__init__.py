@@ -8,12 +8,13 @@ The modules, from the bottom up (each imports only those above it at run time):
   the sampling of how long datagrams waited in the kernel), ICMP errors read from the
   socket's error queue (§18.4), the private twin socket a worker's requests leave from,
   and `udp_socket` (which gdispatch.cluster binds its SO_REUSEPORT groups with).
-- `tcp`: `TcpConnection`, a connection framed by Content-Length (§18.3) under the
-  [tcp] limits (gdispatch.tcplimits), and `TcpListener`, which accepts through gevent's
-  StreamServer and refuses what is over a cap or banned.
 - `tls`: `TlsContexts`, the SSL contexts made from `[tls]` (and made again on reload),
   `TlsSession`, one connection's TLS on memory buffers (RFC 3261 §26.2), `TlsPeer`,
-  who a connection we open must reach. `tcp` runs a TLS connection (`TlsListener`).
+  who a connection we open must reach.
+- `tcp`: `TcpConnection`, a connection framed by Content-Length (§18.3) under the
+  [tcp] limits (gdispatch.tcplimits), over TLS after its handshake when its listener
+  is a `TlsListener`, and `TcpListener`, which accepts through gevent's StreamServer
+  and refuses what is over a cap or banned.
 - `transports`: `Transports`, the facade the proxy uses (listeners, the connection
   table, `send` §18.1 and `reply` §18.2.2), `Handoff` (what it hands other workers'
   datagrams to), `ensure_free`, and `reach_problem` (why no listen address can send to

@@ -19,12 +19,16 @@ before the connection closes; a failing accept backs off instead of spinning.
 Accepting is gevent's StreamServer (as for gdispatch.control): it watches the listen
 socket, accepts in batches and pauses; `_Acceptor` gives it this module's policy for a
 failing accept, and runs the admission of each connection in its accept callback.
+
+`open_files_limit` raises the process's limit on descriptors, which the [tcp] caps are
+fitted under (gdispatch.tcplimits.fit_to_fds).
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import resource
 import socket
 import ssl
 import struct
@@ -521,6 +525,24 @@ class TlsListener(TcpListener):
             return TlsSession(contexts.server, server_side=True)
         ctx, name = contexts.client_for(peer)
         return TlsSession(ctx, server_side=False, server_name=name)
+
+
+def open_files_limit() -> int:
+    """Raise the soft limit on open files (RLIMIT_NOFILE) to the hard one and return
+    it: the TCP caps are fitted below it (gdispatch.tcplimits.fit_to_fds). Worker
+    processes inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:  # not on Linux, where nr_open bounds the hard limit
+        return soft if soft != resource.RLIM_INFINITY else 1 << 20
+    if soft == hard:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as e:
+        log.warning("cannot raise the open-files limit from %d to %d: %s", soft, hard, e)
+        return soft
+    log.info("open-files limit raised from %d to %d", soft, hard)
+    return hard
 
 
 class _Acceptor(StreamServer):

@@ -58,6 +58,15 @@ class TlsPeer:
     profile: str = ""
 
 
+def profile_problem(settings: Tls, transport: str, profile: str) -> str:
+    """Why a destination over `transport` whose `tls_profile` attr is `profile` cannot
+    be sent to: '' when it can (no attr, another transport, or a profile `[tls.client.NAME]`
+    defines)."""
+    if not profile or transport != "tls" or any(p.name == profile for p in settings.profiles):
+        return ""
+    return f"tls_profile={profile}: no [tls.client.{profile}] profile"
+
+
 def _context(profile: TlsProfile, *, server: bool, where: str) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version, ctx.maximum_version = _VERSIONS[profile.method]
@@ -139,9 +148,6 @@ class TlsContexts:
             return self.client, peer.server_name
         profile, ctx = found
         return ctx, profile.server_name or peer.server_name
-
-    def knows(self, profile: str) -> bool:
-        return profile in self.profiles
 
 
 class TlsSession:
