@@ -94,7 +94,9 @@ def _context(profile: TlsProfile, *, server: bool, where: str) -> ssl.SSLContext
         raise TlsSetupError(f"{where}: {e.filename or 'a file'}: no such file") from None
     except (ssl.SSLError, OSError, ValueError) as e:
         raise TlsSetupError(f"{where}: {_files(profile)}: {describe(e)}") from None
-    ctx.options |= ssl.OP_NO_COMPRESSION  # CRIME (RFC 7457 §2.6)
+    # No compression (CRIME, RFC 7457 §2.6); no TLS 1.2 renegotiation, which a client
+    # could ask for again and again to spend our CPU on handshakes (RFC 7457 §2.10).
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     return ctx
 
 
