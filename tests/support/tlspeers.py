@@ -134,9 +134,10 @@ class TlsGateway:
         if client_ca is not None:
             self.ctx.verify_mode = ssl.CERT_REQUIRED
             self.ctx.load_verify_locations(client_ca)
-        self.sock = socket.create_server((host, port))
+        self.sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.host = host
         self.port = self.sock.getsockname()[1]
+        self.hostport = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
         self.requests: list[bytes] = []
         self.handshake_errors: list[str] = []
         self.peer_certs: list[dict] = []
@@ -145,7 +146,7 @@ class TlsGateway:
         threading.Thread(target=self._accept, daemon=True).start()
 
     def uri(self, name: str | None = None) -> str:
-        return f"sip:{name or self.host}:{self.port};transport=tls"
+        return f"sip:{name + ':' + str(self.port) if name else self.hostport};transport=tls"
 
     def _accept(self) -> None:
         while not self.closed:
@@ -177,7 +178,7 @@ class TlsGateway:
             with self.lock:
                 self.requests.append(msg)
             method = msg.split(b" ", 1)[0].decode()
-            contact = f"Contact: <sip:gw@{self.host}:{self.port};transport=tls>\r\n"
+            contact = f"Contact: <sip:gw@{self.hostport};transport=tls>\r\n"
             try:
                 if method == "INVITE":
                     conn.sendall(answer(msg, 100, "Trying"))
@@ -224,7 +225,8 @@ class TlsCaller:
 
     def request(self, method: str, ruri: str, call_id: str, cseq: int, *, to_tag: str = "",
                 routes: list[str] | None = None, branch: str = "") -> bytes:
-        ip, port = self.local[0], self.local[1]
+        port = self.local[1]
+        ip = f"[{self.local[0]}]" if ":" in self.local[0] else self.local[0]
         lines = [f"{method} {ruri} SIP/2.0",
                  f"Via: SIP/2.0/TLS {ip}:{port};rport;branch={branch or 'z9hG4bK' + call_id + str(cseq)}"]
         lines += [f"Route: {r}" for r in routes or ()]
