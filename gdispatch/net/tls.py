@@ -24,6 +24,7 @@ OpenSSL failure for the log: which check failed (expired, wrong name, unknown CA
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from dataclasses import dataclass
 
@@ -82,15 +83,21 @@ def _context(profile: TlsProfile, *, server: bool, where: str) -> ssl.SSLContext
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
     except FileNotFoundError as e:
-        raise TlsSetupError(f"{where}: {e.filename or 'a file'}: no such file") from None
+        # OpenSSL's loaders raise it without the file's name: the first one missing.
+        missing = e.filename or next((f for f in _paths(profile) if not os.path.exists(f)), _files(profile))
+        raise TlsSetupError(f"{where}: {missing}: no such file") from None
     except (ssl.SSLError, OSError, ValueError) as e:
         raise TlsSetupError(f"{where}: {_files(profile)}: {describe(e)}") from None
     ctx.options |= ssl.OP_NO_COMPRESSION  # CRIME (RFC 7457 §2.6)
     return ctx
 
 
+def _paths(profile: TlsProfile) -> list[str]:
+    return [f for f in (profile.certificate, profile.private_key, profile.ca_list) if f]
+
+
 def _files(profile: TlsProfile) -> str:
-    return ", ".join(f for f in (profile.certificate, profile.private_key, profile.ca_list) if f) or "(no files)"
+    return ", ".join(_paths(profile)) or "(no files)"
 
 
 class TlsContexts:

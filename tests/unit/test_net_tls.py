@@ -170,12 +170,15 @@ def test_a_good_reload_replaces_the_contexts_new_sessions_take_the_new_certifica
     assert contexts.reload() == "" and contexts.server is not kept
 
 
-@pytest.mark.parametrize("bad", ["garbage", "mismatch"])
-def test_a_bad_reload_names_the_file_and_keeps_the_contexts_in_use(pki, bad):
+@pytest.mark.parametrize("bad", ["garbage", "missing", "mismatch"])
+def test_a_bad_reload_names_the_file_and_keeps_the_contexts_in_use(pki, tmp_path, bad):
     contexts = TlsContexts(settings(pki), server=True)
     before = (contexts.server, contexts.client, contexts.profiles, contexts.settings)
     if bad == "garbage":
         server, named = TlsProfile(certificate=str(pki.garbage), private_key=str(pki.gw.key)), str(pki.garbage)
+    elif bad == "missing":
+        named = str(tmp_path / "gone.pem")
+        server = TlsProfile(certificate=named, private_key=str(pki.gw.key))
     else:  # a key that is not the certificate's
         server, named = TlsProfile(certificate=str(pki.gw.cert), private_key=str(pki.other.key)), str(pki.other.key)
     why = contexts.reload(replace(settings(pki), server=server))
@@ -186,6 +189,16 @@ def test_a_bad_reload_names_the_file_and_keeps_the_contexts_in_use(pki, bad):
     client, server_session = sessions(contexts)
     handshake(client, server_session)  # still served with the old certificate
     assert client.info()["peer_subject"] == f"CN={NAME}"
+
+
+def test_a_bad_client_profile_keeps_every_context(pki, tmp_path):
+    contexts = TlsContexts(settings(pki), server=True)
+    server = contexts.server
+    missing = str(tmp_path / "nowhere-ca.pem")
+    why = contexts.reload(settings(pki, profiles=[TlsProfile(name="carrier", verify_certificate=True,
+                                                              ca_list=missing, sets=(2,))]))
+    assert why.startswith("[tls.client.carrier]: ") and missing in why, why
+    assert contexts.server is server and contexts.profiles == {} and contexts.by_set == {}
 
 
 def test_client_for_chooses_by_tls_profile_then_by_set_then_the_default(pki):
