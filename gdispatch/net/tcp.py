@@ -361,6 +361,8 @@ class TcpConnection:
             if reader.error is not None:
                 self._broken(reader.error)
                 return
+            if tls is not None and tls.peer_closed:
+                return  # close_notify after the messages it ended with
             deadline, why = reader.deadline()
             if now >= deadline:  # a peer that never pauses is held to the same deadlines
                 self._expired(why)

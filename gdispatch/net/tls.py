@@ -155,7 +155,7 @@ class TlsSession:
     """The TLS of one connection on memory buffers: `feed` what the socket read and get
     the plaintext, `encrypt` what to write, and send `outgoing()` after each."""
 
-    __slots__ = ("_in", "_out", "obj", "established", "server_side")
+    __slots__ = ("_in", "_out", "obj", "established", "server_side", "peer_closed")
 
     def __init__(self, ctx: ssl.SSLContext, *, server_side: bool, server_name: str | None = None):
         self._in = ssl.MemoryBIO()
@@ -166,6 +166,7 @@ class TlsSession:
         self.obj = ctx.wrap_bio(self._in, self._out, server_side=server_side,
                                 server_hostname=None if server_side else server_name)
         self.established = False
+        self.peer_closed = False  # its close_notify came (`feed`)
 
     def handshake(self, data: bytes = b"") -> bool:
         """Go on with the handshake with `data` read from the socket: True once it is
@@ -181,7 +182,11 @@ class TlsSession:
 
     def feed(self, data: bytes) -> bytes | None:
         """The plaintext `data` (read from the socket) completes; None once the peer
-        closed TLS (close_notify). Raises ssl.SSLError for a broken stream."""
+        closed TLS (close_notify). What came before a close_notify read with it is
+        the peer's still (RFC 8446 §6.1): it is returned, `peer_closed` set, and the
+        next feed gives None. Raises ssl.SSLError for a broken stream."""
+        if self.peer_closed:
+            return None
         self._in.write(data)
         out = []
         while True:
@@ -190,10 +195,13 @@ class TlsSession:
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
-                return None
+                chunk = b""
             if not chunk:
-                return None
+                self.peer_closed = True
+                break
             out.append(chunk)
+        if self.peer_closed and not out:
+            return None
         return b"".join(out)
 
     def encrypt(self, data: bytes) -> bytes:

@@ -107,6 +107,21 @@ def test_close_notify_ends_the_stream(pki):
     assert server.feed(client.outgoing()) is None
 
 
+def test_a_message_read_with_the_close_notify_after_it_is_not_lost(pki):
+    """A peer that sends its last message and closes TLS at once: both can come in one
+    read, and the message is still the peer's (RFC 8446 §6.1: data before close_notify
+    counts)."""
+    contexts = TlsContexts(settings(pki), server=True)
+    client, server = sessions(contexts)
+    handshake(client, server)
+    data = client.encrypt(MESSAGE)
+    with pytest.raises(ssl.SSLWantReadError):
+        client.obj.unwrap()
+    assert server.feed(data + client.outgoing()) == MESSAGE
+    assert server.peer_closed
+    assert server.feed(b"") is None
+
+
 def test_the_client_checks_the_servers_name_sent_in_sni(pki):
     contexts = TlsContexts(settings(pki), server=True)
     seen = []

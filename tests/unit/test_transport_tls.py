@@ -1,12 +1,14 @@
 """A TLS connection of gdispatch.net.tcp (TcpConnection with a TlsSession) on one end of
 a socketpair, in process on the real gevent hub, its owner a stand-in for Transports:
 the handshake has a deadline a silent or trickling peer cannot stretch; a message sent
-before the handshake is over waits as plaintext and leaves encrypted once it is."""
+before the handshake is over waits as plaintext and leaves encrypted once it is; a
+message read together with the close_notify after it is not lost."""
 
 from __future__ import annotations
 
 import shutil
 import socket
+import ssl
 import types
 
 import gevent
@@ -155,3 +157,19 @@ def test_messages_sent_before_the_handshake_leave_encrypted_once_it_is_over(pki)
     wait_for(lambda: client_owner.received == [message(4)], 5, 0.01)
     client.close()
     server.close()
+
+
+def test_a_message_read_with_the_close_notify_after_it_is_handled_then_the_connection_closes(pki, pair):
+    owner = Owner(contexts(pki))
+    mine, peer = pair
+    conn = connection(owner, mine, server_side=True)
+    session = TlsSession(owner.tls.client, server_side=False, server_name=NAME)
+    client_handshake(peer, session)
+    peer.sendall(session.outgoing())
+    wait_for(lambda: conn.connected, 5, 0.01)
+    data = session.encrypt(message(1))
+    with pytest.raises(ssl.SSLWantReadError):
+        session.obj.unwrap()
+    peer.sendall(data + session.outgoing())  # the TCP connection stays open
+    wait_for(lambda: conn.closed, 5, 0.01)
+    assert owner.received == [message(1)]
