@@ -1,8 +1,9 @@
 """A TLS connection of gdispatch.net.tcp (TcpConnection with a TlsSession) on one end of
 a socketpair, in process on the real gevent hub, its owner a stand-in for Transports:
 the handshake has a deadline a silent or trickling peer cannot stretch; a message sent
-before the handshake is over waits as plaintext and leaves encrypted once it is; a
-message read together with the close_notify after it is not lost."""
+before the handshake is over waits as plaintext and leaves encrypted once it is; the
+records that come with the handshake's last ones, and a message read together with
+the close_notify after it, are not left unread."""
 
 from __future__ import annotations
 
@@ -157,6 +158,21 @@ def test_messages_sent_before_the_handshake_leave_encrypted_once_it_is_over(pki)
     wait_for(lambda: client_owner.received == [message(4)], 5, 0.01)
     client.close()
     server.close()
+
+
+def test_a_message_that_comes_with_the_clients_finished_is_read(pki, pair):
+    """TLS 1.3: the client may send its first message right behind its Finished (RFC
+    8446 §2), and both can come in one read; what follows the handshake's last record
+    must be read then, not when the peer sends more."""
+    owner = Owner(contexts(pki))
+    mine, peer = pair
+    conn = connection(owner, mine, server_side=True)
+    session = TlsSession(owner.tls.client, server_side=False, server_name=NAME)
+    client_handshake(peer, session)
+    finished = session.outgoing()
+    peer.sendall(finished + session.encrypt(message(1)))
+    wait_for(lambda: owner.received == [message(1)], 5, 0.01)
+    assert not conn.closed
 
 
 def test_a_message_read_with_the_close_notify_after_it_is_handled_then_the_connection_closes(pki, pair):
