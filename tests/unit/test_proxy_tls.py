@@ -120,6 +120,22 @@ def test_a_sips_request_uri_goes_to_tls_destinations_only():
     assert seen == {GW, (GW[0], 5072), (GW[0], 5073)}
 
 
+@pytest.mark.parametrize("algorithm", [4, 8, 9])
+def test_a_route_limit_counts_the_tls_destinations_of_a_sips_request(algorithm):
+    """limit = 1 tries one destination: for a SIPS Request-URI, one that TLS can reach,
+    whichever the algorithm would have put first."""
+    fp = proxy(f"1 sip:{GW[0]}:5072 0 0\n1 {GW_TLS} 0 0\n1 sip:{GW[0]}:5073;transport=tls 0 0\n", UDP, TLS,
+               routes=(Route(algorithm=algorithm, limit=1),))
+    for n in range(3):
+        fp.receive(invite(n, "sips:service@127.0.0.1:5061"), CALLER, at=1)
+        [(listen, addr, msg)] = sent(fp)
+        assert listen == TLS and addr in (GW, (GW[0], 5073)), (n, addr)
+        out = fp.receive(build_response(msg, 503, "Busy", to_tag="x"), addr, at=1)
+        assert sent(fp) == [], n  # the limit: no second try
+        # The caller gets the answer, a 503 as 500 (RFC 3261 §16.7 step 6).
+        assert any(d.startswith(b"SIP/2.0 500") for a, d in out if a == CALLER), (n, out)
+
+
 def test_a_failed_tls_destination_fails_over_to_the_next_tls_one_only():
     fp = proxy(f"1 {GW_TLS} 0 0\n1 sip:{GW[0]}:5072 0 0\n1 sip:{GW[0]}:5073;transport=tls 0 0\n", UDP, TLS,
                routes=(Route(algorithm=8),))  # in list order
