@@ -1,8 +1,8 @@
 """gdispatch.net.tls on bytes alone: two TlsSessions, a client's and a server's, made from
 TlsContexts on a test CA's certificates (tests.support.tlspeers.Pki), hand each other
 what `outgoing()` gives until the handshake is over, then carry plaintext both ways; a
-handshake that fails is worded by `describe` with the check that failed (RFC 5280 §4.1.2.5
-validity, RFC 6125 §6 the name, §6 of RFC 5280 the chain); `reload` replaces the contexts
+handshake that fails is worded by `describe` with the check that failed (the validity,
+RFC 5280 §4.1.2.5; the name, RFC 6125 §6; the chain, RFC 5280 §6); `reload` replaces the contexts
 or keeps them and names the file at fault; `client_for` chooses the client profile by
 the destination's `tls_profile` attr, else by its set; `method` bounds the version."""
 

@@ -26,8 +26,7 @@ GW_TLS = f"sip:{GW[0]}:{GW[1]};transport=tls"
 
 
 def proxy(list_text: str, *listens: Listen, **config) -> FakeProxy:
-    fp = FakeProxy(list_text, Config(listen=listens or (TLS,), **config))
-    return fp
+    return FakeProxy(list_text, Config(listen=listens or (TLS,), **config))
 
 
 def invite(n: int, ruri: str = "sip:service@127.0.0.1:5061", transport: str = "TLS") -> bytes:
