@@ -327,20 +327,28 @@ class TcpConnection:
         clock = time.monotonic
         tls = self.tls
         transport = self.transport
+        # What came in the same read as the handshake's last records (a TLS 1.3 client
+        # may send its first message right behind its Finished: RFC 8446 §2) waits in
+        # the session: it is taken first, the socket may have nothing more to say.
+        buffered = tls is not None
         while not self.closed:
-            try:
-                chunk = sock.recv(65536)
-            except BlockingIOError:
-                deadline, why = reader.deadline()
-                wait = deadline - clock()
-                if wait <= 0:
-                    self._expired(why)
+            if buffered:
+                buffered = False
+                chunk = b""
+            else:
+                try:
+                    chunk = sock.recv(65536)
+                except BlockingIOError:
+                    deadline, why = reader.deadline()
+                    wait = deadline - clock()
+                    if wait <= 0:
+                        self._expired(why)
+                        return
+                    with gevent.Timeout(wait, False):
+                        hub.wait(w)
+                    continue
+                if not chunk:
                     return
-                with gevent.Timeout(wait, False):
-                    hub.wait(w)
-                continue
-            if not chunk:
-                return
             if tls is not None:
                 try:
                     plain = tls.feed(chunk)
@@ -365,6 +373,8 @@ class TcpConnection:
             if reader.error is not None:
                 self._broken(reader.error)
                 return
+            if tls is not None and tls.peer_closed:
+                return  # close_notify after the messages it ended with
             deadline, why = reader.deadline()
             if now >= deadline:  # a peer that never pauses is held to the same deadlines
                 self._expired(why)

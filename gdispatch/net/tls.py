@@ -24,6 +24,7 @@ OpenSSL failure for the log: which check failed (expired, wrong name, unknown CA
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from dataclasses import dataclass
 
@@ -91,7 +92,9 @@ def _context(profile: TlsProfile, *, server: bool, where: str) -> ssl.SSLContext
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
     except FileNotFoundError as e:
-        raise TlsSetupError(f"{where}: {e.filename or 'a file'}: no such file") from None
+        # OpenSSL's loaders raise it without the file's name: the first one missing.
+        missing = e.filename or next((f for f in _paths(profile) if not os.path.exists(f)), _files(profile))
+        raise TlsSetupError(f"{where}: {missing}: no such file") from None
     except (ssl.SSLError, OSError, ValueError) as e:
         raise TlsSetupError(f"{where}: {_files(profile)}: {describe(e)}") from None
     # No compression (CRIME, RFC 7457 §2.6); no TLS 1.2 renegotiation, which a client
@@ -100,8 +103,12 @@ def _context(profile: TlsProfile, *, server: bool, where: str) -> ssl.SSLContext
     return ctx
 
 
+def _paths(profile: TlsProfile) -> list[str]:
+    return [f for f in (profile.certificate, profile.private_key, profile.ca_list) if f]
+
+
 def _files(profile: TlsProfile) -> str:
-    return ", ".join(f for f in (profile.certificate, profile.private_key, profile.ca_list) if f) or "(no files)"
+    return ", ".join(_paths(profile)) or "(no files)"
 
 
 class TlsContexts:
@@ -156,7 +163,7 @@ class TlsSession:
     """The TLS of one connection on memory buffers: `feed` what the socket read and get
     the plaintext, `encrypt` what to write, and send `outgoing()` after each."""
 
-    __slots__ = ("_in", "_out", "obj", "established", "server_side")
+    __slots__ = ("_in", "_out", "obj", "established", "server_side", "peer_closed")
 
     def __init__(self, ctx: ssl.SSLContext, *, server_side: bool, server_name: str | None = None):
         self._in = ssl.MemoryBIO()
@@ -167,6 +174,7 @@ class TlsSession:
         self.obj = ctx.wrap_bio(self._in, self._out, server_side=server_side,
                                 server_hostname=None if server_side else server_name)
         self.established = False
+        self.peer_closed = False  # its close_notify came (`feed`)
 
     def handshake(self, data: bytes = b"") -> bool:
         """Go on with the handshake with `data` read from the socket: True once it is
@@ -182,7 +190,11 @@ class TlsSession:
 
     def feed(self, data: bytes) -> bytes | None:
         """The plaintext `data` (read from the socket) completes; None once the peer
-        closed TLS (close_notify). Raises ssl.SSLError for a broken stream."""
+        closed TLS (close_notify). What came before a close_notify read with it is
+        the peer's still (RFC 8446 §6.1): it is returned, `peer_closed` set, and the
+        next feed gives None. Raises ssl.SSLError for a broken stream."""
+        if self.peer_closed:
+            return None
         self._in.write(data)
         out = []
         while True:
@@ -191,10 +203,13 @@ class TlsSession:
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
-                return None
+                chunk = b""
             if not chunk:
-                return None
+                self.peer_closed = True
+                break
             out.append(chunk)
+        if self.peer_closed and not out:
+            return None
         return b"".join(out)
 
     def encrypt(self, data: bytes) -> bytes:

@@ -352,14 +352,20 @@ class Proxy:
         route = decision.route
         dset = self.dlist.get(route.set)
         options = self._select_options.get(id(route)) or self.default_options
-        candidates = select(dset, route.algorithm, msg, route.limit, options) if dset is not None else []
+        sips = msg.ruri[:5].lower() == b"sips:"
+        limit = route.limit
+        # For a SIPS Request-URI the limit counts the destinations it may go to: the
+        # whole order first, cut after those are kept.
+        candidates = select(dset, route.algorithm, msg, 0 if sips else limit, options) if dset is not None else []
         method = msg.method
         reason = "No Destination Available"
-        if candidates and msg.ruri[:5].lower() == b"sips:":
+        if candidates and sips:
             # A SIPS Request-URI is carried over TLS on every hop (RFC 3261 §26.2.2,
             # RFC 5630: no last-hop exception): a destination reached over another
             # transport would downgrade it, so it is not tried for this request.
             candidates = [d for d in candidates if d.transport == "tls"]
+            if limit:
+                candidates = candidates[:limit]
             reason = "No TLS Destination Available"
         if not candidates:
             self.stats["no_destination"] += 1

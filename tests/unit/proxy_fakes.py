@@ -34,10 +34,9 @@ def signed_route(call_id: str, caller_tag: str, destination: str, proxy: tuple[s
 
 
 class FakeListener:
-    transport = "udp"
-
     def __init__(self, listen: Listen):
         self.listen = listen
+        self.transport = listen.transport
         self.public = self
         self.private = None
         self.index = 0
@@ -99,11 +98,13 @@ class FakeProxy:
         self.listener = self.transports.listeners[0]
 
     def receive(self, data: bytes, src: tuple[str, int], at: int = 0) -> list[tuple[tuple[str, int], bytes]]:
-        """Hand a datagram to the proxy on its listener number `at`, let its greenlets
-        run, return what it sent (`transports.sockets`: with the listen address each
-        left from)."""
+        """Hand a datagram (a message read on a connection, when the listener's
+        transport is a stream's) to the proxy on its listener number `at`, let its
+        greenlets run, return what it sent (`transports.sockets`: with the listen
+        address each left from)."""
         self.transports.sockets = []
-        self.proxy.on_message(data, Source("udp", src, self.transports.listeners[at]))
+        listener = self.transports.listeners[at]
+        self.proxy.on_message(data, Source(listener.transport, src, listener))
         for _ in range(3):
             gevent.sleep(0)
         return self.transports.take()
