@@ -333,7 +333,9 @@ def _tls_profile(t: dict, where: str, source: str, default: TlsProfile, *, clien
     t = _check_keys(t, keys, where)
     values: dict[str, Any] = {}
     for key in _TLS_FILES:
-        v = t.get(key, getattr(default, key))
+        # A profile's own certificate goes with its own key, never the default's.
+        inherited = "" if key == "private_key" and "certificate" in t else getattr(default, key)
+        v = t.get(key, inherited)
         if not isinstance(v, str):
             raise ConfigError(f"{where}.{key}: expected a file path")
         if v and source and not os.path.isabs(v):

@@ -420,6 +420,17 @@ class Proxy:
                 return transport, addr
         return transport, addresses[0]
 
+    def _tls_peer(self, host: str, addr: tuple[str, int]) -> TlsPeer:
+        """Who the next hop of a request inside a dialog must be over TLS, should its
+        connection be gone: a TLS destination of the list at that address, with its
+        name and client profile, else `host`, the Route's or Request-URI's."""
+        for dest in self.dlist.destinations():
+            if dest.address == addr and dest.transport == "tls":
+                peer = dest.tls_peer
+                if peer is not None:
+                    return peer
+        return TlsPeer(host)
+
     def _in_dialog(self, msg: SipMessage, via: Via, source: Source, key, top_via: bytes | None,
                    decision: routing.InDialog) -> ServerTransaction | None:
         """A request inside a dialog we record-routed, on to its next hop (RFC 3261 §16.4,
@@ -442,7 +453,7 @@ class Proxy:
         st.context = ctx
         branch = Branch(ctx, None, hop)
         if hop[0] == "tls":
-            branch.peer = TlsPeer(decision.target.host)
+            branch.peer = self._tls_peer(decision.target.host, hop[1])
         ctx.branches.append(branch)
         ctx.outstanding = 1
         if copy is None:
@@ -487,7 +498,7 @@ class Proxy:
             self._refuse_in_dialog(msg, source, why, None)
             return
         self.stateless.forward_ack(msg, via, source, hop, popped, socket,
-                                   TlsPeer(target.host) if hop[0] == "tls" else None)
+                                   self._tls_peer(target.host, hop[1]) if hop[0] == "tls" else None)
 
     def _on_cancel(self, msg: SipMessage, via: Via, source: Source) -> None:
         key = _server_key(msg, via, "CANCEL")

@@ -113,3 +113,12 @@ def test_a_tls_listen_address_needs_a_certificate():
 
 def test_without_a_configuration_file_relative_paths_stay_as_written():
     assert from_dict({"tls": {"certificate": "gd.pem"}}).tls.server.certificate == "gd.pem"
+
+
+def test_a_named_profile_with_its_own_certificate_does_not_take_the_default_key(tmp_path):
+    cfg = from_dict({"tls": {"client": {"certificate": "a.pem", "private_key": "a.key",
+                                        "carrier": {"sets": [2], "certificate": "b.pem"}}}},
+                    str(tmp_path / "gdispatch.toml"))
+    (carrier,) = cfg.tls.profiles
+    assert carrier.certificate.endswith("b.pem") and carrier.private_key == ""
+    assert cfg.tls.client.private_key.endswith("a.key")

@@ -53,7 +53,7 @@ def test_a_request_leaving_from_a_tls_socket_says_tls_in_via_and_record_route():
 
 
 def test_a_sips_request_uri_gets_a_sips_record_route_recognised_as_ours_when_it_comes_back():
-    fp = proxy(f"1 {GW_TLS} 0 0\n")
+    fp = proxy(f"1 {GW_TLS} 0 0 tls_profile=carrier\n")
     fp.receive(invite(1, "sips:service@127.0.0.1:5061"), CALLER)
     [(listen, addr, msg)] = sent(fp)
     assert (listen, addr) == (TLS, GW)
@@ -76,7 +76,9 @@ def test_a_sips_request_uri_gets_a_sips_record_route_recognised_as_ours_when_it_
     fp.receive(bye, CALLER)
     [(listen, addr, fwd)] = sent(fp, "BYE")
     assert (listen, addr) == (TLS, GW) and fwd.values("route") == []
-    assert fp.transports.peers[-1] == TlsPeer("127.0.0.1")
+    # Should its connection be gone, the destination's own name and client profile
+    # verify the connection the BYE opens.
+    assert fp.transports.peers[-1] == TlsPeer("127.0.0.1", 1, "carrier")
 
 
 def test_a_call_in_over_udp_and_out_over_tls_is_record_routed_twice():
