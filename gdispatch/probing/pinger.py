@@ -164,7 +164,7 @@ class Prober:
         if obproxy:
             try:
                 u = parse_uri(obproxy if ":" in obproxy.split(";")[0] else "sip:" + obproxy)
-                return u.transport, (u.host, u.port or 5060)
+                return u.transport, (u.host, u.port_or_default)
             except ParseError:
                 log.warning("%s: bad obproxy attr %r; pinging %s directly", dest.where, obproxy, dest.label)
         return dest.transport, address

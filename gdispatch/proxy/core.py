@@ -406,7 +406,7 @@ class Proxy:
         through the project's resolver (SRV when the URI has no port, then A/AAAA; cached,
         and waited for at most the resolver's timeout: gdispatch.dns.nexthop)."""
         transport = uri.transport
-        port = uri.port or (5061 if uri.scheme == "sips" else 5060)
+        port = uri.port_or_default
         host = uri.host
         if routing.is_ip(host):
             return transport, (host, port)

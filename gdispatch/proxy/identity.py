@@ -64,7 +64,7 @@ class Identity:
         host = uri.host
         if host not in self.local_hosts:
             return False
-        if (host, uri.port or (5061 if uri.scheme == "sips" else 5060)) in self.local_hostports:
+        if (host, uri.port_or_default) in self.local_hostports:
             return True
         # A domain name of ours (not one of our IPs) matches whatever the port.
         return host in self.domains
@@ -150,7 +150,7 @@ class Identity:
 
     def socket_named(self, uri: SipUri) -> Listen | None:
         """The listen address `uri` (ours) names by host, port and transport, if any."""
-        port = uri.port or (5061 if uri.scheme == "sips" else 5060)
+        port = uri.port_or_default
         transport = uri.transport
         for listen in self.listens:
             if (listen.host, listen.port, listen.transport) == (uri.host, port, transport):

@@ -152,6 +152,12 @@ class SipUri:
         return "tls" if self.scheme == "sips" else "udp"
 
     @property
+    def port_or_default(self) -> int:
+        """The port, else the transport's default: 5061 over TLS (sips:, or
+        ;transport=tls), else 5060 (RFC 3263 §4.2)."""
+        return self.port or (5061 if self.transport == "tls" else 5060)
+
+    @property
     def is_ipv6(self) -> bool:
         return ":" in self.host
 

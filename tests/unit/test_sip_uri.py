@@ -203,3 +203,11 @@ def test_name_addr_with_garbage_uri_fails_only_when_the_uri_is_read():
 def test_malformed_name_addr_raises(value):
     with pytest.raises(ParseError):
         parse_name_addr(value)
+
+
+@pytest.mark.parametrize("text,port", [
+    ("sip:a@example.com", 5060), ("sip:a@example.com;transport=tcp", 5060),
+    ("sip:a@example.com;transport=TLS", 5061), ("sips:a@example.com", 5061), ("sips:a@example.com:5071", 5071),
+])
+def test_a_uri_without_port_has_its_transport_s_default_port(text, port):
+    assert parse_uri(text).port_or_default == port
