@@ -36,6 +36,11 @@ class Cert:
     key: Path
 
 
+# Keys on P-256: made in milliseconds, where an RSA-2048 key takes a third of a second,
+# and a test module makes a dozen.
+_NEW_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1")
+
+
 class Pki:
     """A test CA in `directory` and the certificates it signs (`openssl` on the PATH)."""
 
@@ -44,7 +49,7 @@ class Pki:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ca = self.dir / "ca.pem"
         self._ca_key = self.dir / "ca.key"
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", self._ca_key, "-out", self.ca,
+        _openssl("req", "-x509", *_NEW_KEY, "-nodes", "-keyout", self._ca_key, "-out", self.ca,
                  "-days", "30", "-subj", f"/CN={name}",
                  "-addext", "basicConstraints=critical,CA:TRUE",
                  "-addext", "keyUsage=critical,keyCertSign,cRLSign")
@@ -54,7 +59,7 @@ class Pki:
         """A certificate for `cn` (and `names`, `ips` as subjectAltName; `cn` is one of
         them); `expired`: its validity ended yesterday."""
         key, csr, pem, ext = (self.dir / f"{stem}.{x}" for x in ("key", "csr", "pem", "ext"))
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", f"/CN={cn}")
+        _openssl("req", *_NEW_KEY, "-nodes", "-keyout", key, "-out", csr, "-subj", f"/CN={cn}")
         sans = [f"DNS:{n}" for n in (cn, *names)] + [f"IP:{ip}" for ip in ips]
         ext.write_text(f"subjectAltName={','.join(sans)}\nbasicConstraints=CA:FALSE\n")
         if expired:
@@ -125,20 +130,24 @@ def answer(req: bytes, code: int, reason: str, to_tag: str = "gw1", extra: str =
 class TlsGateway:
     """A TLS SIP endpoint on `port` (a free one by default) that answers INVITE with 200
     (Contact: itself over TLS), BYE, CANCEL and OPTIONS with 200, and absorbs ACK.
-    `client_ca`: require and verify a client certificate signed by it (mutual TLS).
-    `requests`: what it received, in order."""
+    `client_ca`: verify a client certificate signed by it (mutual TLS), and refuse a
+    client without one unless `client_optional`. `requests`: what it received, in
+    order, and `peers` the address of the connection each came on; `peer_certs` the
+    client certificate of each connection ({} for none)."""
 
-    def __init__(self, cert: Cert, client_ca: Path | None = None, *, port: int = 0, host: str = HOST):
+    def __init__(self, cert: Cert, client_ca: Path | None = None, *, client_optional: bool = False,
+                 port: int = 0, host: str = HOST):
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(cert.cert, cert.key)
         if client_ca is not None:
-            self.ctx.verify_mode = ssl.CERT_REQUIRED
+            self.ctx.verify_mode = ssl.CERT_OPTIONAL if client_optional else ssl.CERT_REQUIRED
             self.ctx.load_verify_locations(client_ca)
         self.sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.host = host
         self.port = self.sock.getsockname()[1]
         self.hostport = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
         self.requests: list[bytes] = []
+        self.peers: list[tuple[str, int]] = []
         self.handshake_errors: list[str] = []
         self.peer_certs: list[dict] = []
         self.lock = threading.Lock()
@@ -157,6 +166,7 @@ class TlsGateway:
             threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
 
     def _serve(self, raw: socket.socket) -> None:
+        peer = raw.getpeername()[:2]
         raw.settimeout(10)
         try:
             conn = self.ctx.wrap_socket(raw, server_side=True)
@@ -177,6 +187,7 @@ class TlsGateway:
                 continue
             with self.lock:
                 self.requests.append(msg)
+                self.peers.append(peer)
             method = msg.split(b" ", 1)[0].decode()
             contact = f"Contact: <sip:gw@{self.hostport};transport=tls>\r\n"
             try:
@@ -192,6 +203,11 @@ class TlsGateway:
     def count(self, method: str) -> int:
         with self.lock:
             return sum(1 for r in self.requests if r.startswith(method.encode() + b" "))
+
+    def received(self, call_id: str) -> list[tuple[bytes, tuple[str, int]]]:
+        """The requests of one call, each with the address of its connection."""
+        with self.lock:
+            return [(r, p) for r, p in zip(self.requests, self.peers) if header(r, "Call-ID") == [call_id]]
 
     def close(self) -> None:
         self.closed = True
@@ -210,18 +226,30 @@ _calls = itertools.count(1)
 class TlsCaller:
     """A SIP caller over one TLS connection to `proxy` ((host, port)), verifying the
     proxy's certificate against `ca` (and `server_name`), with a client certificate
-    `cert` when given (mutual TLS)."""
+    `cert` when given (mutual TLS), from the loopback address `source` when given
+    (127.0.0.2: another source than the other peers of a test). `last_ok` is the last
+    200 to an INVITE, `last_call_id` the Call-ID of the last call."""
 
     def __init__(self, proxy: tuple[str, int], *, ca: Path, server_name: str = HOST, cert: Cert | None = None,
-                 timeout: float = 10.0):
+                 timeout: float = 10.0, source: str | None = None):
         ctx = ssl.create_default_context(cafile=str(ca))
         if cert is not None:
             ctx.load_cert_chain(cert.cert, cert.key)
-        raw = socket.create_connection(proxy, timeout=timeout)
-        self.conn = ctx.wrap_socket(raw, server_hostname=server_name)
+        raw = socket.create_connection(proxy, timeout=timeout, source_address=(source, 0) if source else None)
+        try:
+            self.conn = ctx.wrap_socket(raw, server_hostname=server_name)
+        except BaseException:
+            raw.close()
+            raise
         self.local = self.conn.getsockname()
         self.buf = bytearray()
         self.timeout = timeout
+        self.last_ok: bytes | None = None
+        self.last_call_id = ""
+
+    def peer_certificate(self) -> dict:
+        """The proxy's certificate, as `ssl.SSLSocket.getpeercert` gives it."""
+        return self.conn.getpeercert() or {}
 
     def request(self, method: str, ruri: str, call_id: str, cseq: int, *, to_tag: str = "",
                 routes: list[str] | None = None, branch: str = "") -> bytes:
@@ -253,10 +281,12 @@ class TlsCaller:
         """INVITE, ACK and BYE through the proxy (its Record-Route as the Route set):
         the INVITE's final status and the BYE's (0 when none came)."""
         call_id = f"tls{next(_calls)}-{time.monotonic_ns()}"
+        self.last_call_id = call_id
         self.request("INVITE", ruri, call_id, 1)
         ok = self.final("INVITE")
         if ok is None or status(ok) != 200:
             return (status(ok) if ok else 0), 0
+        self.last_ok = ok
         # The caller's route set: the Record-Route entries in reverse (RFC 3261 §12.1.2).
         routes = re.findall(r"<[^>]*>", ",".join(header(ok, "Record-Route")))[::-1]
         to_tag = re.search(r";tag=([^;>\s]+)", header(ok, "To")[0])
