@@ -112,22 +112,29 @@ class TcpConnection:
                 self._handshake()
             self._established()
             self._flush()
+            if self.closed:
+                return  # the first write failed (`_flush` failed what waited)
+            if self.tls is None or not self.tls.verdict_pending:
+                self.error_callbacks.clear()  # what waited is written
             self._read_loop()
         except _HandshakeFailed:
             self._fail()
         except OSError as e:
-            if not self.closed:
+            if self.tls is not None and self.tls.verdict_pending:
+                self._refused(e)
+            elif not self.closed:
                 log.warning("%s connection to %s:%s failed: %s", self.transport, self.addr[0], self.addr[1], e)
             self._fail()
         finally:
             self.close()
 
     def _established(self) -> None:
-        """TCP is connected and TLS, if any, established: what waited may be written."""
+        """TCP is connected and TLS, if any, established: what waited may be written
+        (its error callbacks stay until it is: and over TLS 1.3, until the server
+        accepted us, `_refused`)."""
         if self.connected:
             return
         self.connected = True
-        self.error_callbacks.clear()
         tls = self.tls
         if tls is not None and self.pending:
             self.pending = deque(tls.encrypt(data) for data in self.pending)
@@ -172,7 +179,8 @@ class TcpConnection:
         except OSError as e:
             why = describe(e)
         else:
-            stats["tls_handshakes"] += 1
+            if not tls.verdict_pending:  # else once the server accepted us (`_read_loop`)
+                stats["tls_handshakes"] += 1
             return
         finally:
             timer.close()
@@ -181,6 +189,31 @@ class TcpConnection:
         # the operator's to see (and fails over like a refused connection).
         log.log(logging.INFO if tls.server_side else logging.WARNING, "tls handshake %s failed: %s", who, why)
         raise _HandshakeFailed(errno.ECONNABORTED, f"tls handshake failed: {why}")
+
+    def _refused(self, e: BaseException) -> _HandshakeFailed:
+        """A TLS 1.3 server ended the connection before its first record after the
+        handshake: it refused us (our certificate, or the want of one). A handshake
+        failure, counted and logged as one, with the server's alert when one came
+        before the connection ended (read now: a reset may follow the alert, and a
+        write fail on it first). Returns the error to end the connection with; what
+        waited is failed by the caller (`_fail`)."""
+        tls, sock = self.tls, self.sock
+        assert tls is not None and sock is not None
+        tls.verdict_pending = False
+        why = describe(e)
+        if not isinstance(e, ssl.SSLError):
+            try:
+                data = sock.recv(65536)
+                if data:
+                    tls.feed(data)
+            except ssl.SSLError as alert:
+                why = describe(alert)
+            except OSError:
+                pass
+        self.owner.stats["tls_handshake_failures"] += 1
+        log.warning("tls handshake to %s:%s (%s) failed: %s", self.addr[0], self.addr[1],
+                    tls.obj.server_hostname or "no name", why)
+        return _HandshakeFailed(errno.ECONNABORTED, f"tls handshake failed: {why}")
 
     def _recv(self, watcher: Any) -> bytes:
         sock = self.sock
@@ -312,8 +345,12 @@ class TcpConnection:
                         w = hub.loop.io(sock.fileno(), 2)
                     hub.wait(w)
         except OSError as e:
-            log.warning("tcp write to %s:%s failed: %s", self.addr[0], self.addr[1], e)
+            if self.tls is not None and self.tls.verdict_pending:
+                self._refused(e)
+            else:
+                log.warning("tcp write to %s:%s failed: %s", self.addr[0], self.addr[1], e)
             self.close()
+            self._fail()  # the messages that opened the connection, if it was their first write
         finally:
             self.writer_waiting = False
 
@@ -331,6 +368,7 @@ class TcpConnection:
         # may send its first message right behind its Finished: RFC 8446 §2) waits in
         # the session: it is taken first, the socket may have nothing more to say.
         buffered = tls is not None
+        stats = self.owner.stats
         while not self.closed:
             if buffered:
                 buffered = False
@@ -348,18 +386,27 @@ class TcpConnection:
                         hub.wait(w)
                     continue
                 if not chunk:
+                    if tls is not None and tls.verdict_pending:
+                        raise self._refused(TransportError(errno.ECONNRESET, "the peer closed the connection"))
                     return
             if tls is not None:
                 try:
                     plain = tls.feed(chunk)
                 except ssl.SSLError as e:
+                    if tls.verdict_pending:
+                        raise self._refused(e) from None
                     log.info("closing tls connection with %s:%s: %s", self.addr[0], self.addr[1], describe(e))
                     return
+                if tls.accepted(plain or b""):
+                    stats["tls_handshakes"] += 1
+                    self.error_callbacks.clear()
                 out = tls.outgoing()  # a session ticket, a key update's answer
                 if out:
                     self._write(out)
-                if plain is None:
-                    return  # close_notify
+                if plain is None:  # close_notify
+                    if tls.verdict_pending:
+                        raise self._refused(TransportError(errno.ECONNRESET, "the peer closed the connection"))
+                    return
                 chunk = plain
             now = clock()
             messages = reader.feed(chunk, now) if chunk else []

@@ -19,6 +19,9 @@ Verification, the client side: the server's certificate must chain to the profil
 profile's `server_name`), which is also sent in SNI (RFC 6066 §3; an IP address is
 checked against the certificate's IP addresses and not sent). `describe` words an
 OpenSSL failure for the log: which check failed (expired, wrong name, unknown CA).
+In TLS 1.3 the server judges our certificate (or its absence) after our side of the
+handshake is over: until its first record after it (`TlsSession.verdict_pending`), a
+connection that ends is a handshake failure, and what waited for it fails over at once.
 """
 
 from __future__ import annotations
@@ -163,7 +166,7 @@ class TlsSession:
     """The TLS of one connection on memory buffers: `feed` what the socket read and get
     the plaintext, `encrypt` what to write, and send `outgoing()` after each."""
 
-    __slots__ = ("_in", "_out", "obj", "established", "server_side", "peer_closed")
+    __slots__ = ("_in", "_out", "obj", "established", "server_side", "peer_closed", "verdict_pending")
 
     def __init__(self, ctx: ssl.SSLContext, *, server_side: bool, server_name: str | None = None):
         self._in = ssl.MemoryBIO()
@@ -175,6 +178,10 @@ class TlsSession:
                                 server_hostname=None if server_side else server_name)
         self.established = False
         self.peer_closed = False  # its close_notify came (`feed`)
+        # A TLS 1.3 server checks our certificate after our side of the handshake is
+        # over (RFC 8446 §4.4.2.4, §6.2: a refusal is an alert after our Finished): until
+        # its first record after the handshake, we do not know that it accepted us.
+        self.verdict_pending = False
 
     def handshake(self, data: bytes = b"") -> bool:
         """Go on with the handshake with `data` read from the socket: True once it is
@@ -186,7 +193,20 @@ class TlsSession:
         except ssl.SSLWantReadError:
             return False
         self.established = True
+        self.verdict_pending = not self.server_side and self.obj.version() == "TLSv1.3"
         return True
+
+    def accepted(self, plain: bytes) -> bool:
+        """After `feed` gave `plain` without an error: True when that settles a pending
+        verdict, the server having sent data or a session ticket (which it sends once it
+        accepted us)."""
+        if not self.verdict_pending:
+            return False
+        session = self.obj.session
+        if plain or (session is not None and session.has_ticket):
+            self.verdict_pending = False
+            return True
+        return False
 
     def feed(self, data: bytes) -> bytes | None:
         """The plaintext `data` (read from the socket) completes; None once the peer

@@ -70,6 +70,7 @@ def _start(tmp: Path, dlist: str, config: str, tls_port: int, **kw) -> harness.P
 def _stop(p: harness.Proxy) -> None:
     p.stop()
     _started.remove(p)
+    assert "Traceback" not in p.log(), p.log()[-3000:]
 
 
 def _stats(p: harness.Proxy) -> dict:
@@ -372,6 +373,22 @@ def test_a_named_client_profile_presents_its_certificate_to_its_sets_only(profil
     assert profiles.plain.count("INVITE") >= 1 and profiles.carrier.count("INVITE") == 1
     assert profiles.plain.peer_certs == [{}]
     assert [_subject_cn(c) for c in profiles.carrier.peer_certs] == ["carrier-client.test"]
+
+
+def test_a_destination_refusing_us_for_want_of_a_client_certificate_fails_over(profiles):
+    # In TLS 1.3 the server checks the client's certificate after the client's last
+    # handshake message (RFC 8446 §4.4.2.4): its refusal, an alert, comes after our
+    # handshake is over and the INVITE written, and is still a handshake failure.
+    failures = _stats(profiles.proxy)["tls_handshake_failures"]
+    result, call_id = profiles.call("300")
+    assert result == (200, 200)
+    assert _methods(profiles.plain.received(call_id)) == ["INVITE", "ACK", "BYE"]
+    assert profiles.strict.requests == []
+    assert "peer did not return a certificate" in " ".join(profiles.strict.handshake_errors)
+    line = f"tls handshake to {HOST}:{profiles.strict.port} ({HOST}) failed: tlsv13 alert certificate required"
+    wait_for(lambda: line in profiles.proxy.log(), message=lambda: profiles.proxy.log()[-2000:])
+    assert _stats(profiles.proxy)["tls_handshake_failures"] == failures + 1
+    assert "Traceback" not in profiles.proxy.log()
 
 
 # --------------------------------------------------------------------------- 5. reload under calls
