@@ -12,9 +12,10 @@ The modules, from the bottom up (each imports only those above it at run time):
   `TlsSession`, one connection's TLS on memory buffers (RFC 3261 §26.2), `TlsPeer`,
   who a connection we open must reach.
 - `tcp`: `TcpConnection`, a connection framed by Content-Length (§18.3) under the
-  [tcp] limits (gdispatch.tcplimits), over TLS after its handshake when its listener
-  is a `TlsListener`, and `TcpListener`, which accepts through gevent's StreamServer
-  and refuses what is over a cap or banned.
+  [tcp] limits (gdispatch.tcplimits), and `TcpListener`, which accepts through gevent's
+  StreamServer and refuses what is over a cap or banned.
+- `tlsconn`: `TlsConnection`, a TcpConnection whose bytes go through a TlsSession
+  after its handshake, and `TlsListener`, a `tls:` listen address.
 - `transports`: `Transports`, the facade the proxy uses (listeners, the connection
   table, `send` §18.1 and `reply` §18.2.2), `Handoff` (what it hands other workers'
   datagrams to), `ensure_free`, and `reach_problem` (why no listen address can send to
@@ -25,8 +26,9 @@ the transports know of other workers only through `Handoff` and the sockets give
 """
 
 from gdispatch.net.source import Source, TransportError
-from gdispatch.net.tcp import TcpConnection, TcpListener, TlsListener
+from gdispatch.net.tcp import TcpConnection, TcpListener
 from gdispatch.net.tls import TlsContexts, TlsPeer, TlsSetupError
+from gdispatch.net.tlsconn import TlsConnection, TlsListener
 from gdispatch.net.transports import Handoff, Transports, ensure_free, reach_problem
 from gdispatch.net.udp import UdpListener, enable_timestamps, run_receiver, udp_socket
 
@@ -35,6 +37,7 @@ __all__ = [
     "Source",
     "TcpConnection",
     "TcpListener",
+    "TlsConnection",
     "TlsContexts",
     "TlsListener",
     "TlsPeer",

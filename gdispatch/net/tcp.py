@@ -30,7 +30,6 @@ import errno
 import logging
 import resource
 import socket
-import ssl
 import struct
 import time
 from collections import deque
@@ -44,7 +43,7 @@ from gevent.server import StreamServer
 from gdispatch import tcplimits
 from gdispatch.config import Listen
 from gdispatch.net.source import Source, TransportError, address_family
-from gdispatch.net.tls import TlsPeer, TlsSession, describe
+from gdispatch.net.tls import TlsPeer, TlsSession
 from gdispatch.sip import MAX_MESSAGE_SIZE, ParseError
 from gdispatch.tcplimits import AcceptBackoff, StreamReader
 
@@ -64,23 +63,28 @@ TCP_COUNTERS = ("tcp_connections_open", tcplimits.REFUSED_TOTAL, tcplimits.REFUS
                 "tcp_closed_idle", "tcp_closed_slow", "tcp_oversized", "tcp_evicted", "tcp_accept_failures")
 
 
-class _HandshakeFailed(TransportError):
-    """A TLS handshake that failed, already counted and logged."""
+class ConnectionFailed(TransportError):
+    """A connection that could not be set up, already counted and logged (a TLS
+    handshake that failed: gdispatch.net.tlsconn)."""
 
 
 class TcpConnection:
-    """One TCP connection, accepted or opened by us, reading and writing SIP messages,
-    over TLS when its listener is a `tls:` one (gdispatch.net.tls: the session turns
-    what the socket carries into plaintext and back, and the handshake comes first).
+    """One TCP connection, accepted or opened by us, reading and writing SIP messages.
     `source`: the source it counts against (gdispatch.tcplimits.source_key) when it
-    was accepted, None when we opened it."""
+    was accepted, None when we opened it.
+
+    What a secure transport adds (gdispatch.net.tlsconn.TlsConnection) goes in the
+    hooks: `_secure` (after the connect), `_encode` and `_decode` (the bytes written
+    and read), `_accepted`, `_lost` and `_done` (whether the peer took the connection,
+    what an error before then means, and whether it ended the stream)."""
+
+    # The TLS session of a TLS connection (gdispatch.net.tls.TlsSession); None over TCP.
+    tls: TlsSession | None = None
 
     def __init__(self, owner: Transports, listener: TcpListener, addr: tuple[str, int],
-                 sock: socket.socket | None, source: str | None = None, *, bind_ip: str | None = None,
-                 tls: TlsSession | None = None):
+                 sock: socket.socket | None, source: str | None = None, *, bind_ip: str | None = None):
         """`bind_ip`: a connection we open leaves from this address of ours (bound
-        before the connect); None: the kernel chooses. `tls`: the session of a TLS
-        connection, its handshake not begun."""
+        before the connect); None: the kernel chooses."""
         self.owner = owner
         self.listener = listener
         self.transport = listener.transport
@@ -90,11 +94,10 @@ class TcpConnection:
         self.local_ip = listener.listen.host if sock is not None else bind_ip
         self.sock = sock
         self.source = source
-        self.tls = tls
         self.created = time.time()
-        # Messages may be written once TCP is connected and TLS, if any, established;
-        # until then they wait in `pending`, as plaintext.
-        self.connected = sock is not None and tls is None
+        # Messages may be written once the connection is set up (`_secure` too); until
+        # then they wait in `pending`, not yet encoded.
+        self.connected = sock is not None
         self.closed = False
         self.pending: deque[bytes] = deque()
         self.error_callbacks: list[Callable[[], None]] = []
@@ -108,139 +111,65 @@ class TcpConnection:
         try:
             if self.sock is None:
                 self._connect()
-            if self.tls is not None:
-                self._handshake()
+            self._secure()
             self._established()
             self._flush()
             if self.closed:
                 return  # the first write failed (`_flush` failed what waited)
-            if self.tls is None or not self.tls.verdict_pending:
+            if self._accepted():
                 self.error_callbacks.clear()  # what waited is written
             self._read_loop()
-        except _HandshakeFailed:
+        except ConnectionFailed:
             self._fail()
         except OSError as e:
-            if self.tls is not None and self.tls.verdict_pending:
-                self._refused(e)
-            elif not self.closed:
-                log.warning("%s connection to %s:%s failed: %s", self.transport, self.addr[0], self.addr[1], e)
+            if not self._lost(e) and not self.closed:
+                log.warning("%s connection %s %s:%s failed: %s", self.transport,
+                            "from" if self.source is not None else "to", self.addr[0], self.addr[1], e)
             self._fail()
         finally:
             self.close()
 
     def _established(self) -> None:
-        """TCP is connected and TLS, if any, established: what waited may be written
-        (its error callbacks stay until it is: and over TLS 1.3, until the server
-        accepted us, `_refused`)."""
+        """Connected and set up: what waited may be written (its error callbacks stay
+        until it is, and until the peer took it: `_accepted`)."""
         if self.connected:
             return
         self.connected = True
-        tls = self.tls
-        if tls is not None and self.pending:
-            self.pending = deque(tls.encrypt(data) for data in self.pending)
+        if self.pending:
+            self.pending = deque(self._encode(data) for data in self.pending)
 
-    def _handshake(self) -> None:
-        """The TLS handshake, within [tls].handshake_timeout of now: a peer that never
-        ends it holds its connection no longer (and counts against the [tcp] caps until
-        then). A failure is counted and logged with the check that failed."""
-        tls = self.tls
-        sock = self.sock
-        assert tls is not None and sock is not None
-        owner = self.owner
-        stats = owner.stats
-        assert owner.tls is not None  # a TLS connection exists only with the contexts
-        hub = get_hub()
-        r = hub.loop.io(sock.fileno(), 1)
-        who = (f"from {self.addr[0]}:{self.addr[1]}" if tls.server_side
-               else f"to {self.addr[0]}:{self.addr[1]} ({tls.obj.server_hostname or 'no name'})")
-        timer = gevent.Timeout(owner.tls.handshake_timeout)
-        timer.start()
-        try:
-            data = b""
-            while True:
-                try:
-                    done = tls.handshake(data)
-                finally:
-                    out = tls.outgoing()  # our handshake records, or the alert that ends it
-                    if out:
-                        self._write_all(out)
-                if done:
-                    break
-                data = self._recv(r)
-                if not data:
-                    raise TransportError(errno.ECONNRESET, "the peer closed the connection")
-        except ssl.SSLError as e:
-            why = describe(e)
-        except gevent.Timeout as e:
-            if e is not timer:
-                raise
-            stats["tls_handshake_timeouts"] += 1
-            why = f"not over within {owner.tls.handshake_timeout:g} s"
-        except OSError as e:
-            why = describe(e)
-        else:
-            if not tls.verdict_pending:  # else once the server accepted us (`_read_loop`)
-                stats["tls_handshakes"] += 1
-            return
-        finally:
-            timer.close()
-        stats["tls_handshake_failures"] += 1
-        # A client that fails is anybody on the network; a destination that fails is
-        # the operator's to see (and fails over like a refused connection).
-        log.log(logging.INFO if tls.server_side else logging.WARNING, "tls handshake %s failed: %s", who, why)
-        raise _HandshakeFailed(errno.ECONNABORTED, f"tls handshake failed: {why}")
+    # -- what a secure transport adds (gdispatch.net.tlsconn) ---------------------------
 
-    def _refused(self, e: BaseException) -> _HandshakeFailed:
-        """A TLS 1.3 server ended the connection before its first record after the
-        handshake: it refused us (our certificate, or the want of one). A handshake
-        failure, counted and logged as one, with the server's alert when one came
-        before the connection ended (read now: a reset may follow the alert, and a
-        write fail on it first). Returns the error to end the connection with; what
-        waited is failed by the caller (`_fail`)."""
-        tls, sock = self.tls, self.sock
-        assert tls is not None and sock is not None
-        tls.verdict_pending = False
-        why = describe(e)
-        if not isinstance(e, ssl.SSLError):
-            try:
-                data = sock.recv(65536)
-                if data:
-                    tls.feed(data)
-            except ssl.SSLError as alert:
-                why = describe(alert)
-            except OSError:
-                pass
-        self.owner.stats["tls_handshake_failures"] += 1
-        log.warning("tls handshake to %s:%s (%s) failed: %s", self.addr[0], self.addr[1],
-                    tls.obj.server_hostname or "no name", why)
-        return _HandshakeFailed(errno.ECONNABORTED, f"tls handshake failed: {why}")
+    def _secure(self) -> None:
+        """Set up what the transport needs on the connected socket; raises OSError (or
+        ConnectionFailed, already counted and logged) when it cannot."""
 
-    def _recv(self, watcher: Any) -> bytes:
-        sock = self.sock
-        assert sock is not None
-        while True:
-            try:
-                return sock.recv(65536)
-            except BlockingIOError:
-                get_hub().wait(watcher)
+    def _encode(self, data: bytes) -> bytes:
+        """A message as it goes on the wire."""
+        return data
 
-    def _write_all(self, data: bytes) -> None:
-        """Write `data` now, waiting for the socket as needed (the handshake's records,
-        before anything else is written on the connection)."""
-        sock = self.sock
-        assert sock is not None
-        w = None
-        while data:
-            try:
-                n = sock.send(data)
-            except BlockingIOError:
-                n = 0
-            if n:
-                data = data[n:]
-            else:
-                if w is None:
-                    w = get_hub().loop.io(sock.fileno(), 2)
-                get_hub().wait(w)
+    def _decode(self, chunk: bytes) -> bytes | None:
+        """What the messages carry in `chunk`, read from the socket (b"": the end of
+        the stream); None: the connection ends."""
+        return chunk or None
+
+    def _held(self) -> bytes | None:
+        """What the set-up read beyond its own bytes (a TLS 1.3 client may send its
+        first message right behind its Finished: RFC 8446 §2); None: nothing."""
+        return None
+
+    def _accepted(self) -> bool:
+        """The peer took the connection: an error from now on is no longer its refusal."""
+        return True
+
+    def _lost(self, e: OSError) -> bool:
+        """`e` ended the connection before the peer took it (`_accepted`): True when
+        that was counted and logged as a refusal."""
+        return False
+
+    def _done(self) -> bool:
+        """The peer ended the stream after the messages just read."""
+        return False
 
     def _connect(self) -> None:
         host, port = self.addr
@@ -295,13 +224,7 @@ class TcpConnection:
                 self.error_callbacks.append(on_error)
             self.pending.append(data)
             return
-        if self.tls is not None:
-            try:
-                data = self.tls.encrypt(data)
-            except ssl.SSLError as e:
-                self.close()
-                raise TransportError(errno.EPIPE, f"tls send to {self.addr[0]}:{self.addr[1]}: {describe(e)}") from None
-        self._write(data)
+        self._write(self._encode(data))
 
     def _write(self, data: bytes) -> None:
         """Write bytes as they go on the wire, after what waits, without blocking."""
@@ -345,10 +268,8 @@ class TcpConnection:
                         w = hub.loop.io(sock.fileno(), 2)
                     hub.wait(w)
         except OSError as e:
-            if self.tls is not None and self.tls.verdict_pending:
-                self._refused(e)
-            else:
-                log.warning("tcp write to %s:%s failed: %s", self.addr[0], self.addr[1], e)
+            if not self._lost(e):
+                log.warning("%s write to %s:%s failed: %s", self.transport, self.addr[0], self.addr[1], e)
             self.close()
             self._fail()  # the messages that opened the connection, if it was their first write
         finally:
@@ -362,20 +283,14 @@ class TcpConnection:
         reader = self.reader
         handle = self.owner.on_message
         clock = time.monotonic
-        tls = self.tls
         transport = self.transport
-        # What came in the same read as the handshake's last records (a TLS 1.3 client
-        # may send its first message right behind its Finished: RFC 8446 §2) waits in
-        # the session: it is taken first, the socket may have nothing more to say.
-        buffered = tls is not None
-        stats = self.owner.stats
+        # What came in the same read as the set-up's last bytes waits in the decoder: it
+        # is taken first, the socket may have nothing more to say.
+        chunk = self._held()
         while not self.closed:
-            if buffered:
-                buffered = False
-                chunk = b""
-            else:
+            if chunk is None:
                 try:
-                    chunk = sock.recv(65536)
+                    raw = sock.recv(65536)
                 except BlockingIOError:
                     deadline, why = reader.deadline()
                     wait = deadline - clock()
@@ -385,31 +300,12 @@ class TcpConnection:
                     with gevent.Timeout(wait, False):
                         hub.wait(w)
                     continue
-                if not chunk:
-                    if tls is not None and tls.verdict_pending:
-                        raise self._refused(TransportError(errno.ECONNRESET, "the peer closed the connection"))
+                chunk = self._decode(raw)
+                if chunk is None:
                     return
-            if tls is not None:
-                try:
-                    plain = tls.feed(chunk)
-                except ssl.SSLError as e:
-                    if tls.verdict_pending:
-                        raise self._refused(e) from None
-                    log.info("closing tls connection with %s:%s: %s", self.addr[0], self.addr[1], describe(e))
-                    return
-                if tls.accepted(plain or b""):
-                    stats["tls_handshakes"] += 1
-                    self.error_callbacks.clear()
-                out = tls.outgoing()  # a session ticket, a key update's answer
-                if out:
-                    self._write(out)
-                if plain is None:  # close_notify
-                    if tls.verdict_pending:
-                        raise self._refused(TransportError(errno.ECONNRESET, "the peer closed the connection"))
-                    return
-                chunk = plain
             now = clock()
             messages = reader.feed(chunk, now) if chunk else []
+            chunk = None
             if messages:
                 self.owner.table.active(self)
             for msg in messages:
@@ -420,8 +316,8 @@ class TcpConnection:
             if reader.error is not None:
                 self._broken(reader.error)
                 return
-            if tls is not None and tls.peer_closed:
-                return  # close_notify after the messages it ended with
+            if self._done():
+                return
             deadline, why = reader.deadline()
             if now >= deadline:  # a peer that never pauses is held to the same deadlines
                 self._expired(why)
@@ -507,10 +403,11 @@ class TcpListener:
 
     transport = "tcp"
 
-    def session(self, peer: TlsPeer | None = None) -> TlsSession | None:
-        """The TLS session of a connection accepted (`peer` None) or opened to `peer`
-        on this listener's transport: none over TCP."""
-        return None
+    def connection(self, addr: tuple[str, int], sock: socket.socket | None, source: str | None = None, *,
+                   bind_ip: str | None = None, peer: TlsPeer | None = None) -> TcpConnection:
+        """A connection on this listener's transport: accepted (`sock`, from `source`),
+        or one to open to `addr` (over TLS, to `peer`: gdispatch.net.tlsconn)."""
+        return TcpConnection(self.owner, self, addr, sock, source, bind_ip=bind_ip)
 
     def __init__(self, listen: Listen, owner: Transports, *, reuseport: bool = False, index: int = 0):
         """`index`: its position in Transports.listeners, the same in every worker."""
@@ -560,28 +457,12 @@ class TcpListener:
             return
         s.setblocking(False)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = TcpConnection(owner, self, (addr[0], addr[1]), s, source, tls=self.session())
+        conn = self.connection((addr[0], addr[1]), s, source)
         owner.remember(conn)
 
     def close(self) -> None:
         self.server.close()
         self.sock.close()
-
-
-class TlsListener(TcpListener):
-    """A TLS listen address (RFC 3261 §26.2): TCP's, with a TLS session on each
-    connection, accepted or opened (gdispatch.net.tls.TlsContexts gives the context)."""
-
-    transport = "tls"
-
-    def session(self, peer: TlsPeer | None = None) -> TlsSession | None:
-        contexts = self.owner.tls
-        assert contexts is not None  # a tls: listen address needs [tls] (gdispatch.config)
-        if peer is None:
-            assert contexts.server is not None
-            return TlsSession(contexts.server, server_side=True)
-        ctx, name = contexts.client_for(peer)
-        return TlsSession(ctx, server_side=False, server_name=name)
 
 
 def open_files_limit() -> int:

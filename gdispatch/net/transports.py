@@ -34,8 +34,9 @@ import gevent
 from gdispatch import sockfilter
 from gdispatch.config import Listen
 from gdispatch.net.source import Source, TransportError, address_family
-from gdispatch.net.tcp import TCP_COUNTERS, TcpConnection, TcpListener, TlsListener
+from gdispatch.net.tcp import TCP_COUNTERS, TcpConnection, TcpListener
 from gdispatch.net.tls import TLS_COUNTERS, TlsContexts, TlsPeer
+from gdispatch.net.tlsconn import TlsListener
 from gdispatch.net.udp import UdpListener
 from gdispatch.tcplimits import ConnectionTable, TcpLimits
 
@@ -282,8 +283,7 @@ class Transports:
             log.warning("closing tcp connection from %s:%s to open one to %s:%s: [tcp].max_connections reached",
                         victim.addr[0], victim.addr[1], addr[0], addr[1])
             victim.abort()
-        conn = TcpConnection(self, listener, addr, None, bind_ip=listener.listen.host if bind else None,
-                             tls=listener.session(peer or TlsPeer(addr[0])))
+        conn = listener.connection(addr, None, bind_ip=listener.listen.host if bind else None, peer=peer)
         self.remember(conn)
         return conn
 

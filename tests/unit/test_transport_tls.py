@@ -19,6 +19,7 @@ from gevent import socket as gsocket
 from gdispatch.config import Listen
 from gdispatch.net.tcp import TCP_COUNTERS, TcpConnection
 from gdispatch.net.tls import TLS_COUNTERS, TlsContexts, TlsSession
+from gdispatch.net.tlsconn import TlsConnection
 from gdispatch.settings import Tls, TlsProfile
 from gdispatch.tcplimits import TcpLimits
 from tests.support.tlspeers import Pki
@@ -75,8 +76,8 @@ def connection(owner: Owner, sock: socket.socket, *, server_side: bool) -> TcpCo
     listener = types.SimpleNamespace(transport="tls", listen=LISTEN)
     tls = (TlsSession(owner.tls.server, server_side=True) if server_side
            else TlsSession(owner.tls.client, server_side=False, server_name=NAME))
-    return TcpConnection(owner, listener, PEER, sock, "127.0.0.1" if server_side else None,  # type: ignore[arg-type]
-                         tls=tls)
+    return TlsConnection(owner, listener, PEER, sock, "127.0.0.1" if server_side else None,  # type: ignore[arg-type]
+                         session=tls)
 
 
 @pytest.fixture
