@@ -123,8 +123,11 @@ class TcpConnection:
             self._fail()
         except OSError as e:
             if not self._lost(e) and not self.closed:
-                log.warning("%s connection %s %s:%s failed: %s", self.transport,
-                            "from" if self.source is not None else "to", self.addr[0], self.addr[1], e)
+                # A peer that went away is anybody on the network; a destination we
+                # cannot reach is the operator's to see.
+                accepted = self.source is not None
+                log.log(logging.INFO if accepted else logging.WARNING, "%s connection %s %s:%s failed: %s",
+                        self.transport, "from" if accepted else "to", self.addr[0], self.addr[1], e)
             self._fail()
         finally:
             self.close()

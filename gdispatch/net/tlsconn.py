@@ -91,7 +91,7 @@ class TlsConnection(TcpConnection):
         except OSError as e:
             why = describe(e)
         else:
-            if not tls.verdict_pending:  # else once the server accepted us (`_read_loop`)
+            if not tls.verdict_pending:  # else once the server accepted us (`_plaintext`)
                 stats["tls_handshakes"] += 1
             return
         finally:
