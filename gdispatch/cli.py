@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", metavar="N", type=int, help="number of worker processes")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                      help="replaces [server].log_level")
+    run.add_argument("--log-format", choices=("text", "json"),
+                     help="json: one JSON object per line (replaces [server].log_format)")
     lst = sub.add_parser("list", help="work with dispatcher.list files",
                          description="Work with dispatcher.list files (Kamailio's format).")
     lsub = lst.add_subparsers(dest="list_command", metavar="ACTION")
@@ -426,10 +428,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"gdispatch: configuration error: {e}", file=sys.stderr)
         return 2
-    if args.log_level:
-        from dataclasses import replace
+    from dataclasses import replace
 
+    if args.log_level:
         cfg = replace(cfg, log_level=args.log_level)
+    if args.log_format:
+        cfg = replace(cfg, log_format=args.log_format)
     from gdispatch.app import run as run_proxy
 
     return run_proxy(cfg)

@@ -404,8 +404,9 @@ def _tls(t: Any, source: str) -> Tls:
 def from_dict(data: dict, source: str = "") -> Config:
     data = _check_keys(data, {"server", "dispatcher", "timers", "dns", "probing", "plugins", "control", "route",
                               "overload", "security", "flood", "tcp", "tls"}, "config")
-    server = _check_keys(data.get("server", {}), {"listen", "domains", "log_level", "workers", "no_route_reply",
-                                                  "drain_time", "server_header", "user_agent_header"}, "[server]")
+    server = _check_keys(data.get("server", {}), {"listen", "domains", "log_level", "log_format", "workers",
+                                                  "no_route_reply", "drain_time", "server_header",
+                                                  "user_agent_header"}, "[server]")
     for key in ("server_header", "user_agent_header"):
         v = server.get(key, getattr(Config, key))
         if not isinstance(v, str) or any(not 32 <= ord(c) < 127 for c in v):
@@ -423,6 +424,9 @@ def from_dict(data: dict, source: str = "") -> Config:
     level = str(server.get("log_level", "info")).lower()
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"[server].log_level: expected debug, info, warning or error, got {level!r}")
+    log_format = server.get("log_format", Config.log_format)
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"[server].log_format: expected \"text\" or \"json\", got {log_format!r}")
     disp = _check_keys(data.get("dispatcher", {}), {"list_file", "load_mode", "kamailio_order", "kamailio_compat",
                                                     "hash_user_only", "call_expire", "call_init_expire",
                                                     "reload_keeps_state", "watch", "persistent_state",
@@ -525,7 +529,7 @@ def from_dict(data: dict, source: str = "") -> Config:
     if source and not os.path.isabs(hooks_dir):
         hooks_dir = os.path.join(os.path.dirname(os.path.abspath(source)), hooks_dir)
     cfg = Config(
-        listen=listen, domains=tuple(x.lower() for x in domains), log_level=level,
+        listen=listen, domains=tuple(x.lower() for x in domains), log_level=level, log_format=log_format,
         workers=_number(server, "workers", "[server]", 1, integer=True, minimum=1, exclusive=False),
         list_file=list_file, load_mode=load_mode, state_file=state_file, **flags, **seconds,
         timers=timers, probing=probing, overload=overload, security=security, flood=flood, tcp=tcp, tls=tls,

@@ -22,11 +22,15 @@ when no record of that kind follows (and `close` writes the counts left when the
 process stops). A record logged with ``extra=KEEP`` is never
 summarised: a destination going down or up, a problem in the list file, a reload.
 
-`install` puts both on a handler (gdispatch.app.setup_logging).
+`JsonFormatter` writes each record as one JSON object on its line (journald, Loki and
+their kind read it): the fields of the text log, the message escaped the same way.
+
+`install` puts a formatter and the Summariser on a handler (gdispatch.app.setup_logging).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import traceback
@@ -120,6 +124,29 @@ class SafeFormatter(logging.Formatter):
         return "\n".join(escape(line) for line in stack_info.split("\n"))
 
 
+class JsonFormatter(SafeFormatter):
+    """One JSON object per record: `time` (as the text log's, with milliseconds),
+    `level`, `worker` (with several workers), `logger`, `message`, and `exception`
+    (the traceback, escaped as `format_exception` does) when there is one."""
+
+    def __init__(self, worker: str = ""):
+        super().__init__()
+        self.worker = worker
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = escape(record.getMessage())
+        out = {"time": self.formatTime(record), "level": record.levelname}
+        if self.worker:
+            out["worker"] = self.worker
+        out["logger"] = record.name
+        out["message"] = record.message
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
 class _Kind:
     __slots__ = ("hidden", "level", "seen", "start")
 
@@ -199,10 +226,11 @@ def _emit(name: str, level: int, message: str) -> None:
     logging.getLogger(name).log(level, "%s", message, extra=KEEP)
 
 
-def install(handler: logging.Handler, fmt: str, clock: Callable[[], float] = time.monotonic) -> Summariser:
-    """Give `handler` the SafeFormatter with `fmt` and a Summariser, which is returned
-    (its `flush` must be called periodically)."""
-    handler.setFormatter(SafeFormatter(fmt))
+def install(handler: logging.Handler, fmt: str | logging.Formatter,
+            clock: Callable[[], float] = time.monotonic) -> Summariser:
+    """Give `handler` the SafeFormatter with `fmt` (or the formatter `fmt`) and a
+    Summariser, which is returned (its `flush` must be called periodically)."""
+    handler.setFormatter(SafeFormatter(fmt) if isinstance(fmt, str) else fmt)
     summariser = Summariser(clock)
     handler.addFilter(summariser)
     return summariser

@@ -236,6 +236,7 @@ class Config:
     listen: tuple[Listen, ...] = (Listen("udp", "127.0.0.1", 5060), Listen("tcp", "127.0.0.1", 5060))
     domains: tuple[str, ...] = ()
     log_level: str = "info"
+    log_format: str = "text"  # "json": one JSON object per line (gdispatch.logsafe.JsonFormatter)
     workers: int = 1
     list_file: str = "dispatcher.list"
     # The socket requests and pings to a destination without a `socket` or `sockname`

@@ -9,6 +9,8 @@ import re
 import socket
 import time
 
+import pytest
+
 from tests.support.wait import wait_for
 
 from . import harness
@@ -18,11 +20,12 @@ LIST = "1 sip:127.0.0.1:9 0 0 duid=gw1\n"
 NO_PROBING = "[probing]\ninterval = 0\n"
 
 
-def test_a_call_id_with_control_bytes_and_bad_utf8_is_logged_escaped_on_one_line(proxy):
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_call_id_with_control_bytes_and_bad_utf8_is_logged_escaped_on_one_line(proxy, log_format):
     # Set 9's one destination is disabled: the proxy warns "no active destination in set 9
     # for INVITE <Call-ID>", a line that quotes what the caller sent.
     p = proxy(LIST + "9 sip:127.0.0.1:9 4 0 duid=off\n",
-              config=NO_PROBING + "[[route]]\nmethods = [\"INVITE\"]\nset = 9\n")
+              config=NO_PROBING + "[[route]]\nmethods = [\"INVITE\"]\nset = 9\n", args=("--log-format", log_format))
     call_id = b"evil\x00\xff\xfe\x1b[2J\xe2\x80\xa8FORGED-LINE\x85\x7f"
     data = harness.build_request("INVITE", f"sip:svc@{HOST}:{p.port}", local_port=harness.free_port(),
                                  call_id="CALLID").replace(b"CALLID", call_id)
@@ -32,8 +35,16 @@ def test_a_call_id_with_control_bytes_and_bad_utf8_is_logged_escaped_on_one_line
     for forbidden in (b"\x00", b"\xff", b"\x1b", b"\xe2\x80\xa8", b"\x85", b"\x7f", b"\r"):
         assert forbidden not in raw, (forbidden, raw[-400:])
     text = raw.decode("utf-8")
-    assert "INVITE evil\\x00\\xff\\xfe\\x1b[2J\\u2028FORGED-LINE\\x85\\x7f" in text, text[-400:]
+    shown = "INVITE evil\\x00\\xff\\xfe\\x1b[2J\\u2028FORGED-LINE\\x85\\x7f"
     assert not any(line.startswith("FORGED") for line in text.splitlines())
+    if log_format == "text":
+        assert shown in text, text[-400:]
+        return
+    # One JSON object per line, the message escaped as in the text log.
+    records = [json.loads(line) for line in text.splitlines()]
+    warning = next(r for r in records if "no active destination" in r["message"])
+    assert warning["level"] == "WARNING" and warning["logger"] == "gdispatch.proxy" and shown in warning["message"]
+    assert {"time", "level", "logger", "message"} <= set(records[0])
 
 
 def test_two_hundred_unframable_tcp_streams_cost_a_few_log_lines_and_one_summary(proxy):

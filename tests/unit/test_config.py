@@ -231,3 +231,10 @@ def test_the_default_socket_must_be_a_listen_address():
     # A --listen that drops the default socket's address is refused too.
     with pytest.raises(ConfigError, match=re.escape("--listen: [dispatcher].default_sockname: 'carrier'")):
         with_overrides(c, listen=["udp:127.0.0.1:5060"])
+
+
+def test_the_log_format_is_text_or_json():
+    assert from_dict({}).log_format == "text"
+    assert from_dict({"server": {"log_format": "json"}}).log_format == "json"
+    with pytest.raises(ConfigError, match=r"\[server\].log_format: expected \"text\" or \"json\", got 'xml'"):
+        from_dict({"server": {"log_format": "xml"}})

@@ -4,6 +4,7 @@ that keep their frames' lines, and repeated warnings summarised (fake clock)."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 import sys
 
@@ -46,6 +47,24 @@ def test_one_record_is_one_line_whatever_its_arguments_hold():
     out = _formatted("closing %s: %s", "call\r\n2024-01-01 WARNING gdispatch: forged", "\x00\u2028")
     assert out.splitlines() == [out]
     assert out == "WARNING gdispatch.test: closing call\\x0d\\x0a2024-01-01 WARNING gdispatch: forged: \\x00\\u2028"
+
+
+def test_a_json_record_is_one_object_on_one_line_with_the_text_logs_fields_escaped_alike():
+    record = logging.LogRecord("gdispatch.proxy", logging.WARNING, __file__, 1, "no active destination for %s",
+                               ("INVITE a\r\n{\"forged\": 1}\u2028\x00",), None)
+    out = logsafe.JsonFormatter("w1").format(record)
+    assert out.splitlines() == [out]
+    fields = json.loads(out)
+    assert list(fields) == ["time", "level", "worker", "logger", "message"]
+    assert fields["level"] == "WARNING" and fields["worker"] == "w1" and fields["logger"] == "gdispatch.proxy"
+    assert fields["message"] == 'no active destination for INVITE a\\x0d\\x0a{"forged": 1}\\u2028\\x00'
+    try:
+        _raise_chain()
+    except ValueError:
+        record = logging.LogRecord("gdispatch", logging.ERROR, __file__, 1, "oops", (), sys.exc_info())
+    fields = json.loads(logsafe.JsonFormatter().format(record))
+    assert "worker" not in fields
+    assert fields["exception"].startswith("Traceback") and "FORGED LINE\\x00" in fields["exception"]
 
 
 def _raise_chain():
