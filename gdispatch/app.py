@@ -41,6 +41,7 @@ from gdispatch.proxy.routing import missing_sets
 from gdispatch.recordroute import KeyFileError, Keyring, default_key_path, ensure_key_file, load_keys
 from gdispatch.transaction.timers import Scheduler
 from gdispatch.watch import ListWatcher, file_digest
+from gdispatch.web.server import WebServer
 
 log = logging.getLogger("gdispatch")
 
@@ -86,6 +87,7 @@ class App:
         self.collector = CollectorPolicy()  # started by run() once the process is up
         self.watcher: ListWatcher | None = None
         self.control: ControlServer | None = None
+        self.web: WebServer | None = None  # [http]: metrics and the status page (the primary's)
         self._list_digest: str | None = None
         # The states the operator set, kept across restarts (gdispatch.dispatcher.statefile):
         # the primary's alone, with [dispatcher] persistent_state, once the file was read.
@@ -193,6 +195,13 @@ class App:
         except (ControlError, ValueError, OSError) as e:
             log.error("control socket: %s", e)
             return 1
+        if config.http.listen:
+            try:
+                self.web = WebServer(self, config.http.listen)
+                self.web.start()
+            except OSError as e:
+                log.error("[http] listen = %r: %s", config.http.listen, e.strerror or e)
+                return 1
         self.cluster.ready(self.stopping)
         transports.start_listening()
         self.plugins.call("gdispatch_list_loaded", dispatcher_list=dlist, reason="start")
@@ -546,6 +555,8 @@ class App:
             self.watcher.stop()
         if self.control is not None:
             self.control.stop()
+        if self.web is not None:
+            self.web.stop()
         self.plugins.call("gdispatch_shutdown")
         self.operator_states.flush()  # a state set just before the stop is on disk
         for g in self._greenlets:

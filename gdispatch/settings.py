@@ -232,6 +232,22 @@ class Tls:
 
 
 @dataclass(frozen=True)
+class Http:
+    """`[http]`: the listener of the metrics and the status page (gdispatch.web)."""
+
+    listen: str = ""  # "127.0.0.1:9090"; "" = none
+    token: str = ""  # "": the status page is read-only; else its bearer may set states
+
+
+@dataclass(frozen=True)
+class Capture:
+    """`[capture]`: a copy of every SIP message to a Homer collector (gdispatch.hep)."""
+
+    hep: str = ""  # "udp:IP:PORT"; "" = none
+    capture_id: int = 2001  # the HEP capture agent id (Kamailio's hep_capture_id)
+
+
+@dataclass(frozen=True)
 class Config:
     listen: tuple[Listen, ...] = (Listen("udp", "127.0.0.1", 5060), Listen("tcp", "127.0.0.1", 5060))
     domains: tuple[str, ...] = ()
@@ -274,6 +290,8 @@ class Config:
     user_agent_header: str = "gdispatch"
     tcp: Tcp = Tcp()
     tls: Tls = Tls()
+    http: Http = Http()
+    capture: Capture = Capture()
     plugins: tuple[str, ...] = ()
     # Where plugin files are looked for first; a name not there is one shipped with
     # gdispatch (gdispatch.plugins.plugin_path).

@@ -1,0 +1,1 @@
+"""The Prometheus metrics at GET /metrics (to be written)."""

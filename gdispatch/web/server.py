@@ -1,0 +1,119 @@
+"""The HTTP listener of `[http]`: gevent's WSGI server, and the routes the other modules
+of gdispatch.web register with `route`.
+
+A route is a function `(app, request) -> Response` for one method and path; `serve`
+finds it (404 for a path no route has, 405 for a method the path does not take), gives
+it a `Request` (the query, the headers, a body of at most MAX_BODY bytes) and writes
+its `Response`. `authorized` checks `[http] token` (a bearer token, compared in constant
+time) for the routes that change something; without a token configured they refuse.
+A route that raises answers 500, logged with its traceback; nothing a client sent is
+logged unescaped (gdispatch.logsafe escapes every record).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+from gevent.pywsgi import WSGIServer
+
+log = logging.getLogger("gdispatch.web")
+
+MAX_BODY = 64 * 1024  # bytes a request body may have
+REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+           404: "Not Found", 405: "Method Not Allowed", 413: "Content Too Large", 500: "Internal Server Error"}
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # lowercase names
+    body: bytes
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+Handler = Callable[[Any, Request], Response]
+ROUTES: dict[str, dict[str, Handler]] = {}  # path -> method -> handler
+
+
+def route(method: str, path: str) -> Callable[[Handler], Handler]:
+    """Register the decorated function as the handler of `method` `path`."""
+    def register(fn: Handler) -> Handler:
+        ROUTES.setdefault(path, {})[method] = fn
+        return fn
+    return register
+
+
+def authorized(request: Request, token: str) -> bool:
+    """The request carries `Authorization: Bearer TOKEN` with `[http] token`; never
+    when no token is configured."""
+    given = request.headers.get("authorization", "")
+    return bool(token) and hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+
+def serve(app: Any, request: Request) -> Response:
+    methods = ROUTES.get(request.path)
+    if methods is None:
+        return Response(404, b"not found\n")
+    handler = methods.get(request.method)
+    if handler is None:
+        return Response(405, b"method not allowed\n", headers=[("Allow", ", ".join(sorted(methods)))])
+    try:
+        return handler(app, request)
+    except Exception:
+        log.exception("error answering %s %s", request.method, request.path)
+        return Response(500, b"internal error\n")
+
+
+class WebServer:
+    """`[http] listen` served for `app` (the running gdispatch.app.App)."""
+
+    def __init__(self, app: Any, listen: str):
+        host, _, port = listen.rpartition(":")
+        self.app = app
+        self.server = WSGIServer((host.strip("[]"), int(port)), self._wsgi, log=None, error_log=None)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.server.address[:2]
+
+    def start(self) -> None:
+        # Registers the routes: the modules are imported for their `route`s.
+        from gdispatch.web import metrics, status  # noqa: F401
+
+        self.server.start()
+        log.info("http listener on %s:%d", *self.address)
+
+    def stop(self) -> None:
+        self.server.stop(timeout=1)
+
+    def _wsgi(self, environ: dict, start_response: Callable) -> list[bytes]:
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > MAX_BODY:
+            response = Response(413 if length > 0 else 400, b"bad or too large body\n")
+        else:
+            body = environ["wsgi.input"].read(length) if length else b""
+            fields = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
+            request = Request(environ["REQUEST_METHOD"], environ.get("PATH_INFO") or "/",
+                              parse_qs(environ.get("QUERY_STRING", "")), fields, body)
+            response = serve(self.app, request)
+        headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body))),
+                   ("Cache-Control", "no-store"), *response.headers]
+        start_response(f"{response.status} {REASONS.get(response.status, 'Status')}", headers)
+        return [response.body]

@@ -1,0 +1,1 @@
+"""The status page at GET / and its JSON (to be written)."""
