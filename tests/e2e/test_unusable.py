@@ -56,7 +56,7 @@ def test_destinations_it_cannot_send_to_show_ix_and_why_and_are_named_by_reload_
     assert "REASON" not in shown["good"]
     assert shown["name"]["REASON"] == "cannot resolve gw.test: no such name (NXDOMAIN)"
     assert shown["tcp"]["REASON"] == "no TCP IPv4 listen address to send from (add one to [server].listen)"
-    assert shown["tls"]["REASON"] == "transport 'tls' is not supported (udp and tcp are)"
+    assert shown["tls"]["REASON"] == "no TLS IPv4 listen address to send from (add one to [server].listen)"
 
     out = p.rpc("dispatcher.reload")
     assert out.returncode == 0, out.stderr
