@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: all install install-sipp install-kamailio install-openssl run test bench bench-latency bench-attack bench-inproc bench-memory bench-compare lint clean distclean
+.PHONY: all install install-sipp install-kamailio install-kamailio-tls install-openssl run test bench bench-tls bench-latency bench-attack bench-inproc bench-memory bench-compare lint clean distclean
 
 all: test
 
@@ -49,6 +49,17 @@ install-kamailio:
 	  $(APT) update && $(APT) install -y kamailio; \
 	  $(SUDO) systemctl disable --now kamailio >/dev/null 2>&1 || true; }
 
+# Kamailio's tls module (Debian package kamailio-tls-modules), for the TLS step of the
+# bench, when Kamailio is installed without it. Not fatal: without it the TLS step
+# measures gdispatch alone and says why.
+install-kamailio-tls:
+	@if { command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ]; } && \
+	    ! ls /usr/lib/*/kamailio/modules/tls.so /usr/lib/kamailio/modules/tls.so >/dev/null 2>&1; then \
+	  echo "Kamailio's tls module not found: installing kamailio-tls-modules"; \
+	  $(APT) install -y kamailio-tls-modules || { $(APT) update && $(APT) install -y kamailio-tls-modules; } || \
+	    echo "kamailio-tls-modules could not be installed: the TLS step measures gdispatch alone"; \
+	fi
+
 # The TLS tests make their certificates with openssl (tests/support/tlspeers.py).
 install-openssl:
 	@command -v openssl >/dev/null 2>&1 || { \
@@ -58,8 +69,14 @@ install-openssl:
 test: $(VENV)/.installed install-sipp install-kamailio install-openssl
 	$(PY) -m pytest -q tests
 
-bench: $(VENV)/.installed install-sipp
+# TLS=0 leaves out the TLS step (and the install of Kamailio's tls module)
+bench: $(VENV)/.installed install-sipp $(if $(filter 0,$(TLS)),,install-kamailio-tls)
 	PY=$(PY) bench/bench.sh
+
+# The TLS step alone (bench/tls.sh): SIP over TLS with connections reused, max calls/s and
+# CPU per call at 200 calls/s, next to Kamailio's tls module when it is installed.
+bench-tls: $(VENV)/.installed install-kamailio-tls
+	PY=$(PY) bench/tls.sh
 
 bench-latency: $(VENV)/.installed install-sipp
 	PY=$(PY) bench/latency.sh

@@ -12,6 +12,7 @@
 #   GDISPATCH_BASE=../main bench/bench.sh  # also base-w1, base-w2: that checkout's code, same run
 #   RATES="500 1000" STEP_S=3 bench/bench.sh
 #   DIRECT=1 bench/bench.sh                # no proxy: UAC -> UAS, the harness ceiling
+#   TLS=0 bench/bench.sh                   # without the TLS step (bench/tls.sh, make bench-tls)
 #
 # Environment (defaults):
 #   PY             .venv/bin/python        the Python that runs gdispatch and this benchmark
@@ -40,6 +41,12 @@
 #   MAX_FAIL_PCT 0.1  MAX_RETRANS_PCT 1.0  MIN_RATE_FRAC 0.95   the pass criteria
 #   DIRECT         0                       1: no proxy
 #   OUT            bench-results/bench_<stamp>   where the results go (one folder per proxy)
+#   TLS            1                       0: no TLS step. 1: after the UDP proxies, bench/tls.sh
+#                                          (SIP over TLS, connections reused: max calls/s and CPU
+#                                          per call at 200 calls/s) for the gdispatch-wN and
+#                                          kamailio-cN of PROXIES (TLS_PROXIES overrides), Kamailio
+#                                          when its tls module is installed; results in OUT/tls
+#                                          (its TLS_* knobs: bench/lib/tlsbench.py)
 #
 # Prints each proxy's steps, then a summary: max_cps, proxy CPU µs per call, INVITE->200 and
 # BYE->200 at low load (of the first shape), gdispatch's ratios to Kamailio with the same
@@ -47,6 +54,8 @@
 # highest rate every shape and proxy passed and at each rate, the ratio to Kamailio on the
 # same shape and to the same proxy's cheapest shape.
 # The last lines are `max_cps=N` and `proxy_cpu_us_per_call=N` of the first gdispatch run.
+# Then the TLS step's table (TLS=1): each proxy's highest rate over TLS, CPU µs per call at
+# 200 calls/s and the ratio to Kamailio with the same number of workers.
 # Exit status: 0 measured, 1 a proxy did not start or answer.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -79,6 +88,7 @@ if [ -n "${GDISPATCH_BASE:-}" ]; then
     || die "gdispatch from $BASE cannot be imported by $PY"
   [ "$where" = "$BASE/gdispatch" ] || die "PYTHONPATH=$BASE imports gdispatch from $where"
 fi
+USER_PROXIES="${PROXIES:-}"
 if [ -z "${PROXIES:-}" ]; then
   if command -v kamailio >/dev/null 2>&1 && [ -f "$KAMAILIO_START" ]; then
     PROXIES="kamailio-c1 ${BASE:+base-w1 }gdispatch-w1 kamailio-c2 ${BASE:+base-w2 }gdispatch-w2"
@@ -111,8 +121,32 @@ for p in $PROXIES; do
   esac
   echo
 done
+if [ "${TLS:-1}" != 0 ]; then
+  # SIP over TLS after UDP: the gdispatch-wN and kamailio-cN of PROXIES when it was given
+  # (base-wN not: the TLS step runs this checkout's code), else bench/tls.sh's own choice
+  # (Kamailio needs its tls module, not the reference start script). Its table comes again
+  # in the summary below.
+  tls_proxies="${TLS_PROXIES:-}"
+  if [ -z "$tls_proxies" ] && [ -n "$USER_PROXIES" ]; then
+    for p in $USER_PROXIES; do
+      case "$p" in gdispatch-w*|kamailio-c*) tls_proxies="$tls_proxies $p" ;; esac
+    done
+    [ -n "$tls_proxies" ] || tls_proxies=none
+  fi
+  echo "=== TLS ==="
+  if [ "$tls_proxies" = none ]; then
+    echo "bench.sh: no gdispatch-wN or kamailio-cN in PROXIES: no TLS step"
+  else
+    OUT="$RUN/tls" TLS_PROXIES="$tls_proxies" TLS_SUMMARY=0 PY="$PY" "$ROOT/bench/tls.sh" || status=1
+  fi
+  echo
+fi
 echo "=== summary ==="
 "$PY" "$ROOT/bench/lib/summary.py" "$RUN" || status=1
+if [ -d "$RUN/tls" ]; then
+  echo
+  "$PY" "$ROOT/bench/lib/tlsbench.py" --summary "$RUN/tls" || status=1
+fi
 first="$(ls -d "$RUN"/gdispatch-w* 2>/dev/null | head -1)"
 if [ -n "$first" ] && [ -f "$first/result.txt" ]; then
   grep -E '^(max_cps|proxy_cpu_us_per_call)=' "$first/result.txt"

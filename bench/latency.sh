@@ -17,7 +17,7 @@ BASE="$(realpath -m "${OUT:-$ROOT/bench-results/$(date +latency_%Y%m%d_%H%M%S)}"
 mkdir -p "$BASE"
 for i in $(seq 1 "$RUNS"); do
   echo "=== run $i of $RUNS"
-  OUT="$BASE/run_$i" RATES=100 STEP_S=1 OVERLOAD_X=0 LAT_CALLS="${LAT_CALLS:-600}" PY="$PY" \
+  OUT="$BASE/run_$i" RATES=100 STEP_S=1 OVERLOAD_X=0 TLS=0 LAT_CALLS="${LAT_CALLS:-600}" PY="$PY" \
     "$ROOT/bench/bench.sh" | sed -n '/=== summary ===/,$p'
 done
 echo "=== all runs"
