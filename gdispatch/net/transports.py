@@ -90,6 +90,17 @@ def reach_problem(listens: Iterable[Listen], transport: str, host: str) -> str:
     return ""
 
 
+def _local_port(conn: TcpConnection) -> int:
+    """Our end's port: the listener's for an accepted connection, the one the kernel
+    gave a connection we opened (0 before it is connected)."""
+    if conn.source is not None:
+        return conn.listener.listen.port
+    try:
+        return conn.sock.getsockname()[1] if conn.sock is not None else 0
+    except OSError:
+        return 0
+
+
 class Transports:
     """All listeners, the TCP connection table, and sending."""
 
@@ -229,7 +240,7 @@ class Transports:
                 "created": time.ctime(conn.created),
                 "idle": int(idle_since - conn.reader.last_complete),
                 "src_ip": conn.addr[0], "src_port": conn.addr[1],
-                "dst_ip": conn.local_ip or "", "dst_port": conn.listener.listen.port if conn.source else 0,
+                "dst_ip": conn.local_ip or "", "dst_port": _local_port(conn),
                 "direction": "accepted" if conn.source is not None else "opened",
                 "state": "established" if tls.established else "handshake",
                 "cipher": " ".join(x for x in (info.get("version"), info.get("cipher"), info.get("bits")) if x),

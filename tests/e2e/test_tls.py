@@ -584,6 +584,8 @@ def test_tls_list_shows_the_connections_and_dispatcher_list_the_tls_destination(
     opened = [c for c in conns if (c["src_ip"], c["src_port"]) == (HOST, main.gw1.port)]
     assert len(opened) == 1, conns
     assert opened[0]["direction"] == "opened"
+    # Our end of it: the port the kernel gave the connection, the one the gateway saw.
+    assert opened[0]["dst_port"] in {port for _, port in main.gw1.peers}, (opened, main.gw1.peers)
     assert opened[0]["peer_subject"] == "CN=gw.test"
     assert opened[0]["cipher"].startswith("TLSv1.")
     # The gateway answers the OPTIONS pings over TLS: AP.
