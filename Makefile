@@ -1,6 +1,7 @@
 # gdispatch developer tasks (GNU make). A fresh Debian machine needs only python3:
 # the venv, the package and its test tools are installed on first use, and `make test`
-# installs SIPp (Debian package sip-tester) and Kamailio when they are missing.
+# installs SIPp (Debian package sip-tester), Kamailio and Chromium (for the status page's
+# test) when they are missing.
 
 SHELL := /bin/bash
 VENV ?= .venv
@@ -10,7 +11,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: all install install-sipp install-kamailio install-kamailio-tls install-openssl run test bench bench-tls bench-latency bench-attack bench-inproc bench-memory bench-compare lint clean distclean
+.PHONY: all install install-sipp install-kamailio install-kamailio-tls install-openssl install-chromium run test bench bench-tls bench-latency bench-attack bench-inproc bench-memory bench-compare lint clean distclean
 
 all: test
 
@@ -66,7 +67,14 @@ install-openssl:
 	  echo "openssl not found: installing it"; \
 	  $(APT) update && $(APT) install -y openssl; }
 
-test: $(VENV)/.installed install-sipp install-kamailio install-openssl
+# The status page's test drives a headless Chromium through chromedriver
+# (tests/e2e/test_status_page.py, tests/e2e/webdriver.py).
+install-chromium:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  echo "chromium or chromedriver not found: installing them"; \
+	  $(APT) update && $(APT) install -y chromium chromium-driver; }
+
+test: $(VENV)/.installed install-sipp install-kamailio install-openssl install-chromium
 	$(PY) -m pytest -q tests
 
 # TLS=0 leaves out the TLS step (and the install of Kamailio's tls module)

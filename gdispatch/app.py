@@ -42,6 +42,7 @@ from gdispatch.recordroute import KeyFileError, Keyring, default_key_path, ensur
 from gdispatch.transaction.timers import Scheduler
 from gdispatch.watch import ListWatcher, file_digest
 from gdispatch.web.server import WebServer
+from gdispatch.web.status import Changes
 
 log = logging.getLogger("gdispatch")
 
@@ -88,6 +89,7 @@ class App:
         self.watcher: ListWatcher | None = None
         self.control: ControlServer | None = None
         self.web: WebServer | None = None  # [http]: metrics and the status page (the primary's)
+        self.changes = Changes()  # the recent state changes and reloads the status page lists
         self._list_digest: str | None = None
         # The states the operator set, kept across restarts (gdispatch.dispatcher.statefile):
         # the primary's alone, with [dispatcher] persistent_state, once the file was read.
@@ -117,6 +119,7 @@ class App:
 
     def destination_state_changed(self, dest, old_state, new_state, reason: str) -> None:
         self.cluster.state_changed(dest)
+        self.changes.state(dest, old_state, new_state, reason)
         self.plugins.call("gdispatch_destination_state_changed", destination=dest, old_state=old_state,
                           new_state=new_state, reason=reason)
 
@@ -378,6 +381,7 @@ class App:
                 for p in e.problems:
                     log.error("%s", p, extra=logsafe.KEEP)
                 log.error("%s: the list was not reloaded; the running one stays", config.list_file)
+                self.changes.reload(reason, "; ".join(e.problems[:3]) or "the list did not load", ok=False)
                 raise
             for problem in new.problems:
                 log.warning("%s (line skipped: [dispatcher].load_mode = \"skip\")", problem, extra=logsafe.KEEP)
@@ -386,6 +390,7 @@ class App:
                 for p in missing:
                     log.error("%s", p, extra=logsafe.KEEP)
                 log.error("%s: the list was not reloaded; the running one stays", config.list_file)
+                self.changes.reload(reason, "; ".join(missing[:3]), ok=False)
                 raise ListError(missing)
             self._list_digest = file_digest(config.list_file)
             summary = self._swap_in(new, reason, from_file=True)
@@ -421,6 +426,7 @@ class App:
         self._prober().attach(new)
         self.plugins.call("gdispatch_list_loaded", dispatcher_list=new, reason=reason)
         msg = f"{config.list_file} reloaded ({reason}): {summary.describe()}"
+        self.changes.reload(reason, summary.describe())
         log.info("%s", msg, extra=logsafe.KEEP)
         return msg
 

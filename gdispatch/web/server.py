@@ -25,7 +25,8 @@ log = logging.getLogger("gdispatch.web")
 
 MAX_BODY = 64 * 1024  # bytes a request body may have
 REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-           404: "Not Found", 405: "Method Not Allowed", 413: "Content Too Large", 500: "Internal Server Error"}
+           404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large",
+           500: "Internal Server Error"}
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Request:
     query: dict[str, list[str]]
     headers: dict[str, str]  # lowercase names
     body: bytes
+    remote: str = ""  # the client's address, for the log
 
 
 @dataclass
@@ -85,6 +87,7 @@ class WebServer:
         host, _, port = listen.rpartition(":")
         self.app = app
         self.server = WSGIServer((host.strip("[]"), int(port)), self._wsgi, log=None, error_log=None)
+        self.sampler: Any = None  # the status page's time series (gdispatch.web.status.Sampler)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -95,9 +98,13 @@ class WebServer:
         from gdispatch.web import metrics, status  # noqa: F401
 
         self.server.start()
+        self.sampler = status.Sampler(self.app)
+        self.sampler.start()
         log.info("http listener on %s:%d", *self.address)
 
     def stop(self) -> None:
+        if self.sampler is not None:
+            self.sampler.stop()
         self.server.stop(timeout=1)
 
     def _wsgi(self, environ: dict, start_response: Callable) -> list[bytes]:
@@ -111,7 +118,8 @@ class WebServer:
             body = environ["wsgi.input"].read(length) if length else b""
             fields = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
             request = Request(environ["REQUEST_METHOD"], environ.get("PATH_INFO") or "/",
-                              parse_qs(environ.get("QUERY_STRING", "")), fields, body)
+                              parse_qs(environ.get("QUERY_STRING", "")), fields, body,
+                              environ.get("REMOTE_ADDR", ""))
             response = serve(self.app, request)
         headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body))),
                    ("Cache-Control", "no-store"), *response.headers]
