@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import time
 from typing import Any
 
@@ -50,19 +49,6 @@ TIMER_TICK = 0.02  # the scheduler's granularity, seconds
 DRAIN_QUIET = 1.0  # on SIGTERM, stop once no message arrived for this long (or drain_time)
 
 
-def setup_logging(level: str, tag: str = "", fmt: str = "text") -> logsafe.Summariser:
-    """Log to stderr, every record on one line with what came from the network escaped,
-    repeated warnings summarised (gdispatch.logsafe); the Summariser returned is flushed
-    by the timer greenlet. `tag`: the worker ("w0", "w1"...) when there are several.
-    `fmt`: "text", or "json" (an object per line)."""
-    handler = logging.StreamHandler(sys.stderr)
-    summariser = logsafe.install(
-        handler, logsafe.JsonFormatter(tag) if fmt == "json" else
-        "%(asctime)s %(levelname)s " + (f"[{tag}] " if tag else "") + "%(name)s: %(message)s")
-    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
-    return summariser
-
-
 class App:
     """The running proxy and everything around it, in one process. What the process does
     among several workers is its `cluster` role (gdispatch.cluster.roles), called the
@@ -70,7 +56,7 @@ class App:
 
     def __init__(self, config: Config, cluster: Role, log_summary: logsafe.Summariser | None = None):
         """`cluster`: this process's role (`Single` with one worker). `log_summary`: the
-        log's Summariser (setup_logging), flushed by the timer greenlet."""
+        log's Summariser (gdispatch.logsafe.setup), flushed by the timer greenlet."""
         self.config = config
         self.cluster = cluster
         self.log_summary = log_summary
@@ -580,7 +566,7 @@ class App:
 def run(config: Config) -> int:
     """``gdispatch run``: the proxy, the primary of `config.workers` when there are several."""
     cluster: Role = Primary(config) if config.workers > 1 else Single()
-    log_summary = setup_logging(config.log_level, cluster.tag, config.log_format)
+    log_summary = logsafe.setup(config.log_level, cluster.tag, config.log_format)
     app = App(config, cluster, log_summary)
     # Before start(): a SIGTERM while the workers start must still end in a drain.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -611,7 +597,7 @@ def run_worker(worker: Worker) -> int:
     """A worker other than the primary (``python -m gdispatch.cluster``): serve until
     the primary says stop or goes away, then drain like the primary does."""
     config = worker.hello.config
-    log_summary = setup_logging(config.log_level, worker.tag, config.log_format)
+    log_summary = logsafe.setup(config.log_level, worker.tag, config.log_format)
     app = App(config, worker, log_summary)
     code = app.start_worker(worker.hello)
     if code:

@@ -25,13 +25,15 @@ summarised: a destination going down or up, a problem in the list file, a reload
 `JsonFormatter` writes each record as one JSON object on its line (journald, Loki and
 their kind read it): the fields of the text log, the message escaped the same way.
 
-`install` puts a formatter and the Summariser on a handler (gdispatch.app.setup_logging).
+`install` puts a formatter and the Summariser on a handler; `setup` does it for the
+process's stderr, as gdispatch.app starts each process.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -233,4 +235,17 @@ def install(handler: logging.Handler, fmt: str | logging.Formatter,
     handler.setFormatter(SafeFormatter(fmt) if isinstance(fmt, str) else fmt)
     summariser = Summariser(clock)
     handler.addFilter(summariser)
+    return summariser
+
+
+def setup(level: str, tag: str = "", fmt: str = "text") -> Summariser:
+    """Log to stderr, every record on one line with what came from the network escaped,
+    repeated warnings summarised; the Summariser returned is flushed
+    by the timer greenlet. `tag`: the worker ("w0", "w1"...) when there are several.
+    `fmt`: "text", or "json" (an object per line)."""
+    handler = logging.StreamHandler(sys.stderr)
+    summariser = install(
+        handler, JsonFormatter(tag) if fmt == "json" else
+        "%(asctime)s %(levelname)s " + (f"[{tag}] " if tag else "") + "%(name)s: %(message)s")
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
     return summariser
