@@ -1,14 +1,16 @@
 """The Prometheus metrics at GET /metrics, written by Prometheus' own client library
 (`prometheus_client`, the ``metrics`` extra; without it /metrics answers 501 saying so).
 
-Nothing here runs on the SIP path. At each scrape `Collector` builds the metric families
-from what the process keeps anyway: `App.stats()` (every worker's counters summed, the
-destinations with their states and INVITE counters), `App.metrics()` (the labelled
-counters and histograms of gdispatch.measures, every worker's summed: with several
-workers, each worker's figures are those of its last report, at most a second old) and
-the reload counters of the App. The names follow Prometheus' naming guide: the prefix
+Nothing here runs on the SIP path. A scrape reads what the process keeps anyway into a
+`Snapshot`: `App.stats()` (every worker's counters summed, the destinations with their
+states and INVITE counters), `App.metrics()` (the labelled counters and histograms of
+gdispatch.measures, every worker's summed: with several workers, each worker's figures
+are those of its last report, at most a second old) and the reload counters of the App.
+`Collector` builds the metric families from the snapshot, and the library writes them,
+in a thread (see `metrics`). The names follow Prometheus' naming guide: the prefix
 ``gdispatch_``, ``_total`` at the end of a counter, times in seconds; a counter of
-``stats`` keeps the key's name (but for `RENAMED`). The README's "Prometheus" section lists them.
+``stats`` keeps the key's name (but for `RENAMED`). The README's "Prometheus" section
+lists them.
 
 The answer is the text format, or OpenMetrics when the scraper asks for it (``Accept``).
 /metrics needs no token: it changes nothing (as `[http] token` guards what does); an
@@ -19,10 +21,19 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
+
+import gevent
 
 from gdispatch.measures import INVITE_BUCKETS, PING_BUCKETS, Samples, cumulative
 from gdispatch.web.server import Request, Response, route
+
+try:
+    from prometheus_client import core as _core
+    from prometheus_client import exposition as _exposition
+except ImportError:  # the metrics extra is not installed: /metrics says so
+    _core = None  # type: ignore[assignment]
 
 INSTALL_HINT = b"the Prometheus metrics need the prometheus_client package: pip install gdispatch[metrics]\n"
 
@@ -83,24 +94,47 @@ STATES = {"A": "active", "I": "inactive", "D": "disabled", "T": "trying"}
 
 @route("GET", "/metrics")
 def metrics(app: Any, request: Request) -> Response:
-    try:
-        from prometheus_client import CollectorRegistry
-        from prometheus_client.exposition import choose_encoder
-    except ImportError:
+    if _core is None:
         return Response(501, INSTALL_HINT)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(Collector(app))
-    encode, content_type = choose_encoder(request.headers.get("accept", ""))
-    return Response(200, encode(registry), content_type)
+    snapshot = Snapshot.of(app)
+    encode, content_type = _exposition.choose_encoder(request.headers.get("accept", ""))
+    registry = _core.CollectorRegistry(auto_describe=False)
+    registry.register(Collector(snapshot))
+    # Built and written in a thread of gevent's pool: a list of hundreds of destinations
+    # takes tens of milliseconds to write, which would hold up the SIP messages that
+    # arrive meanwhile; in a thread, the interpreter hands back to them every few ms.
+    body = gevent.get_hub().threadpool.apply(encode, (registry,))
+    return Response(200, body, content_type)
+
+
+@dataclass
+class Snapshot:
+    """What the metrics are built from, read from the running `app` at once (in the
+    greenlet that scrapes: nothing changes meanwhile); new objects only, which the
+    thread that writes the metrics reads while the proxy goes on."""
+
+    stats: dict
+    samples: Samples
+    estimates: dict[tuple, float | None]  # (set, URI, duid) -> latency estimate in ms
+    reloads: dict[str, int]
+    last_reload: tuple[float, bool] | None
+    started_at: float
+    version: str
+
+    @classmethod
+    def of(cls, app: Any) -> Snapshot:
+        """`app`: gdispatch.app.App, or anything with its `stats`, `metrics`,
+        `current_list`, `reloads`, `last_reload`, `started_at`, `version`."""
+        return cls(app.stats(), app.metrics(),
+                   {(d.setid, d.uri, d.duid): d.latency_est_ms for d in app.current_list().destinations()},
+                   dict(app.reloads), app.last_reload, app.started_at, app.version)
 
 
 class Collector:
-    """A prometheus_client collector of `app` (gdispatch.app.App, or anything with its
-    `stats`, `metrics`, `current_list`, `reloads`, `last_reload`, `started_at`,
-    `version`): every family built when collected."""
+    """A prometheus_client collector of a `Snapshot`: every family built when collected."""
 
-    def __init__(self, app: Any):
-        self.app = app
+    def __init__(self, snapshot: Snapshot):
+        self.snapshot = snapshot
 
     def describe(self) -> list:
         return []  # registered without a collection: the families are built per scrape
@@ -114,14 +148,14 @@ class Collector:
             SummaryMetricFamily,
         )
 
-        app = self.app
-        stats = app.stats()
-        samples: Samples = app.metrics()
+        snap = self.snapshot
+        stats = snap.stats
+        samples = snap.samples
 
         yield InfoMetricFamily("gdispatch_build", "The running gdispatch.",
-                               value={"version": app.version, "python": platform.python_version()})
+                               value={"version": snap.version, "python": platform.python_version()})
         yield GaugeMetricFamily("gdispatch_start_time_seconds", "When gdispatch started, since the epoch.",
-                                value=app.started_at)
+                                value=snap.started_at)
         yield GaugeMetricFamily("gdispatch_workers", "Worker processes configured.", value=stats.get("workers", 1))
         yield GaugeMetricFamily("gdispatch_workers_ready", "Worker processes serving.",
                                 value=stats.get("workers_ready", 1))
@@ -185,7 +219,7 @@ class Collector:
                            labels=labels)
         failed = Counter("gdispatch_destination_calls_failed_total",
                          "INVITEs that failed on a destination (final >= 300 or no answer).", labels=labels)
-        estimates = {(d.setid, d.uri, d.duid): d.latency_est_ms for d in self.app.current_list().destinations()}
+        estimates = self.snapshot.estimates
         for d in stats.get("destinations", ()):
             values = [str(d["SET"]), d["URI"], d["DUID"] or ""]
             flags = d["FLAGS"]
@@ -202,12 +236,12 @@ class Collector:
         yield from (state, probing, active, latency, sent, answered, failed)
 
     def _reloads(self, Gauge: Any, Counter: Any) -> Iterator[Any]:
-        app = self.app
+        snap = self.snapshot
         reloads = Counter("gdispatch_reloads_total", "Reloads of the list file, by result.", labels=["result"])
         for result in ("ok", "failed"):
-            reloads.add_metric([result], app.reloads[result])
+            reloads.add_metric([result], snap.reloads[result])
         yield reloads
-        when, ok = app.last_reload or (0.0, True)
+        when, ok = snap.last_reload or (0.0, True)
         yield Gauge("gdispatch_last_reload_timestamp_seconds",
                     "When the last reload of the list file ended, since the epoch (0: none yet).", value=when)
         yield Gauge("gdispatch_last_reload_successful", "1 when the last reload of the list file (if any) "
