@@ -29,6 +29,7 @@ from gdispatch.dispatcher.sockets import SocketTable
 from gdispatch.dispatcher.statefile import StateKeeper, default_path
 from gdispatch.dns import DestinationResolver, NextHopResolver, Resolver
 from gdispatch.flood import SourceGuard
+from gdispatch.measures import Samples, samples
 from gdispatch.net import TlsContexts, TlsSetupError, TransportError, Transports
 from gdispatch.net.tcp import open_files_limit
 from gdispatch.net.tls import profile_problem
@@ -77,6 +78,10 @@ class App:
         self.web: WebServer | None = None  # [http]: metrics and the status page (the primary's)
         self.changes = Changes()  # the recent state changes and reloads the status page lists
         self._list_digest: str | None = None
+        # The list reloads (`reload`), for the metrics: how many went and failed, and
+        # when the last one ended and whether it went.
+        self.reloads = {"ok": 0, "failed": 0}
+        self.last_reload: tuple[float, bool] | None = None
         # The states the operator set, kept across restarts (gdispatch.dispatcher.statefile):
         # the primary's alone, with [dispatcher] persistent_state, once the file was read.
         self.operator_states = StateKeeper(config.state_file or default_path(config.list_file), gevent.spawn)
@@ -359,6 +364,7 @@ class App:
         config = self.config
         sdnotify.reloading()
         keys = "; ".join(x for x in (self.reload_keys(), self.reload_tls()) if x)
+        ok = False
         try:
             try:
                 new = load_list(config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order,
@@ -380,8 +386,11 @@ class App:
                 raise ListError(missing)
             self._list_digest = file_digest(config.list_file)
             summary = self._swap_in(new, reason, from_file=True)
+            ok = True
             return f"{summary}; {keys}" if keys else summary
         finally:
+            self.reloads["ok" if ok else "failed"] += 1
+            self.last_reload = (time.time(), ok)
             sdnotify.ready()
 
     def _install(self, new, reason: str, states: dict | None = None, *, from_file: bool = False) -> ReloadSummary:
@@ -465,6 +474,17 @@ class App:
             out["flood_bans"] = self.flood.bans
             out["banned_sources"] = len(self.flood.banned)
         out.update(self.cluster.counters())
+        return out
+
+    def local_metrics(self) -> Samples:
+        """This process's labelled counters and histograms (a worker's `Report` carries
+        them to the primary)."""
+        return samples(self._proxy(), self.plugins, self.prober)
+
+    def metrics(self) -> Samples:
+        """Every worker's labelled counters and histograms, summed (gdispatch.web.metrics)."""
+        out = self.local_metrics()
+        self.cluster.merge_metrics(out)
         return out
 
     def stats(self) -> dict:

@@ -136,14 +136,16 @@ class TrafficFailure:
 
 @dataclass(frozen=True)
 class Report:
-    """Every second, for ``dispatcher.list`` and ``stats``: the worker's calls per
-    destination (algorithm 10), its per-destination INVITE counters
-    (Proxy.dest_counts) and its counters."""
+    """Every second, for ``dispatcher.list``, ``stats`` and the metrics: the worker's
+    calls per destination (algorithm 10), its per-destination INVITE counters
+    (Proxy.dest_counts), its counters, and its labelled counters and histograms
+    (gdispatch.measures.samples: kept apart from `stats`, which ``stats`` shows as is)."""
 
     loads: dict[DestKey, int]
     counters: dict[tuple, list[int]]
     stats: dict[str, int]
     tls: list[dict] = field(default_factory=list)  # its TLS connections, for ``tls.list``
+    metrics: dict[tuple, float] = field(default_factory=dict)
 
 
 FromPrimary = Union[Hello, ListSwapped, StateChanged, KeysChanged, TlsReload, Latencies, Stop]

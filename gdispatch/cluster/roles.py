@@ -16,7 +16,8 @@ How App uses a role, in order: `sockets()` before it builds the transports, then
 their private sockets, then `ready(...)` when the process is set up (the listen sockets
 are read after it), and `drain()`, `stop()` on SIGTERM. In between it tells the role
 what changed: `list_loaded`, `state_changed`, `keys_changed`; the proxy reports its
-traffic failures to `traffic_failure`; `counters` and `merge_stats` go into ``stats``.
+traffic failures to `traffic_failure`; `counters` and `merge_stats` go into ``stats``,
+`merge_metrics` into the metrics.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from gdispatch.cluster.steering import shared_udp_sockets
 from gdispatch.cluster.supervisor import Supervisor
 from gdispatch.config import Config
 from gdispatch.dispatcher.destination import Destination, DispatcherList
+from gdispatch.measures import Samples, add_samples
 from gdispatch.net import Transports, UdpListener, ensure_free
 
 if TYPE_CHECKING:
@@ -73,6 +75,10 @@ class Host(Protocol):
 
     def local_stats(self) -> dict[str, int]:
         """This process's counters, for its `Report`."""
+        ...
+
+    def local_metrics(self) -> Samples:
+        """This process's labelled counters and histograms, for its `Report`."""
         ...
 
     def take_list(self, text: str, reason: str, states: dict[DestKey, int]) -> None:
@@ -148,6 +154,10 @@ class Role:
         """Add the other workers' counters to this process's `out`; returns their
         per-destination counters (Proxy.dest_counts), for Proxy.destination_counters."""
         return []
+
+    def merge_metrics(self, out: Samples) -> None:
+        """Add the other workers' labelled counters and histograms to this process's
+        `out` (gdispatch.measures)."""
 
     def drain(self) -> None:
         """SIGTERM: the others drain while this process does."""
@@ -334,6 +344,11 @@ class Primary(Single):
             self.reports[i].stats.get("dispatched", 0) if i in self.reports else 0 for i in range(1, self.n)]
         return others
 
+    def merge_metrics(self, out: Samples) -> None:
+        """Every worker's samples summed (as of their last report)."""
+        for report in self.reports.values():
+            add_samples(out, report.metrics)
+
     def drain(self) -> None:
         if self.supervisor is not None:
             self.supervisor.drain()  # every worker drains at the same time
@@ -410,7 +425,8 @@ class Worker(Role):
         while True:
             gevent.sleep(SYNC_INTERVAL)
             loads = {dest_key(d): d.load for d in proxy.dlist.destinations() if d.load}
-            self.channel.send(Report(loads, dict(proxy.dest_counts), host.local_stats(), host.tls_connections()))
+            self.channel.send(Report(loads, dict(proxy.dest_counts), host.local_stats(), host.tls_connections(),
+                                     host.local_metrics()))
 
     def counters(self) -> dict[str, int]:
         return _relay_counters(self.relay)

@@ -24,6 +24,7 @@ import gevent
 
 from gdispatch import logsafe
 from gdispatch.dispatcher.destination import Destination, DispatcherList
+from gdispatch.measures import PING_BUCKETS, Histogram
 from gdispatch.net import TlsPeer
 from gdispatch.probing.policy import (
     PING_TIMEOUT_STATUS,
@@ -58,6 +59,7 @@ class Prober:
         self._stopped = False
         self._calls = itertools.count(1)
         self._salt = "%x" % (os.getpid() & 0xFFFF)
+        self.round_trips = Histogram(PING_BUCKETS)  # seconds from a ping to its reply, for the metrics
 
     # ----------------------------------------------------------------- state
 
@@ -230,6 +232,7 @@ class Prober:
         if reason == "ping timeout":
             state.latency.timeouts += 1
         elif reason != "transport error":
+            self.round_trips.observe(rtt)
             state.latency.add(rtt * 1000.0, settings.latency_alpha)
             dest.latency_est_ms = state.latency.estimate
         old = dest.flags

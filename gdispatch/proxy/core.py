@@ -33,6 +33,7 @@ from gdispatch.dispatcher.destination import Destination, DispatcherList
 from gdispatch.dispatcher.reload import identity as destination_identity
 from gdispatch.dispatcher.sockets import SocketTable
 from gdispatch.dns import NextHopResolver, Resolver
+from gdispatch.measures import INVITE_BUCKETS, Histogram
 from gdispatch.net import Source, TlsPeer, Transports
 from gdispatch.overload import LoadGuard
 from gdispatch.plugins import PluginHost
@@ -45,6 +46,7 @@ from gdispatch.sip import (
     build_response,
     parse_message,
 )
+from gdispatch.sip.message import KNOWN_METHODS
 from gdispatch.transaction.client import ClientTransaction
 from gdispatch.transaction.server import ServerTransaction
 from gdispatch.transaction.timers import Scheduler, TimerConfig
@@ -124,12 +126,21 @@ class Proxy:
             "bad_requests_answered", "dispatched", "failovers", "no_destination", "local_replies",
             "stray_responses", "overload_rejected", "in_dialog_refused",
         ), 0)
+        # For the metrics (gdispatch.measures): requests received by method (a method
+        # outside RFC 3261 and its extensions counts as "other": a peer's made-up names
+        # add no series), responses sent upstream by class (index status // 100), made
+        # here or relayed from downstream, each once (a transaction's retransmissions of
+        # it are not counted), and how long a dispatched INVITE waited for its final.
+        self.requests_by_method: dict[str, int] = dict.fromkeys((*sorted(KNOWN_METHODS), "other"), 0)
+        self.replies_local = [0] * 7
+        self.replies_relayed = [0] * 7
+        self.invite_times = Histogram(INVITE_BUCKETS)
         self.identity = Identity(config.domains, transports.listeners)
         # The socket of the destinations without one of their own (Kamailio's
         # ds_default_socket; checked when the configuration loaded).
         self.default_socket: Listen | None = SocketTable(config.listen).default(config.default_socket,
                                                                                 config.default_sockname)
-        self.stateless = Stateless(self.identity, transports, self.stats)
+        self.stateless = Stateless(self.identity, transports, self.stats, self.replies_local, self.replies_relayed)
         self.forker = Forker(self)
         self._options_headers = (
             b"Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY, SUBSCRIBE, MESSAGE",
@@ -207,6 +218,10 @@ class Proxy:
             return
         if msg.is_request:
             self.stats["requests"] += 1
+            try:
+                self.requests_by_method[msg.method] += 1
+            except KeyError:
+                self.requests_by_method["other"] += 1
             self.on_request(msg, source)
         else:
             self.stats["responses"] += 1
@@ -294,6 +309,7 @@ class Proxy:
                     to_tag: str = "", headers=(), top_via: bytes | None = None) -> None:
         """Answer through server transaction `st` (its request went on, or is a CANCEL)."""
         self.stats["local_replies"] += 1
+        self.replies_local[status // 100] += 1
         ctx = st.context
         if top_via is None and isinstance(ctx, ResponseContext):
             top_via = ctx.top_via
@@ -316,6 +332,7 @@ class Proxy:
             # goes once the INVITE is on its way, so that the forwarding does not wait
             # for it; an INVITE answered here gets its final alone, as from Kamailio's
             # sl_send_reply.
+            self.replies_local[1] += 1
             st.respond(100, build_response(msg, 100, "Trying", top_via=top_via))
 
     def _proxy_new(self, msg: SipMessage, via: Via, source: Source, key, top_via: bytes | None

@@ -139,6 +139,7 @@ class ResponseContext:
         "route",
         "source",
         "st",
+        "started",
         "to_tag",
         "top_via",
         "walk",
@@ -158,8 +159,10 @@ class ResponseContext:
         self.last_outcome = ""  # what became of the last branch, for the log ("answered 486")
         self.route = route
         self.to_tag = ""
-        # A dispatched INVITE: its destination's active-call count follows it.
+        # A dispatched INVITE: its destination's active-call count follows it, and the
+        # time to its final response is measured (Proxy.invite_times) from now.
         self.counts_load = route is not None and request.method == "INVITE"
+        self.started = proxy.scheduler.now() if self.counts_load else 0.0
         # (code, reason) a plugin chose to answer with instead of the best response.
         self.reply_override: tuple[int, str] | None = None
         self.source: tuple[str, str, int] | None = None  # (transport, ip, port) for plugins
@@ -324,6 +327,7 @@ class Forker:
         if error:
             if not ctx.final_sent:
                 ctx.final_sent = True
+                final_timed(ctx)
                 if ctx.request is not None:
                     self.proxy.local_reply(ctx.st, ctx.request, 500, "Internal Server Error")
         else:
@@ -345,6 +349,7 @@ class Forker:
         if status < 200:
             if status > 100 and not ctx.final_sent and not branch.final:
                 # RFC 3261 §16.7 step 5: provisional responses (but 100) go upstream at once.
+                proxy.replies_relayed[1] += 1
                 ctx.st.respond(status, strip_top_via(resp))
             if not branch.provisional:
                 branch.provisional = True
@@ -360,8 +365,11 @@ class Forker:
             # Every 2xx goes upstream, retransmissions included (§16.7 step 5, RFC 6026).
             first = not ctx.final_sent
             ctx.final_sent = True
+            proxy.replies_relayed[2] += 1
             ctx.st.respond(status, strip_top_via(resp))
             final_came(branch)
+            if first:
+                final_timed(ctx)
             if first and ctx.counts_load and ctx.request is not None and branch.dest is not None:
                 proxy.calls.attempt(ctx.request.call_id, branch.dest)  # the branch that won
                 proxy.calls.answered(ctx.request.call_id)
@@ -402,6 +410,7 @@ class Forker:
         if ctx.final_sent:
             return
         ctx.final_sent = True
+        final_timed(ctx)
         proxy = self.proxy
         request = ctx.request
         assert request is not None
@@ -421,6 +430,7 @@ class Forker:
                 # take the whole proxy as overloaded.
                 status = 500
                 data = b"SIP/2.0 500 " + best.reason + data[data.index(b"\r\n"):]
+            proxy.replies_relayed[status // 100] += 1
             st.respond(status, data)
             return
         if ctx.cancelled:
@@ -487,6 +497,14 @@ def release(ctx: ResponseContext) -> None:
     ctx.branches = keep
     if not keep:
         st.context = None
+
+
+def final_timed(ctx: ResponseContext) -> None:
+    """The final response of `ctx`'s request goes upstream: a dispatched INVITE's wait
+    for it joins the proxy's histogram."""
+    if ctx.counts_load:
+        proxy = ctx.proxy
+        proxy.invite_times.observe(proxy.scheduler.now() - ctx.started)
 
 
 def final_came(branch: Branch) -> None:

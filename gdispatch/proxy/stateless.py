@@ -23,10 +23,15 @@ log = logging.getLogger("gdispatch.proxy")
 
 
 class Stateless:
-    def __init__(self, identity: Identity, transports: Transports, stats: dict[str, int]) -> None:
+    def __init__(self, identity: Identity, transports: Transports, stats: dict[str, int],
+                 replies: list[int] | None = None, relayed: list[int] | None = None) -> None:
+        """`replies`, `relayed`: the counts, by class (index status // 100), of the
+        responses made here and of those passed on (the proxy's, for its metrics)."""
         self.identity = identity
         self.transports = transports
         self.stats = stats
+        self.replies = replies if replies is not None else [0] * 7
+        self.relayed = relayed if relayed is not None else [0] * 7
 
     def reply(self, msg: SipMessage, source: Source, status: int, reason: str, headers=(),
               top_via: bytes | None = None) -> None:
@@ -42,6 +47,7 @@ class Stateless:
         except ParseError:
             self.stats["bad_messages_dropped"] += 1
             return
+        self.replies[status // 100] += 1
         self.transports.reply(source, reply_addr(source, via), data)
 
     def forward_ack(self, msg: SipMessage, via: Via, source: Source, hop, popped: int,
@@ -79,6 +85,7 @@ class Stateless:
         nxt = vias[1]
         host = nxt.received or nxt.host
         port = int(nxt.rport) if nxt.rport else (nxt.port or 5060)
+        self.relayed[2] += 1
         try:
             self.transports.send(nxt.transport.lower(), (host, port), strip_top_via(msg))
         except TransportError:

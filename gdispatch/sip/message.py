@@ -42,8 +42,9 @@ MAX_MESSAGE_SIZE = 65535
 
 T = TypeVar("T")
 
-# Methods this proxy knows (RFC 3261 and the extensions that define methods). Used only
-# to choose between 400 and 501 for a CSeq/start-line mismatch (RFC 4475 §3.1.2.18).
+# Methods this proxy knows (RFC 3261 and the extensions that define methods): they choose
+# between 400 and 501 for a CSeq/start-line mismatch (RFC 4475 §3.1.2.18), and are the
+# methods the metrics count by name (gdispatch.proxy.core).
 KNOWN_METHODS = frozenset(
     {
         "ACK",

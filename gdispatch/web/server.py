@@ -26,7 +26,7 @@ log = logging.getLogger("gdispatch.web")
 MAX_BODY = 64 * 1024  # bytes a request body may have
 REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
            404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large",
-           500: "Internal Server Error"}
+           500: "Internal Server Error", 501: "Not Implemented"}
 
 
 @dataclass

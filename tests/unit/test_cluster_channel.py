@@ -40,6 +40,8 @@ MESSAGES = [
     Ready(),
     TrafficFailure(KEY, "did not answer (transaction timeout)"),
     Report({KEY: 3}, {("1", "sip:127.0.0.1:5071"): [5, 4, 1]}, {"dispatched": 5, "requests": 9}),
+    Report({}, {}, {}, metrics={("requests", "INVITE"): 5, ("invite_final", "bucket", 3): 2,
+                                ("invite_final", "sum"): 0.25}),
 ]
 
 
