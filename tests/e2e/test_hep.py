@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from gdispatch.control.client import request as rpc_request
 from tests.support.hep import Collector, Packet
 from tests.support.tlspeers import Pki, TlsCaller, TlsGateway
 from tests.support.wait import wait_for
@@ -193,12 +194,40 @@ def test_a_tls_call_is_captured_in_plaintext_with_the_tls_protocol_id(world):
 
 
 def test_the_copies_are_counted_in_the_stats(world):
-    out = world.proxy.rpc("stats", json_out=True)
-    assert out.returncode == 0, out.stdout + out.stderr
-    sent = re.search(r'"hep_sent":\s*(\d+)', out.stdout)
-    assert sent is not None, out.stdout
-    assert int(sent.group(1)) >= len(world.collector.packets) > 0
-    assert re.search(r'"hep_send_failures":\s*0\b', out.stdout), out.stdout
+    stats = rpc_request("stats", socket_path=str(world.proxy.socket_path), timeout=5)
+    assert stats["hep_sent"] >= len(world.collector.packets) > 0 and stats["hep_send_failures"] == 0, stats
+
+
+def test_with_two_workers_each_sends_the_copies_of_the_calls_it_handles(world, tmp_path):
+    collector = Collector()
+    p = harness.Proxy(tmp_path / "workers", f"1 {world.uas.uri} 0 0 duid=uas\n",
+                      f'[capture]\nhep = "{collector.address}"\ncapture_id = {CAPTURE_ID}\n', args=("--workers", "2"))
+    try:
+        p.start()
+        since = time.time()
+        before = len(collector.packets)
+        res = harness.run_uac(f"{HOST}:{p.port}", calls=10, rate=20, timeout_s=10)
+        assert (res.successful, res.failed) == (10, 0), res
+        invites = [x for x in collector.packets[before:] if what(x) == "INVITE" and x.destination == (HOST, p.port)]
+        assert len(invites) == 10
+        for invite in invites:
+            # A worker's requests leave from its own socket (its port in its Via), so
+            # that their responses come back to it: the copies name that socket.
+            call_id = (invite.correlation_id or b"").decode()
+            out = wait_for(lambda: next((x for x in collector.packets  # noqa: B023
+                                         if what(x) == "INVITE" and x.correlation_id == call_id.encode()  # noqa: B023
+                                         and x.destination == (HOST, world.uas.port)), None), 5)
+            expected = both_ways(invite.source, UDP, (HOST, p.port), out.source, UDP, (HOST, world.uas.port),
+                                 "180 INVITE")
+            packets = wait_for(lambda: (lambda c: c if flow(c) >= expected else None)(  # noqa: B023
+                [x for x in collector.packets if x.correlation_id == call_id.encode()]), 5)  # noqa: B023
+            check_common(packets, call_id, since)
+            assert flow(packets) == expected
+        # The primary's counters and the other worker's (its last report) summed.
+        wait_for(lambda: rpc_request("stats", socket_path=str(p.socket_path), timeout=5).get("hep_sent", 0) >= 130, 5)
+    finally:
+        p.stop()
+        collector.close()
 
 
 def request_and_reply(collector: Collector, call_id: str) -> list[Packet]:
