@@ -162,6 +162,21 @@ def test_a_copy_that_cannot_be_sent_is_counted_and_logged_once_not_raised(collec
     assert len([r for r in caplog.records if "hep_send_failures" in r.getMessage()]) == 1
 
 
+def test_a_collector_that_is_not_listening_is_counted_in_failures():
+    port = free_port("udp")  # nobody there: the kernel answers with port unreachable
+    stats: dict[str, int] = {}
+    sender = hep.Sender(f"udp:127.0.0.1:{port}", 2001, stats)
+
+    def refused() -> bool:
+        sender.capture("udp", ("127.0.0.1", 5060), ("127.0.0.2", 5070), MESSAGE)
+        return stats["hep_send_failures"] > 0
+
+    try:
+        wait_for(refused, 5, 0.02)  # the copy after the port-unreachable one fails (ECONNREFUSED)
+    finally:
+        sender.close()
+
+
 # --------------------------------------------------------------------------- [capture]
 
 def test_the_capture_table_takes_an_ip_address_and_a_uint32_agent_id():
