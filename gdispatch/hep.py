@@ -14,8 +14,8 @@ chunks are generic ones (vendor 0x0000), in the order Kamailio writes them:
 type   what                                here
 ====== =================================== ==========================================
 0x0001 IP protocol family (uint8)          2 IPv4, 10 IPv6
-0x0002 IP protocol ID (uint8)              17 UDP, 6 TCP, 22 TLS (Kamailio's id for TLS,
-                                           which its sipcapture module reads back as TLS)
+0x0002 IP protocol ID (uint8)              17 UDP, 6 TCP, 22 TLS (the id Kamailio's
+                                           siptrace gives TLS)
 0x0003 IPv4 source address, 0x0004 dest.   or 0x0005 and 0x0006 with IPv6 (16 octets)
 0x0007 source port, 0x0008 dest. (uint16)
 0x0009 timestamp, seconds (uint32)         since the epoch
@@ -160,8 +160,9 @@ def call_id(message: bytes) -> bytes:
         end = len(message)
     at = message.find(_USUAL, 0, end)
     if at >= 0:
-        stop = message.find(b"\r", at, end + 2)
-        return message[at + len(_USUAL):stop if stop >= 0 else end].strip(b" \t")
+        at += len(_USUAL)
+        stop = message.find(b"\n", at, end + 1)
+        return message[at:stop if stop >= 0 else end].strip(b" \t\r")
     m = _CALL_ID.search(message, 0, end)
     return m.group(1).rstrip(b" \t") if m is not None else b""
 

@@ -116,6 +116,9 @@ def test_the_decoder_refuses_what_the_specification_does_not_allow():
     (MESSAGE.replace(b"Call-ID: c1@test", b"i:c2 "), b"c2"),  # compact form, trailing white space
     (MESSAGE.replace(b"Call-ID: c1@test", b"CALL-ID  :\tc3"), b"c3"),  # any case, white space before the colon
     (MESSAGE.replace(b"Call-ID: c1@test\r\n", b"") + b"i: not-a-header", b""),  # the body is not searched
+    (MESSAGE.replace(b"Call-ID: c1@test\r\n", b"") + b"Call-ID: nor-this", b""),
+    (MESSAGE.replace(b"\r\n", b"\n"), b"c1@test"),  # bare line feeds
+    (MESSAGE[:MESSAGE.index(b"CSeq")], b"c1@test"),  # no end of the header
     (b"garbage", b""),
 ])
 def test_the_correlation_id_is_the_call_id(message, call_id):
@@ -222,6 +225,7 @@ def test_without_a_tap_nothing_on_the_sip_path_is_wrapped(shell):
         client.sendall(MESSAGE)
         data, source = wait_for(lambda: t.received and t.received[0])  # type: ignore[attr-defined]
         assert "send" not in vars(source.conn)
+    wait_for(lambda: t.table.open == 0, 5, 0.01)  # the connection ended with its peer's
 
 
 def test_the_tap_copies_udp_in_and_out_with_the_sockets_addresses(shell):
@@ -269,6 +273,9 @@ def test_the_tap_copies_tcp_in_and_out_on_connections_accepted_and_opened(shell)
         peer.settimeout(5)
         assert peer.recv(65535) == MESSAGE
         peer.close()
+        # Both peers closed: the connections end (none is left waiting on its socket
+        # when the transports close).
+        wait_for(lambda: t.table.open == 0, 5, 0.01)
     finally:
         server.close()
     assert t.copies == [("tcp", there, here, MESSAGE), ("tcp", here, there, answer),  # type: ignore[attr-defined]
