@@ -14,7 +14,7 @@ from typing import Any
 import gevent
 import gevent.event
 
-from gdispatch import __version__, logsafe, sdnotify, tcplimits
+from gdispatch import __version__, hep, logsafe, sdnotify, tcplimits
 from gdispatch.cluster.channel import Hello, apply_states
 from gdispatch.cluster.roles import Primary, Role, Single, Worker
 from gdispatch.collector import CollectorPolicy
@@ -252,6 +252,8 @@ class App:
             self.transports = transports = Transports(
                 config.listen, shared=socks.shared, udp_socks=socks.udp, handoff=socks.relay,
                 tcp_limits=tcp_limits, kernel_filter=config.flood.kernel_filter, tls=tls)
+            if config.capture.hep:  # each process sends the copies of what it handles (gdispatch.hep)
+                transports.tap(hep.Sender(config.capture.hep, config.capture.capture_id, transports.stats).capture)
         except TlsSetupError as e:
             log.error("%s", e)
             return 1

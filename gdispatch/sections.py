@@ -249,5 +249,15 @@ def _capture(t: Any) -> Capture:
     hep = t.get("hep", "")
     if not isinstance(hep, str) or (hep and not re.fullmatch(r"udp:(\[[0-9A-Fa-f:.]+\]|[0-9.]+):[0-9]{1,5}", hep)):
         raise ConfigError(f"{where}.hep: expected \"udp:IP:PORT\" (a Homer collector), got {hep!r}")
+    if hep:
+        host, _, port = hep[4:].rpartition(":")
+        try:
+            ipaddress.ip_address(host.strip("[]"))  # an address: no name to resolve on the SIP path
+        except ValueError:
+            raise ConfigError(f"{where}.hep: {hep!r}: {host!r} is not an IP address") from None
+        if not 0 < int(port) < 65536:
+            raise ConfigError(f"{where}.hep: {hep!r}: expected a port number 1-65535")
     capture_id = _number(t, "capture_id", where, Capture.capture_id, integer=True, minimum=0, exclusive=False)
+    if capture_id > 0xFFFFFFFF:  # a uint32 chunk (gdispatch.hep)
+        raise ConfigError(f"{where}.capture_id: expected an integer from 0 to 4294967295, got {capture_id!r}")
     return Capture(hep=hep, capture_id=capture_id)

@@ -15,6 +15,10 @@ What the received messages go to is given to `start`, not to the constructor: th
 is built on the transports (it sends through them and names their listeners in its Via
 and Record-Route), so it exists only once they do, and nothing is read before `start`.
 
+A copy of every message received and sent goes to a tap when one is set (`tap`: Homer's
+HEP, gdispatch.hep): the functions that receive and send are wrapped then, and only then,
+so that without a tap the SIP path runs as if the tap did not exist.
+
 `ensure_free` checks, before workers bind with SO_REUSEPORT, that no other process holds
 a listen address. `reach_problem` says, from the listen addresses alone, why a
 destination cannot be sent to (``gdispatch list check`` asks it without sockets).
@@ -26,6 +30,7 @@ import errno
 import logging
 import socket
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Protocol, cast
 
@@ -60,6 +65,55 @@ class Handoff(Protocol):
 
 def _not_started(data: bytes, source: Source) -> None:
     raise RuntimeError("a message was read before Transports.start")
+
+
+#: What a tap is given, for each message: (transport, source, destination, data), the
+#: addresses as (IP, port), the message as it is on the wire (over TLS, its plaintext).
+Tap = Callable[[str, tuple[str, int], tuple[str, int], bytes], None]
+
+
+def _tapped_receive(on_message: Callable[[bytes, Source], None], tap: Tap) -> Callable[[bytes, Source], None]:
+    """`on_message` after a copy of the message went to `tap`, from its source to the
+    address of the socket it came in on (over TCP and TLS, its listener's: as Kamailio's
+    siptrace names the socket)."""
+    def received(data: bytes, source: Source) -> None:
+        listen = source.listener.listen
+        tap(source.transport, source.addr, (listen.host, listen.port), data)
+        on_message(data, source)
+    return received
+
+
+def _tapped_sendto(listener: UdpListener, tap: Tap) -> Callable[[bytes, tuple[str, int]], None]:
+    """`listener.sendto`, then a copy of the datagram sent to `tap`. The listener is
+    held weakly: the function is one of its attributes, and must not keep it alive."""
+    ref = weakref.ref(listener)
+    sendto = type(listener).sendto
+    local = (listener.listen.host, listener.listen.port)
+
+    def tapped(data: bytes, addr: tuple[str, int]) -> None:
+        lst = ref()
+        assert lst is not None  # its own attribute is being called
+        sendto(lst, data, addr)
+        tap("udp", local, addr, data)
+    return tapped
+
+
+def _tapped_send(conn: TcpConnection, tap: Tap) -> Callable[..., None]:
+    """`conn.send`, then a copy of the message to `tap` (the plaintext over TLS), from
+    the address of the connection's listener, as for the messages it receives. The
+    connection is held weakly: a cycle through it would keep it until the cyclic
+    collector runs (gdispatch.collector), which may be long after it closes."""
+    ref = weakref.ref(conn)
+    send = type(conn).send
+    transport, addr = conn.transport, conn.addr
+    local = (conn.listener.listen.host, conn.listener.listen.port)
+
+    def tapped(data: bytes, on_error: Callable[[], None] | None = None) -> None:
+        c = ref()
+        assert c is not None  # its own attribute is being called
+        send(c, data, on_error)
+        tap(transport, local, addr, data)
+    return tapped
 
 
 def ensure_free(listens: tuple[Listen, ...]) -> None:
@@ -125,6 +179,7 @@ class Transports:
         self.admit: Callable[[str], bool] | None = None
         self.on_unreachable: Callable[[tuple[str, int]], None] | None = None
         self.kernel_filter = kernel_filter
+        self.tapped: Tap | None = None  # where copies of the messages go (`tap`)
         self.filter_error: OSError | None = None  # the kernel's refusal of the filter
         self.banned: frozenset[str] = frozenset()  # sources banned as floods (`set_banned`)
         self.tls = tls
@@ -190,12 +245,31 @@ class Transports:
         is read only when `admit(ip)` says so (gdispatch.flood). `listen=False` starts
         only the workers' private sockets (the listen sockets queue what arrives until
         `start_listening()`)."""
-        self.on_message = on_message
+        self.on_message = on_message if self.tapped is None else _tapped_receive(on_message, self.tapped)
         self.on_unreachable = on_unreachable
         self.admit = admit
         for lst in self._sockets():
             if listen or lst.public is not lst:
                 lst.start()
+
+    def tap(self, tap: Tap) -> None:
+        """From now on, a copy of every message received and sent goes to `tap`
+        (gdispatch.hep.Sender.capture): call it before `start`. What receives and sends
+        is wrapped here: the messages `start`'s `on_message` is given, the datagrams of
+        each UDP socket's `sendto` (requests, responses, replies), the messages of each
+        TCP or TLS connection's `send`, from its creation (`remember`) on."""
+        if self.tapped is not None:
+            raise RuntimeError("the transports are tapped already")
+        self.tapped = tap
+        for lst in self._sockets():
+            if isinstance(lst, UdpListener):
+                lst.sendto = _tapped_sendto(lst, tap)  # type: ignore[method-assign,assignment]
+        remember = self.remember
+
+        def remember_tapped(conn: TcpConnection) -> None:
+            conn.send = _tapped_send(conn, tap)  # type: ignore[method-assign]
+            remember(conn)
+        self.remember = remember_tapped  # type: ignore[method-assign]
 
     def start_listening(self) -> None:
         for lst in self.listeners:

@@ -2,9 +2,10 @@
 
 `Kamailio` starts Kamailio 5.x with a dispatcher.list, on a loopback port of its own, and
 answers `kamcmd` calls on its control socket. Its script is one of tests/data/kamailio:
-`SEED_CFG` (dispatcher.cfg), the seed tutorial's dispatcher, which routes calls, or
+`SEED_CFG` (dispatcher.cfg), the seed tutorial's dispatcher, which routes calls,
 `LIST_CFG` (dispatcher-list.cfg), the dispatcher module with keepalives and latency
-statistics only, for comparing `dispatcher.list`. Tests that compare gdispatch with it skip, saying
+statistics only, for comparing `dispatcher.list`, or `SIPTRACE_CFG` (siptrace.cfg), the
+siptrace module sending HEP v3 copies, for comparing gdispatch.hep's. Tests that compare gdispatch with it skip, saying
 why, when Kamailio is not installed (`make test` installs it); they then compare with the
 expected output committed beside them.
 """
@@ -25,6 +26,7 @@ from . import harness
 DATA = Path(__file__).resolve().parents[1] / "data" / "kamailio"
 SEED_CFG = DATA / "dispatcher.cfg"
 LIST_CFG = DATA / "dispatcher-list.cfg"
+SIPTRACE_CFG = DATA / "siptrace.cfg"
 
 
 def kamailio_path() -> str | None:
@@ -45,10 +47,11 @@ def require_kamailio() -> str:
 class Kamailio:
     """Kamailio as a child process, in the foreground (-DD, one worker), logging to
     `log_path`. The script's -A defines: LISTEN, DS_LIST, DS_ALG (`algorithm`), CTL_SOCK,
-    PING_FROM (a script uses those it needs)."""
+    PING_FROM, and `defines` (a script uses those it needs)."""
 
     def __init__(self, tmp_path: Path | str, dispatcher_list: str, *, algorithm: int = 4,
-                 cfg: Path = SEED_CFG, port: int | None = None, ready_timeout: float = 10.0):
+                 cfg: Path = SEED_CFG, port: int | None = None, ready_timeout: float = 10.0,
+                 defines: dict[str, str] | None = None):
         self.dir = Path(tmp_path)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or harness.free_port("both")
@@ -61,6 +64,7 @@ class Kamailio:
         self.algorithm = algorithm
         self.cfg = cfg
         self.ready_timeout = ready_timeout
+        self.defines = dict(defines or {})
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Kamailio:
@@ -72,6 +76,8 @@ class Kamailio:
                "-A", f"DS_ALG={self.algorithm}",
                "-A", f'CTL_SOCK="unix:{self.ctl}"',
                "-A", f'PING_FROM="sip:lb@{harness.HOST}:{self.port}"']
+        for name, value in self.defines.items():
+            cmd += ["-A", f"{name}={value}"]
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(cmd, cwd=self.dir, stdout=logf, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)
