@@ -78,10 +78,6 @@ class App:
         self.web: WebServer | None = None  # [http]: metrics and the status page (the primary's)
         self.changes = Changes()  # the recent state changes and reloads the status page lists
         self._list_digest: str | None = None
-        # The list reloads (`reload`), for the metrics: how many went and failed, and
-        # when the last one ended and whether it went.
-        self.reloads = {"ok": 0, "failed": 0}
-        self.last_reload: tuple[float, bool] | None = None
         # The states the operator set, kept across restarts (gdispatch.dispatcher.statefile):
         # the primary's alone, with [dispatcher] persistent_state, once the file was read.
         self.operator_states = StateKeeper(config.state_file or default_path(config.list_file), gevent.spawn)
@@ -346,14 +342,7 @@ class App:
         if contexts is None:
             return ""
         self.cluster.tls_reloaded()
-        why = contexts.reload()
-        stats = self._transports().stats
-        stats["tls_reloads" if not why else "tls_reload_failures"] += 1
-        if why:
-            log.error("%s; the running certificates stay", why, extra=logsafe.KEEP)
-            return f"tls not reloaded: {why}"
-        log.info("tls certificates and keys reloaded", extra=logsafe.KEEP)
-        return "tls certificates and keys reloaded"
+        return contexts.reload_logged(self._transports().stats)
 
     def tls_connections(self) -> list[dict]:
         """This process's TLS connections, then the other workers'."""
@@ -366,7 +355,6 @@ class App:
         config = self.config
         sdnotify.reloading()
         keys = "; ".join(x for x in (self.reload_keys(), self.reload_tls()) if x)
-        ok = False
         try:
             try:
                 new = load_list(config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order,
@@ -388,11 +376,8 @@ class App:
                 raise ListError(missing)
             self._list_digest = file_digest(config.list_file)
             summary = self._swap_in(new, reason, from_file=True)
-            ok = True
             return f"{summary}; {keys}" if keys else summary
         finally:
-            self.reloads["ok" if ok else "failed"] += 1
-            self.last_reload = (time.time(), ok)
             sdnotify.ready()
 
     def _install(self, new, reason: str, states: dict | None = None, *, from_file: bool = False) -> ReloadSummary:
@@ -423,7 +408,7 @@ class App:
         self._prober().attach(new)
         self.plugins.call("gdispatch_list_loaded", dispatcher_list=new, reason=reason)
         msg = f"{config.list_file} reloaded ({reason}): {summary.describe()}"
-        self.changes.reload(reason, summary.describe())
+        self.changes.reload(reason, summary.describe(), from_file=from_file)
         log.info("%s", msg, extra=logsafe.KEEP)
         return msg
 

@@ -31,6 +31,7 @@ import os
 import ssl
 from dataclasses import dataclass
 
+from gdispatch import logsafe
 from gdispatch.settings import Tls, TlsProfile
 
 log = logging.getLogger("gdispatch.transport")
@@ -149,6 +150,16 @@ class TlsContexts:
         except TlsSetupError as e:
             return str(e)
         return ""
+
+    def reload_logged(self, stats: dict[str, int]) -> str:
+        """`reload`, counted in `stats` and logged: what happened, for a reload's answer."""
+        why = self.reload()
+        stats["tls_reloads" if not why else "tls_reload_failures"] += 1
+        if why:
+            log.error("%s; the running certificates stay", why, extra=logsafe.KEEP)
+            return f"tls not reloaded: {why}"
+        log.info("tls certificates and keys reloaded", extra=logsafe.KEEP)
+        return "tls certificates and keys reloaded"
 
     def client_for(self, peer: TlsPeer) -> tuple[ssl.SSLContext, str]:
         """The context and the server name for a connection to `peer`: its `tls_profile`,

@@ -124,10 +124,10 @@ class Snapshot:
     @classmethod
     def of(cls, app: Any) -> Snapshot:
         """`app`: gdispatch.app.App, or anything with its `stats`, `metrics`,
-        `current_list`, `reloads`, `last_reload`, `started_at`, `version`."""
+        `current_list`, `changes` (gdispatch.web.status.Changes), `started_at`, `version`."""
         return cls(app.stats(), app.metrics(),
                    {(d.setid, d.uri, d.duid): d.latency_est_ms for d in app.current_list().destinations()},
-                   dict(app.reloads), app.last_reload, app.started_at, app.version)
+                   dict(app.changes.reloads), app.changes.last_reload, app.started_at, app.version)
 
 
 class Collector:

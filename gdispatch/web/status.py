@@ -71,6 +71,10 @@ class Changes:
     def __init__(self, size: int = MAX_CHANGES, clock=time.time):
         self.entries: deque[dict[str, Any]] = deque(maxlen=size)
         self.clock = clock
+        # The reloads of the list file, for the metrics: how many went and failed, and
+        # when the last one ended and whether it went.
+        self.reloads = {"ok": 0, "failed": 0}
+        self.last_reload: tuple[float, bool] | None = None
 
     def state(self, dest, old: str | None, new: str, reason: str) -> None:
         """A destination's letters went from `old` to `new`. The first report of a
@@ -80,10 +84,16 @@ class Changes:
         self.entries.append({"time": self.clock(), "kind": "state", "set": dest.setid, "uri": dest.uri,
                              "duid": dest.duid, "from": old, "to": new, "reason": _clip(reason)})
 
-    def reload(self, reason: str, result: str, ok: bool = True) -> None:
-        """The list was reloaded (or not, `ok` False) for `reason`; `result` says what came of it."""
-        self.entries.append({"time": self.clock(), "kind": "reload", "ok": ok, "reason": _clip(reason),
+    def reload(self, reason: str, result: str, ok: bool = True, *, from_file: bool = True) -> None:
+        """The list was reloaded (or not, `ok` False) for `reason`; `result` says what
+        came of it. `from_file`: the list file was read (else an RPC changed the list
+        in memory, which the metrics do not count as a reload)."""
+        now = self.clock()
+        self.entries.append({"time": now, "kind": "reload", "ok": ok, "reason": _clip(reason),
                              "result": _clip(result)})
+        if from_file:
+            self.reloads["ok" if ok else "failed"] += 1
+            self.last_reload = (now, ok)
 
 
 class Series:

@@ -5,6 +5,7 @@ with its collector (gdispatch.web.metrics) on a fake application."""
 from __future__ import annotations
 
 import sys
+import types
 from types import SimpleNamespace
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -99,8 +100,7 @@ class FakeApp:
     started_at = 1700000000.0
 
     def __init__(self, stats=None, metrics=None):
-        self.reloads = {"ok": 2, "failed": 1}
-        self.last_reload = (1700000500.0, False)
+        self.changes = types.SimpleNamespace(reloads={"ok": 2, "failed": 1}, last_reload=(1700000500.0, False))
         self._stats = {"dispatched": 7, "responses": 5, "server_transactions": 3, "destinations": [
             {"SET": 1, "URI": "sip:a", "DUID": "gw1", "FLAGS": "AP", "ACTIVE_CALLS": 2, "CALLS_SENT": 5,
              "CALLS_ANSWERED": 4, "CALLS_FAILED": 1},
