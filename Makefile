@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: all install install-sipp install-kamailio install-kamailio-tls install-openssl install-chromium run test bench bench-tls bench-latency bench-attack bench-inproc bench-memory bench-scrape bench-compare lint clean distclean
+.PHONY: all install install-sipp install-kamailio install-kamailio-tls install-openssl install-chromium run test bench bench-tls bench-latency bench-attack bench-inproc bench-memory bench-scrape bench-hep bench-compare lint clean distclean
 
 all: test
 
@@ -103,6 +103,10 @@ bench-memory: $(VENV)/.installed install-sipp
 # The CPU a Prometheus scrape of /metrics costs the proxy, A/B (bench/scrape.sh).
 bench-scrape: $(VENV)/.installed install-sipp
 	PY=$(PY) bench/scrape.sh
+
+# The CPU HEP capture costs the proxy, on and off in alternating rounds (bench/hep_ab.sh).
+bench-hep: $(VENV)/.installed install-sipp
+	PY=$(PY) bench/hep_ab.sh
 
 bench-compare: $(VENV)/.installed
 	PY=$(PY) bench/compare.sh
