@@ -384,14 +384,19 @@ class TcpConnection:
     def abort(self) -> None:
         """Close now, from another greenlet: the connection's own ends at once."""
         self.close()
-        if self.greenlet is not gevent.getcurrent():
-            self.greenlet.kill(block=False)
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
         self.owner.forget(self)
+        # The connection's greenlets end with it, from whichever greenlet closes it: one
+        # left waiting on the socket would keep a watcher on a descriptor that the next
+        # socket opened may be given.
+        current = gevent.getcurrent()
+        for g in (self.greenlet, self.writer):
+            if g is not None and g is not current and not g.dead:
+                g.kill(block=False)
         if self.sock is not None:
             try:
                 self.sock.close()

@@ -179,3 +179,17 @@ def test_a_connection_the_kernel_gave_an_address_serves_the_socket_at_that_addre
             got += peer.recv(4096)
         assert got == 2 * OPTIONS and t.table.open == 1
         peer.close()
+
+
+def test_closing_the_transports_ends_every_connection_s_greenlet(transports):
+    # A connection's greenlet waiting on its socket must not outlive it: its watcher
+    # would go on watching a descriptor the next socket may be given.
+    t = transports(TcpLimits(max_connections=8, max_per_source=8, idle_timeout=60, message_timeout=10))
+    peer = client(t)
+    wait_for(lambda: t.table.open == 1, 5, 0.01)
+    [conn] = t.connections.values()
+    gevent.sleep(0.05)  # it waits for a message
+    assert not conn.greenlet.dead
+    t.close()
+    wait_for(lambda: conn.greenlet.dead, 2, 0.01)
+    peer.close()
