@@ -19,11 +19,18 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from gevent.pywsgi import WSGIServer
+from gevent.pool import Pool
+from gevent.pywsgi import WSGIHandler, WSGIServer
 
 log = logging.getLogger("gdispatch.web")
 
 MAX_BODY = 64 * 1024  # bytes a request body may have
+# What the listener may hold: connections served at once (past them, the next waits in
+# the kernel's queue: the descriptors stay the SIP side's), and seconds a client may
+# take over each read or write (a client that trickles its request holds a slot no
+# longer).
+MAX_CONNECTIONS = 32
+IO_TIMEOUT = 10.0
 REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
            404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large",
            500: "Internal Server Error", 501: "Not Implemented"}
@@ -80,13 +87,22 @@ def serve(app: Any, request: Request) -> Response:
         return Response(500, b"internal error\n")
 
 
+class _Handler(WSGIHandler):
+    """pywsgi's handler, with a deadline on every read and write of its connection."""
+
+    def handle(self) -> None:
+        self.socket.settimeout(IO_TIMEOUT)
+        super().handle()
+
+
 class WebServer:
     """`[http] listen` served for `app` (the running gdispatch.app.App)."""
 
     def __init__(self, app: Any, listen: str):
         host, _, port = listen.rpartition(":")
         self.app = app
-        self.server = WSGIServer((host.strip("[]"), int(port)), self._wsgi, log=None, error_log=None)
+        self.server = WSGIServer((host.strip("[]"), int(port)), self._wsgi, log=None, error_log=None,
+                                 spawn=Pool(MAX_CONNECTIONS), handler_class=_Handler)
         self.sampler: Any = None  # the status page's time series (gdispatch.web.status.Sampler)
 
     @property

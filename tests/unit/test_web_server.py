@@ -1,0 +1,58 @@
+"""gdispatch.web.server in process, on the real gevent hub: the routes, and what a
+client that holds connections open can take of the listener (a bounded pool, a
+deadline on each read)."""
+
+from __future__ import annotations
+
+import gevent
+import pytest
+from gevent import socket as gsocket
+
+from gdispatch.web import server
+from tests.support.wait import wait_for
+
+
+class _App:
+    pass
+
+
+@pytest.fixture
+def web(monkeypatch):
+    monkeypatch.setattr(server, "IO_TIMEOUT", 0.3)
+    monkeypatch.setattr(server, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(server.WebServer, "start", lambda self: self.server.start())  # no routes' modules
+    monkeypatch.setitem(server.ROUTES, "/ping", {"GET": lambda app, req: server.Response(200, b"pong\n")})
+    w = server.WebServer(_App(), "127.0.0.1:0")
+    w.start()
+    yield w
+    w.server.stop(timeout=1)
+
+
+def _get(port: int, path: str) -> bytes:
+    s = gsocket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    out = b""
+    while chunk := s.recv(65536):
+        out += chunk
+    s.close()
+    return out
+
+
+def test_a_route_answers_and_an_unknown_path_is_404(web):
+    port = web.address[1]
+    assert _get(port, "/ping").endswith(b"\r\n\r\npong\n")
+    assert _get(port, "/nothing").startswith(b"HTTP/1.1 404 ")
+
+
+def test_silent_clients_hold_the_pool_no_longer_than_the_read_deadline(web):
+    port = web.address[1]
+    silent = [gsocket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(server.MAX_CONNECTIONS + 2)]
+    gevent.sleep(0.1)
+    # The pool is full of clients that send nothing; each is closed at its deadline, and
+    # a client with a request is served then.
+    answer = gevent.spawn(_get, port, "/ping")
+    for s in silent:
+        assert s.recv(10) == b""  # closed by the listener
+        s.close()
+    wait_for(lambda: answer.dead, 5, 0.01)
+    assert answer.value.endswith(b"pong\n")
