@@ -24,6 +24,7 @@ from gdispatch.sections import (
     _capture,
     _check_keys,
     _flood,
+    _ha,
     _http,
     _number,
     _probing,
@@ -81,6 +82,8 @@ from gdispatch.settings import (
     parse_codes as parse_codes,
 )
 
+# `[server] advertise`: a host name or an IP address (IPv6 in brackets), and a port.
+_ADVERTISE = re.compile(r"(?:[A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
 _NAMED = re.compile(r'(?P<address>\S+)\s+name\s+"(?P<name>[^"]*)"\s*\Z')
 # What a socket name may be: one word, as it is written in an attr (`sockname=s1`).
 _SOCKET_NAME = re.compile(r"[A-Za-z0-9_.\-]+\Z")
@@ -220,10 +223,10 @@ def _route(t: Any, where: str) -> Route:
 
 def from_dict(data: dict, source: str = "") -> Config:
     data = _check_keys(data, {"server", "dispatcher", "timers", "dns", "probing", "plugins", "control", "route",
-                              "overload", "security", "flood", "tcp", "tls", "http", "capture"},
+                              "overload", "security", "flood", "tcp", "tls", "http", "capture", "cluster"},
                        "config")
     server = _check_keys(data.get("server", {}), {"listen", "domains", "log_level", "log_format", "workers",
-                                                  "no_route_reply", "drain_time", "server_header",
+                                                  "advertise", "no_route_reply", "drain_time", "server_header",
                                                   "user_agent_header"}, "[server]")
     for key in ("server_header", "user_agent_header"):
         v = server.get(key, getattr(Config, key))
@@ -335,6 +338,11 @@ def from_dict(data: dict, source: str = "") -> Config:
     tls = _tls(data.get("tls", {}), source)
     http = _http(data.get("http", {}))
     capture = _capture(data.get("capture", {}))
+    ha = _ha(data.get("cluster", {}))
+    advertise = server.get("advertise", "")
+    if not isinstance(advertise, str) or (advertise and not _ADVERTISE.fullmatch(advertise)):
+        raise ConfigError(f"[server].advertise: expected HOST or HOST:PORT (the shared address the nodes "
+                          f"move between them), got {advertise!r}")
     if any(x.transport == "tls" for x in listen) and not tls.server.certificate:
         raise ConfigError("[server].listen: a tls: listen address needs [tls].certificate (and its private_key)")
     pl = data.get("plugins", {})
@@ -353,7 +361,7 @@ def from_dict(data: dict, source: str = "") -> Config:
         workers=_number(server, "workers", "[server]", 1, integer=True, minimum=1, exclusive=False),
         list_file=list_file, load_mode=load_mode, state_file=state_file, **flags, **seconds,
         timers=timers, probing=probing, overload=overload, security=security, flood=flood, tcp=tcp, tls=tls,
-        http=http, capture=capture,
+        http=http, capture=capture, ha=ha, advertise=advertise,
         server_header=server.get("server_header", Config.server_header),
         user_agent_header=server.get("user_agent_header", Config.user_agent_header),
         plugins=plugins, hooks_dir=hooks_dir,

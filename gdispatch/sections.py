@@ -19,6 +19,7 @@ from gdispatch.settings import (
     Capture,
     ConfigError,
     Flood,
+    Ha,
     Http,
     Probing,
     Security,
@@ -240,6 +241,19 @@ def _http(t: Any) -> Http:
         if not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"{where}.listen: {listen!r}: expected a port number 1-65535")
     return Http(listen=listen, token=token)
+
+
+def _ha(t: Any) -> Ha:
+    """`[cluster]`: redis = "redis://..." (a single node when absent), node."""
+    where = "[cluster]"
+    t = _check_keys(t, {"redis", "node"}, where)
+    redis, node = t.get("redis", ""), t.get("node", "")
+    if not isinstance(redis, str) or (redis and not re.match(r"(rediss?|unix)://", redis)):
+        raise ConfigError(f"{where}.redis: expected a URL such as \"redis://10.0.0.9:6379/0\" "
+                          f"(rediss:// over TLS), got {redis!r}")
+    if not isinstance(node, str) or (node and not re.fullmatch(r"[A-Za-z0-9_.\-]+", node)):
+        raise ConfigError(f"{where}.node: expected one word of letters, digits, '_', '.' or '-', got {node!r}")
+    return Ha(redis=redis, node=node)
 
 
 def _capture(t: Any) -> Capture:

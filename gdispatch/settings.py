@@ -248,6 +248,15 @@ class Capture:
 
 
 @dataclass(frozen=True)
+class Ha:
+    """`[cluster]`: the nodes of a pair (or more) sharing their state through Redis
+    (gdispatch.ha). Not the workers of one box (`[server] workers`)."""
+
+    redis: str = ""  # "redis://[:password@]host:6379/0" or "rediss://..." (TLS); "" = a single node
+    node: str = ""  # this node's name among them ("" = the host name)
+
+
+@dataclass(frozen=True)
 class Config:
     listen: tuple[Listen, ...] = (Listen("udp", "127.0.0.1", 5060), Listen("tcp", "127.0.0.1", 5060))
     domains: tuple[str, ...] = ()
@@ -292,6 +301,10 @@ class Config:
     tls: Tls = Tls()
     http: Http = Http()
     capture: Capture = Capture()
+    ha: Ha = Ha()
+    # The address our Via and Record-Route name instead of the listen address's (a
+    # shared address a pair of nodes moves between them, `[server] advertise`): "" = none.
+    advertise: str = ""
     plugins: tuple[str, ...] = ()
     # Where plugin files are looked for first; a name not there is one shipped with
     # gdispatch (gdispatch.plugins.plugin_path).
