@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: all install install-sipp install-kamailio install-kamailio-tls install-openssl install-chromium run test bench bench-tls bench-latency bench-attack bench-inproc bench-memory bench-scrape bench-hep bench-compare lint clean distclean
+.PHONY: all install install-sipp install-kamailio install-kamailio-tls install-openssl install-chromium install-redis run test bench bench-tls bench-latency bench-attack bench-inproc bench-memory bench-scrape bench-hep bench-compare lint clean distclean
 
 all: test
 
@@ -74,7 +74,14 @@ install-chromium:
 	  echo "chromium or chromedriver not found: installing them"; \
 	  $(APT) update && $(APT) install -y chromium chromium-driver; }
 
-test: $(VENV)/.installed install-sipp install-kamailio install-openssl install-chromium
+# The tests of a pair of nodes ([cluster], gdispatch.ha) start their own redis-server.
+install-redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "redis-server not found: installing it"; \
+	  $(APT) update && $(APT) install -y redis-server; \
+	  $(SUDO) systemctl disable --now redis-server >/dev/null 2>&1 || true; }
+
+test: $(VENV)/.installed install-sipp install-kamailio install-openssl install-chromium install-redis
 	$(PY) -m pytest -q tests
 
 # TLS=0 leaves out the TLS step (and the install of Kamailio's tls module)
