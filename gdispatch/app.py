@@ -29,6 +29,8 @@ from gdispatch.dispatcher.sockets import SocketTable
 from gdispatch.dispatcher.statefile import StateKeeper, default_path
 from gdispatch.dns import DestinationResolver, NextHopResolver, Resolver
 from gdispatch.flood import SourceGuard
+from gdispatch.ha.node import Node
+from gdispatch.ha.store import MissingClient
 from gdispatch.measures import Samples, samples
 from gdispatch.net import TlsContexts, TlsSetupError, TransportError, Transports
 from gdispatch.net.tcp import open_files_limit
@@ -84,6 +86,8 @@ class App:
         # The listen addresses a list line's socket attrs must name
         # (gdispatch.dispatcher.sockets); every list this process loads is read against them.
         self.sockets = SocketTable(config.listen)
+        # This node among those sharing [cluster] redis (gdispatch.ha): the primary's.
+        self.ha: Node | None = None
 
     # ------------------------------------------------------------- events
 
@@ -158,6 +162,11 @@ class App:
         ), lambda: proxy.dlist, on_change=self.destination_state_changed)
         prober.attach(dlist)
         self._list_digest = file_digest(config.list_file)
+        try:
+            self.ha = Node(self, config.ha)
+        except MissingClient as e:
+            log.error("%s", e)
+            return 1
         # The listen sockets are read once the cluster is ready (`start_listening` below):
         # with several workers, the calls the primary took before the others listen
         # could not be handed to them (their datagrams wait in the sockets meanwhile).
@@ -165,6 +174,7 @@ class App:
         self.cluster.start(self, proxy, transports, prober)
         self._dns().start(lambda: proxy.dlist)
         prober.start()
+        self.ha.start()
         self._greenlets.append(gevent.spawn(self._tick))
         if config.watch:
             self.watcher = ListWatcher(config.list_file, self._file_changed)
@@ -403,6 +413,8 @@ class App:
     def _swap_in(self, new, reason: str, *, from_file: bool) -> str:
         config = self.config
         summary = self._install(new, reason, from_file=from_file)
+        if self.ha is not None:
+            self.ha.list_swapped(new.text)
         # After the cluster heard of the new list (in _install): the initial states
         # attach() reports name its destinations, which the workers must have by then.
         self._prober().attach(new)
@@ -423,6 +435,8 @@ class App:
     @ping_active.setter
     def ping_active(self, value: bool) -> None:
         self._prober().active = bool(value)
+        if self.ha is not None:
+            self.ha.ping_active(bool(value))
 
     @property
     def call_load_routing(self) -> bool:
@@ -440,11 +454,29 @@ class App:
                          sockets=self.sockets)
         self._swap_in(new, reason, from_file=False)
 
+    def apply_shared_list(self, text: str, reason: str) -> None:
+        """The list another node swapped in (gdispatch.ha): swapped in here too, not
+        written to the file. Raises ListError (the running list stays)."""
+        config = self.config
+        new = parse_list(text, config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order,
+                         sockets=self.sockets)
+        missing = missing_sets(config.routes, new)
+        if missing:
+            raise ListError(missing)
+        self._swap_in(new, reason, from_file=False)
+
+    def cluster_view(self) -> dict:
+        """``cluster.list``: the nodes sharing [cluster] redis, or this one alone."""
+        assert self.ha is not None, "built by start"
+        return self.ha.describe()
+
     def state_changed(self, dest, old_flags: int, reason: str) -> None:
         old, new = dest.state_letters(old_flags), dest.state_letters()
         log.info("destination %s %s -> %s: %s", dest.label, old, new, reason,
                     extra=logsafe.KEEP)
         self.operator_states.note(dest, reason)
+        if self.ha is not None:
+            self.ha.operator_state(dest)
         self.destination_state_changed(dest, old, new, reason)
 
     def local_stats(self) -> dict[str, int]:
@@ -552,6 +584,8 @@ class App:
         sdnotify.stopping()
         if self.watcher is not None:
             self.watcher.stop()
+        if self.ha is not None:
+            self.ha.stop()
         if self.control is not None:
             self.control.stop()
         if self.web is not None:

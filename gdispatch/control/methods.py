@@ -23,6 +23,7 @@ Methods (arguments in brackets are optional):
 - ``dispatcher.remove GROUP ADDRESS [PERSIST]``
 - ``dispatcher.hash NSLOTS VAL1 [VAL2]``
 - ``tls.list``, ``tls.reload`` (Kamailio's tls module)
+- ``cluster.list``: the nodes sharing ``[cluster] redis`` (gdispatch.ha), or this one
 - ``core.version``, ``core.uptime``, ``stats``, ``system.listMethods``,
   ``system.methodHelp METHOD``
 
@@ -170,6 +171,11 @@ class ControlApi(Protocol):
 
     def stats(self) -> dict:
         """Counters and gauges for the ``stats`` method, as JSON-ready values."""
+        ...
+
+    def cluster_view(self) -> dict:
+        """The nodes sharing ``[cluster] redis`` and their last heartbeats
+        (gdispatch.ha.node.Node.describe); this node alone without Redis."""
         ...
 
 
@@ -573,6 +579,11 @@ def stats(api: ControlApi) -> Any:
 @_method("tls.list", "List the TLS connections: peer, our address, cipher and certificate subject")
 def tls_list(api: ControlApi) -> list[dict]:
     return api.tls_connections()
+
+
+@_method("cluster.list", "List the nodes sharing [cluster] redis: last heartbeat, which serve")
+def cluster_list(api: ControlApi) -> dict:
+    return api.cluster_view()
 
 
 @_method("tls.reload", "Read the TLS certificates, keys and CA lists again")

@@ -147,6 +147,8 @@ class Destination:
     `file_flags` keeps the flags as the file gave them, for writing the line back.
     `index` is the position in the owning set's try order. `load_elsewhere`: with several
     workers, the active calls the other workers count for it (the primary shows the sum).
+    `load_nodes`: with ``[cluster] redis``, the active calls the other nodes count for it
+    (gdispatch.ha), which algorithm 10 adds to `load`.
     """
 
     __slots__ = (
@@ -163,6 +165,7 @@ class Destination:
         "latency_est_ms",
         "load",
         "load_elsewhere",
+        "load_nodes",
         "maxload",
         "priority",
         "probe",
@@ -211,6 +214,7 @@ class Destination:
         self.description = description
         self.load = load
         self.load_elsewhere = 0
+        self.load_nodes = 0
         self.index = 0
         # Keepalive state and latency statistics (gdispatch.probing.policy.ProbeState), attached
         # by the prober; None when the destination is not probed.
@@ -271,7 +275,7 @@ class Destination:
     @property
     def has_capacity(self) -> bool:
         """Below `maxload` (always, when maxload is 0): alg 10 may give it a call."""
-        return self.maxload == 0 or self.load < self.maxload
+        return self.maxload == 0 or self.load + self.load_nodes < self.maxload
 
     # -- views ---------------------------------------------------------------------------
 
@@ -396,7 +400,7 @@ class DispatcherSet:
         `maxload`; ties go to the earliest in try order. None when all are full."""
         best = None
         for d in self.active:
-            if d.has_capacity and (best is None or d.load < best.load):
+            if d.has_capacity and (best is None or d.load + d.load_nodes < best.load + best.load_nodes):
                 best = d
         return best
 
