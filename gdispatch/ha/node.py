@@ -56,6 +56,7 @@ class Node:
         self.stamps: dict[str, str] = {}  # field -> the stamp of what this node holds
         self.applying = False  # a value from another node is being applied: do not share it back
         self.nodes: dict[str, NodeSeen] = {}
+        self.elsewhere: dict[str, int] = {}  # destination field -> the other nodes' active calls
         self.refused: set[str] = set()  # list stamps that did not load here (logged once)
         self.store: Store | None = None
         if ha.redis:
@@ -164,6 +165,7 @@ class Node:
         self.nodes = r.nodes
         others = shared.sum_loads({n: v for n, v in r.loads.items()
                                    if n != self.name and (n not in r.nodes or r.nodes[n].alive)})
+        self.elsewhere = others
         for d in self.app.current_list().destinations():
             d.load_nodes = others.get(shared.dest_field(d), 0)
 
@@ -188,6 +190,7 @@ class Node:
         else:
             out["REDIS"] = store.url
             out["CONNECTED"] = int(store.connected)
+            out["LOADS_ELSEWHERE"] = dict(self.elsewhere)
             if store.error:
                 out["ERROR"] = store.error
         return out

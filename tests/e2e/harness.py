@@ -421,12 +421,13 @@ class Proxy:
             cmd += ["--listen", x]
         return cmd + self.args
 
-    def _ready_check(self) -> tuple[str, int]:
+    def _ready_check(self) -> tuple[str, str, int]:
         for want in ("udp", "tcp"):
             for x in self.listen:
                 if x.startswith(want + ":"):
-                    return want, int(x.rsplit(":", 1)[1])
-        return "udp", self.port
+                    host, port = x.split(":", 1)[1].rsplit(":", 1)
+                    return want, host.strip("[]"), int(port)
+        return "udp", HOST, self.port
 
     def start(self) -> Proxy:
         env = dict(os.environ)
@@ -447,17 +448,17 @@ class Proxy:
             self.proc = subprocess.Popen(self.cmd, cwd=self.dir, stdout=logf, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=env,
                                          preexec_fn=set_limits if limits is not None else None)
-        transport, port = self._ready_check()
+        transport, host, port = self._ready_check()
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gdispatch exited with {self.proc.returncode} during start-up:\n"
                                    f"{' '.join(self.cmd)}\n{_tail(self.log_path)}")
-            if sip_options(port, timeout=0.3, transport=transport) == 200:
+            if sip_options(port, host=host, timeout=0.3, transport=transport) == 200:
                 return self
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"gdispatch did not answer OPTIONS sip:{HOST}:{port} ({transport}) with 200 "
+        raise RuntimeError(f"gdispatch did not answer OPTIONS sip:{host}:{port} ({transport}) with 200 "
                            f"within {self.ready_timeout:g} s:\n{' '.join(self.cmd)}\n{_tail(self.log_path)}")
 
     def rpc(self, *args: str, json_out: bool = False, timeout: float = 10.0) -> subprocess.CompletedProcess:
