@@ -24,13 +24,13 @@ from gdispatch.control.server import ControlError, ControlServer
 from gdispatch.dispatcher.algorithms import ALG_CALL_LOAD
 from gdispatch.dispatcher.destination import state_letters
 from gdispatch.dispatcher.listfile import ListError, load_list, parse_list
-from gdispatch.dispatcher.reload import ReloadSummary, carry_state
 from gdispatch.dispatcher.sockets import SocketTable
 from gdispatch.dispatcher.statefile import StateKeeper, default_path
 from gdispatch.dns import DestinationResolver, NextHopResolver, Resolver
 from gdispatch.flood import SourceGuard
 from gdispatch.ha.node import Node
 from gdispatch.ha.store import MissingClient
+from gdispatch.listinuse import ListInUse
 from gdispatch.measures import Samples, samples
 from gdispatch.net import TlsContexts, TlsSetupError, TransportError, Transports
 from gdispatch.net.tcp import open_files_limit
@@ -40,7 +40,7 @@ from gdispatch.probing.pinger import Prober
 from gdispatch.probing.policy import ProbeSettings
 from gdispatch.proxy import Proxy
 from gdispatch.proxy.routing import missing_sets
-from gdispatch.recordroute import KeyFileError, Keyring, default_key_path, ensure_key_file, load_keys
+from gdispatch.recordroute import KeyFileError, Keyring, ensure_key_file
 from gdispatch.transaction.timers import Scheduler
 from gdispatch.watch import ListWatcher, file_digest
 from gdispatch.web.server import WebServer
@@ -52,7 +52,7 @@ TIMER_TICK = 0.02  # the scheduler's granularity, seconds
 DRAIN_QUIET = 1.0  # on SIGTERM, stop once no message arrived for this long (or drain_time)
 
 
-class App:
+class App(ListInUse):
     """The running proxy and everything around it, in one process. What the process does
     among several workers is its `cluster` role (gdispatch.cluster.roles), called the
     same way whatever the number of workers."""
@@ -308,121 +308,13 @@ class App:
 
     # ------------------------------------------------------------- Host (gdispatch.cluster.roles)
 
-    def take_list(self, text: str, reason: str, states: dict) -> None:
-        """A worker: swap in the list the primary swapped in, with the primary's states."""
-        config = self.config
-        new = parse_list(text, config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order,
-                         sockets=self.sockets)
-        self._install(new, reason, states)
-        self.plugins.call("gdispatch_list_loaded", dispatcher_list=new, reason=reason)
-
     def use_keys(self, keys: list) -> None:
         """A worker: the dialog keys the primary read again."""
         self.keyring = self._proxy().keyring = Keyring(keys)
 
-    # ------------------------------------------------------------- reload
-
-    @property
-    def key_path(self) -> str:
-        return self.config.security.key_file or default_key_path()
-
-    def reload_keys(self) -> str:
-        """Read the key file again (a key added or retired, gdispatch.recordroute); on an
-        error the running keys stay. Returns what happened, for the reload's answer."""
-        try:
-            ring = load_keys(self.key_path)
-        except KeyFileError as e:
-            log.error("%s; the running dialog keys stay", e, extra=logsafe.KEEP)
-            return f"dialog keys not reloaded: {e}"
-        if self.keyring is not None and ring.keys == self.keyring.keys:
-            return ""
-        self.keyring = ring
-        if self.proxy is not None:
-            self._proxy().keyring = ring
-        self.cluster.keys_changed(ring.keys)
-        msg = f"dialog keys reloaded: {len(ring.keys)} key(s), new dialogs signed with {ring.signing_id.decode()}"
-        log.info("%s", msg, extra=logsafe.KEEP)
-        return msg
-
-    def reload_tls(self) -> str:
-        """Read the `[tls]` certificates and keys again (gdispatch.net.tls): new
-        connections take them, established ones keep theirs; on an error the running
-        ones stay. Returns what happened, for the reload's answer ('' without TLS)."""
-        contexts = self.transports.tls if self.transports is not None else None
-        if contexts is None:
-            return ""
-        self.cluster.tls_reloaded()
-        return contexts.reload_logged(self._transports().stats)
-
     def tls_connections(self) -> list[dict]:
         """This process's TLS connections, then the other workers'."""
         return self._transports().tls_connections() + self.cluster.tls_connections()
-
-    def reload(self, reason: str = "reload requested") -> str:
-        """Load the list file again and swap it in, keeping each unchanged destination's
-        state, and the dialog keys. Raises ListError (the running list stays) when the
-        list does not load."""
-        config = self.config
-        sdnotify.reloading()
-        keys = "; ".join(x for x in (self.reload_keys(), self.reload_tls()) if x)
-        try:
-            try:
-                new = load_list(config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order,
-                                sockets=self.sockets)
-            except ListError as e:
-                for p in e.problems:
-                    log.error("%s", p, extra=logsafe.KEEP)
-                log.error("%s: the list was not reloaded; the running one stays", config.list_file)
-                self.changes.reload(reason, "; ".join(e.problems[:3]) or "the list did not load", ok=False)
-                raise
-            for problem in new.problems:
-                log.warning("%s (line skipped: [dispatcher].load_mode = \"skip\")", problem, extra=logsafe.KEEP)
-            missing = missing_sets(config.routes, new)
-            if missing:
-                for p in missing:
-                    log.error("%s", p, extra=logsafe.KEEP)
-                log.error("%s: the list was not reloaded; the running one stays", config.list_file)
-                self.changes.reload(reason, "; ".join(missing[:3]), ok=False)
-                raise ListError(missing)
-            self._list_digest = file_digest(config.list_file)
-            summary = self._swap_in(new, reason, from_file=True)
-            return f"{summary}; {keys}" if keys else summary
-        finally:
-            sdnotify.ready()
-
-    def _install(self, new, reason: str, states: dict | None = None, *, from_file: bool = False) -> ReloadSummary:
-        """Put `new` in the place of the running list, each unchanged destination keeping
-        its state (or taking the primary's `states`); the others take the state the
-        operator set, if any. `from_file`: `new` is the list file, just loaded."""
-        config = self.config
-        proxy = self._proxy()
-        self._dns().resolve_all(new, self._reachable)
-        summary = carry_state(proxy.dlist, new, keep_state=config.reload_keeps_state)
-        if config.reload_keeps_state:
-            proxy.calls.rebind(summary.replaced)
-            from_the_file = {id(d) for d in summary.added + summary.file_changed}
-            self.operator_states.restore(new.destinations(), lambda d: id(d) in from_the_file, prune=from_file)
-        else:
-            self.operator_states.restore(new.destinations(), lambda d: True, prune=from_file)
-        if states is not None:
-            apply_states(new, states)  # the primary's states win
-        proxy.set_list(new)
-        self._took_list(new, reason)
-        return summary
-
-    def _swap_in(self, new, reason: str, *, from_file: bool) -> str:
-        config = self.config
-        summary = self._install(new, reason, from_file=from_file)
-        if self.ha is not None:
-            self.ha.list_swapped(new.text)
-        # After the cluster heard of the new list (in _install): the initial states
-        # attach() reports name its destinations, which the workers must have by then.
-        self._prober().attach(new)
-        self.plugins.call("gdispatch_list_loaded", dispatcher_list=new, reason=reason)
-        msg = f"{config.list_file} reloaded ({reason}): {summary.describe()}"
-        self.changes.reload(reason, summary.describe(), from_file=from_file)
-        log.info("%s", msg, extra=logsafe.KEEP)
-        return msg
 
     # ------------------------------------------------------------- ControlApi (gdispatch.control.methods)
 
@@ -448,22 +340,6 @@ class App:
     @property
     def list_file(self) -> str:
         return self.config.list_file
-
-    def replace_list(self, text: str, reason: str) -> None:
-        new = parse_list(text, self.config.list_file, kamailio_order=self.config.kamailio_order,
-                         sockets=self.sockets)
-        self._swap_in(new, reason, from_file=False)
-
-    def apply_shared_list(self, text: str, reason: str) -> None:
-        """The list another node swapped in (gdispatch.ha): swapped in here too, not
-        written to the file. Raises ListError (the running list stays)."""
-        config = self.config
-        new = parse_list(text, config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order,
-                         sockets=self.sockets)
-        missing = missing_sets(config.routes, new)
-        if missing:
-            raise ListError(missing)
-        self._swap_in(new, reason, from_file=False)
 
     def cluster_view(self) -> dict:
         """``cluster.list``: the nodes sharing [cluster] redis, or this one alone."""
@@ -519,15 +395,6 @@ class App:
             for d in proxy.dlist.destinations()
         ]
         return out
-
-    def _file_changed(self) -> None:
-        digest = file_digest(self.config.list_file)
-        if digest is None or digest == self._list_digest:
-            return
-        try:
-            self.reload("the file changed")
-        except ListError:
-            self._list_digest = digest  # tried; the next good write recovers
 
     def _usable_changed(self, dest) -> None:
         """A name resolved at last (or lost its last address): what ``dispatcher.list``
