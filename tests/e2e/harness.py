@@ -219,7 +219,9 @@ def _tcp_exchange(data: bytes, host: str, port: int, timeout: float, source_ip: 
 
 class Answerer:
     """A gateway: answers INVITE, BYE and OPTIONS with 200 and counts the requests; one
-    that `rings` answers INVITE with 180 only, and CANCEL with 200 and 487."""
+    that `rings` answers INVITE with 180 only, and CANCEL with 200 and 487. Each answer
+    goes where its request came from (RFC 3261 §18.2.2 with `received`; SIPp's UAS
+    answers a call's later requests where its first came from)."""
 
     def __init__(self, rings: bool = False):
         self.rings = rings
@@ -229,6 +231,7 @@ class Answerer:
         self.port = self.sock.getsockname()[1]
         self.uri = f"sip:gw@{HOST}:{self.port}"
         self.received: list[bytes] = []
+        self.sources: list[tuple[str, int]] = []  # where each of `received` came from
         self.invites: list[bytes] = []
         self.cancels: list[bytes] = []
         self._stop = threading.Event()
@@ -242,6 +245,7 @@ class Answerer:
             except OSError:
                 continue
             self.received.append(data)
+            self.sources.append(addr)
             if data.startswith((b"INVITE ", b"BYE ", b"OPTIONS ", b"CANCEL ")):
                 req = _sip().parse_message(data)
                 headers = [b"Record-Route: " + v for v in req.get_all("record-route")]
@@ -421,12 +425,13 @@ class Proxy:
             cmd += ["--listen", x]
         return cmd + self.args
 
-    def _ready_check(self) -> tuple[str, int]:
+    def _ready_check(self) -> tuple[str, str, int]:
         for want in ("udp", "tcp"):
             for x in self.listen:
                 if x.startswith(want + ":"):
-                    return want, int(x.rsplit(":", 1)[1])
-        return "udp", self.port
+                    host = x.split(":", 1)[1].rsplit(":", 1)[0]
+                    return want, host if host.startswith("127.") else HOST, int(x.rsplit(":", 1)[1])
+        return "udp", HOST, self.port
 
     def start(self) -> Proxy:
         env = dict(os.environ)
@@ -447,17 +452,17 @@ class Proxy:
             self.proc = subprocess.Popen(self.cmd, cwd=self.dir, stdout=logf, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=env,
                                          preexec_fn=set_limits if limits is not None else None)
-        transport, port = self._ready_check()
+        transport, host, port = self._ready_check()
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gdispatch exited with {self.proc.returncode} during start-up:\n"
                                    f"{' '.join(self.cmd)}\n{_tail(self.log_path)}")
-            if sip_options(port, timeout=0.3, transport=transport) == 200:
+            if sip_options(port, host=host, timeout=0.3, transport=transport) == 200:
                 return self
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"gdispatch did not answer OPTIONS sip:{HOST}:{port} ({transport}) with 200 "
+        raise RuntimeError(f"gdispatch did not answer OPTIONS sip:{host}:{port} ({transport}) with 200 "
                            f"within {self.ready_timeout:g} s:\n{' '.join(self.cmd)}\n{_tail(self.log_path)}")
 
     def rpc(self, *args: str, json_out: bool = False, timeout: float = 10.0) -> subprocess.CompletedProcess:
