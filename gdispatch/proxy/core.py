@@ -135,7 +135,7 @@ class Proxy:
         self.replies_local = [0] * 7
         self.replies_relayed = [0] * 7
         self.invite_times = Histogram(INVITE_BUCKETS)
-        self.identity = Identity(config.domains, transports.listeners)
+        self.identity = Identity(config.domains, transports.listeners, config.advertise)
         # The socket of the destinations without one of their own (Kamailio's
         # ds_default_socket; checked when the configuration loaded).
         self.default_socket: Listen | None = SocketTable(config.listen).default(config.default_socket,

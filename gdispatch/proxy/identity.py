@@ -7,10 +7,16 @@ gdispatch.recordroute) and how it is recognised when it comes back at the top of
 set (§16.4); the To tags of what we answer ourselves; the top Via of a request with
 received and rport filled in (§18.2.1, RFC 3581 §4) and where a response to it goes
 (§18.2.2). Host and port are written by `gdispatch.sip.format_hostport` everywhere.
+
+With `[server] advertise` (a shared address a pair of nodes moves between them), our Via
+sent-by and our Record-Route name the advertised address instead of the listen address
+(as Kamailio's `advertise`), and a Route naming it is ours: a dialog one node set up
+comes back to whichever node holds the address (README, "A pair of nodes").
 """
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
 import re
@@ -31,21 +37,59 @@ _RPORT_EMPTY = re.compile(rb";\s*rport(?=\s*(?:;|$))", re.IGNORECASE)
 _SIGNATURE = re.compile(rb"[A-Za-z0-9._-]+")
 
 
+def parse_advertise(text: str) -> tuple[str, int | None]:
+    """`[server] advertise`, "HOST", "HOST:PORT", "[IPv6]:PORT" (checked by
+    gdispatch.config): the host without brackets and the port, None when not given."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else None
+    host, sep, port = text.rpartition(":")
+    return (host, int(port)) if sep else (text, None)
+
+
+def advertised(advertise: str, listen: Listen) -> tuple[str, int] | None:
+    """The (host, port) `advertise` gives `listen`, or None when it does not apply: an
+    advertised IP address applies to the listen addresses of its own address family
+    only (an IPv4 shared address is no name for an IPv6 socket), a host name to all of
+    them; without a port of its own each keeps its listen port."""
+    if not advertise:
+        return None
+    host, port = parse_advertise(advertise)
+    try:
+        if (ipaddress.ip_address(host).version == 6) != listen.family_v6:
+            return None
+    except ValueError:
+        pass  # a host name: whatever the family
+    return host, port or listen.port
+
+
 class Identity:
     """The proxy's addresses and the marks it puts on what it sends, for `listeners`
-    (gdispatch.net listeners) and the domains of `domains`."""
+    (gdispatch.net listeners) and the domains of `domains`; `advertise` is `[server]
+    advertise` ("" for none)."""
 
-    def __init__(self, domains, listeners) -> None:
+    def __init__(self, domains, listeners, advertise: str = "") -> None:
         self.domains = frozenset(domains)
-        # Our listen addresses (host, port), and the hosts and domains we answer for.
+        self.advertise = advertise
+        # Our listen addresses (host, port) and the advertised ones, and the hosts and
+        # domains we answer for.
         self.local_hostports: set[tuple[str, int]] = set()
         self.local_hosts: set[str] = set(self.domains)
+        # (host, port, transport) a URI of ours names -> the listen address it means.
+        self._sockets: dict[tuple[str, int, str], Listen] = {}
         for lst in listeners:
-            self.local_hostports.add((lst.listen.host, lst.listen.port))
-            self.local_hosts.add(lst.listen.host)
-            if lst.private is not None:
+            for x in (lst, lst.private):
+                if x is None:
+                    continue
                 # A worker's own port is in the Via of what it sends (loop detection).
-                self.local_hostports.add((lst.private.listen.host, lst.private.listen.port))
+                self.local_hostports.add((x.listen.host, x.listen.port))
+                self.local_hostports.add(self.sent_by(x))
+            self.local_hosts.add(lst.listen.host)
+            self.local_hosts.add(self.sent_by(lst)[0])
+            self._sockets.setdefault((lst.listen.host, lst.listen.port, lst.listen.transport), lst.listen)
+        for lst in listeners:
+            host, port = self.sent_by(lst)
+            self._sockets.setdefault((host, port, lst.listen.transport), lst.listen)
         self._via_markers = [format_hostport(h, p).encode() for h, p in self.local_hostports]
         self._via_prefixes: dict = {}  # listener -> b"SIP/2.0/UDP host:port;branch="
         # (listener, sips) -> b"<sip:host:port;lr;gds=" (then the signature and ">")
@@ -59,6 +103,20 @@ class Identity:
         self._salt = "%x" % (os.getpid() & 0xFFFF)
         self._branch_ids = itertools.count(1)
         self._tag_ids = itertools.count(1)
+
+    def sent_by(self, listener) -> tuple[str, int]:
+        """The host and port our Via names for what leaves from `listener` (RFC 3261
+        §16.6 step 8), and our Record-Route for its shared listener (step 4): the
+        advertised address when there is one. A worker's private twin keeps its own port
+        under the advertised host: a UDP response then goes to the address the request
+        came from (the `received` the next hop adds, §18.2.2) at that port, this worker's."""
+        lst = listener.listen
+        adv = advertised(self.advertise, lst)
+        if adv is None:
+            return lst.host, lst.port
+        if listener.public is not listener:
+            return adv[0], lst.port
+        return adv
 
     def is_local_uri(self, uri: SipUri) -> bool:
         host = uri.host
@@ -78,8 +136,8 @@ class Identity:
         """Our Via value for a request leaving from `listener` with branch `branch`."""
         prefix = self._via_prefixes.get(listener)
         if prefix is None:
-            lst = listener.listen
-            prefix = f"SIP/2.0/{lst.transport.upper()} {format_hostport(lst.host, lst.port)};branch=".encode()
+            host, port = self.sent_by(listener)
+            prefix = f"SIP/2.0/{listener.listen.transport.upper()} {format_hostport(host, port)};branch=".encode()
             self._via_prefixes[listener] = prefix
         return prefix + branch.encode()
 
@@ -108,11 +166,12 @@ class Identity:
         prefix = self._rr_prefixes.get((listener, sips))
         if prefix is None:
             lst = listener.public.listen
+            host, port = self.sent_by(listener.public)
             scheme = "sip"
             tp = f";transport={lst.transport}" if lst.transport != "udp" else ""
             if sips and lst.transport == "tls":
                 scheme, tp = "sips", ""
-            prefix = f"<{scheme}:{format_hostport(lst.host, lst.port)}{tp};lr;{SIGNATURE_PARAM}=".encode()
+            prefix = f"<{scheme}:{format_hostport(host, port)}{tp};lr;{SIGNATURE_PARAM}=".encode()
             self._rr_prefixes[(listener, sips)] = prefix
         return prefix
 
@@ -149,13 +208,9 @@ class Identity:
         return self.socket_named(uri)
 
     def socket_named(self, uri: SipUri) -> Listen | None:
-        """The listen address `uri` (ours) names by host, port and transport, if any."""
-        port = uri.port_or_default
-        transport = uri.transport
-        for listen in self.listens:
-            if (listen.host, listen.port, listen.transport) == (uri.host, port, transport):
-                return listen
-        return None
+        """The listen address `uri` (ours) names by host, port and transport, its own or
+        the advertised one, if any."""
+        return self._sockets.get((uri.host, uri.port_or_default, uri.transport))
 
     def own_entries(self, routes: list[bytes]) -> tuple[int, bytes | None, bytes | None]:
         """How many of the Route values `routes` at the top are ours (RFC 3261 §16.4), the

@@ -219,7 +219,9 @@ def _tcp_exchange(data: bytes, host: str, port: int, timeout: float, source_ip: 
 
 class Answerer:
     """A gateway: answers INVITE, BYE and OPTIONS with 200 and counts the requests; one
-    that `rings` answers INVITE with 180 only, and CANCEL with 200 and 487."""
+    that `rings` answers INVITE with 180 only, and CANCEL with 200 and 487. Each answer
+    goes where its request came from (RFC 3261 §18.2.2 with `received`; SIPp's UAS
+    answers a call's later requests where its first came from)."""
 
     def __init__(self, rings: bool = False):
         self.rings = rings
@@ -229,6 +231,7 @@ class Answerer:
         self.port = self.sock.getsockname()[1]
         self.uri = f"sip:gw@{HOST}:{self.port}"
         self.received: list[bytes] = []
+        self.sources: list[tuple[str, int]] = []  # where each of `received` came from
         self.invites: list[bytes] = []
         self.cancels: list[bytes] = []
         self._stop = threading.Event()
@@ -242,6 +245,7 @@ class Answerer:
             except OSError:
                 continue
             self.received.append(data)
+            self.sources.append(addr)
             if data.startswith((b"INVITE ", b"BYE ", b"OPTIONS ", b"CANCEL ")):
                 req = _sip().parse_message(data)
                 headers = [b"Record-Route: " + v for v in req.get_all("record-route")]
@@ -426,7 +430,7 @@ class Proxy:
             for x in self.listen:
                 if x.startswith(want + ":"):
                     host, port = x.split(":", 1)[1].rsplit(":", 1)
-                    return want, host.strip("[]"), int(port)
+                    return want, host if host.startswith("127.") else HOST, int(port)
         return "udp", HOST, self.port
 
     def start(self) -> Proxy:
