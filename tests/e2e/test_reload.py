@@ -127,6 +127,18 @@ def test_sigterm_drains_calls_in_flight(proxy, uas, uac):
     assert "draining" in p.log()
 
 
+def test_sigterm_on_an_idle_proxy_is_not_held_up_by_its_own_pings(proxy, uas):
+    """Draining ends once no message came for a moment. The answers to the proxy's own
+    pings are no call's: a gateway pinged every 0.2 s must not keep an idle proxy
+    draining until drain_time (30 s here) is over."""
+    gw = uas()
+    p = proxy(harness.dispatcher_list(gw), config="[server]\ndrain_time = 30.0\n[probing]\ninterval = 0.2\n")
+    wait_for(lambda: gw.counts()["OPTIONS"] >= 2, 5, 0.1, message=gw.counts)  # pinged, and answering
+    os.kill(p.pid, signal.SIGTERM)
+    assert p.proc.wait(10) == 0, p.log()[-2000:]
+    assert "drain time over" not in p.log()
+
+
 def test_notify_protocol(tmp_path, proxy, uas):
     gw = uas()
     path = tmp_path / "notify.sock"
