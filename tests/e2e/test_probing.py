@@ -70,10 +70,13 @@ def test_killed_destination_goes_down_and_comes_back(tmp_path, proxy, uas, uac):
     assert rec.wait_for("gw1", "AP", 3) and rec.wait_for("gw2", "AP", 3)
 
     # 6 s of calls: the kill comes after 1 s, its detection within 2.5 s (the bound
-    # below), and the gateway is down for 1 s more with calls still coming.
+    # below), and the gateway is down for 1 s more with calls still coming. A call caught
+    # in flight by the kill fails when nothing came for 3 s (SIPp's -recv_timeout; the
+    # default, 8 s, only made the caller wait longer for it); the others take
+    # milliseconds.
     result = {}
     load = threading.Thread(target=lambda: result.setdefault(
-        "uac", uac(f"{HOST}:{p.port}", calls=600, rate=100, timeout_s=60)))
+        "uac", uac(f"{HOST}:{p.port}", calls=600, rate=100, timeout_s=60, recv_timeout_ms=3000)))
     load.start()
     time.sleep(1)  # the scenario: the gateway dies with calls in flight
     t_kill = time.time()
