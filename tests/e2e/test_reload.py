@@ -123,6 +123,7 @@ def test_sighup_reloads(proxy, uas):
     # b's counts as of now (it holds the call open: no ACK comes).
     now = time.time()
     assert wait_for(lambda: b.counts_since(now), 3, 0.1, message=b.counts)["INVITE"] == 1
+    b.kill()  # a soft exit would wait for the call
 
 
 def test_sigterm_drains_calls_in_flight(proxy, uas, uac):
