@@ -433,6 +433,11 @@ class App(ListInUse):
         self.cluster.drain()
         proxy = self._proxy()
         proxy.draining = True
+        # No new call will be sent anywhere, so pings have nothing left to decide; and
+        # their answers, one every interval / destinations, would keep the drain from
+        # ever being quiet for DRAIN_QUIET, so that every stop took all of drain_time.
+        if self.prober is not None:
+            self._prober().stop()
         now = time.monotonic()
         proxy.last_message_at = now
         deadline = now + self.config.drain_time

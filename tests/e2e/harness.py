@@ -606,12 +606,26 @@ class Uas:
         response code sent (e.g. ``"200_sent"``, ``"503_sent"``), ``retrans`` (retransmissions
         received plus sent), ``timeout`` and ``unexpected``.
         """
+        return self._counts()[0]
+
+    def counts_since(self, t: float, margin: float = 0.5) -> dict[str, int] | None:
+        """`counts()` from a row SIPp wrote at least `margin` seconds after `t` (a
+        time.time()), else None. So a test reads what a UAS had received by `t` without
+        stopping it: a call the UAS still holds open (an INVITE never ACKed) would make
+        its soft exit wait out the whole grace. Poll it with wait_for: a row comes every
+        second. The margin leaves SIPp time to read a datagram sent just before `t`."""
+        counts, written = self._counts()
+        return counts if written >= t + margin else None
+
+    def _counts(self) -> tuple[dict[str, int], float]:
+        """(counts, when SIPp wrote the row they come from; 0 for no row)."""
         counts = {m: 0 for m in ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS")}
         counts.update(retrans=0, timeout=0, unexpected=0)
         files = sorted(self.dir.glob("*_counts.csv"), key=lambda p: p.stat().st_mtime)
-        if not files:
-            return counts
-        return parse_counts(files[-1], counts)
+        got = _last_row(files[-1]) if files else None
+        if got is None:
+            return counts, 0.0
+        return _sum_row(*got, counts), _row_time(got[1])
 
     def __enter__(self) -> Uas:  # noqa: PYI034 - no typing.Self before Python 3.11
         return self.start()
@@ -620,15 +634,34 @@ class Uas:
         self.stop()
 
 
-def parse_counts(path: Path, counts: dict[str, int] | None = None) -> dict[str, int]:
-    """Sum the last row of a SIPp counts CSV (headers like ``1_INVITE_Recv``, ``4_200_Sent``)."""
-    counts = dict(counts or {})
+def _last_row(path: Path) -> tuple[list[str], list[str]] | None:
+    """The header and the last complete row of a SIPp CSV (a row SIPp is still writing,
+    shorter than the header, gives way to the one before it); None before any row."""
     with open(path, newline="") as f:
         rows = [r for r in csv.reader(f, delimiter=";") if r]
-    if len(rows) < 2:
-        return counts
-    header, last = rows[0], rows[-1]
-    for name, value in zip(header, last):
+    while len(rows) >= 2 and len(rows[-1]) < len(rows[0]):
+        rows.pop()
+    return (rows[0], rows[-1]) if len(rows) >= 2 else None
+
+
+def _row_time(row: list[str]) -> float:
+    """When SIPp wrote a row of a counts CSV, from the epoch seconds that end its first
+    field (``2026-12-04<TAB>04:11:24.704258<TAB>1796357484.704258``)."""
+    try:
+        return float(row[0].rsplit("\t", 1)[-1])
+    except ValueError:
+        return 0.0
+
+
+def parse_counts(path: Path, counts: dict[str, int] | None = None) -> dict[str, int]:
+    """Sum the last row of a SIPp counts CSV (headers like ``1_INVITE_Recv``, ``4_200_Sent``)."""
+    got = _last_row(path)
+    return _sum_row(*got, counts or {}) if got else dict(counts or {})
+
+
+def _sum_row(header: list[str], row: list[str], counts: dict[str, int]) -> dict[str, int]:
+    counts = dict(counts)
+    for name, value in zip(header, row):
         m = re.fullmatch(r"\d+_(.+)_(Recv|Sent|Retrans|Timeout|Unexp)", name)
         if not m or not value.strip().isdigit():
             continue
