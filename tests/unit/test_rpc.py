@@ -229,7 +229,7 @@ def test_list_of_no_sets_is_kamailios_fault():
 def test_list_refuses_an_unknown_mode(api):
     err = fault(api, "dispatcher.list", "fll")
     assert (err.code, err.message) == (500, "Invalid Parameters")
-    assert "short, full or extended" in err.data
+    assert "short, full, extended or cluster" in err.data
 
 
 @pytest.mark.parametrize("first_named,printed", [
