@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: all install install-sipp install-kamailio install-kamailio-tls install-openssl install-chromium install-redis run test bench bench-tls bench-latency bench-attack bench-inproc bench-memory bench-scrape bench-hep bench-compare lint clean distclean
+.PHONY: all install install-sipp install-kamailio install-kamailio-tls install-openssl install-chromium install-redis run test bench bench-tls bench-latency bench-attack bench-inproc bench-memory bench-scrape bench-hep bench-cluster bench-compare lint clean distclean
 
 all: test
 
@@ -114,6 +114,11 @@ bench-scrape: $(VENV)/.installed install-sipp
 # The CPU HEP capture costs the proxy, on and off in alternating rounds (bench/hep_ab.sh).
 bench-hep: $(VENV)/.installed install-sipp
 	PY=$(PY) bench/hep_ab.sh
+
+# The CPU the cluster mode ([cluster] redis) costs the proxy, alone and in cluster in
+# alternating rounds, with calls/s (bench/cluster_ab.sh; starts its own redis-server).
+bench-cluster: $(VENV)/.installed install-sipp install-redis
+	PY=$(PY) bench/cluster_ab.sh
 
 bench-compare: $(VENV)/.installed
 	PY=$(PY) bench/compare.sh

@@ -346,6 +346,10 @@ class App(ListInUse):
         assert self.ha is not None, "built by start"
         return self.ha.describe()
 
+    def node_views(self) -> tuple[str, dict, str]:
+        assert self.ha is not None, "built by start"
+        return (self.ha.name, *self.ha.views())
+
     def state_changed(self, dest, old_flags: int, reason: str) -> None:
         old, new = dest.state_letters(old_flags), dest.state_letters()
         log.info("destination %s %s -> %s: %s", dest.label, old, new, reason,

@@ -1,6 +1,7 @@
 """``dispatcher.list`` as Kamailio 5.6 builds it, field for field: which fields a
 destination shows in each mode (none, ``short``, ``full``, and gdispatch's ``extended``),
-in which order and units, and the order of the sets (`kamailio_set_order`).
+in which order and units, and the order of the sets (`kamailio_set_order`); and
+gdispatch's ``cluster`` mode (`cluster_structure`): every node's view of each destination.
 gdispatch.control.methods answers the RPC with it; gdispatch.control.client prints it as
 kamcmd does.
 """
@@ -147,3 +148,43 @@ def list_structure(dlist: DispatcherList, mode: str = "normal", runtime: bool = 
         targets = [{"DEST": _dest_structure(dest, mode, runtime)} for dest in dset.destinations]
         records.append({"SET": {"ID": setid, "TARGETS": targets}})
     return {"NRSETS": len(records), "RECORDS": records}
+
+
+def cluster_structure(dlist: DispatcherList, views: dict[str, dict[str, str]], node: str, error: str = "",
+                      runtime: bool = False) -> dict[str, Any]:
+    """``dispatcher.list cluster``: the list as without a mode, each DEST with ``NODES``:
+    one entry per live node that has this destination, {NODE, FLAGS, EST, DLGLOAD} as
+    that node sees it (`views`: node -> field -> "LETTERS|EST|CALLS", gdispatch.ha.node);
+    with ``NODE`` (which node answers) and ``ERROR`` (the others' views could not be
+    read) at the top."""
+    from gdispatch.ha.shared import dest_field  # the control package does not need ha otherwise
+
+    out = list_structure(dlist, "normal", runtime)
+    for record in out["RECORDS"]:
+        dset = dlist.sets[record["SET"]["ID"]]
+        for target, dest in zip(record["SET"]["TARGETS"], dset.destinations):
+            f = dest_field(dest)
+            rows = []
+            for n in sorted(views):
+                v = views[n].get(f)
+                if v is None:
+                    continue
+                letters, _, rest = v.partition("|")
+                est, _, calls = rest.partition("|")
+                rows.append({"NODE": n, "FLAGS": letters, "EST": _float(est), "DLGLOAD": _int(calls)})
+            target["DEST"]["NODES"] = rows
+    out["NODE"] = node
+    if error:
+        out["ERROR"] = error
+    return out
+
+
+def _float(s: str) -> float:
+    try:
+        return round(float(s), 3)
+    except ValueError:
+        return 0.0
+
+
+def _int(s: str) -> int:
+    return int(s) if s.isdigit() else 0

@@ -14,7 +14,7 @@ scripts written against kamcmd keep matching; `data` says what exactly was wrong
 
 Methods (arguments in brackets are optional):
 
-- ``dispatcher.list [short|full|extended]``
+- ``dispatcher.list [short|full|extended|cluster]``
 - ``dispatcher.reload``
 - ``dispatcher.set_state STATE GROUP ADDRESS|idx=N|duid=NAME|all``
 - ``dispatcher.set_duid_state STATE GROUP DUID|all``
@@ -36,6 +36,9 @@ call load (algorithm 10), as Kamailio's when ``ds_hash_size`` is set, which its 
 needs. ``extended`` is gdispatch's own: ``full`` with ``ATTRS``, ``LATENCY`` and ``RUNTIME``
 always, then ``IDX`` (the position in the set, what ``idx=N`` names), ``IUID`` (the id in
 the pings' From tag), ``PROBING_COUNT`` (failed pings in a row) and ``DESCRIPTION``.
+``cluster`` is gdispatch's too: the list as without a mode, each ``DEST`` with ``NODES``,
+every live node's letters, latency estimate and active calls for it (``[cluster] redis``;
+without it, this node's alone).
 
 Where gdispatch differs from Kamailio, on purpose:
 
@@ -63,7 +66,7 @@ Where gdispatch differs from Kamailio, on purpose:
   trailing ``x`` or ``n`` means "not probing"). Anything else is "Unknown State Value"
   where Kamailio silently takes the first letter.
 - ``dispatcher.ping_active`` accepts only 0 and 1.
-- ``dispatcher.list`` refuses a mode other than short, full and extended (Kamailio
+- ``dispatcher.list`` refuses a mode other than short, full, extended and cluster (Kamailio
   lists as without one). Its values are gdispatch's: latency measured to the
   microsecond (Kamailio: whole milliseconds), the state of every destination of a URI
   (Kamailio applies a ping's answer to the first of them only), IPADDR empty while a
@@ -89,7 +92,7 @@ from typing import Any, Protocol
 
 from gdispatch import listedit
 from gdispatch.control.jsonrpc import INVALID_REQUEST, METHOD_NOT_FOUND, RpcError
-from gdispatch.control.listing import kamailio_set_order, list_structure
+from gdispatch.control.listing import cluster_structure, kamailio_set_order, list_structure
 from gdispatch.dispatcher.destination import (
     FLAG_DISABLED,
     FLAG_INACTIVE,
@@ -176,6 +179,12 @@ class ControlApi(Protocol):
     def cluster_view(self) -> dict:
         """The nodes sharing ``[cluster] redis`` and their last heartbeats
         (gdispatch.ha.node.Node.describe); this node alone without Redis."""
+        ...
+
+    def node_views(self) -> tuple[str, dict[str, dict[str, str]], str]:
+        """``dispatcher.list cluster``: this node's name, every live node's view of its
+        destinations (gdispatch.ha.node.Node.views) and why the others' could not be read.
+        May wait on Redis (in a thread, about a second at most)."""
         ...
 
 
@@ -303,11 +312,14 @@ def _reload_failed(problems: list[str]) -> RpcError:
          Param("MODE", str, False))
 def dispatcher_list(api: ControlApi, mode: str = "") -> dict[str, Any]:
     m = mode.lower()  # case-insensitive, as in Kamailio
-    if m not in ("", "short", "full", "extended"):
-        raise _invalid(f"MODE: expected short, full or extended, got {mode!r}")
+    if m not in ("", "short", "full", "extended", "cluster"):
+        raise _invalid(f"MODE: expected short, full, extended or cluster, got {mode!r}")
     dlist = api.current_list()
     if dlist is None or not dlist.sets:
         raise RpcError(500, "No Destination Sets")
+    if m == "cluster":
+        node, views, error = api.node_views()
+        return cluster_structure(dlist, views, node, error, api.call_load_routing)
     return list_structure(dlist, m or "normal", api.call_load_routing)
 
 

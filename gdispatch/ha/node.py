@@ -18,7 +18,11 @@ What is shared (within a second, usually two store intervals):
 What stays local: destination health (each node probes from its own address and marks
 what it sees: a gateway one node cannot reach may be reachable from the other, and a
 failure of one node's path must not take the destination out of the other's), the
-transactions in flight, the dialog keys (a file each node is given).
+transactions in flight, the dialog keys (a file each node is given). So that an
+operator sees where a destination is down, each node also publishes its view (letters,
+latency estimate, active calls per destination: `view`) with its heartbeat, and
+``dispatcher.list cluster`` shows every live node's (`views`); ``cluster.list`` shows a
+summary of each (how many destinations per letters, active calls).
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ class Node:
         if ha.redis:
             self.store = Store(client(ha.redis), self.name, info=self._info, loads=self.loads,
                                snapshot=self.snapshot, on_values=self.on_values, on_round=self.on_round,
-                               url=_redact(ha.redis))
+                               url=_redact(ha.redis), view=self.view)
 
     def start(self) -> None:
         if self.store is not None:
@@ -93,7 +97,37 @@ class Node:
         self._put(shared.LIST, text)
 
     def _info(self) -> dict:
-        return {"pid": os.getpid(), "started": self.app.started_at}
+        letters: dict[str, int] = {}
+        calls = 0
+        for d in self.app.current_list().destinations():
+            f = d.state_letters()
+            letters[f] = letters.get(f, 0) + 1
+            calls += d.load + d.load_elsewhere
+        return {"pid": os.getpid(), "started": self.app.started_at, "dests": letters, "calls": calls}
+
+    def view(self) -> dict[str, str]:
+        """This node's view of each destination: field -> "LETTERS|EST|CALLS" (the
+        letters of ``dispatcher.list``, the latency estimate in ms, active calls)."""
+        out = {}
+        for d in self.app.current_list().destinations():
+            est = d.probe.latency.estimate if d.probe is not None else 0.0
+            out[shared.dest_field(d)] = f"{d.state_letters()}|{est:.3f}|{d.load + d.load_elsewhere}"
+        return out
+
+    def views(self) -> tuple[dict[str, dict[str, str]], str]:
+        """Every live node's view (node -> `view`), this node's from its own state, the
+        others' read from Redis now; and why they could not be read ("" when they were).
+        A node whose heartbeat expired is left out."""
+        out = {self.name: self.view()}
+        others = [n for n, seen in sorted(self.nodes.items()) if seen.alive and n != self.name]
+        if self.store is None or not others:
+            return out, ""
+        try:
+            got = self.store.read_views(others)
+        except Exception as e:  # redis-py's errors, OSError: this node's view alone
+            return out, str(e)
+        out.update({n: v for n, v in got.items() if v})
+        return out, ""
 
     def loads(self) -> dict[str, int]:
         """This node's active calls per destination (every worker's)."""
@@ -177,13 +211,16 @@ class Node:
         store = self.store
         rows = []
         if store is None or not self.nodes:
+            mine = self._info()
             rows.append({"NODE": self.name, "SELF": 1, "ALIVE": 1, "LAST_HEARTBEAT": round(now, 3),
-                         "AGE": 0.0})
+                         "AGE": 0.0, "DESTINATIONS": mine["dests"], "CALLS": mine["calls"]})
         else:
             for n, seen in sorted(self.nodes.items()):
                 rows.append({"NODE": n, "SELF": int(n == self.name), "ALIVE": int(seen.alive or n == self.name),
                              "LAST_HEARTBEAT": round(seen.last_heartbeat, 3),
-                             "AGE": round(max(now - seen.last_heartbeat, 0.0), 3) if seen.last_heartbeat else None})
+                             "AGE": round(max(now - seen.last_heartbeat, 0.0), 3) if seen.last_heartbeat else None,
+                             # as of its last heartbeat: destinations per letters, active calls
+                             "DESTINATIONS": dict(seen.info.get("dests") or {}), "CALLS": seen.info.get("calls", 0)})
         out: dict[str, Any] = {"NODE": self.name, "NODES": rows}
         if store is None:
             out["REDIS"] = "not configured"

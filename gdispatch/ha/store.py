@@ -11,7 +11,10 @@ Every `INTERVAL` one round trip (a MULTI/EXEC pipeline): this node's heartbeat (
 with a `TTL`), its call loads (a hash with the same TTL, so that a dead node's calls age
 out), the values changed here since the last round (through a Lua script that keeps the
 newest stamp, gdispatch.ha.shared); and it reads the shared version counter, the nodes,
-their last heartbeats and their loads. When the version moved, the shared values are
+their last heartbeats and their loads. With the heartbeat, or as soon as a letter
+changes, this node's view of its destinations (`view`: letters, latency estimate, active
+calls; a hash with the same TTL), which ``dispatcher.list cluster`` reads from every node
+on demand (`read_views`), not each round. When the version moved, the shared values are
 read in a second round trip. Events travel through that polling rather than pub/sub:
 they reach every node within about two intervals, and a node that was cut off reads
 the same hashes when it is back, so there is one path for both.
@@ -102,16 +105,19 @@ class Store:
 
     def __init__(self, redis: Any, node: str, *, info: Callable[[], dict], loads: Callable[[], dict[str, int]],
                  snapshot: Callable[[], dict[str, tuple[str, str]]], on_values: Callable[[dict], None],
-                 on_round: Callable[[Round], None], url: str = ""):
+                 on_round: Callable[[Round], None], url: str = "",
+                 view: Callable[[], dict[str, str]] | None = None):
         """`redis`: a client (`client`); `info`: what the heartbeat says of this node;
         `loads`: this node's active calls per destination field; `snapshot`: every value
         this node holds (field -> (stamp, value)); `on_values`: the shared values, each
-        time they changed; `on_round`: every round's view of the nodes."""
+        time they changed; `on_round`: every round's view of the nodes; `view`: this
+        node's view of its destinations (field -> "LETTERS|EST|CALLS")."""
         self.redis = redis
         self.node = node
         self.url = url
         self._info, self._loads, self._snapshot = info, loads, snapshot
         self._on_values, self._on_round = on_values, on_round
+        self._view = view
         self.outbox: dict[str, tuple[str, str]] = {}
         self.connected = False
         self.error = ""  # why Redis did not answer, while it does not
@@ -120,6 +126,7 @@ class Store:
         self._version: str | None = None
         self._known: list[str] = []  # the nodes, as of the last round
         self._last_loads: dict[str, int] | None = None
+        self._last_letters: dict[str, str] | None = None
         self._last_beat = 0.0
         self._republish = True  # write everything at the first round and after an outage
         self._greenlet: gevent.Greenlet | None = None
@@ -171,7 +178,12 @@ class Store:
         if self._republish:
             writes = {**self._snapshot(), **writes}
         info = json.dumps({**self._info(), "t": now}) if beat else None
-        result = self._pool.spawn(self._exchange, now, info, loads_out, writes, list(self._known)).get()
+        view = self._view() if self._view is not None else None
+        letters = {k: v.partition("|")[0] for k, v in view.items()} if view is not None else None
+        view_out = view if beat or letters != self._last_letters else None
+        result = self._pool.spawn(self._exchange, now, info, loads_out, writes, list(self._known),
+                                  view_out).get()
+        self._last_letters = letters
         for k, sv in writes.items():  # written: gone from the outbox unless set again meanwhile
             if self.outbox.get(k) == sv:
                 del self.outbox[k]
@@ -191,7 +203,8 @@ class Store:
 
     # In a thread of the pool: nothing here touches the node's state.
     def _exchange(self, now: float, info: str | None, loads: dict[str, int] | None,
-                  writes: dict[str, tuple[str, str]], known: list[str]) -> Round:
+                  writes: dict[str, tuple[str, str]], known: list[str],
+                  view: dict[str, str] | None = None) -> Round:
         r = self.redis
         if writes:
             args: list[str] = []
@@ -208,6 +221,12 @@ class Store:
             pipe.delete(key)
             if loads:
                 pipe.hset(key, mapping=loads)
+                pipe.expire(key, TTL)
+        if view is not None:
+            key = PREFIX + "view:" + self.node
+            pipe.delete(key)
+            if view:
+                pipe.hset(key, mapping=view)
                 pipe.expire(key, TTL)
         pipe.get(VERSION)
         pipe.smembers(NODES)
@@ -239,3 +258,16 @@ class Store:
             got.version = ver
             got.values = {k: (stamps.get(k, ""), v) for k, v in values.items()}
         return got
+
+    def read_views(self, nodes: list[str]) -> dict[str, dict[str, str]]:
+        """The views `nodes` last wrote (field -> "LETTERS|EST|CALLS"; empty once a
+        node's expired), read now in one round trip. Blocks the calling greenlet (not
+        the hub) for at most about `TIMEOUT`; raises what redis-py raises."""
+        return self._pool.spawn(self._read_views, list(nodes)).get()
+
+    # In a thread of the pool.
+    def _read_views(self, nodes: list[str]) -> dict[str, dict[str, str]]:
+        pipe = self.redis.pipeline(transaction=False)
+        for n in nodes:
+            pipe.hgetall(PREFIX + "view:" + n)
+        return dict(zip(nodes, pipe.execute()))

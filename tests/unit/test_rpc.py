@@ -229,7 +229,7 @@ def test_list_of_no_sets_is_kamailios_fault():
 def test_list_refuses_an_unknown_mode(api):
     err = fault(api, "dispatcher.list", "fll")
     assert (err.code, err.message) == (500, "Invalid Parameters")
-    assert "short, full or extended" in err.data
+    assert "short, full, extended or cluster" in err.data
 
 
 @pytest.mark.parametrize("first_named,printed", [
@@ -725,3 +725,25 @@ def test_format_fault_as_kamcmd_and_the_details_apart():
     assert format_fault(RpcError(METHOD_NOT_FOUND, "command no.such not found")) == (
         "error: 500 - command no.such not found", [])
     assert format_fault(RpcError(-32001, "Unauthorized")) == ("error: -32001 - Unauthorized", [])
+
+
+def test_list_cluster_shows_every_nodes_view_of_each_destination(api):
+    """``dispatcher.list cluster``: each DEST gets NODES, one entry per node that has
+    it (gdispatch.ha.node.Node.views), and the rest is the list without a mode."""
+    from gdispatch.ha.shared import dest_field
+
+    first = api.dlist.sets[kamailio_set_order(list(api.dlist.sets))[0]].destinations[0]
+    views = {"a": {dest_field(first): "AP|1.500|3"}, "b": {dest_field(first): "IP|0.000|0", "other": "AP|0|0"}}
+    api.node_views = lambda: ("a", views, "")
+    tree = call(api, "dispatcher.list", ["cluster"])
+    plain = call(api, "dispatcher.list", [])
+    targets = tree["RECORDS"][0]["SET"]["TARGETS"]
+    assert targets[0]["DEST"]["NODES"] == [{"NODE": "a", "FLAGS": "AP", "EST": 1.5, "DLGLOAD": 3},
+                                           {"NODE": "b", "FLAGS": "IP", "EST": 0.0, "DLGLOAD": 0}]
+    assert all(t["DEST"]["NODES"] == [] for t in targets[1:])
+    assert tree["NODE"] == "a" and "ERROR" not in tree
+    assert "NODE: b" in format_tree(tree)  # as kamcmd prints it
+    for rec in tree["RECORDS"]:
+        for t in rec["SET"]["TARGETS"]:
+            t["DEST"].pop("NODES")
+    assert {k: v for k, v in tree.items() if k != "NODE"} == plain
