@@ -495,6 +495,12 @@ class Proxy:
         _stop_process(self.proc, signal.SIGTERM, 5.0)
         return self.proc.returncode
 
+    def kill(self) -> None:
+        """SIGKILL (by PID), its workers too: the end of a test that does not look at how
+        the proxy stops (a SIGTERM drains for a second at least)."""
+        if self.proc is not None:
+            _stop_process(self.proc, signal.SIGKILL, 5.0)
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
