@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from gdispatch import logsafe
 from gdispatch.dispatcher.destination import FLAGS_STATE, Destination
 from gdispatch.ha import shared
+from gdispatch.ha.leases import Leases
 from gdispatch.ha.store import NodeSeen, Round, Store, client
 
 if TYPE_CHECKING:
@@ -59,7 +60,13 @@ class Node:
         self.elsewhere: dict[str, int] = {}  # destination field -> the other nodes' active calls
         self.refused: set[str] = set()  # list stamps that did not load here (logged once)
         self.store: Store | None = None
+        # The call slots of maxload destinations (gdispatch.ha.leases), with one worker:
+        # with several, the workers check maxload on their own calls and the others'.
+        self.leases: Leases | None = None
         if ha.redis:
+            if getattr(app.config, "workers", 1) == 1:
+                self.leases = Leases(client(ha.redis), self.name,
+                                     lambda: self.app.current_list().destinations(), self._leases_lost)
             self.store = Store(client(ha.redis), self.name, info=self._info, loads=self.loads,
                                snapshot=self.snapshot, on_values=self.on_values, on_round=self.on_round,
                                url=_redact(ha.redis))
@@ -67,10 +74,19 @@ class Node:
     def start(self) -> None:
         if self.store is not None:
             self.store.start()
+        if self.leases is not None:
+            self.leases.start()
 
     def stop(self) -> None:
         if self.store is not None:
             self.store.stop()
+        if self.leases is not None:
+            self.leases.stop()
+
+    def _leases_lost(self) -> None:
+        """Redis does not answer the leases: the other nodes' calls as last heard of."""
+        for d in self.app.current_list().destinations():
+            d.load_nodes = self.elsewhere.get(shared.dest_field(d), 0)
 
     # ------------------------------------------------------------- from this node
 
@@ -166,8 +182,12 @@ class Node:
         others = shared.sum_loads({n: v for n, v in r.loads.items()
                                    if n != self.name and (n not in r.nodes or r.nodes[n].alive)})
         self.elsewhere = others
+        leased = self.leases is not None and self.leases.connected
         for d in self.app.current_list().destinations():
-            d.load_nodes = others.get(shared.dest_field(d), 0)
+            if not (leased and d.maxload):
+                d.load_nodes = others.get(shared.dest_field(d), 0)
+        if self.leases is not None:
+            self.leases.apply(self.app.current_list().destinations())
 
     # ------------------------------------------------------------- cluster.list
 
@@ -191,6 +211,9 @@ class Node:
             out["REDIS"] = store.url
             out["CONNECTED"] = int(store.connected)
             out["LOADS_ELSEWHERE"] = dict(self.elsewhere)
+            if self.leases is not None:
+                out["SLOTS"] = self.leases.describe()
+                out["SLOTS_CONNECTED"] = int(self.leases.connected)
             if store.error:
                 out["ERROR"] = store.error
         return out
