@@ -183,7 +183,7 @@ class Leases:
                 self._ask()
             except Exception as e:  # redis-py's errors, OSError: Redis away
                 if self.connected:
-                    log.warning("Redis does not answer for the call slots (%s); algorithm 10 counts "
+                    log.warning("call slots: Redis unreachable (%s); algorithm 10 counts "
                                 "calls locally until it does", e)
                 self.connected = False
                 self.held.clear()
