@@ -214,6 +214,7 @@ class Node:
             if self.leases is not None:
                 out["SLOTS"] = self.leases.describe()
                 out["SLOTS_CONNECTED"] = int(self.leases.connected)
+                out["SLOT_WAITS"] = self.leases.waited
             if store.error:
                 out["ERROR"] = store.error
         return out
