@@ -105,8 +105,19 @@ class Node:
         self._put(shared.PING, "1" if value else "0")
 
     def list_swapped(self, text: str) -> None:
-        """A list was swapped in here (reload, add, remove)."""
+        """A list was swapped in here (reload, add, remove, another node's)."""
+        self._loads_onto(self.app.current_list().destinations())  # new objects: the counts carry over
         self._put(shared.LIST, text)
+
+    def _loads_onto(self, dests: Any) -> None:
+        """The other nodes' calls, or the slots not leased here, onto `dests`."""
+        dests = list(dests)
+        leased = self.leases is not None and self.leases.connected
+        for d in dests:
+            if not (leased and d.maxload):
+                d.load_nodes = self.elsewhere.get(shared.dest_field(d), 0)
+        if self.leases is not None:
+            self.leases.apply(dests)
 
     def _info(self) -> dict:
         return {"pid": os.getpid(), "started": self.app.started_at}
@@ -182,12 +193,7 @@ class Node:
         others = shared.sum_loads({n: v for n, v in r.loads.items()
                                    if n != self.name and (n not in r.nodes or r.nodes[n].alive)})
         self.elsewhere = others
-        leased = self.leases is not None and self.leases.connected
-        for d in self.app.current_list().destinations():
-            if not (leased and d.maxload):
-                d.load_nodes = others.get(shared.dest_field(d), 0)
-        if self.leases is not None:
-            self.leases.apply(self.app.current_list().destinations())
+        self._loads_onto(self.app.current_list().destinations())
 
     # ------------------------------------------------------------- cluster.list
 
