@@ -378,9 +378,13 @@ class Proxy:
             self.leases.wait(short)
         finally:
             self._slot_waits.discard(key)
-        if key in self.server_txns:
+        if key in self.server_txns or self.draining:
+            return  # answered meanwhile; or draining: the caller's retransmission is refused
+        try:
+            st = self._dispatch(msg, via, source, key, top_via, decision, waited=True)
+        except Exception:  # logged, as in the forker's own greenlets (forking._soon)
+            log.exception("dispatching %s after waiting for a call slot", logsafe.text(msg.call_id))
             return
-        st = self._dispatch(msg, via, source, key, top_via, decision, waited=True)
         if st is not None and st.last_status == 0:
             self.replies_local[1] += 1  # RFC 3261 §16.2, as in _new_request
             st.respond(100, build_response(msg, 100, "Trying", top_via=top_via))
