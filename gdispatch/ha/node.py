@@ -11,9 +11,11 @@ What is shared (within a second, usually two store intervals):
   over its own file, whose text it shares only when none is shared yet. A list that does
   not load on a node (a ``socket=`` it does not listen on) leaves that node's list as it
   was, and is logged.
-- the call loads (algorithm 10): each node's active calls per destination; a node adds
-  the others' (as of its last round, at most about two intervals old) to its own when it
-  checks `maxload`.
+- the call loads (algorithm 10): each node's active calls per destination. With one
+  worker, a ``maxload`` destination takes the calls of the slots leased to this node
+  (gdispatch.ha.leases), exact across the nodes; with several workers, or while Redis
+  does not answer the leases, a node adds the others' calls (as of its last round, at
+  most about two intervals old) to its own when it checks `maxload`.
 
 What stays local: destination health (each node probes from its own address and marks
 what it sees: a gateway one node cannot reach may be reachable from the other, and a
