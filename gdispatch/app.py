@@ -167,6 +167,7 @@ class App(ListInUse):
         except MissingClient as e:
             log.error("%s", e)
             return 1
+        proxy.leases = self.ha.leases
         # The listen sockets are read once the cluster is ready (`start_listening` below):
         # with several workers, the calls the primary took before the others listen
         # could not be handed to them (their datagrams wait in the sockets meanwhile).

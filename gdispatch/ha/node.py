@@ -11,9 +11,11 @@ What is shared (within a second, usually two store intervals):
   over its own file, whose text it shares only when none is shared yet. A list that does
   not load on a node (a ``socket=`` it does not listen on) leaves that node's list as it
   was, and is logged.
-- the call loads (algorithm 10): each node's active calls per destination; a node adds
-  the others' (as of its last round, at most about two intervals old) to its own when it
-  checks `maxload`.
+- the call loads (algorithm 10): each node's active calls per destination. With one
+  worker, a ``maxload`` destination takes the calls of the slots leased to this node
+  (gdispatch.ha.leases), exact across the nodes; with several workers, or while Redis
+  does not answer the leases, a node adds the others' calls (as of its last round, at
+  most about two intervals old) to its own when it checks `maxload`.
 
 What stays local: destination health (each node probes from its own address and marks
 what it sees: a gateway one node cannot reach may be reachable from the other, and a
@@ -36,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from gdispatch import logsafe
 from gdispatch.dispatcher.destination import FLAGS_STATE, Destination
 from gdispatch.ha import shared
+from gdispatch.ha.leases import Leases
 from gdispatch.ha.store import NodeSeen, Round, Store, client
 
 if TYPE_CHECKING:
@@ -63,7 +66,13 @@ class Node:
         self.elsewhere: dict[str, int] = {}  # destination field -> the other nodes' active calls
         self.refused: set[str] = set()  # list stamps that did not load here (logged once)
         self.store: Store | None = None
+        # The call slots of maxload destinations (gdispatch.ha.leases), with one worker:
+        # with several, the workers check maxload on their own calls and the others'.
+        self.leases: Leases | None = None
         if ha.redis:
+            if getattr(app.config, "workers", 1) == 1:
+                self.leases = Leases(client(ha.redis), self.name,
+                                     lambda: self.app.current_list().destinations(), self._leases_lost)
             self.store = Store(client(ha.redis), self.name, info=self._info, loads=self.loads,
                                snapshot=self.snapshot, on_values=self.on_values, on_round=self.on_round,
                                url=_redact(ha.redis), view=self.view)
@@ -71,10 +80,19 @@ class Node:
     def start(self) -> None:
         if self.store is not None:
             self.store.start()
+        if self.leases is not None:
+            self.leases.start()
 
     def stop(self) -> None:
         if self.store is not None:
             self.store.stop()
+        if self.leases is not None:
+            self.leases.stop()
+
+    def _leases_lost(self) -> None:
+        """Redis does not answer the leases: the other nodes' calls as last heard of."""
+        for d in self.app.current_list().destinations():
+            d.load_nodes = self.elsewhere.get(shared.dest_field(d), 0)
 
     # ------------------------------------------------------------- from this node
 
@@ -93,8 +111,19 @@ class Node:
         self._put(shared.PING, "1" if value else "0")
 
     def list_swapped(self, text: str) -> None:
-        """A list was swapped in here (reload, add, remove)."""
+        """A list was swapped in here (reload, add, remove, another node's)."""
+        self._loads_onto(self.app.current_list().destinations())  # new objects: the counts carry over
         self._put(shared.LIST, text)
+
+    def _loads_onto(self, dests: Any) -> None:
+        """The other nodes' calls, or the slots not leased here, onto `dests`."""
+        dests = list(dests)
+        leased = self.leases is not None and self.leases.connected
+        for d in dests:
+            if not (leased and d.maxload):
+                d.load_nodes = self.elsewhere.get(shared.dest_field(d), 0)
+        if self.leases is not None:
+            self.leases.apply(dests)
 
     def _info(self) -> dict:
         letters: dict[str, int] = {}
@@ -200,8 +229,7 @@ class Node:
         others = shared.sum_loads({n: v for n, v in r.loads.items()
                                    if n != self.name and (n not in r.nodes or r.nodes[n].alive)})
         self.elsewhere = others
-        for d in self.app.current_list().destinations():
-            d.load_nodes = others.get(shared.dest_field(d), 0)
+        self._loads_onto(self.app.current_list().destinations())
 
     # ------------------------------------------------------------- cluster.list
 
@@ -228,6 +256,10 @@ class Node:
             out["REDIS"] = store.url
             out["CONNECTED"] = int(store.connected)
             out["LOADS_ELSEWHERE"] = dict(self.elsewhere)
+            if self.leases is not None:
+                out["SLOTS"] = self.leases.describe()
+                out["SLOTS_CONNECTED"] = int(self.leases.connected)
+                out["SLOT_WAITS"] = self.leases.waited
             if store.error:
                 out["ERROR"] = store.error
         return out

@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+import gevent
 
 from gdispatch import logsafe
 from gdispatch.builtin import Builtin
 from gdispatch.calls import CallLoad
 from gdispatch.config import Config, Listen
-from gdispatch.dispatcher.algorithms import SelectOptions, compile_template, select
+from gdispatch.dispatcher.algorithms import ALG_CALL_LOAD, SelectOptions, compile_template, select
 from gdispatch.dispatcher.destination import Destination, DispatcherList
 from gdispatch.dispatcher.reload import identity as destination_identity
 from gdispatch.dispatcher.sockets import SocketTable
@@ -56,6 +58,9 @@ from .branches import Branches
 from .forking import Branch, Forker, ResponseContext, Walk
 from .identity import MAGIC_COOKIE, STATELESS_TAG, Identity, reply_addr, with_received
 from .stateless import Stateless
+
+if TYPE_CHECKING:
+    from gdispatch.ha.leases import Leases
 
 log = logging.getLogger("gdispatch.proxy")
 
@@ -114,6 +119,10 @@ class Proxy:
         # Set on SIGTERM: new dialogs are refused (503 with Retry-After), requests inside
         # dialogs and transactions in progress carry on.
         self.draining = False
+        # With [cluster] redis and one worker: the call slots leased for maxload
+        # destinations (gdispatch.ha.leases); None otherwise.
+        self.leases: Leases | None = None
+        self._slot_waits: set = set()  # keys of the INVITEs waiting for a slot
         self.last_message_at = 0.0  # while draining: when the last message arrived
         t = config.timers
         self.timers = TimerConfig(t1=t.t1, t2=t.t2, t4=t.t4, linger=t.wt_timer or None)
@@ -362,8 +371,26 @@ class Proxy:
             self._refuse(msg, source, 200, "OK", self._options_headers, top_via)
         return None
 
+    def _dispatch_after_wait(self, short: list[Destination], msg: SipMessage, via: Via, source: Source, key,
+                             top_via: bytes | None, decision: routing.Dispatch) -> None:
+        assert self.leases is not None
+        try:
+            self.leases.wait(short)
+        finally:
+            self._slot_waits.discard(key)
+        if key in self.server_txns or self.draining:
+            return  # answered meanwhile; or draining: the caller's retransmission is refused
+        try:
+            st = self._dispatch(msg, via, source, key, top_via, decision, waited=True)
+        except Exception:  # logged, as in the forker's own greenlets (forking._soon)
+            log.exception("dispatching %s after waiting for a call slot", logsafe.text(msg.call_id))
+            return
+        if st is not None and st.last_status == 0:
+            self.replies_local[1] += 1  # RFC 3261 §16.2, as in _new_request
+            st.respond(100, build_response(msg, 100, "Trying", top_via=top_via))
+
     def _dispatch(self, msg: SipMessage, via: Via, source: Source, key, top_via: bytes | None,
-                  decision: routing.Dispatch) -> ServerTransaction | None:
+                  decision: routing.Dispatch, waited: bool = False) -> ServerTransaction | None:
         """A new request for a route: choose its destinations (gdispatch.dispatcher) and
         walk them (gdispatch.proxy.forking)."""
         route = decision.route
@@ -375,6 +402,16 @@ class Proxy:
         # whole order first, cut after those are kept.
         candidates = select(dset, route.algorithm, msg, 0 if sips else limit, options) if dset is not None else []
         method = msg.method
+        if self.leases is not None and not waited and route.algorithm == ALG_CALL_LOAD and dset is not None \
+                and method == "INVITE":
+            short = self.leases.short(dset)
+            if short:
+                # A maxload destination is full by this node's slots, not by maxload:
+                # the call waits for more in its own greenlet (bounded), the rest goes on.
+                if key not in self._slot_waits:
+                    self._slot_waits.add(key)
+                    gevent.spawn(self._dispatch_after_wait, short, msg, via, source, key, top_via, decision)
+                return None  # a retransmission meanwhile: the first copy waits already
         reason = "No Destination Available"
         if candidates and sips:
             # A SIPS Request-URI is carried over TLS on every hop (RFC 3261 §26.2.2,

@@ -126,6 +126,37 @@ def test_maxload_counts_the_calls_of_both_nodes(pair):
     assert (got["a"].successful, got["a"].failed) == (10, 0), got["a"]
 
 
+def test_twenty_simultaneous_calls_on_two_nodes_connect_exactly_maxload(pair):
+    """maxload=10: 10 call attempts on each node at the same moment (two UACs started
+    together, each at 1000 calls/s): exactly 10 reach the gateway in all, whatever the
+    split, since the nodes take slots leased in Redis (gdispatch.ha.leases) rather
+    than counting each other's calls as of their last round. Then the calls end, their
+    slots come back, and a new call connects through each node."""
+    _, a, b, gw = pair
+    for p in (a, b):
+        wait_for(lambda p=p: rpc_json(p, "cluster.list").get("SLOTS_CONNECTED") == 1, 5.0,
+                 message=lambda p=p: rpc_json(p, "cluster.list"))
+    got: dict[str, harness.UacResult] = {}
+    start = threading.Barrier(2)
+
+    def burst(name: str, target: str) -> None:
+        start.wait(5)
+        got[name] = harness.run_uac(target, calls=10, rate=1000, timeout_s=20, extra_args=("-d", "1500"))
+
+    threads = [threading.Thread(target=burst, args=("a", f"127.0.0.1:{a.port}")),
+               threading.Thread(target=burst, args=("b", f"127.0.0.2:{b.port}"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(40)
+    ok = got["a"].successful + got["b"].successful
+    failed = got["a"].failed + got["b"].failed
+    assert (ok, failed) == (10, 10), (str(got["a"]), str(got["b"]))
+    for p, host in ((a, "127.0.0.1"), (b, "127.0.0.2")):
+        res = harness.run_uac(f"{host}:{p.port}", calls=1, rate=1, timeout_s=10)
+        assert (res.successful, res.failed) == (1, 0), res
+
+
 def test_redis_restart_under_load_loses_no_call_and_states_converge(pair):
     redis, a, b, _ = pair
     got = {}

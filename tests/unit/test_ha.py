@@ -108,3 +108,59 @@ def test_without_redis_cluster_list_is_this_node_alone():
 def test_the_password_of_the_url_is_not_shown():
     assert _redact("rediss://:s3cret@db:6380/0") == "rediss://***@db:6380/0"
     assert _redact("redis://db:6379") == "redis://db:6379"
+
+
+class FakeLeaseRedis:
+    """Answers the lease script with the grants it is given, and records the asks."""
+
+    def __init__(self, grants: list[int], idle: int = 0):
+        self.grants = grants
+        self.idle = idle
+        self.asks: list[list] = []
+
+    def eval(self, script, nkeys, *args):
+        self.asks.append(list(args[nkeys:]))
+        return [x for g in self.grants for x in (g, self.idle)]
+
+
+def _leases(grants: list[int], idle: int = 0):
+    from gdispatch.ha.leases import Leases
+
+    dlist = parse_list(LIST, "t")
+    for d in dlist.destinations():
+        d.address = (d.sip_uri.host, 5060)
+    fake = FakeLeaseRedis(grants, idle)
+    return Leases(fake, "a", dlist.destinations, lambda: None), dlist, fake
+
+
+def test_slots_leased_here_bound_the_calls_of_a_maxload_destination():
+    leases, dlist, fake = _leases([1, 2])
+    a, b = dlist.get(1).destinations
+    leases._ask()
+    assert (a.load_nodes, b.load_nodes) == (1, 0)  # maxload 2, 1 and 2 slots here
+    a.load = 1
+    assert not a.has_capacity and leases.short(dlist.get(1)) == [a]
+    # An ask asks for the calls here (and a spare); while it is in flight no more calls
+    # than that are admitted: b, with 2 slots and no call, admits none meanwhile.
+    assert fake.asks[-1][:2] == ["a", 3000]
+    fake.grants = [2, 0]
+    leases._ask()
+    assert fake.asks[-1][2:] == [1, 1, 1, 2, 0, 0, 1, 2]  # per key: used, need, spare, maxload
+    assert (a.load_nodes, b.load_nodes) == (0, 2)
+
+
+def test_a_call_short_of_a_slot_stops_waiting_when_none_is_idle_anywhere():
+    import gevent
+
+    leases, dlist, fake = _leases([0, 0], idle=0)
+    leases.connected = True
+    a = dlist.get(1).destinations[0]
+    a.load_nodes = 2
+    leases.start()
+    try:
+        with gevent.Timeout(2):
+            leases.wait([a])
+    finally:
+        leases.stop()
+    assert fake.asks and fake.asks[-1][3] == 1  # the waiting call was counted in the ask
+    assert a not in leases.short(dlist.get(1))  # full everywhere: the next calls do not wait
