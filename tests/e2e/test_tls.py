@@ -617,3 +617,27 @@ def test_a_sips_request_skips_a_udp_destination_for_a_tls_one(main):
     assert _methods(main.gw9.received(call_id))[:1] == ["INVITE"]
     assert main.udp9.received == []
     assert status(caller.last_ok or b"") == 200
+
+
+# --------------------------------------------------------------------------- IPv6
+
+def test_a_call_over_tls_on_ipv6_both_ways(certs, tmp_path):
+    # The certificates name ::1 as well: the proxy's for the caller, the gateway's for us.
+    proxy_cert = certs.pki.cert("proxy6", "proxy6.test", ips=("::1",))
+    gateway = TlsGateway(certs.pki.cert("gw6", "gw6.test", ips=("::1",)), host="::1")
+    port = harness.free_port("tcp")
+    config = _server_config(proxy_cert) + f'[tls.client]\nca_list = "{certs.ca}"\n[probing]\ninterval = 0\n'
+    p = harness.Proxy(tmp_path, f"1 {gateway.uri()} 0 0\n", config, ("udp:127.0.0.1:{port}", f"tls:[::1]:{port}"))
+    _started.append(p)
+    p.start()
+    caller = TlsCaller(("::1", port), ca=certs.ca, server_name="::1")
+    try:
+        assert caller.call(f"sip:100@[::1]:{port};transport=tls") == (200, 200)
+        assert _methods(gateway.received(caller.last_call_id)) == ["INVITE", "ACK", "BYE"]
+        invite = gateway.received(caller.last_call_id)[0][0]
+        assert _top_via(invite).startswith(f"SIP/2.0/TLS [::1]:{port};branch=")
+        assert _record_routes(invite)[0].startswith(f"<sip:[::1]:{port};transport=tls;lr;")
+    finally:
+        caller.close()
+        gateway.close()
+        _stop(p)
