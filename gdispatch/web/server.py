@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
+import gevent
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
@@ -27,8 +28,9 @@ log = logging.getLogger("gdispatch.web")
 MAX_BODY = 64 * 1024  # bytes a request body may have
 # What the listener may hold: connections served at once (past them, the next waits in
 # the kernel's queue: the descriptors stay the SIP side's), and seconds a client may
-# take over each read or write (a client that trickles its request holds a slot no
-# longer).
+# take over each read or write, and over each request as a whole, from waiting for its
+# request line to its response written (a client that trickles its request a byte at a
+# time, each read in time, holds a slot no longer).
 MAX_CONNECTIONS = 32
 IO_TIMEOUT = 10.0
 REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
@@ -88,11 +90,17 @@ def serve(app: Any, request: Request) -> Response:
 
 
 class _Handler(WSGIHandler):
-    """pywsgi's handler, with a deadline on every read and write of its connection."""
+    """pywsgi's handler, with a deadline on every read and write of its connection and
+    one on each request (a keep-alive connection waiting for its next request included)."""
 
     def handle(self) -> None:
         self.socket.settimeout(IO_TIMEOUT)
         super().handle()
+
+    def handle_one_request(self) -> Any:
+        with gevent.Timeout(IO_TIMEOUT, False):
+            return super().handle_one_request()
+        return None  # past the deadline: the connection closes
 
 
 class WebServer:

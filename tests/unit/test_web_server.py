@@ -56,3 +56,29 @@ def test_silent_clients_hold_the_pool_no_longer_than_the_read_deadline(web):
         s.close()
     wait_for(lambda: answer.dead, 5, 0.01)
     assert answer.value.endswith(b"pong\n")
+
+
+def test_trickling_clients_hold_the_pool_no_longer_than_the_request_deadline(web):
+    # A slowloris client sends its request a byte at a time, each well within the read
+    # deadline: the deadline on the whole request still closes it.
+    port = web.address[1]
+    closed: list[bool] = []
+
+    def trickle() -> None:
+        s = gsocket.create_connection(("127.0.0.1", port), timeout=5)
+        try:
+            s.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n")
+            for _ in range(60):  # 6 s at most, twenty deadlines
+                s.sendall(b"X")
+                gevent.sleep(server.IO_TIMEOUT / 3)
+        except OSError:
+            closed.append(True)
+        finally:
+            s.close()
+
+    trickling = [gevent.spawn(trickle) for _ in range(server.MAX_CONNECTIONS + 2)]
+    try:
+        wait_for(lambda: len(closed) == len(trickling), 3, 0.02)
+        assert _get(port, "/ping").endswith(b"pong\n")
+    finally:
+        gevent.killall(trickling)
