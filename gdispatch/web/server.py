@@ -33,6 +33,7 @@ MAX_BODY = 64 * 1024  # bytes a request body may have
 # time, each read in time, holds a slot no longer).
 MAX_CONNECTIONS = 32
 IO_TIMEOUT = 10.0
+BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
            404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large",
            500: "Internal Server Error", 501: "Not Implemented"}
@@ -91,7 +92,9 @@ def serve(app: Any, request: Request) -> Response:
 
 class _Handler(WSGIHandler):
     """pywsgi's handler, with a deadline on every read and write of its connection and
-    one on each request (a keep-alive connection waiting for its next request included)."""
+    one on each request (a keep-alive connection waiting for its next request included),
+    and a request it cannot parse logged in one line (pywsgi prints the traceback of
+    some on stderr, past the log's escaping and rate limits)."""
 
     def handle(self) -> None:
         self.socket.settimeout(IO_TIMEOUT)
@@ -101,6 +104,11 @@ class _Handler(WSGIHandler):
         with gevent.Timeout(IO_TIMEOUT, False):
             return super().handle_one_request()
         return None  # past the deadline: the connection closes
+
+    def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
+        log.info("http %s: bad request: %s", self.client_address[0] if self.client_address else "?",
+                 str(ex) or type(ex).__name__)
+        return "400", BAD_REQUEST
 
 
 class WebServer:

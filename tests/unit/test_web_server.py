@@ -4,6 +4,8 @@ deadline on each read)."""
 
 from __future__ import annotations
 
+import logging
+
 import gevent
 import pytest
 from gevent import socket as gsocket
@@ -82,3 +84,20 @@ def test_trickling_clients_hold_the_pool_no_longer_than_the_request_deadline(web
         assert _get(port, "/ping").endswith(b"pong\n")
     finally:
         gevent.killall(trickling)
+
+
+def test_a_malformed_request_is_answered_400_without_a_traceback_on_stderr(web, capfd, caplog):
+    # pywsgi prints the traceback of some client errors (too many headers, a header line
+    # too long) on stderr, past the log's escaping and rate limits: one per request.
+    caplog.set_level(logging.INFO, "gdispatch.web")
+    port = web.address[1]
+    headers = b"".join(b"X-%d: \x1b[2J\r\n" % i for i in range(200))
+    s = gsocket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+    out = b""
+    while chunk := s.recv(65536):
+        out += chunk
+    s.close()
+    assert out.startswith(b"HTTP/1.1 400 ")
+    assert "Traceback" not in capfd.readouterr().err
+    assert any("bad request" in r.getMessage() for r in caplog.records)
