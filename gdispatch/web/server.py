@@ -23,6 +23,8 @@ import gevent
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
+from gdispatch.logsafe import SUMMARISE
+
 log = logging.getLogger("gdispatch.web")
 
 MAX_BODY = 64 * 1024  # bytes a request body may have
@@ -107,7 +109,7 @@ class _Handler(WSGIHandler):
 
     def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
         log.info("http %s: bad request: %s", self.client_address[0] if self.client_address else "?",
-                 str(ex) or type(ex).__name__)
+                 str(ex) or type(ex).__name__, extra=SUMMARISE)
         return "400", BAD_REQUEST
 
 
