@@ -155,7 +155,10 @@ class WebServer:
                               parse_qs(environ.get("QUERY_STRING", "")), fields, body,
                               environ.get("REMOTE_ADDR", ""))
             response = serve(self.app, request)
+        # One request per connection: keep-alive clients sending a request now and then
+        # would hold every slot of the pool, each request within its deadline; closed
+        # after each answer, they queue for a slot behind the clients already waiting.
         headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body))),
-                   ("Cache-Control", "no-store"), *response.headers]
+                   ("Cache-Control", "no-store"), ("Connection", "close"), *response.headers]
         start_response(f"{response.status} {REASONS.get(response.status, 'Status')}", headers)
         return [response.body]

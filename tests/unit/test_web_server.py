@@ -101,3 +101,17 @@ def test_a_malformed_request_is_answered_400_without_a_traceback_on_stderr(web, 
     assert out.startswith(b"HTTP/1.1 400 ")
     assert "Traceback" not in capfd.readouterr().err
     assert any("bad request" in r.getMessage() for r in caplog.records)
+
+
+def test_each_connection_serves_one_request(web):
+    # Keep-alive clients sending a request now and then would hold every slot of the
+    # pool, each request within its deadline; closed after one answer, they queue for a
+    # slot behind the others waiting in the kernel's queue.
+    port = web.address[1]
+    s = gsocket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+    out = b""
+    while chunk := s.recv(65536):
+        out += chunk
+    s.close()
+    assert out.count(b"pong\n") == 1 and b"Connection: close" in out
