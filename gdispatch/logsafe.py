@@ -20,7 +20,10 @@ period is over (``12 more like 'closing tcp connection from %s:%s: %s' in the la
 10 s``), by `flush`, which the application's timer greenlet calls: the summary comes even
 when no record of that kind follows (and `close` writes the counts left when the
 process stops). A record logged with ``extra=KEEP`` is never
-summarised: a destination going down or up, a problem in the list file, a reload.
+summarised: a destination going down or up, a problem in the list file, a reload. One
+logged with ``extra=SUMMARISE`` is summarised whatever its level: what anybody on the
+network causes once a connection at INFO (a failed TLS handshake, an HTTP request that
+does not parse), which a scanner would otherwise write a thousand times a second.
 
 `JsonFormatter` writes each record as one JSON object on its line (journald, Loki and
 their kind read it): the fields of the text log, the message escaped the same way.
@@ -42,6 +45,8 @@ from typing import Optional
 
 # `extra=KEEP` on a log call: the record is never summarised.
 KEEP = {"gdispatch_keep": True}
+# `extra=SUMMARISE`: the record is summarised even below WARNING.
+SUMMARISE = {"gdispatch_summarise": True}
 
 PERIOD = 10.0  # seconds a kind's count runs before its summary line
 BURST = 5  # records of one kind logged per period before the rest are only counted
@@ -176,7 +181,8 @@ class Summariser(logging.Filter):
         self._next_flush = 0.0
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not logging.WARNING <= record.levelno < logging.CRITICAL or getattr(record, "gdispatch_keep", False):
+        if (getattr(record, "gdispatch_keep", False) or record.levelno >= logging.CRITICAL
+                or (record.levelno < logging.WARNING and not getattr(record, "gdispatch_summarise", False))):
             return True
         key = (record.name, str(record.msg))
         now = self.clock()

@@ -42,6 +42,7 @@ from gevent.server import StreamServer
 
 from gdispatch import tcplimits
 from gdispatch.config import Listen
+from gdispatch.logsafe import SUMMARISE
 from gdispatch.net.source import Source, TransportError, address_family
 from gdispatch.net.tls import TlsPeer, TlsSession
 from gdispatch.sip import MAX_MESSAGE_SIZE, ParseError
@@ -127,7 +128,7 @@ class TcpConnection:
                 # cannot reach is the operator's to see.
                 accepted = self.source is not None
                 log.log(logging.INFO if accepted else logging.WARNING, "%s connection %s %s:%s failed: %s",
-                        self.transport, "from" if accepted else "to", self.addr[0], self.addr[1], e)
+                        self.transport, "from" if accepted else "to", self.addr[0], self.addr[1], e, extra=SUMMARISE)
             self._fail()
         finally:
             self.close()

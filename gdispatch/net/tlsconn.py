@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gevent import get_hub
 
+from gdispatch.logsafe import SUMMARISE
 from gdispatch.net.source import TransportError
 from gdispatch.net.tcp import ConnectionFailed, TcpConnection, TcpListener
 from gdispatch.net.tls import TlsPeer, TlsSession, describe
@@ -99,7 +100,8 @@ class TlsConnection(TcpConnection):
         stats["tls_handshake_failures"] += 1
         # A client that fails is anybody on the network; a destination that fails is
         # the operator's to see (and fails over like a refused connection).
-        log.log(logging.INFO if tls.server_side else logging.WARNING, "tls handshake %s failed: %s", who, why)
+        log.log(logging.INFO if tls.server_side else logging.WARNING, "tls handshake %s failed: %s", who, why,
+                extra=SUMMARISE)
         raise ConnectionFailed(errno.ECONNABORTED, f"tls handshake failed: {why}")
 
     def _refused(self, e: BaseException) -> ConnectionFailed:
@@ -179,7 +181,8 @@ class TlsConnection(TcpConnection):
         except ssl.SSLError as e:
             if tls.verdict_pending:
                 raise self._refused(e) from None
-            log.info("closing tls connection with %s:%s: %s", self.addr[0], self.addr[1], describe(e))
+            log.info("closing tls connection with %s:%s: %s", self.addr[0], self.addr[1], describe(e),
+                     extra=SUMMARISE)
             return None
         if tls.accepted(plain or b""):
             self.owner.stats["tls_handshakes"] += 1

@@ -19,18 +19,23 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
+import gevent
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
+
+from gdispatch.logsafe import SUMMARISE
 
 log = logging.getLogger("gdispatch.web")
 
 MAX_BODY = 64 * 1024  # bytes a request body may have
 # What the listener may hold: connections served at once (past them, the next waits in
 # the kernel's queue: the descriptors stay the SIP side's), and seconds a client may
-# take over each read or write (a client that trickles its request holds a slot no
-# longer).
+# take over each read or write, and over each request as a whole, from waiting for its
+# request line to its response written (a client that trickles its request a byte at a
+# time, each read in time, holds a slot no longer).
 MAX_CONNECTIONS = 32
 IO_TIMEOUT = 10.0
+BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
            404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large",
            500: "Internal Server Error", 501: "Not Implemented"}
@@ -88,11 +93,24 @@ def serve(app: Any, request: Request) -> Response:
 
 
 class _Handler(WSGIHandler):
-    """pywsgi's handler, with a deadline on every read and write of its connection."""
+    """pywsgi's handler, with a deadline on every read and write of its connection and
+    one on each request (a keep-alive connection waiting for its next request included),
+    and a request it cannot parse logged in one line (pywsgi prints the traceback of
+    some on stderr, past the log's escaping and rate limits)."""
 
     def handle(self) -> None:
         self.socket.settimeout(IO_TIMEOUT)
         super().handle()
+
+    def handle_one_request(self) -> Any:
+        with gevent.Timeout(IO_TIMEOUT, False):
+            return super().handle_one_request()
+        return None  # past the deadline: the connection closes
+
+    def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
+        log.info("http %s: bad request: %s", self.client_address[0] if self.client_address else "?",
+                 str(ex) or type(ex).__name__, extra=SUMMARISE)
+        return "400", BAD_REQUEST
 
 
 class WebServer:
@@ -137,7 +155,10 @@ class WebServer:
                               parse_qs(environ.get("QUERY_STRING", "")), fields, body,
                               environ.get("REMOTE_ADDR", ""))
             response = serve(self.app, request)
+        # One request per connection: keep-alive clients sending a request now and then
+        # would hold every slot of the pool, each request within its deadline; closed
+        # after each answer, they queue for a slot behind the clients already waiting.
         headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body))),
-                   ("Cache-Control", "no-store"), *response.headers]
+                   ("Cache-Control", "no-store"), ("Connection", "close"), *response.headers]
         start_response(f"{response.status} {REASONS.get(response.status, 'Status')}", headers)
         return [response.body]

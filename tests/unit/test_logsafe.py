@@ -219,3 +219,17 @@ def test_what_is_counted_is_written_when_the_process_stops(logged):
     clock.now += 3
     summariser.close()
     assert lines()[-1] == "WARNING gdispatch.t: 3 more like 'bad stream from %s' in the last 3 s"
+
+
+def test_info_records_that_ask_for_it_are_summarised_too(logged):
+    # What anybody on the network can cause once a connection (a failed TLS handshake,
+    # an HTTP request that does not parse) is logged at INFO, and summarised: a scanner
+    # opening a thousand connections a second writes BURST lines per period, not a
+    # thousand a second.
+    log, clock, lines, summariser = logged
+    for port in range(20):
+        log.info("tls handshake from %s:%s failed: %s", "127.0.0.1", port, "http request", extra=logsafe.SUMMARISE)
+    assert "\n".join(lines()).count("failed: http request") == logsafe.BURST
+    clock.now += 10
+    summariser.flush()
+    assert lines()[-1] == "INFO gdispatch.t: 15 more like 'tls handshake from %s:%s failed: %s' in the last 10 s"

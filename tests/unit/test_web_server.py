@@ -4,6 +4,8 @@ deadline on each read)."""
 
 from __future__ import annotations
 
+import logging
+
 import gevent
 import pytest
 from gevent import socket as gsocket
@@ -56,3 +58,60 @@ def test_silent_clients_hold_the_pool_no_longer_than_the_read_deadline(web):
         s.close()
     wait_for(lambda: answer.dead, 5, 0.01)
     assert answer.value.endswith(b"pong\n")
+
+
+def test_trickling_clients_hold_the_pool_no_longer_than_the_request_deadline(web):
+    # A slowloris client sends its request a byte at a time, each well within the read
+    # deadline: the deadline on the whole request still closes it.
+    port = web.address[1]
+    closed: list[bool] = []
+
+    def trickle() -> None:
+        s = gsocket.create_connection(("127.0.0.1", port), timeout=5)
+        try:
+            s.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n")
+            for _ in range(60):  # 6 s at most, twenty deadlines
+                s.sendall(b"X")
+                gevent.sleep(server.IO_TIMEOUT / 3)
+        except OSError:
+            closed.append(True)
+        finally:
+            s.close()
+
+    trickling = [gevent.spawn(trickle) for _ in range(server.MAX_CONNECTIONS + 2)]
+    try:
+        wait_for(lambda: len(closed) == len(trickling), 3, 0.02)
+        assert _get(port, "/ping").endswith(b"pong\n")
+    finally:
+        gevent.killall(trickling)
+
+
+def test_a_malformed_request_is_answered_400_without_a_traceback_on_stderr(web, capfd, caplog):
+    # pywsgi prints the traceback of some client errors (too many headers, a header line
+    # too long) on stderr, past the log's escaping and rate limits: one per request.
+    caplog.set_level(logging.INFO, "gdispatch.web")
+    port = web.address[1]
+    headers = b"".join(b"X-%d: \x1b[2J\r\n" % i for i in range(200))
+    s = gsocket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+    out = b""
+    while chunk := s.recv(65536):
+        out += chunk
+    s.close()
+    assert out.startswith(b"HTTP/1.1 400 ")
+    assert "Traceback" not in capfd.readouterr().err
+    assert any("bad request" in r.getMessage() for r in caplog.records)
+
+
+def test_each_connection_serves_one_request(web):
+    # Keep-alive clients sending a request now and then would hold every slot of the
+    # pool, each request within its deadline; closed after one answer, they queue for a
+    # slot behind the others waiting in the kernel's queue.
+    port = web.address[1]
+    s = gsocket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+    out = b""
+    while chunk := s.recv(65536):
+        out += chunk
+    s.close()
+    assert out.count(b"pong\n") == 1 and b"Connection: close" in out
