@@ -423,7 +423,7 @@ class Proxy:
             reason = "No TLS Destination Available"
         if not candidates:
             self.stats["no_destination"] += 1
-            self._warn_no_destination(route.set, method, msg)
+            self._warn_no_destination(route.set, method, msg, "TLS " if sips else "active ")
             self._refuse(msg, source, route.no_destination_reply, reason, top_via=top_via)
             return None
         if self._debug:
@@ -440,7 +440,7 @@ class Proxy:
         self.forker.dispatch(ctx, Walk(candidates, source, top_via, decision.popped, method in DIALOG_CREATING))
         return st
 
-    def _warn_no_destination(self, setid: int, method: str, msg: SipMessage) -> None:
+    def _warn_no_destination(self, setid: int, method: str, msg: SipMessage, what: str = "active ") -> None:
         """At most one warning a second per set: a whole set down at thousands of calls a
         second must not flood the log (nor spend the CPU writing it); `stats` counts them
         all."""
@@ -451,7 +451,7 @@ class Proxy:
             return
         self._no_destination_log[setid] = (now, 0)
         more = f" ({skipped} more since the last warning)" if skipped else ""
-        log.warning("no active destination in set %d for %s %s%s", setid, method,
+        log.warning("no %sdestination in set %d for %s %s%s", what, setid, method,
                     logsafe.text(msg.call_id), more)
 
     def _next_hop(self, uri: SipUri) -> tuple[str, tuple[str, int]] | None:

@@ -74,8 +74,9 @@ def route(method: str, path: str) -> Callable[[Handler], Handler]:
 def authorized(request: Request, token: str) -> bool:
     """The request carries `Authorization: Bearer TOKEN` with `[http] token`; never
     when no token is configured."""
-    given = request.headers.get("authorization", "")
-    return bool(token) and hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    # The scheme's name is case-insensitive (RFC 7235 §2.1); the token is compared whole.
+    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode())
 
 
 def serve(app: Any, request: Request) -> Response:

@@ -149,12 +149,14 @@ def test_a_failed_tls_destination_fails_over_to_the_next_tls_one_only():
 
 
 @pytest.mark.parametrize("reply", [503, 480])
-def test_a_sips_request_uri_without_a_tls_destination_is_refused(reply):
+def test_a_sips_request_uri_without_a_tls_destination_is_refused(reply, caplog):
     fp = proxy(f"1 sip:{GW[0]}:5072 0 0\n1 sip:{GW[0]}:5073;transport=tcp 0 0\n", UDP, TLS,
                routes=(Route(no_destination_reply=reply),))
     out = fp.receive(invite(1, "sips:service@127.0.0.1:5061"), CALLER, at=1)
     assert [d.split(b"\r\n", 1)[0] for _, d in out] == [f"SIP/2.0 {reply} No TLS Destination Available".encode()]
     assert fp.proxy.stats["no_destination"] == 1
+    # The log says why: the set's destinations are active, none of them over TLS.
+    assert any("no TLS destination in set 1 for INVITE" in r.getMessage() for r in caplog.records)
     # Without destinations at all, the reason stays the usual one.
     fp = proxy("2 sip:127.0.0.1:5072 0 0\n", UDP, TLS, routes=(Route(set=1),))
     out = fp.receive(invite(2, "sips:service@127.0.0.1:5061"), CALLER, at=1)

@@ -115,3 +115,14 @@ def test_each_connection_serves_one_request(web):
         out += chunk
     s.close()
     assert out.count(b"pong\n") == 1 and b"Connection: close" in out
+
+
+def test_the_bearer_scheme_is_case_insensitive_the_token_is_not():
+    def req(value: str) -> server.Request:
+        return server.Request("POST", "/api/state", {}, {"authorization": value}, b"")
+
+    assert server.authorized(req("Bearer s3cret"), "s3cret")
+    assert server.authorized(req("bearer s3cret"), "s3cret")  # RFC 7235 §2.1
+    assert not server.authorized(req("Bearer S3CRET"), "s3cret")
+    assert not server.authorized(req("Basic s3cret"), "s3cret")
+    assert not server.authorized(req("Bearer s3cret"), "")
