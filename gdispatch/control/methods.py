@@ -6,7 +6,8 @@ the methods themselves (`call` runs one by name), the structure of ``dispatcher.
 and what PERSIST means to ``dispatcher.add``/``dispatcher.remove``. What does not:
 JSON-RPC framing (jsonrpc.py), sockets (server.py, client.py), kamcmd's presentation
 (client.py), the state machine of probing (gdispatch.probing.policy), editing the list
-file (gdispatch.listedit).
+file (gdispatch.listedit), what a state string means and which destinations a target
+names (states.py).
 
 Faults are `RpcError(code, message, data)`. `message` is Kamailio's text where Kamailio
 has one ("Invalid Parameters", "Unknown State Value", "State Update Failed", ...), so
@@ -93,15 +94,11 @@ from typing import Any, Protocol
 from gdispatch import listedit
 from gdispatch.control.jsonrpc import INVALID_REQUEST, METHOD_NOT_FOUND, RpcError
 from gdispatch.control.listing import cluster_structure, kamailio_set_order, list_structure
+from gdispatch.control.states import INVALID_PARAMETERS, chosen_destinations, parse_state, with_scheme
 from gdispatch.dispatcher.destination import (
-    FLAG_DISABLED,
-    FLAG_INACTIVE,
-    FLAG_PROBING,
-    FLAG_TRYING,
     FLAGS_STATE,
     Destination,
     DispatcherList,
-    DispatcherSet,
 )
 from gdispatch.dispatcher.hashing import as_signed, kamailio_hash
 from gdispatch.dispatcher.listfile import ListError, format_line, parse_line
@@ -189,7 +186,6 @@ class ControlApi(Protocol):
 
 
 # Kamailio's fault texts.
-INVALID_PARAMETERS = "Invalid Parameters"
 
 # The state bits an RPC writes; 16 (no DNS) and 32 (no ping) are configuration.
 STATE_BITS = FLAGS_STATE
@@ -338,11 +334,6 @@ def dispatcher_reload(api: ControlApi) -> str:
     return "\n".join([done, *(f"not usable: set {d.setid} {d.uri}: {d.unusable or 'no address'}" for d in unusable)])
 
 
-def _with_scheme(uri: str) -> str:
-    """As the list file reads a destination: ``sip:`` added when it has no scheme."""
-    return uri if uri.lower().startswith(("sip:", "sips:")) else "sip:" + uri
-
-
 def _zero_or_one(value: int, name: str) -> bool:
     if value not in (0, 1):
         raise _invalid(f"{name}: expected 0 or 1, got {value}")
@@ -437,7 +428,7 @@ def dispatcher_add(api: ControlApi, group: int, address: str, flags: int = 0, pr
          Param("GROUP", int), Param("ADDRESS", str), Param("PERSIST", int, False))
 def dispatcher_remove(api: ControlApi, group: int, address: str, persist: int = 0) -> str:
     keep = _zero_or_one(persist, "PERSIST")
-    uri = _with_scheme(address)
+    uri = with_scheme(address)
     failed = "Removing dispatcher dst failed"
     try:
         _remove(api, group, uri, keep)
@@ -448,72 +439,6 @@ def dispatcher_remove(api: ControlApi, group: int, address: str, persist: int = 
 
 # -- states --------------------------------------------------------------------------------------
 
-_STATE_FORMS = ("a digit 0-3 (inactive, active, disabled, trying) optionally followed by p, "
-                "or the letters a, i, d, t, p combined (e.g. ap, ip, dx)")
-_DIGIT_STATES = {"0": FLAG_INACTIVE, "1": 0, "2": FLAG_DISABLED, "3": FLAG_TRYING}
-_LETTER_STATES = {"i": FLAG_INACTIVE, "d": FLAG_DISABLED, "t": FLAG_TRYING, "p": FLAG_PROBING}
-
-
-def parse_state(text: str) -> int:
-    """A state string of ``dispatcher.set_state`` → the state bits (1, 2, 4, 8) to write.
-
-    ``0``-``3`` = inactive, active, disabled, trying, then optionally ``p`` (probing;
-    ignored after ``2``, as Kamailio does: a disabled destination is not pinged). Or
-    letters, case-insensitive, combined like Kamailio's script functions: ``a`` clears
-    what came before, ``i``, ``d``, ``t``, ``p`` add inactive, disabled, trying,
-    probing; a final ``x`` or ``n`` (the second letter ``dispatcher.list`` shows) adds
-    nothing. Raises RpcError "Invalid State Parameter" (empty) or "Unknown State Value".
-    """
-    s = text.strip().lower()
-    if not s:
-        raise RpcError(500, "Invalid State Parameter", "STATE is empty; " + _STATE_FORMS)
-    unknown = RpcError(500, "Unknown State Value", f"{text!r}: expected " + _STATE_FORMS)
-    if s[0] in _DIGIT_STATES:
-        bits = _DIGIT_STATES[s[0]]
-        rest = s[1:]
-        if rest in ("", "x", "n"):
-            return bits
-        if rest == "p":
-            return bits if s[0] == "2" else bits | FLAG_PROBING
-        raise unknown
-    if s[-1] in "xn" and len(s) > 1:
-        s = s[:-1]
-    bits = 0
-    for c in s:
-        if c == "a":
-            bits = 0
-        elif c in _LETTER_STATES:
-            bits |= _LETTER_STATES[c]
-        else:
-            raise unknown
-    return bits
-
-
-def _chosen(dset: DispatcherSet, target: str, by_duid: bool) -> list[Destination]:
-    """The destinations of `dset` that `target` names: ``all``; with `by_duid` a duid;
-    else ``idx=N`` (the one at IDX N of ``dispatcher.list extended``), ``duid=NAME``, or
-    an address (every destination with that URI).
-
-    The two ``name=value`` forms tell apart destinations that share a URI (the same
-    gateway in one set with different duid or attrs), which an address cannot. They are
-    written like the attrs of a list line, need no quoting in a shell (a ``#2`` would
-    start a shell comment and vanish), and cannot be a destination's address: a host
-    name has no ``=``."""
-    if target.lower() == "all":
-        return list(dset.destinations)
-    name, eq, value = target.partition("=")
-    if by_duid or (eq and name.lower() == "duid"):
-        duid = (target if by_duid else value).lower()
-        return [d for d in dset.destinations if d.duid and d.duid.lower() == duid]
-    if eq and name.lower() == "idx":
-        if not (value.isascii() and value.isdigit()):
-            raise _invalid(f"ADDRESS {target!r}: idx= takes the IDX that dispatcher.list extended shows (0, 1, ...)")
-        idx = int(value)
-        return [dset.destinations[idx]] if idx < len(dset.destinations) else []
-    uri = _with_scheme(target).lower()
-    return [d for d in dset.destinations if d.uri.lower() == uri]
-
-
 def _set_state(api: ControlApi, method: str, state: str, group: int, target: str, by_duid: bool) -> str:
     bits = parse_state(state)
     failed = "State Update Failed"
@@ -521,7 +446,7 @@ def _set_state(api: ControlApi, method: str, state: str, group: int, target: str
     dset = dlist.get(group) if dlist is not None else None
     if dset is None:
         raise RpcError(500, failed, f"no set {group}")
-    chosen = _chosen(dset, target, by_duid)
+    chosen = chosen_destinations(dset, target, by_duid)
     if not chosen:
         what = f"with duid {target}" if by_duid else target
         raise RpcError(500, failed, f"no destination {what} in set {group}")
