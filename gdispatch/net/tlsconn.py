@@ -199,6 +199,24 @@ class TlsConnection(TcpConnection):
     def _accepted(self) -> bool:
         return not self.tls.verdict_pending
 
+    def close(self) -> None:
+        """Our close_notify first, when the session is established (RFC 8446 §6.1, RFC
+        5246 §7.2.1: the peer can tell the end of the stream from a truncation), written
+        if the socket takes it at once; then TCP's close."""
+        sock = self.sock
+        if not self.closed and sock is not None and self.tls.established:
+            try:
+                self.tls.obj.unwrap()
+            except (ssl.SSLError, ValueError):
+                pass  # the peer's close_notify not read yet: ours is written all the same
+            try:
+                out = self.tls.outgoing()
+                if out and not self.pending:
+                    sock.send(out)
+            except OSError:
+                pass
+        super().close()
+
     def _lost(self, e: OSError) -> bool:
         if not self.tls.verdict_pending:
             return False

@@ -190,3 +190,8 @@ def test_a_message_read_with_the_close_notify_after_it_is_handled_then_the_conne
     peer.sendall(data + session.outgoing())  # the TCP connection stays open
     wait_for(lambda: conn.closed, 5, 0.01)
     assert owner.received == [message(1)]
+    # Ours came back before the TCP close: the end of the stream, not a truncation.
+    rest = b""
+    while chunk := peer.recv(65536):
+        rest += chunk
+    assert session.feed(rest) is None and session.peer_closed
