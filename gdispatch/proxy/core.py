@@ -53,7 +53,7 @@ from gdispatch.transaction.client import ClientTransaction
 from gdispatch.transaction.server import ServerTransaction
 from gdispatch.transaction.timers import Scheduler, TimerConfig
 
-from . import routing
+from . import nexthop, routing
 from .branches import Branches
 from .forking import Branch, Forker, ResponseContext, Walk
 from .identity import MAGIC_COOKIE, STATELESS_TAG, Identity, reply_addr, with_received
@@ -455,35 +455,10 @@ class Proxy:
                     logsafe.text(msg.call_id), more)
 
     def _next_hop(self, uri: SipUri) -> tuple[str, tuple[str, int]] | None:
-        """RFC 3263 §4 for a Route entry or Request-URI inside a dialog: the transport and
-        an explicit port are the URI's; an IP literal is used as is, a host name goes
-        through the project's resolver (SRV when the URI has no port, then A/AAAA; cached,
-        and waited for at most the resolver's timeout: gdispatch.dns.nexthop)."""
-        transport = uri.transport
-        port = uri.port_or_default
-        host = uri.host
-        if routing.is_ip(host):
-            return transport, (host, port)
-        addresses = self.next_hops.resolve(uri.scheme, host, uri.port, transport)
-        if not addresses:
-            return None
-        # The first address a listener can send to: an AAAA answer is of no use without
-        # an IPv6 listen address (RFC 3263 §4.3: try the next).
-        for addr in addresses:
-            if not self.transports.can_reach(transport, addr[0]):
-                return transport, addr
-        return transport, addresses[0]
+        return nexthop.next_hop(uri, self.next_hops, self.transports.can_reach)
 
     def _tls_peer(self, host: str, addr: tuple[str, int]) -> TlsPeer:
-        """Who the next hop of a request inside a dialog must be over TLS, should its
-        connection be gone: a TLS destination of the list at that address, with its
-        name and client profile, else `host`, the Route's or Request-URI's."""
-        for dest in self.dlist.destinations():
-            if dest.address == addr and dest.transport == "tls":
-                peer = dest.tls_peer
-                if peer is not None:
-                    return peer
-        return TlsPeer(host)
+        return nexthop.tls_peer(self.dlist, host, addr)
 
     def _in_dialog(self, msg: SipMessage, via: Via, source: Source, key, top_via: bytes | None,
                    decision: routing.InDialog) -> ServerTransaction | None:
