@@ -1,7 +1,8 @@
 # gdispatch developer tasks (GNU make). A fresh Debian machine needs only python3:
 # the venv, the package and its test tools are installed on first use, and `make test`
-# installs SIPp (Debian package sip-tester), Kamailio and Chromium (for the status page's
-# test) when they are missing.
+# installs SIPp (Debian package sip-tester), Kamailio, openssl (the TLS tests'
+# certificates), Chromium (the status page's test) and redis-server (a pair of nodes)
+# when they are missing.
 
 SHELL := /bin/bash
 VENV ?= .venv
