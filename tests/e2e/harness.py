@@ -7,6 +7,7 @@
 * `run_uac` runs one bounded SIPp UAC load (``-m`` calls, ``-timeout``, plus a hard
   subprocess time limit) and returns its final statistics.
 * `sip_options`, `build_request`, `free_port`: raw SIP over Python sockets.
+* `RedisServer`: a redis-server without persistence, for the tests of a pair of nodes.
 
 Every process is started here, is bounded in time, and is stopped by its PID.
 """
@@ -30,8 +31,10 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.support import sipmsg
+from tests.support.wait import wait_for
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[2]
@@ -474,6 +477,12 @@ class Proxy:
         env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
+    def rpc_json(self, *args: str) -> Any:
+        """`gdispatch rpc --json METHOD ARGS...`, its answer decoded; a fault fails."""
+        out = self.rpc(*args, json_out=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return json.loads(out.stdout)
+
     def states(self) -> dict[str, str]:
         """{duid or URI: FLAGS} from dispatcher.list over RPC."""
         out = self.rpc("dispatcher.list", json_out=True)
@@ -783,3 +792,38 @@ def _last_stat_row(path: Path) -> dict[str, str]:
     if len(rows) < 2:
         return {}
     return dict(zip(rows[0], rows[-1]))
+
+
+class RedisServer:
+    """redis-server on 127.0.0.1:`port`, without persistence, stopped by its PID."""
+
+    def __init__(self, port: int, workdir):
+        self.port = port
+        self.dir = workdir
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> RedisServer:
+        exe = shutil.which("redis-server")
+        assert exe
+        self.proc = subprocess.Popen([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(self.dir)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        wait_for(self.answers, 5.0, message="redis-server answers PING")
+        return self
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)

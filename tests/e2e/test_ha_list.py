@@ -5,7 +5,6 @@ destination's health is each node's own). One redis-server started here, stopped
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
@@ -13,7 +12,6 @@ import pytest
 from tests.support.wait import wait_for
 
 from . import harness
-from .test_ha_state import RedisServer
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +20,7 @@ def pair(tmp_path_factory):
         pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
     pytest.importorskip("redis")
     tmp = tmp_path_factory.mktemp("halist")
-    redis = RedisServer(harness.free_port("tcp"), tmp).start()
+    redis = harness.RedisServer(harness.free_port("tcp"), tmp).start()
     # Nothing listens there: B's pings time out.
     lst = harness.dispatcher_list(f"sip:127.0.0.1:{harness.free_port('udp')}", attrs=["duid=silent"])
     nodes = []
@@ -38,15 +36,9 @@ def pair(tmp_path_factory):
         redis.stop()
 
 
-def rpc_json(p: harness.Proxy, *args: str):
-    out = p.rpc(*args, json_out=True)
-    assert out.returncode == 0, out.stdout + out.stderr
-    return json.loads(out.stdout)
-
-
 def seen_by(p: harness.Proxy) -> dict[str, str]:
     """{node: FLAGS} of the one destination, from ``dispatcher.list cluster`` on `p`."""
-    tree = rpc_json(p, "dispatcher.list", "cluster")
+    tree = p.rpc_json("dispatcher.list", "cluster")
     dest = tree["RECORDS"][0]["SET"]["TARGETS"][0]["DEST"]
     return {n["NODE"]: n["FLAGS"] for n in dest["NODES"]}
 
@@ -54,14 +46,14 @@ def seen_by(p: harness.Proxy) -> dict[str, str]:
 def test_each_node_shows_its_own_view_and_a_stopped_node_drops_out(pair):
     a, b = pair
     wait_for(lambda: seen_by(a) == {"a": "AX", "b": "IP"}, 5.0,
-             message=lambda: rpc_json(a, "dispatcher.list", "cluster"))
+             message=lambda: a.rpc_json("dispatcher.list", "cluster"))
     assert seen_by(b) == {"a": "AX", "b": "IP"}
     # The default and full modes stay Kamailio's: no NODES there.
-    assert "NODES" not in rpc_json(a, "dispatcher.list", "full")["RECORDS"][0]["SET"]["TARGETS"][0]["DEST"]
+    assert "NODES" not in a.rpc_json("dispatcher.list", "full")["RECORDS"][0]["SET"]["TARGETS"][0]["DEST"]
     # cluster.list: each node's summary, as of its heartbeat.
-    wait_for(lambda: {r["NODE"]: r["DESTINATIONS"] for r in rpc_json(a, "cluster.list")["NODES"]}
-             == {"a": {"AX": 1}, "b": {"IP": 1}}, 3.0, message=lambda: rpc_json(a, "cluster.list"))
-    assert [r["CALLS"] for r in rpc_json(a, "cluster.list")["NODES"]] == [0, 0]
+    wait_for(lambda: {r["NODE"]: r["DESTINATIONS"] for r in a.rpc_json("cluster.list")["NODES"]}
+             == {"a": {"AX": 1}, "b": {"IP": 1}}, 3.0, message=lambda: a.rpc_json("cluster.list"))
+    assert [r["CALLS"] for r in a.rpc_json("cluster.list")["NODES"]] == [0, 0]
     # B stops: its heartbeat and its view expire, and A lists its own view alone.
     b.stop()
-    wait_for(lambda: seen_by(a) == {"a": "AX"}, 6.0, message=lambda: rpc_json(a, "dispatcher.list", "cluster"))
+    wait_for(lambda: seen_by(a) == {"a": "AX"}, 6.0, message=lambda: a.rpc_json("dispatcher.list", "cluster"))

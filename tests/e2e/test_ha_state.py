@@ -4,10 +4,7 @@ node A on 127.0.0.1, node B on 127.0.0.2, the same list, one redis-server starte
 
 from __future__ import annotations
 
-import json
 import shutil
-import socket
-import subprocess
 import threading
 import time
 
@@ -21,48 +18,13 @@ NO_PROBING = "[probing]\ninterval = 0\n"
 ROUTE = '[[route]]\nmethods = ["INVITE"]\nset = 1\nalgorithm = 10\n'
 
 
-class RedisServer:
-    """redis-server on 127.0.0.1:`port`, without persistence, stopped by its PID."""
-
-    def __init__(self, port: int, workdir):
-        self.port = port
-        self.dir = workdir
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> RedisServer:
-        exe = shutil.which("redis-server")
-        assert exe
-        self.proc = subprocess.Popen([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", str(self.dir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        wait_for(self.answers, 5.0, message="redis-server answers PING")
-        return self
-
-    def answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     if not shutil.which("redis-server"):
         pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
     pytest.importorskip("redis")
     tmp = tmp_path_factory.mktemp("ha")
-    redis = RedisServer(harness.free_port("tcp"), tmp).start()
+    redis = harness.RedisServer(harness.free_port("tcp"), tmp).start()
     gw = harness.Uas(tmp / "gw", "uas_ok.xml").start()
     lst = harness.dispatcher_list(gw, attrs=["duid=gw1;maxload=10"])
     nodes = []
@@ -78,20 +40,14 @@ def pair(tmp_path_factory):
         redis.stop()
 
 
-def rpc_json(p: harness.Proxy, *args: str):
-    out = p.rpc(*args, json_out=True)
-    assert out.returncode == 0, out.stdout + out.stderr
-    return json.loads(out.stdout)
-
-
 def alive_nodes(p: harness.Proxy) -> list[str]:
-    return [n["NODE"] for n in rpc_json(p, "cluster.list")["NODES"] if n["ALIVE"]]
+    return [n["NODE"] for n in p.rpc_json("cluster.list")["NODES"] if n["ALIVE"]]
 
 
 def test_cluster_list_shows_both_nodes(pair):
     _, a, b, _ = pair
-    wait_for(lambda: alive_nodes(a) == ["a", "b"], 5.0, message=lambda: rpc_json(a, "cluster.list"))
-    view = rpc_json(b, "cluster.list")
+    wait_for(lambda: alive_nodes(a) == ["a", "b"], 5.0, message=lambda: a.rpc_json("cluster.list"))
+    view = b.rpc_json("cluster.list")
     assert view["NODE"] == "b" and view["CONNECTED"] == 1, view
     assert all(n["LAST_HEARTBEAT"] > 0 for n in view["NODES"]), view
 
@@ -117,8 +73,8 @@ def test_maxload_counts_the_calls_of_both_nodes(pair):
         f"127.0.0.1:{a.port}", calls=10, rate=100, timeout_s=30, extra_args=("-d", "6000"))))
     t.start()
     try:
-        wait_for(lambda: rpc_json(b, "cluster.list").get("LOADS_ELSEWHERE", {}).get("1|0|" + pair[3].uri) == 10,
-                 5.0, message=lambda: rpc_json(b, "cluster.list"))
+        wait_for(lambda: b.rpc_json("cluster.list").get("LOADS_ELSEWHERE", {}).get("1|0|" + pair[3].uri) == 10,
+                 5.0, message=lambda: b.rpc_json("cluster.list"))
         res = harness.run_uac(f"127.0.0.2:{b.port}", calls=10, rate=100, timeout_s=20)
         assert (res.successful, res.failed) == (0, 10), res
     finally:
@@ -134,8 +90,8 @@ def test_twenty_simultaneous_calls_on_two_nodes_connect_exactly_maxload(pair):
     slots come back, and a new call connects through each node."""
     _, a, b, gw = pair
     for p in (a, b):
-        wait_for(lambda p=p: rpc_json(p, "cluster.list").get("SLOTS_CONNECTED") == 1, 5.0,
-                 message=lambda p=p: rpc_json(p, "cluster.list"))
+        wait_for(lambda p=p: p.rpc_json("cluster.list").get("SLOTS_CONNECTED") == 1, 5.0,
+                 message=lambda p=p: p.rpc_json("cluster.list"))
     got: dict[str, harness.UacResult] = {}
     start = threading.Barrier(2)
 
@@ -167,11 +123,11 @@ def test_redis_restart_under_load_loses_no_call_and_states_converge(pair):
         time.sleep(0.5)  # some calls before the outage (the load runs on, whatever its pace)
         redis.stop()
         # Changed on A while Redis is away: B hears of it once Redis is back.
-        wait_for(lambda: rpc_json(a, "cluster.list").get("CONNECTED") == 0, 5.0)
+        wait_for(lambda: a.rpc_json("cluster.list").get("CONNECTED") == 0, 5.0)
         assert a.rpc("dispatcher.ping_active", "0").returncode == 0
         redis.start()
-        wait_for(lambda: rpc_json(b, "dispatcher.ping_active") == {"OldPingState": 0}, 10.0,
-                 message=lambda: rpc_json(b, "cluster.list"))
+        wait_for(lambda: b.rpc_json("dispatcher.ping_active") == {"OldPingState": 0}, 10.0,
+                 message=lambda: b.rpc_json("cluster.list"))
     finally:
         t.join(40)
     assert (got["a"].successful, got["a"].failed) == (20, 0), got["a"]

@@ -78,12 +78,6 @@ def _stats(p: harness.Proxy) -> dict:
     return rpc_request("stats", socket_path=str(p.socket_path), timeout=5)
 
 
-def _rpc_json(p: harness.Proxy, method: str):
-    out = p.rpc(method, json_out=True)
-    assert out.returncode == 0, out.stdout + out.stderr
-    return json.loads(out.stdout)
-
-
 def _server_config(cert: Cert, **more: object) -> str:
     lines = ["[tls]", f'certificate = "{cert.cert}"', f'private_key = "{cert.key}"']
     lines += [f"{k} = {json.dumps(v)}" for k, v in more.items()]
@@ -571,7 +565,7 @@ def test_tls_list_shows_the_connections_and_dispatcher_list_the_tls_destination(
     caller = main.caller(cert=main.certs.caller)
     try:
         assert caller.call(f"sip:100@{HOST}:{main.tls_port};transport=tls") == (200, 200)
-        conns = _rpc_json(main.proxy, "tls.list")
+        conns = main.proxy.rpc_json("tls.list")
     finally:
         caller.close()
     mine = [c for c in conns if (c["src_ip"], c["src_port"]) == tuple(caller.local[:2])]
