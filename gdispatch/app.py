@@ -23,7 +23,7 @@ from gdispatch.control.server import MAX_CONNECTIONS as CONTROL_CONNECTIONS
 from gdispatch.control.server import ControlError, ControlServer
 from gdispatch.dispatcher.algorithms import ALG_CALL_LOAD
 from gdispatch.dispatcher.destination import state_letters
-from gdispatch.dispatcher.listfile import ListError, load_list, parse_list
+from gdispatch.dispatcher.listfile import ListError
 from gdispatch.dispatcher.sockets import SocketTable
 from gdispatch.dispatcher.statefile import StateKeeper, default_path
 from gdispatch.dns import DestinationResolver, NextHopResolver, Resolver
@@ -123,8 +123,7 @@ class App(ListInUse):
         if not self._load_plugins():
             return 1
         try:
-            dlist = load_list(config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order,
-                              sockets=self.sockets)
+            dlist = self.read_list()
         except ListError as e:
             for p in e.problems:
                 log.error("%s", p, extra=logsafe.KEEP)
@@ -222,8 +221,7 @@ class App(ListInUse):
         self.keyring = Keyring(hello.keys)
         if not self._load_plugins():
             return 1
-        dlist = parse_list(hello.list_text, config.list_file, mode=config.load_mode,
-                           kamailio_order=config.kamailio_order, sockets=self.sockets)
+        dlist = self.read_list(hello.list_text)
         apply_states(dlist, hello.states)
         code = self._start_proxy(dlist)
         if code:

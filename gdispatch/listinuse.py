@@ -50,11 +50,20 @@ class ListInUse:
     _took_list: Callable[[Any, str], None]
     _reachable: Callable[[Any, str], str]
 
+    def read_list(self, text: str | None = None, *, mode: str | None = None) -> Any:
+        """A dispatcher list as this process reads one: `text` (None: the list file),
+        with the configuration's load_mode (or `mode`), order of equal priorities and
+        listen addresses. Raises ListError."""
+        config = self.config
+        mode = mode or config.load_mode
+        if text is None:
+            return load_list(config.list_file, mode=mode, kamailio_order=config.kamailio_order, sockets=self.sockets)
+        return parse_list(text, config.list_file, mode=mode, kamailio_order=config.kamailio_order,
+                          sockets=self.sockets)
+
     def take_list(self, text: str, reason: str, states: dict) -> None:
         """A worker: swap in the list the primary swapped in, with the primary's states."""
-        config = self.config
-        new = parse_list(text, config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order,
-                         sockets=self.sockets)
+        new = self.read_list(text)
         self._install(new, reason, states)
         self.plugins.call("gdispatch_list_loaded", dispatcher_list=new, reason=reason)
 
@@ -99,8 +108,7 @@ class ListInUse:
         keys = "; ".join(x for x in (self.reload_keys(), self.reload_tls()) if x)
         try:
             try:
-                new = load_list(config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order,
-                                sockets=self.sockets)
+                new = self.read_list()
             except ListError as e:
                 for p in e.problems:
                     log.error("%s", p, extra=logsafe.KEEP)
@@ -157,16 +165,14 @@ class ListInUse:
         return msg
 
     def replace_list(self, text: str, reason: str) -> None:
-        new = parse_list(text, self.config.list_file, kamailio_order=self.config.kamailio_order,
-                         sockets=self.sockets)
+        new = self.read_list(text, mode="strict")
         self._swap_in(new, reason, from_file=False)
 
     def apply_shared_list(self, text: str, reason: str) -> None:
         """The list another node swapped in (gdispatch.ha): swapped in here too, not
         written to the file. Raises ListError (the running list stays)."""
         config = self.config
-        new = parse_list(text, config.list_file, mode=config.load_mode, kamailio_order=config.kamailio_order,
-                         sockets=self.sockets)
+        new = self.read_list(text)
         missing = missing_sets(config.routes, new)
         if missing:
             raise ListError(missing)
