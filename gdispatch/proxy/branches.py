@@ -169,14 +169,13 @@ class Branches:
             # Signed for this dialog and its destination (gdispatch.recordroute).
             signature = self.proxy.keyring.token(msg.call_id, msg.from_tag or b"",
                                            packed_address(addr[0]) if self.proxy.bind_next_hop else b"") + b">"
-            sips = msg.ruri[:5].lower() == b"sips:"
-            rr = (identity.rr_prefix(listener, sips) + signature,)
+            rr = (identity.rr_prefix(listener, msg.sips) + signature,)
             if listener.public is not source.listener.public:
                 # Double record-routing: each side of the dialog needs the address it can
                 # reach us on (the two listeners differ in transport, address family or
                 # address: a destination's socket), as Kamailio's enable_double_rr
                 # and RFC 5658 §4 do.
-                rr += (identity.rr_prefix(source.listener, sips) + signature,)
+                rr += (identity.rr_prefix(source.listener, msg.sips) + signature,)
         mf = msg.max_forwards
         data = forward_request(msg, via=identity.via_for(listener, branch_id), ruri=new_ruri,
                                max_forwards=69 if mf is None else mf - 1, record_route=rr,

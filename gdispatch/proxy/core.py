@@ -396,7 +396,7 @@ class Proxy:
         route = decision.route
         dset = self.dlist.get(route.set)
         options = self._select_options.get(id(route)) or self.default_options
-        sips = msg.ruri[:5].lower() == b"sips:"
+        sips = msg.sips
         limit = route.limit
         # For a SIPS Request-URI the limit counts the destinations it may go to: the
         # whole order first, cut after those are kept.

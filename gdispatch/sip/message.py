@@ -332,6 +332,13 @@ class SipMessage:
             raise ParseError("Not a request")
         return parse_uri(self.ruri)
 
+    @property
+    def sips(self) -> bool:
+        """The Request-URI is a SIPS URI (RFC 3261 §19.1): the request goes over TLS on
+        every hop, and a proxy's Record-Route for it is a SIPS URI too (§16.6 step 4).
+        Read from the first bytes, without parsing the URI."""
+        return self.ruri[:5].lower() == b"sips:"
+
     # -- validation ------------------------------------------------------------------
 
     def validate_request(self) -> None:

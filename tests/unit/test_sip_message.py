@@ -669,3 +669,9 @@ def test_fast_name_addr_check_agrees_with_the_full_parser(value):
         msg.validate_request()
         tag = full.params.get("tag")
         assert msg.from_tag == (None if tag is None else tag.encode("utf-8", "surrogateescape"))
+
+
+@pytest.mark.parametrize("ruri,sips", [("sips:bob@example.com", True), ("SIPS:bob@example.com", True),
+                                       ("sip:bob@example.com;transport=tls", False), ("tel:+15551234", False)])
+def test_a_sips_request_uri_is_told_whatever_its_case(ruri, sips):
+    assert parse_message(sipmsg.request("INVITE", ruri)).sips is sips
