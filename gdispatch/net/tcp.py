@@ -5,7 +5,7 @@ by Content-Length (§18.3, gdispatch.sip.frame_stream through
 gdispatch.tcplimits.StreamReader), and a stream that cannot be framed cannot be
 resynchronised, so its connection closes. One greenlet per connection reads it and hands
 each message to the server side (`Transports.on_message`, §18.2.1). Connections are kept
-by peer address (`Transports.connections`) and reused for the responses (§18.2.2) and
+by transport and peer address (`Transports.connections`) and reused for the responses (§18.2.2) and
 for later requests to the same peer (§18.1.1). Writes never block the caller: what does
 not fit in the kernel buffer is queued and written by the connection's own writer, in
 order.

@@ -185,12 +185,14 @@ class Transports:
         self.tls = tls
         self.stats: dict[str, int] = dict.fromkeys(TCP_COUNTERS + (TLS_COUNTERS if tls is not None else ()), 0)
         self.listeners: list[UdpListener | TcpListener] = []
-        self.connections: dict[tuple[str, int], TcpConnection] = {}
+        # By transport and peer address: a TCP and a TLS connection to one address are
+        # two connections.
+        self.connections: dict[tuple[str, tuple[str, int]], TcpConnection] = {}
         # The connections whose local address is known, by (peer, local IP): those
         # accepted on a listener and those opened bound to one (`send(bind=True)`), for
         # a request that must leave from a given socket (Kamailio's tcpconn_get with a
         # local address).
-        self.bound: dict[tuple[tuple[str, int], str], TcpConnection] = {}
+        self.bound: dict[tuple[str, tuple[str, int], str], TcpConnection] = {}
         self.tcp_limits = tcp_limits or TcpLimits()
         self.table = ConnectionTable(self.tcp_limits)
         for listen in listens:
@@ -324,9 +326,9 @@ class Transports:
         return out
 
     def remember(self, conn: TcpConnection) -> None:
-        self.connections[conn.addr] = conn
+        self.connections[(conn.transport, conn.addr)] = conn
         if conn.local_ip is not None:
-            self.bound[(conn.addr, conn.local_ip)] = conn
+            self.bound[(conn.transport, conn.addr, conn.local_ip)] = conn
         if conn.source is not None:
             self.table.accepted(conn, conn.source)
         else:
@@ -335,15 +337,15 @@ class Transports:
 
     def located(self, conn: TcpConnection) -> None:
         """`conn`, opened without binding, has its local address now (`local_ip`)."""
-        key = (conn.addr, conn.local_ip or "")
+        key = (conn.transport, conn.addr, conn.local_ip or "")
         known = self.bound.get(key)
         if known is None or known.closed:
             self.bound[key] = conn
 
     def forget(self, conn: TcpConnection) -> None:
-        if self.connections.get(conn.addr) is conn:
-            del self.connections[conn.addr]
-        key = (conn.addr, conn.local_ip or "")
+        if self.connections.get((conn.transport, conn.addr)) is conn:
+            del self.connections[(conn.transport, conn.addr)]
+        key = (conn.transport, conn.addr, conn.local_ip or "")
         if self.bound.get(key) is conn:
             del self.bound[key]
         self.table.closed(conn)
@@ -432,8 +434,11 @@ class Transports:
             except OSError as e:
                 raise TransportError(e.errno, f"udp send to {addr[0]}:{addr[1]}: {e.strerror}") from None
             return listener
-        conn = self.bound.get((addr, listener.listen.host)) if bind else self.connections.get(addr)
-        if conn is None or conn.closed or conn.transport != transport:
+        if bind:
+            conn = self.bound.get((transport, addr, listener.listen.host))
+        else:
+            conn = self.connections.get((transport, addr))
+        if conn is None or conn.closed:
             conn = self._open(cast(TcpListener, listener), addr, bind, peer)
         conn.send(data, on_error)
         return listener
@@ -449,9 +454,7 @@ class Transports:
         conn = source.conn
         if conn is None or conn.closed:
             # The connection is gone: open a new one to the sent-by address.
-            conn = self.connections.get(addr)
-            if conn is not None and conn.transport != source.transport:
-                conn = None
+            conn = self.connections.get((source.transport, addr))
         try:
             if conn is None or conn.closed:
                 conn = self._open(cast(TcpListener, source.listener), addr)

@@ -171,7 +171,7 @@ def test_a_connection_the_kernel_gave_an_address_serves_the_socket_at_that_addre
         t.send("tcp", server.getsockname(), OPTIONS, listener=first)
         peer, addr = server.accept()
         assert addr[0] == "127.0.0.1"
-        wait_for(lambda: t.bound.get((server.getsockname(), "127.0.0.1")), 5, 0.01)
+        wait_for(lambda: t.bound.get(("tcp", server.getsockname(), "127.0.0.1")), 5, 0.01)
         t.send("tcp", server.getsockname(), OPTIONS, listener=first, bind=True)
         peer.settimeout(5)
         got = b""
