@@ -394,7 +394,7 @@ class App(ListInUse):
         out["plugin_slow_calls"] = dict(self.plugins.slow)
         out["destinations"] = [
             {"SET": d.setid, "URI": d.uri, "DUID": d.duid, "FLAGS": d.state_letters(),
-             "ACTIVE_CALLS": d.load + d.load_elsewhere, **proxy.destination_counters(d, others)}
+             "ACTIVE_CALLS": d.load + d.load_elsewhere, **proxy.call_counts.summed(d, others)}
             for d in proxy.dlist.destinations()
         ]
         return out

@@ -138,7 +138,7 @@ class TrafficFailure:
 class Report:
     """Every second, for ``dispatcher.list``, ``stats`` and the metrics: the worker's
     calls per destination (algorithm 10), its per-destination INVITE counters
-    (Proxy.dest_counts), its counters, and its labelled counters and histograms
+    (gdispatch.proxy.counters.CallCounters.table), its counters, and its labelled counters and histograms
     (gdispatch.measures.samples: kept apart from `stats`, which ``stats`` shows as is)."""
 
     loads: dict[DestKey, int]

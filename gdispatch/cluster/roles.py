@@ -152,7 +152,7 @@ class Role:
 
     def merge_stats(self, out: dict[str, Any]) -> list[dict]:
         """Add the other workers' counters to this process's `out`; returns their
-        per-destination counters (Proxy.dest_counts), for Proxy.destination_counters."""
+        per-destination counters (CallCounters.table), for CallCounters.summed."""
         return []
 
     def merge_metrics(self, out: Samples) -> None:
@@ -425,7 +425,7 @@ class Worker(Role):
         while True:
             gevent.sleep(SYNC_INTERVAL)
             loads = {dest_key(d): d.load for d in proxy.dlist.destinations() if d.load}
-            self.channel.send(Report(loads, dict(proxy.dest_counts), host.local_stats(), host.tls_connections(),
+            self.channel.send(Report(loads, dict(proxy.call_counts.table), host.local_stats(), host.tls_connections(),
                                      host.local_metrics()))
 
     def counters(self) -> dict[str, int]:

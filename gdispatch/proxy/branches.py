@@ -25,6 +25,7 @@ from gdispatch.recordroute import packed_address
 from gdispatch.sip import ParseError, SipMessage, build_cancel, forward_request, parse_message
 from gdispatch.transaction.client import ClientTransaction
 
+from .counters import SENT
 from .forking import LOCAL_TIMEOUT, Branch, ResponseContext
 from .identity import loop_hash
 
@@ -105,7 +106,7 @@ class Branches:
             new_ruri = replace_hostport(request.ruri, dest.sip_uri.hostport().encode())
         if ctx.counts_load:
             self.calls.attempt(request.call_id, dest)
-            self.proxy.counts(dest)[0] += 1
+            self.proxy.call_counts.of(dest)[SENT] += 1
         self.send(branch, source, walk.top_via, walk.popped, walk.record, new_ruri=new_ruri,
                   add_headers=add_headers, remove=remove, socket=dest.send_socket or self.proxy.default_socket)
 

@@ -32,7 +32,6 @@ from gdispatch.calls import CallLoad
 from gdispatch.config import Config, Listen
 from gdispatch.dispatcher.algorithms import ALG_CALL_LOAD, SelectOptions, compile_template, select
 from gdispatch.dispatcher.destination import Destination, DispatcherList
-from gdispatch.dispatcher.reload import identity as destination_identity
 from gdispatch.dispatcher.sockets import SocketTable
 from gdispatch.dns import NextHopResolver, Resolver
 from gdispatch.measures import INVITE_BUCKETS, Histogram
@@ -55,6 +54,7 @@ from gdispatch.transaction.timers import Scheduler, TimerConfig
 
 from . import nexthop, routing
 from .branches import Branches
+from .counters import CallCounters
 from .forking import Branch, Forker, ResponseContext, Walk
 from .identity import MAGIC_COOKIE, STATELESS_TAG, Identity, reply_addr, with_received
 from .stateless import Stateless
@@ -171,35 +171,13 @@ class Proxy:
         }
         self.default_options = SelectOptions(hash_user_only=config.hash_user_only,
                                              kamailio_compat=config.kamailio_compat)
-        # reload.identity(destination) -> [sent, answered, failed], see destination_counters
-        self.dest_counts: dict[tuple, list[int]] = {}
+        self.call_counts = CallCounters()  # INVITEs per destination, and how they ended
         ov = config.overload
         self.guard = LoadGuard(scheduler.now, max_backlog=ov.max_backlog, max_calls_in_setup=ov.max_calls_in_setup,
                                hold=ov.hold, retry_after=ov.retry_after)
         self._retry_after = (b"Retry-After: %d" % ov.retry_after,)
         self.calls_in_setup = 0  # dispatched requests whose walk goes on
         self._no_destination_log: dict[int, tuple[float, int]] = {}  # set -> (last warning, skipped)
-
-    # ----------------------------------------------------------------- counters
-
-    def counts(self, dest: Destination) -> list[int]:
-        """[sent, answered, failed] INVITEs of destination `dest`."""
-        key = destination_identity(dest)
-        c = self.dest_counts.get(key)
-        if c is None:
-            c = self.dest_counts[key] = [0, 0, 0]
-        return c
-
-    def destination_counters(self, dest: Destination, others=()) -> dict[str, int]:
-        """INVITEs sent to a destination, answered 2xx, failed (final >= 300 or no answer);
-        kept across reloads for the same destination. `others`: the `dest_counts` of
-        the other workers, added in."""
-        key = destination_identity(dest)
-        sent = answered = failed = 0
-        for table in (self.dest_counts, *others):
-            s, a, f = table.get(key, (0, 0, 0))
-            sent, answered, failed = sent + s, answered + a, failed + f
-        return {"CALLS_SENT": sent, "CALLS_ANSWERED": answered, "CALLS_FAILED": failed}
 
     def calls_in_progress(self) -> int:
         """Forwarded requests still waiting for their final response."""

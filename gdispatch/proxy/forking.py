@@ -40,6 +40,8 @@ from gdispatch.transaction.server import ServerTransaction
 from gdispatch.transaction.states import COMPLETED, TERMINATED
 from gdispatch.transaction.timers import TimerHandle
 
+from .counters import ANSWERED, FAILED
+
 if TYPE_CHECKING:
     from .core import Proxy
 
@@ -239,7 +241,7 @@ class Forker:
         branch.final = status
         ctx = branch.ctx
         if status >= 300 and branch.dest is not None and ctx.counts_load:
-            self.proxy.counts(branch.dest)[2] += 1
+            self.proxy.call_counts.of(branch.dest)[FAILED] += 1
         if branch.timer is not None:
             branch.timer.cancel()
             branch.timer = None
@@ -373,7 +375,7 @@ class Forker:
             if first and ctx.counts_load and ctx.request is not None and branch.dest is not None:
                 proxy.calls.attempt(ctx.request.call_id, branch.dest)  # the branch that won
                 proxy.calls.answered(ctx.request.call_id)
-                proxy.counts(branch.dest)[1] += 1
+                proxy.call_counts.of(branch.dest)[ANSWERED] += 1
             if first:
                 for other in ctx.branches:
                     if other is not branch and not other.final:

@@ -160,7 +160,7 @@ class Sampler:
             s = self.series.get(key)
             if s is None:
                 s = self.series[key] = Series(self.points, len(self.times) - 1)
-            sent = proxy.destination_counters(d, others)["CALLS_SENT"]
+            sent = proxy.call_counts.summed(d, others)["CALLS_SENT"]
             cps = None
             if s.sent is not None and elapsed > 0:
                 cps = round(max(0, sent - s.sent) / elapsed, 2)
@@ -230,7 +230,7 @@ def status(app: Any) -> dict[str, Any]:
     web = getattr(app, "web", None)
     sampler: Sampler | None = getattr(web, "sampler", None)
     others = app.cluster.merge_stats({})
-    counters = app.proxy.destination_counters
+    counters = app.proxy.call_counts.summed
     sets = [{"id": setid, "destinations": [_destination(d, sampler, counters(d, others))
                                            for d in dlist.sets[setid].destinations]}
             for setid in kamailio_set_order(list(dlist.sets))]
