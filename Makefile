@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: all install install-sipp install-kamailio install-kamailio-tls install-openssl install-chromium install-redis run test bench bench-tls bench-latency bench-attack bench-inproc bench-memory bench-scrape bench-hep bench-cluster bench-compare lint clean distclean
+.PHONY: all install install-sipp install-kamailio install-kamailio-tls install-openssl install-chromium install-redis run test bench bench-tls bench-rounds bench-latency bench-attack bench-inproc bench-memory bench-scrape bench-hep bench-cluster bench-compare lint clean distclean
 
 all: test
 
@@ -93,6 +93,11 @@ bench: $(VENV)/.installed install-sipp $(if $(filter 0,$(TLS)),,install-kamailio
 # CPU per call at 200 calls/s, next to Kamailio's tls module when it is installed.
 bench-tls: $(VENV)/.installed install-kamailio-tls
 	PY=$(PY) bench/tls.sh
+
+# CPU per call at one fixed rate, ROUNDS times in one run, the proxies one after another:
+# the same-run A/B of bench/PROFILE.md (bench/rounds.sh).
+bench-rounds: $(VENV)/.installed install-sipp
+	PY=$(PY) bench/rounds.sh
 
 bench-latency: $(VENV)/.installed install-sipp
 	PY=$(PY) bench/latency.sh
