@@ -1,10 +1,10 @@
 """The INVITEs each destination was sent, and how they ended: `CallCounters`.
 
-Kamailio shows no such figure; an operator moving calls between gateways asks for it
-first (`gdispatch list`, `stats`, the status page and the metrics read it). The counts
-are kept by the destination's identity (gdispatch.dispatcher.reload.identity), so a
-reload that keeps a destination keeps its counts; with several workers each worker
-counts its own and the primary adds the others' reports in (`summed`).
+The `stats` RPC (CALLS_SENT, CALLS_ANSWERED, CALLS_FAILED of each destination), the status
+page and the metrics read them. The counts are kept by the destination's identity
+(gdispatch.dispatcher.reload.identity), so a reload that keeps a destination keeps its
+counts; with several workers each worker counts its own and the primary adds the others'
+reports in (`summed`).
 """
 
 from __future__ import annotations
