@@ -18,6 +18,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PY:-$ROOT/.venv/bin/python}"
+case "$PY" in /*) ;; */*) PY="$ROOT/$PY" ;; esac  # relative to the checkout, as make passes it
 ROUNDS="${ROUNDS:-7}"
 RUN="$(realpath -m "${OUT:-$ROOT/bench-results/$(date +rounds_%Y%m%d_%H%M%S)}")"
 mkdir -p "$RUN"
