@@ -138,8 +138,9 @@ class TrafficFailure:
 class Report:
     """Every second, for ``dispatcher.list``, ``stats`` and the metrics: the worker's
     calls per destination (algorithm 10), its per-destination INVITE counters
-    (gdispatch.proxy.counters.CallCounters.table), its counters, and its labelled counters and histograms
-    (gdispatch.measures.samples: kept apart from `stats`, which ``stats`` shows as is)."""
+    (gdispatch.proxy.counters.CallCounters.table), its counters, and its labelled
+    counters and histograms (gdispatch.measures.samples: kept apart from `stats`, which
+    ``stats`` shows as is)."""
 
     loads: dict[DestKey, int]
     counters: dict[tuple, list[int]]
