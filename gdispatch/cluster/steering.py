@@ -181,14 +181,16 @@ def shared_udp_sockets(listens: tuple[Listen, ...], n: int
         for i, listen in enumerate(listens):
             if listen.transport != "udp":
                 continue
-            socks = out[i] = []
-            for _ in range(n):
-                socks.append(udp_socket(listen, reuseport=True))
-                if listen.port == 0:
-                    listen = Listen(listen.transport, listen.host, socks[0].getsockname()[1])
+            socks = out[i] = [udp_socket(listen, reuseport=True)]
+            if listen.port == 0:
+                listen = Listen(listen.transport, listen.host, socks[0].getsockname()[1])
+            # The program goes on the group before the other sockets join it: a datagram
+            # arriving meanwhile lands in socket 0 (an index past the group falls back to
+            # the kernel's hash), whose worker relays it, never unsteered in another's.
             searched, error = attach(socks[0], n)
             scan = min(scan, searched)
             refused = refused or error
+            socks.extend(udp_socket(listen, reuseport=True) for _ in range(n - 1))
     except OSError as e:
         for socks in out.values():
             for sock in socks:
