@@ -50,8 +50,9 @@ def udp_socket(timeout: float | None = None) -> socket.socket:
 def relayed_at_start(p: harness.Proxy) -> int:
     """The datagrams relayed before the test sent any: the harness's OPTIONS that came
     while the proxy was binding its sockets, before the kernel's program was on them
-    (gdispatch.cluster.steering), are in socket 0 whatever their Call-ID, and the
-    primary hands them to their owner as soon as it reads them, before it answers."""
+    (gdispatch.cluster.steering), are in socket 0 whatever their Call-ID. The primary
+    starts reading it once the workers listen (gdispatch.app) and hands them on in the
+    event loop's next turn, long before this `stats` call, a new process, reaches it."""
     return stats(p)["relayed_to_other_workers"]
 
 
