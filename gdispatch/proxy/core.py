@@ -128,6 +128,8 @@ class Proxy:
         self.timers = TimerConfig(t1=t.t1, t2=t.t2, t4=t.t4, linger=t.wt_timer or None)
         self.fr_timer = t.fr_timer
         self.fr_inv_timer = t.fr_inv_timer
+        # Every transaction schedules with these (gdispatch.transaction.timers.Scheduler).
+        scheduler.fixed_delays(*self.timers.delays, self.fr_timer, self.fr_inv_timer)
         self.server_txns: dict = {}
         self.client_txns: dict = {}
         self.stats: dict[str, int] = dict.fromkeys((

@@ -4,10 +4,10 @@ What lives here:
 
 - `TimerConfig`: T1, T2, T4 and the timers RFC 3261 §17 (table 4) and RFC 6026 derive from
   them.
-- `Scheduler`: a min-heap of callbacks keyed by deadline. It never sleeps and never reads a
-  real clock on its own: the caller injects a clock, and whoever owns the event loop (the
-  transport layer, or a test) calls `run_due()` when `next_deadline()` has passed. No
-  sockets, no gevent.
+- `Scheduler`: callbacks keyed by deadline, in a list per fixed delay and a min-heap for
+  the rest. It never sleeps and never reads a real clock on its own: the caller injects
+  a clock, and whoever owns the event loop (the transport layer, or a test) calls
+  `run_due()` when `next_deadline()` has passed. No sockets, no gevent.
 - `FakeClock`: a clock that moves only when told to, for this layer's tests and for the
   tests of every layer that drives transactions.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +31,7 @@ logger = logging.getLogger("gdispatch.transaction")
 # Timer D's floor on unreliable transports (RFC 3261 §17.1.1.2: "at least 32 seconds").
 _TIMER_D_FLOOR = 32.0
 
-# Compaction of lazily cancelled heap entries is skipped below this many: rebuilding a
+# Compaction of lazily cancelled entries is skipped below this many: rebuilding a
 # tiny heap costs more than carrying a few dead entries until they are popped.
 _COMPACT_MIN_CANCELLED = 32
 
@@ -65,6 +66,19 @@ class TimerConfig:
 
     def _lingering(self, rfc_value: float) -> float:
         return rfc_value if self.linger is None else min(rfc_value, self.linger)
+
+    @property
+    def delays(self) -> tuple[float, ...]:
+        """Every delay a transaction schedules a timer with on an unreliable transport:
+        T1 doubled up to T2 (Timers A, E, G), T2, and the timers derived above."""
+        intervals = []
+        interval = self.t1
+        while interval < self.t2:
+            intervals.append(interval)
+            interval *= 2
+        derived = (self.t2, self.timer_b, self.timer_d, self.timer_f, self.timer_h, self.timer_i,
+                   self.timer_j, self.timer_k, self.timer_l, self.timer_m)
+        return tuple(dict.fromkeys((*intervals, *derived)))
 
     @property
     def timer_b(self) -> float:
@@ -119,11 +133,11 @@ class TimerConfig:
 class TimerHandle(list):
     """One scheduled callback; `cancel()` it to keep it from running.
 
-    The handle is itself the heap entry: `[deadline, sequence, fn, scheduler, *args]`. A
-    transaction lingering after its final response holds one timer, and a tuple for the
-    heap, a handle and an argument tuple would be three objects where one does (every
-    lingering object is work for the cyclic garbage collector). Heap order compares the
-    deadline, then the sequence number, which is unique, so `fn` is never compared.
+    The handle is itself the scheduler's entry: `[deadline, sequence, fn, scheduler,
+    *args]`. A transaction lingering after its final response holds one timer, and a tuple
+    for the heap, a handle and an argument tuple would be three objects where one does
+    (every lingering object is work for the cyclic garbage collector). Entries compare by
+    the deadline, then the sequence number, which is unique, so `fn` is never compared.
     """
 
     __slots__ = ()
@@ -146,7 +160,7 @@ class TimerHandle(list):
         self[2] = self[3] = None
         del self[4:]
         scheduler._cancelled += 1
-        if scheduler._cancelled > _COMPACT_MIN_CANCELLED and 2 * scheduler._cancelled > len(scheduler._heap):
+        if scheduler._cancelled > _COMPACT_MIN_CANCELLED and 2 * scheduler._cancelled > scheduler._entries:
             scheduler._compact()
 
     def __repr__(self) -> str:
@@ -155,7 +169,8 @@ class TimerHandle(list):
 
 
 class Scheduler:
-    """A min-heap of timers driven from outside.
+    """Timers driven from outside: first-in-first-out lists for the fixed delays, a
+    min-heap for the rest.
 
     `call_later()` computes deadlines from the injected clock. `run_due()` runs every
     timer whose deadline has come, in deadline order (ties in the order they were
@@ -163,28 +178,74 @@ class Scheduler:
     same `run_due()` call, so a callback must not reschedule itself with a zero delay
     against a clock that does not move.
 
-    Cancellation is lazy: a cancelled entry stays in the heap and is skipped when popped.
-    When more than half the heap is cancelled entries, the heap is rebuilt without them,
-    which keeps its size proportional to the live timers at an amortised O(1) per cancel.
+    Most timers of a proxy have one of a few delays (RFC 3261 table 4: T1 and its
+    doublings, 64*T1, T4, the linger; fr_timer, fr_inv_timer), and timers of one delay
+    are due in the order they were scheduled. `fixed_delays()` gives each such delay a
+    list of its own, appended to and taken from the front in O(1), as the timer lists
+    of SER's and Kamailio's tm keep one list per timer; the heap, O(log n) with
+    thousands of transactions lingering, keeps what is left (a ping's retry, a sweep).
+    Which container a timer sits in changes nothing of when it runs.
+
+    Cancellation is lazy: a cancelled entry stays where it is and is skipped when taken.
+    When more than half the entries are cancelled, every container is rebuilt without
+    them, which keeps the memory proportional to the live timers at an amortised O(1)
+    per cancel.
     """
 
-    __slots__ = ("_cancelled", "_clock", "_heap", "_seq")
+    __slots__ = ("_by_delay", "_cancelled", "_clock", "_entries", "_heap", "_lists", "_seq")
 
     def __init__(self, clock: Callable[[], float]):
         self._clock = clock
         self._heap: list[TimerHandle] = []
+        self._lists: list[deque[TimerHandle]] = []  # one per fixed delay
+        self._by_delay: dict[float, deque[TimerHandle]] = {}
         self._seq = 0
-        self._cancelled = 0  # cancelled entries still in the heap
+        self._entries = 0  # live and cancelled, in the heap and the lists
+        self._cancelled = 0  # cancelled entries not taken out yet
 
     def now(self) -> float:
         return self._clock()
 
+    def fixed_delays(self, *delays: float) -> None:
+        """Delays the owner schedules many timers with: each gets its own list."""
+        for delay in delays:
+            if delay not in self._by_delay:
+                fifo: deque[TimerHandle] = deque()
+                self._by_delay[delay] = fifo
+                self._lists.append(fifo)
+
     def call_later(self, delay: float, fn: Callable[..., None], *args: Any) -> TimerHandle:
         """Run `fn(*args)` once, `delay` seconds from now."""
         self._seq += 1
+        self._entries += 1
         handle = TimerHandle((self._clock() + delay, self._seq, fn, self, *args))
-        heapq.heappush(self._heap, handle)
+        fifo = self._by_delay.get(delay)
+        # A list stays sorted only while the clock does not go back; if it did, the
+        # timer goes to the heap.
+        if fifo is not None and (not fifo or fifo[-1][0] <= handle[0]):
+            fifo.append(handle)
+        else:
+            heapq.heappush(self._heap, handle)
         return handle
+
+    def _take_earliest(self, now: float) -> TimerHandle | None:
+        """Take out the earliest entry due at `now` (by deadline, then sequence), or None."""
+        heap = self._heap
+        first = heap[0] if heap and heap[0][0] <= now else None
+        source = None
+        for fifo in self._lists:
+            if fifo:
+                head = fifo[0]
+                if head[0] <= now and (first is None or head < first):
+                    first = head
+                    source = fifo
+        if first is not None:
+            if source is None:
+                heapq.heappop(heap)
+            else:
+                source.popleft()
+            self._entries -= 1
+        return first
 
     def run_due(self, now: float | None = None) -> int:
         """Run every timer due at `now` (default: the clock); return how many ran.
@@ -193,10 +254,9 @@ class Scheduler:
         """
         if now is None:
             now = self._clock()
-        heap = self._heap  # compaction rebuilds it in place, so this reference stays good
+        take = self._take_earliest
         ran = 0
-        while heap and heap[0][0] <= now:
-            handle = heapq.heappop(heap)
+        while (handle := take(now)) is not None:
             fn = handle[2]
             if fn is None:
                 self._cancelled -= 1
@@ -216,18 +276,34 @@ class Scheduler:
         heap = self._heap
         while heap and heap[0][2] is None:
             heapq.heappop(heap)
+            self._entries -= 1
             self._cancelled -= 1
-        return heap[0][0] if heap else None
+        earliest = heap[0][0] if heap else None
+        for fifo in self._lists:
+            while fifo and fifo[0][2] is None:
+                fifo.popleft()
+                self._entries -= 1
+                self._cancelled -= 1
+            if fifo and (earliest is None or fifo[0][0] < earliest):
+                earliest = fifo[0][0]
+        return earliest
 
     def __len__(self) -> int:
-        return len(self._heap) - self._cancelled
+        return self._entries - self._cancelled
 
     def _compact(self) -> None:
-        """Rebuild the heap without its cancelled entries (TimerHandle.cancel calls this
-        when they are more than half of it)."""
+        """Rebuild the heap and the lists without their cancelled entries
+        (TimerHandle.cancel calls this when they are more than half of the entries)."""
         heap = self._heap
         heap[:] = [entry for entry in heap if entry[2] is not None]
         heapq.heapify(heap)
+        entries = len(heap)
+        for fifo in self._lists:
+            live = [entry for entry in fifo if entry[2] is not None]
+            fifo.clear()
+            fifo.extend(live)
+            entries += len(live)
+        self._entries = entries
         self._cancelled = 0
 
     def __repr__(self) -> str:

@@ -13,12 +13,31 @@ def clock():
     return FakeClock()
 
 
-@pytest.fixture
-def scheduler(clock):
-    return Scheduler(clock)
+# Delays the tests below schedule with; "lists" gives some of them lists of their own, so
+# that every test runs against the heap alone and against lists and heap together.
+SOME_FIXED_DELAYS = (0, 1, 2, 3, 5, 10)
+
+
+@pytest.fixture(params=["heap", "lists"])
+def scheduler(request, clock):
+    scheduler = Scheduler(clock)
+    if request.param == "lists":
+        scheduler.fixed_delays(*SOME_FIXED_DELAYS)
+    return scheduler
+
+
+def held(scheduler):
+    """Entries the scheduler holds, live or cancelled."""
+    return len(scheduler._heap) + sum(len(fifo) for fifo in scheduler._lists)
 
 
 # -- TimerConfig ----------------------------------------------------------------------
+
+
+def test_delays_are_every_value_a_transaction_schedules_with():
+    assert TimerConfig().delays == (0.5, 1.0, 2.0, 4.0, 32.0, 5.0)
+    assert TimerConfig(t1=0.5, t2=4.0, linger=5.0).delays == (0.5, 1.0, 2.0, 4.0, 32.0, 5.0)
+    assert TimerConfig(t1=0.25, t2=1.0, t4=2.0, linger=3.0).delays == (0.25, 0.5, 1.0, 16.0, 3.0, 2.0)
 
 
 def test_default_timer_values_follow_rfc3261_table_4_and_rfc6026():
@@ -247,8 +266,8 @@ def test_heap_is_compacted_when_most_entries_are_cancelled(clock, scheduler):
         handle.cancel()
     assert len(scheduler) == 400
     # More than half cancelled: the dead entries are gone, not just skipped.
-    assert len(scheduler._heap) < 1000
-    assert len(scheduler._heap) <= 2 * len(scheduler)
+    assert held(scheduler) < 1000
+    assert held(scheduler) <= 2 * len(scheduler)
     assert scheduler.next_deadline() == 601
     clock.advance(2000)
     assert scheduler.run_due() == 400
@@ -260,7 +279,7 @@ def test_heap_stays_bounded_under_schedule_and_cancel_churn(scheduler):
     for i in range(100_000):
         scheduler.call_later(i % 97, lambda: None).cancel()
     assert len(scheduler) == len(keep)
-    assert len(scheduler._heap) <= 2 * (len(keep) + 40)
+    assert held(scheduler) <= 2 * (len(keep) + 40)
 
 
 def test_compaction_inside_run_due_keeps_order_and_counts(clock, scheduler):
@@ -279,7 +298,7 @@ def test_compaction_inside_run_due_keeps_order_and_counts(clock, scheduler):
     assert scheduler.run_due() == 3
     assert seen == ["cancelled", "two", "late"]
     assert len(scheduler) == 0
-    assert scheduler._heap == []
+    assert held(scheduler) == 0
 
 
 def test_cancelled_handle_releases_its_callback(scheduler):
@@ -291,3 +310,72 @@ def test_cancelled_handle_releases_its_callback(scheduler):
     handle = scheduler.call_later(1, owner.cb, owner)
     handle.cancel()
     assert owner.cb not in handle and owner not in handle and not handle.active
+
+
+# -- lists for the fixed delays --------------------------------------------------------
+
+
+def test_timers_in_lists_and_heap_run_in_deadline_order_ties_as_scheduled(clock):
+    scheduler = Scheduler(clock)
+    scheduler.fixed_delays(2, 5)
+    seen = []
+    for name, delay in [("a5", 5), ("b2", 2), ("c3", 3), ("d2", 2), ("e5", 5), ("f4", 4)]:
+        scheduler.call_later(delay, seen.append, name)
+    clock.advance(1)
+    scheduler.call_later(1, seen.append, "g1")  # due at 2: ties with b2 and d2, after them
+    scheduler.call_later(4, seen.append, "h4")  # due at 5: ties with a5, e5, after them
+    assert scheduler.next_deadline() == 2
+    clock.advance(9)
+    assert scheduler.run_due() == 8
+    assert seen == ["b2", "d2", "g1", "c3", "f4", "a5", "e5", "h4"]
+    assert len(scheduler) == 0
+
+
+def test_a_clock_that_goes_back_does_not_unsort_a_list():
+    now = [100.0]
+    scheduler = Scheduler(lambda: now[0])
+    scheduler.fixed_delays(10)
+    seen = []
+    scheduler.call_later(10, seen.append, "at 110")
+    now[0] = 50.0
+    scheduler.call_later(10, seen.append, "at 60")  # earlier than the list's last: the heap
+    assert scheduler.next_deadline() == 60
+    assert scheduler.run_due(60) == 1
+    assert scheduler.run_due(110) == 1
+    assert seen == ["at 60", "at 110"]
+
+
+def test_the_scheduler_runs_what_a_plain_sorted_model_runs(clock):
+    """Random delays (some fixed, some not), cancels and clock steps: the timers that run
+    and their order are those of a list sorted by (deadline, order of scheduling)."""
+    import random
+
+    rng = random.Random(3261)
+    scheduler = Scheduler(clock)
+    scheduler.fixed_delays(0.5, 1.0, 2.0, 32.0, 5.0)
+    model: list[tuple[float, int]] = []
+    handles = {}
+    seen: list[int] = []
+    n = 0
+    for _ in range(3000):
+        roll = rng.random()
+        if roll < 0.5:
+            n += 1
+            delay = rng.choice((0.5, 1.0, 2.0, 32.0, 5.0, rng.uniform(0, 40)))
+            handles[n] = scheduler.call_later(delay, seen.append, n)
+            model.append((clock() + delay, n))
+        elif roll < 0.75 and handles:
+            victim = rng.choice(list(handles))
+            handles.pop(victim).cancel()
+            model = [entry for entry in model if entry[1] != victim]
+        else:
+            clock.advance(rng.uniform(0, 3))
+            seen.clear()
+            scheduler.run_due()
+            due = sorted(entry for entry in model if entry[0] <= clock())
+            assert seen == [number for _, number in due]
+            model = [entry for entry in model if entry[0] > clock()]
+            for number in seen:
+                del handles[number]
+        assert len(scheduler) == len(model)
+        assert scheduler.next_deadline() == (min(model)[0] if model else None)
