@@ -70,10 +70,12 @@ class TimerConfig:
     @property
     def delays(self) -> tuple[float, ...]:
         """Every delay a transaction schedules a timer with on an unreliable transport:
-        T1 doubled up to T2 (Timers A, E, G), T2, and the timers derived above."""
+        T1 doubled up to T2 (Timers A, E, G), T2, and the timers derived above. The
+        doubling also stops at 64*T1, where Timers B, F and H end every retransmission
+        (so a T2 of inf, or a tiny T1, gives at most six doublings, not a thousand)."""
         intervals = []
         interval = self.t1
-        while interval < self.t2:
+        while interval < self.t2 and interval < self.timer_b:
             intervals.append(interval)
             interval *= 2
         derived = (self.t2, self.timer_b, self.timer_d, self.timer_f, self.timer_h, self.timer_i,

@@ -38,6 +38,10 @@ def test_delays_are_every_value_a_transaction_schedules_with():
     assert TimerConfig().delays == (0.5, 1.0, 2.0, 4.0, 32.0, 5.0)
     assert TimerConfig(t1=0.5, t2=4.0, linger=5.0).delays == (0.5, 1.0, 2.0, 4.0, 32.0, 5.0)
     assert TimerConfig(t1=0.25, t2=1.0, t4=2.0, linger=3.0).delays == (0.25, 0.5, 1.0, 16.0, 3.0, 2.0)
+    # A T2 that never caps the doubling: 64*T1 (Timers B, F, H) still ends it.
+    assert TimerConfig(t2=float("inf")).delays[:6] == (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+    assert len(TimerConfig(t2=float("inf")).delays) <= 10
+    assert len(TimerConfig(t1=1e-300, t2=4.0).delays) <= 10
 
 
 def test_default_timer_values_follow_rfc3261_table_4_and_rfc6026():
