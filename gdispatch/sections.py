@@ -9,6 +9,7 @@ are gdispatch.config's.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from dataclasses import replace
@@ -33,7 +34,8 @@ from gdispatch.settings import (
 def _number(table: dict, key: str, where: str, default: float, *, integer: bool = False, minimum: float = 0,
             exclusive: bool = True) -> Any:
     v = table.get(key, default)
-    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+    # TOML has inf and nan; no setting means either (nan passes every comparison below).
+    ok = isinstance(v, int) if integer else isinstance(v, (int, float)) and math.isfinite(v)
     if isinstance(v, bool) or not ok or (v <= minimum if exclusive else v < minimum):
         what = "an integer" if integer else "a number of seconds"
         bound = f"> {minimum}" if exclusive else f">= {minimum}"
