@@ -162,7 +162,7 @@ class TimerHandle(list):
         self[2] = self[3] = None
         del self[4:]
         scheduler._cancelled += 1
-        if scheduler._cancelled > _COMPACT_MIN_CANCELLED and 2 * scheduler._cancelled > scheduler._entries:
+        if scheduler._cancelled > _COMPACT_MIN_CANCELLED and 2 * scheduler._cancelled > scheduler._held():
             scheduler._compact()
 
     def __repr__(self) -> str:
@@ -194,15 +194,13 @@ class Scheduler:
     per cancel.
     """
 
-    __slots__ = ("_by_delay", "_cancelled", "_clock", "_entries", "_heap", "_lists", "_seq")
+    __slots__ = ("_by_delay", "_cancelled", "_clock", "_heap", "_seq")
 
     def __init__(self, clock: Callable[[], float]):
         self._clock = clock
         self._heap: list[TimerHandle] = []
-        self._lists: list[deque[TimerHandle]] = []  # one per fixed delay
-        self._by_delay: dict[float, deque[TimerHandle]] = {}
+        self._by_delay: dict[float, deque[TimerHandle]] = {}  # a list per fixed delay
         self._seq = 0
-        self._entries = 0  # live and cancelled, in the heap and the lists
         self._cancelled = 0  # cancelled entries not taken out yet
 
     def now(self) -> float:
@@ -211,15 +209,11 @@ class Scheduler:
     def fixed_delays(self, *delays: float) -> None:
         """Delays the owner schedules many timers with: each gets its own list."""
         for delay in delays:
-            if delay not in self._by_delay:
-                fifo: deque[TimerHandle] = deque()
-                self._by_delay[delay] = fifo
-                self._lists.append(fifo)
+            self._by_delay.setdefault(delay, deque())
 
     def call_later(self, delay: float, fn: Callable[..., None], *args: Any) -> TimerHandle:
         """Run `fn(*args)` once, `delay` seconds from now."""
         self._seq += 1
-        self._entries += 1
         handle = TimerHandle((self._clock() + delay, self._seq, fn, self, *args))
         fifo = self._by_delay.get(delay)
         # A list stays sorted only while the clock does not go back; if it did, the
@@ -235,7 +229,7 @@ class Scheduler:
         heap = self._heap
         first = heap[0] if heap and heap[0][0] <= now else None
         source = None
-        for fifo in self._lists:
+        for fifo in self._by_delay.values():
             if fifo:
                 head = fifo[0]
                 if head[0] <= now and (first is None or head < first):
@@ -246,7 +240,6 @@ class Scheduler:
                 heapq.heappop(heap)
             else:
                 source.popleft()
-            self._entries -= 1
         return first
 
     def run_due(self, now: float | None = None) -> int:
@@ -278,20 +271,22 @@ class Scheduler:
         heap = self._heap
         while heap and heap[0][2] is None:
             heapq.heappop(heap)
-            self._entries -= 1
             self._cancelled -= 1
         earliest = heap[0][0] if heap else None
-        for fifo in self._lists:
+        for fifo in self._by_delay.values():
             while fifo and fifo[0][2] is None:
                 fifo.popleft()
-                self._entries -= 1
                 self._cancelled -= 1
             if fifo and (earliest is None or fifo[0][0] < earliest):
                 earliest = fifo[0][0]
         return earliest
 
     def __len__(self) -> int:
-        return self._entries - self._cancelled
+        return self._held() - self._cancelled
+
+    def _held(self) -> int:
+        """Entries in the heap and the lists, live and cancelled."""
+        return len(self._heap) + sum(map(len, self._by_delay.values()))
 
     def _compact(self) -> None:
         """Rebuild the heap and the lists without their cancelled entries
@@ -299,13 +294,10 @@ class Scheduler:
         heap = self._heap
         heap[:] = [entry for entry in heap if entry[2] is not None]
         heapq.heapify(heap)
-        entries = len(heap)
-        for fifo in self._lists:
+        for fifo in self._by_delay.values():
             live = [entry for entry in fifo if entry[2] is not None]
             fifo.clear()
             fifo.extend(live)
-            entries += len(live)
-        self._entries = entries
         self._cancelled = 0
 
     def __repr__(self) -> str:

@@ -28,7 +28,7 @@ def scheduler(request, clock):
 
 def held(scheduler):
     """Entries the scheduler holds, live or cancelled."""
-    return len(scheduler._heap) + sum(len(fifo) for fifo in scheduler._lists)
+    return len(scheduler._heap) + sum(len(fifo) for fifo in scheduler._by_delay.values())
 
 
 # -- TimerConfig ----------------------------------------------------------------------
