@@ -48,7 +48,11 @@ from gdispatch.web.status import Changes
 
 log = logging.getLogger("gdispatch")
 
-TIMER_TICK = 0.02  # the scheduler's granularity, seconds
+# The timer greenlet wakes at most every TIMER_RESOLUTION: a timer runs up to that late
+# (Kamailio's timers tick 16 times a second). Under load a deadline falls due every few
+# hundred microseconds; waking for each would wake the whole process for each.
+TIMER_RESOLUTION = 0.01  # seconds
+TIMER_TICK = 0.02  # the longest the timer greenlet sleeps with nothing due, seconds
 DRAIN_QUIET = 1.0  # on SIGTERM, stop once no message arrived for this long (or drain_time)
 
 
@@ -428,7 +432,7 @@ class App(ListInUse):
             if log_summary is not None:
                 log_summary.flush()
             nd = scheduler.next_deadline()
-            gevent.sleep(TIMER_TICK if nd is None else min(max(nd - clock(), 0.001), TIMER_TICK))
+            gevent.sleep(TIMER_TICK if nd is None else min(max(nd - clock(), TIMER_RESOLUTION), TIMER_TICK))
 
     def drain(self) -> None:
         """SIGTERM: stop taking new calls, let the ones being set up finish (bounded).
