@@ -48,11 +48,6 @@ from gdispatch.web.status import Changes
 
 log = logging.getLogger("gdispatch")
 
-# The timer greenlet wakes at most every TIMER_RESOLUTION: a timer runs up to that late
-# (Kamailio's timers tick 16 times a second). Under load a deadline falls due every few
-# hundred microseconds; waking for each would wake the whole process for each.
-TIMER_RESOLUTION = 0.01  # seconds
-TIMER_TICK = 0.02  # the longest the timer greenlet sleeps with nothing due, seconds
 DRAIN_QUIET = 1.0  # on SIGTERM, stop once no message arrived for this long (or drain_time)
 
 
@@ -431,8 +426,7 @@ class App(ListInUse):
             collector.maybe_collect()
             if log_summary is not None:
                 log_summary.flush()
-            nd = scheduler.next_deadline()
-            gevent.sleep(TIMER_TICK if nd is None else min(max(nd - clock(), TIMER_RESOLUTION), TIMER_TICK))
+            gevent.sleep(scheduler.sleep_time(clock()))
 
     def drain(self) -> None:
         """SIGTERM: stop taking new calls, let the ones being set up finish (bounded).

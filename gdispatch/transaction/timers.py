@@ -31,6 +31,13 @@ logger = logging.getLogger("gdispatch.transaction")
 # Timer D's floor on unreliable transports (RFC 3261 §17.1.1.2: "at least 32 seconds").
 _TIMER_D_FLOOR = 32.0
 
+# How the owner of the event loop wakes for the timers (`Scheduler.sleep_time`): at most
+# every RESOLUTION, so a timer runs up to that late (Kamailio's timers tick 16 times a
+# second), and at least every IDLE_TICK. Under load a deadline falls due every few
+# hundred microseconds; waking for each would wake the whole process for each.
+RESOLUTION = 0.01  # seconds
+IDLE_TICK = 0.02  # seconds
+
 # Compaction of lazily cancelled entries is skipped below this many: rebuilding a
 # tiny heap costs more than carrying a few dead entries until they are popped.
 _COMPACT_MIN_CANCELLED = 32
@@ -280,6 +287,15 @@ class Scheduler:
             if fifo and (earliest is None or fifo[0][0] < earliest):
                 earliest = fifo[0][0]
         return earliest
+
+    def sleep_time(self, now: float, *, resolution: float = RESOLUTION, idle: float = IDLE_TICK) -> float:
+        """How long whoever runs `run_due()` may sleep from `now`: until the next
+        deadline, but no less than `resolution` (the timers due meanwhile run together,
+        up to `resolution` late) and no more than `idle`."""
+        deadline = self.next_deadline()
+        if deadline is None:
+            return idle
+        return min(max(deadline - now, resolution), idle)
 
     def __len__(self) -> int:
         return self._held() - self._cancelled

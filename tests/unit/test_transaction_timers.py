@@ -5,6 +5,7 @@ import logging
 
 import pytest
 
+from gdispatch.transaction import timers
 from gdispatch.transaction.timers import FakeClock, Scheduler, TimerConfig
 
 
@@ -239,6 +240,23 @@ def test_next_deadline_is_none_when_only_cancelled_timers_remain(scheduler):
     scheduler.call_later(1, pytest.fail).cancel()
     assert scheduler.next_deadline() is None
     assert len(scheduler) == 0
+
+
+def test_sleep_time_is_until_the_next_deadline_within_resolution_and_idle_tick(clock, scheduler):
+    # Nothing scheduled: the idle tick.
+    assert scheduler.sleep_time(0.0, resolution=0.01, idle=0.02) == 0.02
+    later = scheduler.call_later(0.015, lambda: None)
+    assert scheduler.sleep_time(0.0, resolution=0.01, idle=0.02) == pytest.approx(0.015)
+    # A deadline closer than the resolution (or already past) waits the resolution:
+    # what falls due meanwhile runs together.
+    soon = scheduler.call_later(0.0002, lambda: None)
+    assert scheduler.sleep_time(0.0, resolution=0.01, idle=0.02) == 0.01
+    assert scheduler.sleep_time(5.0, resolution=0.01, idle=0.02) == 0.01
+    soon.cancel()
+    later.cancel()
+    scheduler.call_later(30, lambda: None)
+    assert scheduler.sleep_time(0.0, resolution=0.01, idle=0.02) == 0.02
+    assert scheduler.sleep_time(0.0) == timers.IDLE_TICK
 
 
 def test_exception_in_a_callback_is_logged_and_the_rest_still_run(clock, scheduler, caplog):
