@@ -147,7 +147,7 @@ if [ -d "$RUN/tls" ]; then
   echo
   "$PY" "$ROOT/bench/lib/tlsbench.py" --summary "$RUN/tls" || status=1
 fi
-first="$(ls -d "$RUN"/gdispatch-w* 2>/dev/null | head -1)"
+first="$(ls -d "$RUN"/gdispatch-w* 2>/dev/null | head -1 || true)"  # none when PROXIES has only base-wN or Kamailio
 if [ -n "$first" ] && [ -f "$first/result.txt" ]; then
   grep -E '^(max_cps|proxy_cpu_us_per_call)=' "$first/result.txt"
 fi
