@@ -53,9 +53,9 @@
 # number of workers, then the shapes: shape x proxy -> max cps, CPU µs per call at the
 # highest rate every shape and proxy passed and at each rate, the ratio to Kamailio on the
 # same shape and to the same proxy's cheapest shape.
-# The last lines are `max_cps=N` and `proxy_cpu_us_per_call=N` of the first gdispatch run.
 # Then the TLS step's table (TLS=1): each proxy's highest rate over TLS, CPU µs per call at
-# 200 calls/s and the ratio to Kamailio with the same number of workers.
+# 200 calls/s and the ratio to Kamailio with the same number of workers. The last lines
+# are `max_cps=N` and `proxy_cpu_us_per_call=N` of the first gdispatch-wN run, if any.
 # Exit status: 0 measured, 1 a proxy did not start or answer.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

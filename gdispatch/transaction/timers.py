@@ -32,8 +32,9 @@ logger = logging.getLogger("gdispatch.transaction")
 _TIMER_D_FLOOR = 32.0
 
 # How the owner of the event loop wakes for the timers (`Scheduler.sleep_time`): at most
-# every RESOLUTION, so a timer runs up to that late (Kamailio's timers tick 16 times a
-# second), and at least every IDLE_TICK. Under load a deadline falls due every few
+# every RESOLUTION, so a timer of RESOLUTION or more runs up to that late (Kamailio's
+# timers tick 16 times a second), and at least every IDLE_TICK, so a timer started while
+# the owner sleeps is seen within IDLE_TICK. Under load a deadline falls due every few
 # hundred microseconds; waking for each would wake the whole process for each.
 RESOLUTION = 0.01  # seconds
 IDLE_TICK = 0.02  # seconds
@@ -291,7 +292,8 @@ class Scheduler:
     def sleep_time(self, now: float, *, resolution: float = RESOLUTION, idle: float = IDLE_TICK) -> float:
         """How long whoever runs `run_due()` may sleep from `now`: until the next
         deadline, but no less than `resolution` (the timers due meanwhile run together,
-        up to `resolution` late) and no more than `idle`."""
+        up to `resolution` late) and no more than `idle` (a timer started during the
+        sleep is seen when it ends)."""
         deadline = self.next_deadline()
         if deadline is None:
             return idle

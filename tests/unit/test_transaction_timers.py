@@ -244,19 +244,22 @@ def test_next_deadline_is_none_when_only_cancelled_timers_remain(scheduler):
 
 def test_sleep_time_is_until_the_next_deadline_within_resolution_and_idle_tick(clock, scheduler):
     # Nothing scheduled: the idle tick.
-    assert scheduler.sleep_time(0.0, resolution=0.01, idle=0.02) == 0.02
+    assert scheduler.sleep_time(0.0, resolution=0.003, idle=0.05) == 0.05
+    assert scheduler.sleep_time(0.0) == timers.IDLE_TICK
     later = scheduler.call_later(0.015, lambda: None)
-    assert scheduler.sleep_time(0.0, resolution=0.01, idle=0.02) == pytest.approx(0.015)
+    assert scheduler.sleep_time(0.0, resolution=0.003, idle=0.05) == pytest.approx(0.015)
+    # From the `now` given, not the scheduler's clock.
+    assert scheduler.sleep_time(0.01, resolution=0.003, idle=0.05) == pytest.approx(0.005)
     # A deadline closer than the resolution (or already past) waits the resolution:
     # what falls due meanwhile runs together.
     soon = scheduler.call_later(0.0002, lambda: None)
-    assert scheduler.sleep_time(0.0, resolution=0.01, idle=0.02) == 0.01
-    assert scheduler.sleep_time(5.0, resolution=0.01, idle=0.02) == 0.01
+    assert scheduler.sleep_time(0.0, resolution=0.003, idle=0.05) == 0.003
+    assert scheduler.sleep_time(5.0, resolution=0.003, idle=0.05) == 0.003
+    assert scheduler.sleep_time(0.0) == timers.RESOLUTION
     soon.cancel()
     later.cancel()
     scheduler.call_later(30, lambda: None)
-    assert scheduler.sleep_time(0.0, resolution=0.01, idle=0.02) == 0.02
-    assert scheduler.sleep_time(0.0) == timers.IDLE_TICK
+    assert scheduler.sleep_time(0.0, resolution=0.003, idle=0.05) == 0.05
 
 
 def test_exception_in_a_callback_is_logged_and_the_rest_still_run(clock, scheduler, caplog):
