@@ -39,8 +39,8 @@ _TIMER_D_FLOOR = 32.0
 RESOLUTION = 0.01  # seconds
 IDLE_TICK = 0.02  # seconds
 
-# Compaction of lazily cancelled entries is skipped below this many: rebuilding a
-# tiny heap costs more than carrying a few dead entries until they are popped.
+# Compaction of lazily cancelled entries is considered every this many cancels: rebuilding
+# a tiny heap costs more than carrying a few dead entries until they are popped.
 _COMPACT_MIN_CANCELLED = 32
 
 
@@ -170,7 +170,10 @@ class TimerHandle(list):
         self[2] = self[3] = None
         del self[4:]
         scheduler._cancelled += 1
-        if scheduler._cancelled > _COMPACT_MIN_CANCELLED and 2 * scheduler._cancelled > scheduler._held():
+        cancelled = scheduler._cancelled
+        # Counting the entries walks every list: it is asked once per _COMPACT_MIN_CANCELLED
+        # cancels, not at every cancel (a transaction cancels timers with every response).
+        if cancelled % _COMPACT_MIN_CANCELLED == 0 and 2 * cancelled > scheduler._held():
             scheduler._compact()
 
     def __repr__(self) -> str:
