@@ -127,6 +127,8 @@ class Prober:
                     wait = start + i * step - self.clock()
                     if wait > 0:
                         gevent.sleep(wait)
+                    if not self.active:
+                        break  # dispatcher.ping_active 0 meanwhile: the rest of the round too
                     if d.probe is not None and d.probe.retry_at is not None:
                         continue  # on its sooner retries meanwhile
                     try:

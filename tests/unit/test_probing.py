@@ -243,3 +243,33 @@ def test_the_prober_pings_a_destination_that_went_down_on_the_back_off_until_it_
     run_until(1020)
     assert len(proxy.pings) == 3  # up: back to its turn in the round (not run here)
     assert d.probe.retry_at is None
+
+
+def test_a_round_sends_no_more_pings_once_pinging_is_turned_off(monkeypatch):
+    # A round spreads its pings over the interval; `dispatcher.ping_active 0` in the
+    # middle of it stops the rest, as Kamailio's timer checks ds_ping_active.
+    import gevent
+
+    clock = FakeClock()
+    proxy = PingingProxy(clock)
+    dlist = parse_list("".join(f"1 sip:127.0.0.1:{5071 + i} 8 0\n" for i in range(3)), "t")
+    for i, d in enumerate(dlist.destinations()):
+        d.address = ("127.0.0.1", 5071 + i)
+    prober = Prober(proxy, ProbeSettings(interval=3, timeout=2), lambda: dlist,
+                    on_change=lambda *a: None, clock=clock)
+    prober.attach(dlist)
+
+    class RoundOver(Exception):
+        pass
+
+    def sleep(seconds):
+        if len(proxy.pings) == 1:
+            prober.active = False  # the operator's command, after the round's first ping
+        if clock.now >= 1000 + 2 * 3:
+            raise RoundOver
+        clock.now += seconds
+
+    monkeypatch.setattr(gevent, "sleep", sleep)
+    with pytest.raises(RoundOver):
+        prober._run()
+    assert [t for t, _ in proxy.pings] == [1000]
