@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: all install install-sipp install-kamailio install-kamailio-tls install-openssl install-chromium install-redis run test bench bench-tls bench-rounds bench-latency bench-attack bench-inproc bench-memory bench-scrape bench-hep bench-cluster bench-compare lint clean distclean
+.PHONY: all install install-sipp install-kamailio install-kamailio-tls install-openssl install-chromium install-redis run test bench bench-tls bench-rounds bench-syscalls bench-latency bench-attack bench-inproc bench-memory bench-scrape bench-hep bench-cluster bench-compare lint clean distclean
 
 all: test
 
@@ -98,6 +98,11 @@ bench-tls: $(VENV)/.installed install-kamailio-tls
 # the same-run A/B of bench/PROFILE.md (bench/rounds.sh).
 bench-rounds: $(VENV)/.installed install-sipp
 	PY=$(PY) bench/rounds.sh
+
+# The system calls per call of each proxy, by name, at one fixed rate (bench/syscalls.sh;
+# needs perf).
+bench-syscalls: $(VENV)/.installed install-sipp
+	PY=$(PY) bench/syscalls.sh
 
 bench-latency: $(VENV)/.installed install-sipp
 	PY=$(PY) bench/latency.sh
