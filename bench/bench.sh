@@ -24,6 +24,9 @@
 #   SHAPE_PAUSE_S  3                       idle seconds between two shapes
 #   GDISPATCH_BASE ""                      another checkout: base-wN run its gdispatch package
 #                                          (PYTHONPATH=that checkout, this venv), for a before/after run
+#   BASE_PY        $PY                     the Python of base-wN (a venv of another interpreter, with
+#                                          gdispatch's dependencies): GDISPATCH_BASE=. BASE_PY=... compares
+#                                          two interpreters on the same code
 #   KAMAILIO_START ../shared/bench/kamailio/start.sh   starts Kamailio (PROXY_ADDR, DS_LIST,
 #                                          DS_ALG, CHILDREN, RUN_DIR in its environment)
 #   GD_CONFIG      bench/compare.toml      gdispatch's settings: Kamailio's keepalive settings
@@ -112,7 +115,7 @@ for p in $PROXIES; do
       [ -n "$BASE" ] || die "$p needs GDISPATCH_BASE (another checkout of gdispatch)"
       NAME="$p" OUT="$RUN/$p" PROXY_CMD="" GD_PYTHONPATH="$BASE" \
         PROXY_ARGS="--config $GD_CONFIG --workers $n ${PROXY_ARGS:-}" \
-        "$PY" "$ROOT/bench/lib/maxcps.py" || status=1 ;;
+        "${BASE_PY:-$PY}" "$ROOT/bench/lib/maxcps.py" || status=1 ;;
     kamailio-c*)
       [ -f "$KAMAILIO_START" ] || die "no $KAMAILIO_START"
       NAME="$p" OUT="$RUN/$p" PROXY_CMD="$KAMAILIO_START" CHILDREN="$n" \

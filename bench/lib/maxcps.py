@@ -95,6 +95,19 @@ def env(name: str, default: str) -> str:
     return os.environ.get(name, "").strip() or default
 
 
+def python_build() -> str:
+    """The interpreter gdispatch runs on (sys.executable: the harness starts the proxy with
+    it): version, path, and whether the interpreter is in a shared libpython, which a
+    build without -fno-semantic-interposition calls through the PLT at every internal call."""
+    exe = os.path.realpath(sys.executable)
+    try:
+        with open("/proc/self/maps") as maps:
+            shared = any("libpython" in line for line in maps)
+    except OSError:
+        shared = False
+    return f"{sys.version.split()[0]} {exe}{' (libpython shared)' if shared else ''}"
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -272,6 +285,9 @@ def main() -> int:
                                       if gd_pythonpath else None)
                 log(f"starting {name}: " + " ".join(proxy.cmd)
                     + (f" (PYTHONPATH={gd_pythonpath})" if gd_pythonpath else ""))
+                # How the interpreter was built moves the CPU per call by a third (bench/PROFILE.md,
+                # eighteenth pass): every figure says which one ran.
+                log(f"python: {python_build()}")
             try:
                 proxy.start()
             except RuntimeError as e:
@@ -386,7 +402,8 @@ def main() -> int:
         result = {"mode": "direct" if direct else name, "max_cps": max_cps,
                   "first_failing_rate": first_fail or "none", "proxy_cpu_us_per_call": cpu,
                   "step_s": step_s, "rates": " ".join(map(str, rates)), "out": out,
-                  "shapes": " ".join(n for n, _ in shapes), "code": gd_pythonpath or ("NA" if external else ROOT)}
+                  "shapes": " ".join(n for n, _ in shapes), "code": gd_pythonpath or ("NA" if external else ROOT),
+                  "python": "NA" if external or direct else python_build()}
         result.update({f"idle_{k}": v for k, v in lat.items()})
         result.update(per_shape)
         if overload is not None:
