@@ -23,10 +23,10 @@
 #                                          compact: uac_compact.xml, phone: uac_phone.xml; or a .xml file)
 #   SHAPE_PAUSE_S  3                       idle seconds between two shapes
 #   GDISPATCH_BASE ""                      another checkout: base-wN run its gdispatch package
-#                                          (PYTHONPATH=that checkout, this venv), for a before/after run
+#                                          (PYTHONPATH=that checkout, BASE_PY), for a before/after run
 #   BASE_PY        $PY                     the Python of base-wN (a venv of another interpreter, with
-#                                          gdispatch's dependencies): GDISPATCH_BASE=. BASE_PY=... compares
-#                                          two interpreters on the same code
+#                                          gdispatch's dependencies; relative paths from this checkout):
+#                                          GDISPATCH_BASE=. BASE_PY=... compares two interpreters on the same code
 #   KAMAILIO_START ../shared/bench/kamailio/start.sh   starts Kamailio (PROXY_ADDR, DS_LIST,
 #                                          DS_ALG, CHILDREN, RUN_DIR in its environment)
 #   GD_CONFIG      bench/compare.toml      gdispatch's settings: Kamailio's keepalive settings
@@ -65,6 +65,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PY:-$ROOT/.venv/bin/python}"
 case "$PY" in /*) ;; *) PY="$ROOT/$PY" ;; esac
+BASE_PY="${BASE_PY:-$PY}"
+case "$BASE_PY" in /*) ;; *) BASE_PY="$ROOT/$BASE_PY" ;; esac
 
 die() { echo "bench.sh: $*" >&2; exit 1; }
 command -v sipp >/dev/null 2>&1 || die "SIPp is not installed (apt-get install -y sip-tester, or make bench)"
@@ -87,8 +89,9 @@ if [ -n "${GDISPATCH_BASE:-}" ]; then
   BASE="$(realpath -e "$GDISPATCH_BASE")" || die "GDISPATCH_BASE=$GDISPATCH_BASE does not exist"
   [ -f "$BASE/gdispatch/__init__.py" ] || die "no gdispatch package in $BASE"
   # The base proxies must run that checkout's code, not this venv's installed package.
-  where="$(cd /tmp && PYTHONPATH="$BASE" PYTHONDONTWRITEBYTECODE=1 "$PY" -c "import gdispatch.cli, os; print(os.path.dirname(gdispatch.__file__))")" \
-    || die "gdispatch from $BASE cannot be imported by $PY"
+  [ -x "$BASE_PY" ] || die "no Python at BASE_PY=$BASE_PY"
+  where="$(cd /tmp && PYTHONPATH="$BASE" PYTHONDONTWRITEBYTECODE=1 "$BASE_PY" -c "import gdispatch.cli, os; print(os.path.dirname(gdispatch.__file__))")" \
+    || die "gdispatch from $BASE cannot be imported by $BASE_PY"
   [ "$where" = "$BASE/gdispatch" ] || die "PYTHONPATH=$BASE imports gdispatch from $where"
 fi
 USER_PROXIES="${PROXIES:-}"
@@ -115,7 +118,7 @@ for p in $PROXIES; do
       [ -n "$BASE" ] || die "$p needs GDISPATCH_BASE (another checkout of gdispatch)"
       NAME="$p" OUT="$RUN/$p" PROXY_CMD="" GD_PYTHONPATH="$BASE" \
         PROXY_ARGS="--config $GD_CONFIG --workers $n ${PROXY_ARGS:-}" \
-        "${BASE_PY:-$PY}" "$ROOT/bench/lib/maxcps.py" || status=1 ;;
+        "$BASE_PY" "$ROOT/bench/lib/maxcps.py" || status=1 ;;
     kamailio-c*)
       [ -f "$KAMAILIO_START" ] || die "no $KAMAILIO_START"
       NAME="$p" OUT="$RUN/$p" PROXY_CMD="$KAMAILIO_START" CHILDREN="$n" \

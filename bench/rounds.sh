@@ -11,7 +11,7 @@
 # Environment (defaults): ROUNDS 7, RATE 600, STEP_S 5 (RATE x STEP_S calls per step),
 # PROXIES "kamailio-c2 gdispatch-w2" (bench.sh's names: gdispatch-wN, kamailio-cN, base-wN),
 # SHAPES "own builtin compact phone", OUT bench-results/rounds_<stamp>; the rest as bench.sh
-# (GDISPATCH_BASE, KAMAILIO_START, GD_CONFIG, PROXY_ARGS). Each round is one bench.sh run
+# (GDISPATCH_BASE, BASE_PY, KAMAILIO_START, GD_CONFIG, PROXY_ARGS). Each round is one bench.sh run
 # with no overload step, no latency probe, no TLS step and no second try of a failing
 # step (a failed step has no CPU per call and is left out of the medians).
 # Bounded: ROUNDS x proxies x shapes steps of RATE x STEP_S calls each.

@@ -97,9 +97,13 @@ def env(name: str, default: str) -> str:
 
 def python_build() -> str:
     """The interpreter gdispatch runs on (sys.executable: the harness starts the proxy with
-    it): version, path, and whether the interpreter is in a shared libpython, which a
-    build without -fno-semantic-interposition calls through the PLT at every internal call."""
-    exe = os.path.realpath(sys.executable)
+    it): its version, path (and the executable the path leads to), and whether the
+    interpreter is in a shared libpython (built with --enable-shared), which without
+    -fno-semantic-interposition calls its own functions through the library's indirection."""
+    exe = sys.executable
+    real = os.path.realpath(exe)
+    if real != exe:
+        exe = f"{exe} -> {real}"
     try:
         with open("/proc/self/maps") as maps:
             shared = any("libpython" in line for line in maps)
@@ -285,8 +289,7 @@ def main() -> int:
                                       if gd_pythonpath else None)
                 log(f"starting {name}: " + " ".join(proxy.cmd)
                     + (f" (PYTHONPATH={gd_pythonpath})" if gd_pythonpath else ""))
-                # How the interpreter was built moves the CPU per call by a third (bench/PROFILE.md,
-                # eighteenth pass): every figure says which one ran.
+                # How the interpreter was built changes the CPU per call: record which one ran.
                 log(f"python: {python_build()}")
             try:
                 proxy.start()
