@@ -170,10 +170,10 @@ class TimerHandle(list):
         self[2] = self[3] = None
         del self[4:]
         scheduler._cancelled += 1
-        cancelled = scheduler._cancelled
+        scheduler._cancels += 1
         # Counting the entries walks every list: it is asked once per _COMPACT_MIN_CANCELLED
         # cancels, not at every cancel (a transaction cancels timers with every response).
-        if cancelled % _COMPACT_MIN_CANCELLED == 0 and 2 * cancelled > scheduler._held():
+        if scheduler._cancels % _COMPACT_MIN_CANCELLED == 0 and 2 * scheduler._cancelled > scheduler._held():
             scheduler._compact()
 
     def __repr__(self) -> str:
@@ -205,7 +205,7 @@ class Scheduler:
     per cancel.
     """
 
-    __slots__ = ("_by_delay", "_cancelled", "_clock", "_heap", "_seq")
+    __slots__ = ("_by_delay", "_cancelled", "_cancels", "_clock", "_heap", "_seq")
 
     def __init__(self, clock: Callable[[], float]):
         self._clock = clock
@@ -213,6 +213,7 @@ class Scheduler:
         self._by_delay: dict[float, deque[TimerHandle]] = {}  # a list per fixed delay
         self._seq = 0
         self._cancelled = 0  # cancelled entries not taken out yet
+        self._cancels = 0  # cancels ever: when to ask whether to compact
 
     def now(self) -> float:
         return self._clock()

@@ -307,6 +307,28 @@ def test_heap_stays_bounded_under_schedule_and_cancel_churn(scheduler):
     assert held(scheduler) <= 2 * (len(keep) + 40)
 
 
+def test_dead_entries_are_compacted_while_pops_keep_the_cancelled_count_level(clock, scheduler):
+    # 33 cancelled timers far ahead, and the 100 live ones that kept them from being
+    # compacted run. Then every cancel is followed by the pop of what it cancelled, so the
+    # count of cancelled entries goes 33, 34, 33, 34...: compaction is still asked every
+    # so many cancels, and the 33 dead entries go.
+    dead = [scheduler.call_later(100, lambda: None) for _ in range(33)]
+    for _ in range(100):
+        scheduler.call_later(50, lambda: None)
+    for handle in dead:
+        handle.cancel()
+    assert held(scheduler) == 133
+    clock.advance(50)
+    assert scheduler.run_due() == 100
+    for _ in range(64):
+        scheduler.call_later(0.1, lambda: None).cancel()
+        clock.advance(0.2)  # 64 of them stay well before the dead entries' deadline
+        assert scheduler.run_due() == 0
+    assert clock.now() < 100
+    assert len(scheduler) == 0
+    assert held(scheduler) <= 1
+
+
 def test_compaction_inside_run_due_keeps_order_and_counts(clock, scheduler):
     seen = []
     victims = [scheduler.call_later(5 + i, seen.append, "victim") for i in range(100)]
